@@ -1,0 +1,1 @@
+"""The service front door: the study store, the CLI (``msatune ...``), dashboard and reports."""

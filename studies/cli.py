@@ -1,0 +1,141 @@
+"""The ``msatune`` command line: global options, error rendering, and the command groups.
+
+Each command lives in its own ``studies/cli_*.py`` module and is registered here. Commands import
+their heavy dependencies (TensorFlow, Ray) lazily, so ``msatune --help`` stays instant.
+
+Error contract: a :class:`msatune.errors.UserError` (or a usage mistake caught by click) prints one
+line ``msatune: error: ...`` to stderr and exits 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from msatune import __version__
+from msatune.errors import UserError
+from studies.cli_context import DEFAULT_WORKSPACE, WORKSPACE_ENV, AppContext
+
+HELP = f"""msatune: hyperparameter search and ensembling for TF2 multimodal sentiment models.
+
+\b
+Start here:
+  msatune demo                          synthetic data -> small study -> ensemble
+  msatune data synth DIR --preset mosi  make a MOSI-like dataset (msa-tf2 HDF5 layout)
+  msatune data info DIR                 check a dataset, see its constant-predictor MAE
+  msatune train --preset improved       train one configuration
+  msatune analyze LOG.csv               the overfitting story of a Keras CSV log
+  msatune launch NAME --data DIR        run a search (Ray Tune + Optuna TPE + ASHA)
+  msatune resume NAME                   continue after a crash or Ctrl-C
+  msatune ensemble NAME                 combine the best trials into one model
+  msatune dashboard                     open optuna-dashboard over the study store
+
+Everything a study writes (store, checkpoints, Ray results, ensembles, reports) goes under the
+workspace: --workspace DIR, or ${WORKSPACE_ENV}, default {DEFAULT_WORKSPACE}.
+"""
+
+
+@click.group(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=WORKSPACE_ENV,
+    default=DEFAULT_WORKSPACE,
+    show_default=True,
+    help=f"Directory for stores, checkpoints and reports (env {WORKSPACE_ENV}).",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option("--verbose", "-v", is_flag=True, help="More output (e.g. Ray's own progress tables).")
+@click.version_option(__version__, "--version", prog_name="msatune")
+@click.pass_context
+def cli(ctx: click.Context, workspace: Path, debug: bool, verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else (logging.INFO if verbose else logging.WARNING),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = AppContext(workspace=workspace.expanduser().resolve(), debug=debug, verbose=verbose)
+
+
+def _register() -> None:
+    """Attach every command module; each defines its commands next to the code it drives."""
+    import importlib
+
+    for module_name, attr in COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # a command module not written yet
+            if exc.name == module_name:
+                continue
+            raise
+        cli.add_command(getattr(module, attr))
+
+
+# (module, click command object) pairs; order is the order in --help.
+COMMANDS: list[tuple[str, str]] = [
+    ("studies.cli_demo", "demo"),
+    ("studies.cli_data", "data"),
+    ("studies.cli_train", "train"),
+    ("studies.cli_analyze", "analyze"),
+    ("studies.cli_search", "launch"),
+    ("studies.cli_search", "resume"),
+    ("studies.cli_search", "studies_cmd"),
+    ("studies.cli_search", "show"),
+    ("studies.cli_ensemble", "ensemble"),
+    ("studies.cli_ensemble", "predict"),
+    ("studies.cli_dashboard", "dashboard"),
+    ("studies.cli_dashboard", "report"),
+]
+
+_register()
+
+
+# click 8.2 raises this for a bare group (help printed, exit 0); older click prints help itself.
+_NO_ARGS_IS_HELP: type[BaseException] = getattr(
+    click.exceptions, "NoArgsIsHelpError", getattr(click.exceptions, "NoArgsIsHelp", ())
+) or ()
+
+
+def _wants_debug(argv: list[str]) -> bool:
+    return "--debug" in argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: run the CLI and turn errors into one line + exit 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = _wants_debug(args)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        rv = cli.main(args=args, prog_name="msatune", standalone_mode=False)
+    except UserError as exc:
+        if debug:
+            raise
+        click.echo(f"msatune: error: {exc}", err=True)
+        return exc.exit_code
+    except _NO_ARGS_IS_HELP as exc:  # click >= 8.2: a group called without a command
+        click.echo(exc.ctx.get_help() if exc.ctx else "")
+        return 0
+    except click.UsageError as exc:
+        if debug:
+            raise
+        hint = ""
+        if exc.ctx is not None:
+            hint = f" (see '{exc.ctx.command_path} --help')"
+        click.echo(f"msatune: error: {exc.format_message()}{hint}", err=True)
+        return 2
+    except click.Abort:
+        click.echo("msatune: aborted", err=True)
+        return 130
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("msatune: interrupted", err=True)
+        return 130
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
