@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from msatune.errors import UserError
+from studies.workspace import Workspace
 
 DEFAULT_WORKSPACE = "./msatune-runs"
 WORKSPACE_ENV = "MSATUNE_WORKSPACE"
@@ -35,6 +36,12 @@ class AppContext:
                 f"pass --workspace DIR or set {WORKSPACE_ENV}"
             ) from exc
         return self.workspace
+
+    @property
+    def ws(self) -> Workspace:
+        """The workspace layout (created on first use)."""
+        self.ensure_workspace()
+        return Workspace(self.workspace)
 
 
 pass_app = click.make_pass_decorator(AppContext)

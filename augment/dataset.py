@@ -1,0 +1,507 @@
+"""The dataset on disk: the msa-tf2 HDF5 layout, its validation, its fingerprint and its summary.
+
+One directory per dataset; every file is HDF5 with a single dataset named ``d1``::
+
+    text_{split}_emb.h5   (N, T, D_text)   e.g. 300-d GloVe
+    audio_{split}.h5      (N, T, D_audio)  e.g. 74-d COVAREP
+    video_{split}.h5      (N, T, D_video)  e.g. 47-d Facet
+    y_{split}.h5          (N, 1) or (N,)   sentiment in [-3, 3]
+    oracle_{split}.h5     (N,)             optional: noise-free target (synthetic data)
+    id_{split}.h5         (N,)             optional: sample ids, UTF-8 strings (MMSA import)
+
+for split in ``train``, ``valid``, ``test``. Non-finite feature values (real COVAREP/Facet files
+hold NaN and -inf) are replaced by 0 and counted. Every user mistake is a one-line
+:class:`msatune.errors.UserError` naming the file, the dataset and the shapes.
+
+This module must not import TensorFlow: ``msatune data ...`` stays fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msatune.errors import UserError
+
+log = logging.getLogger(__name__)
+
+MODALITIES: tuple[str, ...] = ("text", "audio", "video")
+SPLITS: tuple[str, ...] = ("train", "valid", "test")
+LABEL_RANGE: tuple[float, float] = (-3.0, 3.0)
+H5_KEY = "d1"
+
+# File name per array kind; ``{split}`` is one of SPLITS.
+FILE_PATTERNS: dict[str, str] = {
+    "text": "text_{split}_emb.h5",
+    "audio": "audio_{split}.h5",
+    "video": "video_{split}.h5",
+    "labels": "y_{split}.h5",
+    "oracle": "oracle_{split}.h5",
+    "ids": "id_{split}.h5",
+}
+REQUIRED_KINDS: tuple[str, ...] = (*MODALITIES, "labels")
+OPTIONAL_KINDS: tuple[str, ...] = ("oracle", "ids")
+
+_LABEL_TOL = 1e-5  # float noise around +-3 (e.g. 3.0000001) is not an out-of-range label
+_LAYOUT_HINT = (
+    "a dataset directory in the msa-tf2 layout holds text_{split}_emb.h5, audio_{split}.h5, "
+    "video_{split}.h5 and y_{split}.h5 for train, valid and test (make one with "
+    "'msatune data synth DIR' or 'msatune data import-mmsa PKL DIR --allow-pickle')"
+)
+
+
+def file_name(kind: str, split: str) -> str:
+    """The file name of one array kind (``text``, ``audio``, ``video``, ``labels``, ``oracle``,
+    ``ids``) for one split, e.g. ``file_name("text", "train") == "text_train_emb.h5"``."""
+    return FILE_PATTERNS[kind].format(split=split)
+
+
+# --------------------------------------------------------------------------------------------
+# The in-memory dataset
+
+
+@dataclass(frozen=True, eq=False)
+class SplitData:
+    """One split, validated: float32 features (N, T, D) with non-finite values already 0."""
+
+    text: np.ndarray
+    audio: np.ndarray
+    video: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray | None = None
+    oracle: np.ndarray | None = None
+    nan_count: int = 0
+
+    @property
+    def n(self) -> int:
+        return int(self.labels.shape[0])
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        """The model inputs: ``{"text", "audio", "video"}``."""
+        return {"text": self.text, "audio": self.audio, "video": self.video}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The inputs plus ``"labels"``."""
+        return {**self.inputs(), "labels": self.labels}
+
+
+@dataclass(frozen=True, eq=False)
+class MSADataset:
+    """A validated dataset: the three splits, where it came from and its content fingerprint."""
+
+    path: Path
+    splits: dict[str, SplitData]
+    fingerprint: str
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.splits["train"].text.shape[1])
+
+    @property
+    def dims(self) -> dict[str, int]:
+        first = self.splits["train"]
+        return {m: int(getattr(first, m).shape[2]) for m in MODALITIES}
+
+    @property
+    def train(self) -> SplitData:
+        return self.splits["train"]
+
+    @property
+    def valid(self) -> SplitData:
+        return self.splits["valid"]
+
+    @property
+    def test(self) -> SplitData:
+        return self.splits["test"]
+
+    @property
+    def has_oracle(self) -> bool:
+        return all(s.oracle is not None for s in self.splits.values())
+
+    def info(self) -> dict[str, Any]:
+        """The ``msatune data info --json`` payload (plain JSON types)."""
+        splits: dict[str, Any] = {}
+        for name in SPLITS:
+            s = self.splits[name]
+            y = s.labels.astype(np.float64)
+            splits[name] = {
+                "n": s.n,
+                "seq_len": self.seq_len,
+                "dims": self.dims,
+                "nan_count": int(s.nan_count),
+                "label_mean": _r(y.mean()),
+                "label_std": _r(y.std()),
+                "label_min": _r(y.min()),
+                "label_max": _r(y.max()),
+                "constant_mae": _r(constant_mae(y)),
+                "floor_mae": None if s.oracle is None else _r(floor_mae(y, s.oracle)),
+            }
+        return {"path": str(self.path), "splits": splits, "fingerprint": self.fingerprint}
+
+
+def _r(x: float) -> float:
+    return round(float(x), 6)
+
+
+def constant_mae(labels: np.ndarray) -> float:
+    """MAE of the best constant predictor, the median of ``labels``."""
+    y = np.asarray(labels, dtype=np.float64).reshape(-1)
+    if y.size == 0:
+        raise ValueError("constant_mae of an empty label array")
+    return float(np.mean(np.abs(y - np.median(y))))
+
+
+def floor_mae(labels: np.ndarray, oracle: np.ndarray) -> float:
+    """MAE of the noise-free target against the (noisy) labels: the error floor of a split."""
+    y = np.asarray(labels, dtype=np.float64).reshape(-1)
+    o = np.asarray(oracle, dtype=np.float64).reshape(-1)
+    if y.shape != o.shape:
+        raise ValueError(f"labels {y.shape} and oracle {o.shape} differ in length")
+    return float(np.mean(np.abs(y - o)))
+
+
+def fingerprint(splits: Mapping[str, SplitData]) -> str:
+    """A stable sha256 over the shapes and content of features and labels (after NaN -> 0).
+
+    Independent of file names, mtimes and HDF5 metadata; ids and oracle are not part of it."""
+    h = hashlib.sha256(b"msatune-dataset-v1")
+    for name in SPLITS:
+        s = splits[name]
+        for kind, arr in (*((m, getattr(s, m)) for m in MODALITIES), ("labels", s.labels)):
+            a = np.ascontiguousarray(arr, dtype="<f4")
+            h.update(f"|{name}/{kind}:{'x'.join(map(str, a.shape))}|".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Validation (shared by the reader and the writer)
+
+
+def _check_numeric(arr: np.ndarray, where: str) -> None:
+    if arr.dtype.kind not in "biuf":
+        raise UserError(
+            f"{where}: dtype {arr.dtype} is not numeric; expected float (or integer) values"
+        )
+    if arr.size == 0:
+        raise UserError(f"{where}: empty array of shape {tuple(arr.shape)}; expected N > 0 samples")
+
+
+def _features(arr: np.ndarray, where: str) -> tuple[np.ndarray, int]:
+    """Validate one feature array; return it as float32 with non-finite values replaced by 0."""
+    _check_numeric(arr, where)
+    if arr.ndim != 3:
+        raise UserError(
+            f"{where}: shape {tuple(arr.shape)} has {arr.ndim} dimension(s); "
+            "expected 3-D features (N samples, T time steps, D features)"
+        )
+    out = np.asarray(arr, dtype=np.float32)  # float64 beyond float32 range becomes inf here
+    bad = ~np.isfinite(out)
+    count = int(bad.sum())
+    if count:
+        out = out.copy() if out is arr else out
+        out[bad] = 0.0
+    return out, count
+
+
+def _vector(arr: np.ndarray, where: str, what: str) -> np.ndarray:
+    """Validate a per-sample vector given as (N,) or (N, 1); return float32 (N,)."""
+    _check_numeric(arr, where)
+    if not (arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] == 1)):
+        raise UserError(f"{where}: {what} have shape {tuple(arr.shape)}; expected (N,) or (N, 1)")
+    out = np.asarray(arr, dtype=np.float32).reshape(-1)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise UserError(
+            f"{where}: {int(bad.sum())} non-finite {what} (first at index {i}: {out[i]}); "
+            f"{what} must be finite numbers"
+        )
+    return out
+
+
+def _labels(arr: np.ndarray, where: str, clip_labels: bool) -> np.ndarray:
+    y = _vector(arr, where, "labels")
+    lo, hi = LABEL_RANGE
+    outside = (y < lo - _LABEL_TOL) | (y > hi + _LABEL_TOL)
+    n_out = int(outside.sum())
+    if n_out and not clip_labels:
+        raise UserError(
+            f"{where}: {n_out} label(s) outside [{lo:g}, {hi:g}] (min {y.min():g}, max {y.max():g}); "
+            "sentiment labels must lie in [-3, 3]: fix the data or pass --clip-labels to clip them"
+        )
+    if n_out:
+        log.warning("%s: clipped %d label(s) outside [%g, %g]", where, n_out, lo, hi)
+    return np.clip(y, lo, hi).astype(np.float32)
+
+
+def _ids(arr: np.ndarray, where: str) -> np.ndarray:
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr.reshape(-1)
+    if arr.ndim != 1 or arr.size == 0:
+        raise UserError(f"{where}: ids have shape {tuple(arr.shape)}; expected (N,) strings")
+    return np.array([_to_str(v) for v in arr.tolist()], dtype=object)
+
+
+def _to_str(v: Any) -> str:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", errors="replace")
+    return str(v)
+
+
+def _build_split(
+    split: str,
+    raw: Mapping[str, np.ndarray | None],
+    where: Mapping[str, str],
+    clip_labels: bool,
+) -> SplitData:
+    """Validate the raw arrays of one split (``where[kind]`` names their source in messages)."""
+    feats: dict[str, np.ndarray] = {}
+    nan_count = 0
+    for m in MODALITIES:
+        feats[m], count = _features(np.asarray(raw[m]), where[m])
+        nan_count += count
+    labels = _labels(np.asarray(raw["labels"]), where["labels"], clip_labels)
+    oracle = None if raw.get("oracle") is None else _vector(
+        np.asarray(raw["oracle"]), where["oracle"], "oracle values"
+    )
+    ids = None if raw.get("ids") is None else _ids(np.asarray(raw["ids"]), where["ids"])
+
+    # N agrees across everything in the split; T across the three modalities (aligned data).
+    sizes = {m: feats[m].shape[0] for m in MODALITIES}
+    sizes["labels"] = labels.shape[0]
+    if oracle is not None:
+        sizes["oracle"] = oracle.shape[0]
+    if ids is not None:
+        sizes["ids"] = ids.shape[0]
+    if len(set(sizes.values())) > 1:
+        listing = ", ".join(f"{where[k]} N={n}" for k, n in sizes.items())
+        raise UserError(
+            f"split '{split}' has different sample counts: {listing}; "
+            "every file of a split must hold the same N samples in the same order"
+        )
+    steps = {m: feats[m].shape[1] for m in MODALITIES}
+    if len(set(steps.values())) > 1:
+        listing = ", ".join(f"{where[m]} {tuple(feats[m].shape)}" for m in MODALITIES)
+        raise UserError(
+            f"split '{split}' has different sequence lengths T across modalities: {listing}; "
+            "expected aligned sequences of one length T (N, T, D)"
+        )
+    if oracle is not None:
+        oracle = np.clip(oracle, *LABEL_RANGE).astype(np.float32)
+    return SplitData(
+        text=feats["text"], audio=feats["audio"], video=feats["video"],
+        labels=labels, ids=ids, oracle=oracle, nan_count=nan_count,
+    )
+
+
+def _check_across_splits(splits: Mapping[str, SplitData], where: Mapping[str, Mapping[str, str]]) -> None:
+    ref = splits["train"]
+    for name in SPLITS[1:]:
+        s = splits[name]
+        for m in MODALITIES:
+            a, b = getattr(ref, m), getattr(s, m)
+            if a.shape[1:] != b.shape[1:]:
+                raise UserError(
+                    f"{where[name][m]} has shape {tuple(b.shape)} but {where['train'][m]} has "
+                    f"{tuple(a.shape)}: T and the feature dimension D must be the same in "
+                    "train, valid and test"
+                )
+    with_ids = [n for n in SPLITS if splits[n].ids is not None]
+    if with_ids and len(with_ids) != len(SPLITS):
+        missing = [where[n]["ids"] for n in SPLITS if splits[n].ids is None]
+        raise UserError(
+            f"ids exist for {', '.join(with_ids)} but {', '.join(missing)} missing; "
+            "give ids for every split or for none"
+        )
+
+
+def _assemble(
+    path: Path, splits: Mapping[str, SplitData], where: Mapping[str, Mapping[str, str]]
+) -> MSADataset:
+    _check_across_splits(splits, where)
+    ordered = {name: splits[name] for name in SPLITS}
+    return MSADataset(path=path, splits=ordered, fingerprint=fingerprint(ordered))
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def _read_h5(path: Path, *, required: bool) -> np.ndarray | None:
+    import h5py
+
+    if not path.exists():
+        if required:
+            raise UserError(f"{path}: missing file; {_LAYOUT_HINT}")
+        return None
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise UserError(f"{path}: not a readable HDF5 file ({exc}); {_LAYOUT_HINT}") from exc
+    with f:
+        if H5_KEY not in f:
+            keys = ", ".join(sorted(f.keys())) or "none"
+            raise UserError(
+                f"{path}: no dataset '{H5_KEY}' (found: {keys}); each file of the msa-tf2 "
+                f"layout holds its array in a dataset named '{H5_KEY}'"
+            )
+        node = f[H5_KEY]
+        if not isinstance(node, h5py.Dataset):
+            raise UserError(f"{path}: '{H5_KEY}' is a group, not a dataset; expected an array")
+        if h5py.check_string_dtype(node.dtype) is not None:
+            return node.asstr()[()] if node.shape else np.array([node.asstr()[()]])
+        try:
+            return node[()]
+        except (OSError, TypeError, ValueError) as exc:
+            raise UserError(f"{path}: cannot read dataset '{H5_KEY}': {exc}") from exc
+
+
+def _where(path: Path, split: str, kind: str) -> str:
+    return f"{path / file_name(kind, split)} (dataset '{H5_KEY}')"
+
+
+def load_dataset(path: str | os.PathLike[str], *, clip_labels: bool = False) -> MSADataset:
+    """Read and validate a dataset directory in the msa-tf2 layout.
+
+    Non-finite feature values become 0 (counted in ``SplitData.nan_count``); labels outside
+    [-3, 3] are an error unless ``clip_labels`` (then clipped, and the count is logged)."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise UserError(f"{root}: no such directory; {_LAYOUT_HINT}")
+    if not root.is_dir():
+        raise UserError(f"{root}: not a directory; {_LAYOUT_HINT}")
+    missing = [
+        file_name(kind, split)
+        for split in SPLITS
+        for kind in REQUIRED_KINDS
+        if not (root / file_name(kind, split)).exists()
+    ]
+    if missing:
+        more = f" (and {len(missing) - 1} more: {', '.join(missing[1:4])}{', ...' if len(missing) > 4 else ''})" if len(missing) > 1 else ""
+        raise UserError(f"{root / missing[0]}: missing file{more}; {_LAYOUT_HINT}")
+
+    splits: dict[str, SplitData] = {}
+    where: dict[str, dict[str, str]] = {}
+    for split in SPLITS:
+        where[split] = {k: _where(root, split, k) for k in FILE_PATTERNS}
+        raw = {
+            kind: _read_h5(root / file_name(kind, split), required=kind in REQUIRED_KINDS)
+            for kind in FILE_PATTERNS
+        }
+        splits[split] = _build_split(split, raw, where[split], clip_labels)
+        if splits[split].nan_count:
+            log.info("%s: replaced %d non-finite feature values by 0", split, splits[split].nan_count)
+    return _assemble(root.resolve(), splits, where)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_dataset(
+    out: str | os.PathLike[str],
+    splits: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    overwrite: bool = False,
+    clip_labels: bool = False,
+) -> MSADataset:
+    """Write ``splits`` (split -> {"text", "audio", "video", "labels"[, "oracle"][, "ids"]}) as a
+    dataset directory in the msa-tf2 layout and return it loaded.
+
+    The arrays are validated in memory first (nothing is written when they are wrong), then written
+    into a temporary directory next to ``out``, read back and renamed into place. A non-empty
+    existing ``out`` is refused unless ``overwrite``. Features are written as given (NaN included);
+    labels as (N, 1) float32, oracle as (N,) float32, ids as UTF-8 strings."""
+    target = Path(out).expanduser()
+    _check_target(target, overwrite)
+
+    # 1. Validate in memory, with the file names the arrays will get.
+    missing_splits = [s for s in SPLITS if s not in splits]
+    if missing_splits:
+        raise ValueError(f"write_dataset needs splits {SPLITS}; missing {missing_splits}")
+    where = {s: {k: f"{target / file_name(k, s)}" for k in FILE_PATTERNS} for s in SPLITS}
+    checked: dict[str, SplitData] = {}
+    for split in SPLITS:
+        raw = dict(splits[split])
+        for kind in REQUIRED_KINDS:
+            if kind not in raw:
+                raise ValueError(f"write_dataset: split '{split}' lacks '{kind}'")
+        unknown = set(raw) - set(FILE_PATTERNS)
+        if unknown:
+            raise ValueError(f"write_dataset: split '{split}' has unknown keys {sorted(unknown)}")
+        checked[split] = _build_split(split, raw, where[split], clip_labels)
+    _assemble(target, checked, where)
+
+    # 2. Write into a temp dir beside the target, read back, rename into place.
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as exc:
+        raise UserError(f"cannot write dataset {target}: {exc.strerror or exc}") from exc
+    try:
+        for split in SPLITS:
+            raw = splits[split]
+            for m in MODALITIES:
+                _write_h5(tmp / file_name(m, split), np.asarray(raw[m], dtype=np.float32))
+            _write_h5(tmp / file_name("labels", split), checked[split].labels.reshape(-1, 1))
+            if checked[split].oracle is not None:
+                _write_h5(tmp / file_name("oracle", split), checked[split].oracle)
+            if checked[split].ids is not None:
+                _write_h5(tmp / file_name("ids", split), checked[split].ids, strings=True)
+        loaded = load_dataset(tmp)
+        _move_into_place(tmp, target, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote dataset %s (fingerprint %s)", target, loaded.fingerprint[:12])
+    return MSADataset(path=target.resolve(), splits=loaded.splits, fingerprint=loaded.fingerprint)
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{target}: exists and is not a directory; choose another output directory")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise UserError(
+            f"{target}: directory exists and is not empty; choose a new directory or pass "
+            "--overwrite to replace it"
+        )
+
+
+def _write_h5(path: Path, arr: np.ndarray, *, strings: bool = False) -> None:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        if strings:
+            f.create_dataset(H5_KEY, data=[str(v) for v in arr], dtype=h5py.string_dtype("utf-8"))
+        else:
+            f.create_dataset(H5_KEY, data=arr)
+
+
+def _move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
+    _check_target(target, overwrite)  # again: something may have appeared meanwhile
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    if not any(target.iterdir()):
+        target.rmdir()
+        os.replace(tmp, target)
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.replace(target, trash / "old")
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        os.replace(trash / "old", target)
+        raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)

@@ -1,0 +1,133 @@
+"""The ``tf.data`` input pipelines of a trial: train (shuffled, augmented) and evaluation splits.
+
+:func:`make_datasets` turns in-memory arrays (as they arrive from the Ray object store) into
+batched, prefetched datasets whose elements are ``({"text": (B,T,Dt), "audio": ..., "video":
+...}, labels (B, 1) float32)``.
+
+Determinism: the train split is shuffled with a fixed op seed and ``reshuffle_each_iteration``,
+and every train batch is zipped with a per-batch seed from ``Dataset.random(seed,
+rerandomize_each_iteration=True)``; augmentation uses only stateless random ops keyed on that
+seed. Both streams advance with every new iterator (every epoch), so two pipelines built with the
+same ``seed`` yield identical batches epoch after epoch, while epoch 2 differs from epoch 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from augment.transforms import augment_batch, validate_aug_config
+from msatune.errors import UserError
+
+__all__ = ["MODALITIES", "TRAIN_SPLIT", "make_datasets"]
+
+log = logging.getLogger(__name__)
+
+MODALITIES: tuple[str, ...] = ("text", "audio", "video")
+TRAIN_SPLIT = "train"
+
+# Distinct op seeds for the shuffle and the augmentation-seed streams of one pipeline seed.
+_SHUFFLE_SALT = 0x5EED_0001
+_AUG_SALT = 0x5EED_0002
+
+
+def _split_arrays(
+    name: str, arrays: Mapping[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    if not isinstance(arrays, Mapping):
+        raise UserError(f"split {name!r} must be a mapping of arrays, got {type(arrays).__name__}")
+    if "labels" not in arrays:
+        raise UserError(f"split {name!r} has no 'labels' array")
+    features = {m: np.asarray(arrays[m], dtype=np.float32) for m in MODALITIES if m in arrays}
+    if not features:
+        raise UserError(f"split {name!r} has none of the modalities {', '.join(MODALITIES)}")
+    labels = np.asarray(arrays["labels"], dtype=np.float32)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise UserError(
+            f"split {name!r}: labels must have shape (N,) or (N, 1), got {labels.shape}"
+        )
+    n = labels.shape[0]
+    for m, x in features.items():
+        if x.ndim != 3:
+            raise UserError(f"split {name!r}: {m} must have shape (N, T, D), got {x.shape}")
+        if x.shape[0] != n:
+            raise UserError(f"split {name!r}: {m} has {x.shape[0]} samples but labels have {n}")
+    return features, labels.reshape(n, 1)
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise UserError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def make_datasets(
+    splits: Mapping[str, Mapping[str, np.ndarray]],
+    batch_size: int,
+    aug: Mapping | None = None,
+    seed: int = 0,
+    *,
+    shuffle: bool = True,
+) -> dict[str, tf.data.Dataset]:
+    """Build one batched, prefetched ``tf.data.Dataset`` per split.
+
+    Args:
+        splits: split name -> ``{"text", "audio", "video"`` (any present), ``"labels"}`` arrays;
+            features ``(N, T, D)``, labels ``(N,)`` or ``(N, 1)``. Other keys are ignored.
+        batch_size: samples per batch; the last batch may be smaller (``drop_remainder=False``).
+        aug: flat config whose ``aug_*`` keys set the augmentation strengths (others ignored);
+            ``None`` means no augmentation.
+        seed: the pipeline seed (shuffle order and augmentation randomness).
+        shuffle: shuffle the train split (reshuffled each epoch). Other splits never are.
+
+    Returns:
+        split name -> dataset. Only ``"train"`` is shuffled and augmented.
+
+    Raises:
+        UserError: on a bad batch size, seed, augmentation value or array shape.
+    """
+    batch_size = _check_int("batch_size", batch_size, 1)
+    seed = _check_int("seed", seed, 0)
+    cfg = validate_aug_config(aug)
+    augmenting = any(v > 0 for v in cfg.values())
+    autotune = tf.data.AUTOTUNE
+
+    out: dict[str, tf.data.Dataset] = {}
+    for name, arrays in splits.items():
+        features, labels = _split_arrays(name, arrays)
+        n = labels.shape[0]
+        ds = tf.data.Dataset.from_tensor_slices((features, labels))
+        if name == TRAIN_SPLIT:
+            if shuffle:
+                ds = ds.shuffle(max(n, 1), seed=seed + _SHUFFLE_SALT, reshuffle_each_iteration=True)
+            ds = ds.batch(
+                batch_size, drop_remainder=False, num_parallel_calls=autotune, deterministic=True
+            )
+            if augmenting:
+                seeds = tf.data.Dataset.random(
+                    seed=seed + _AUG_SALT, rerandomize_each_iteration=True
+                ).batch(2)
+                ds = tf.data.Dataset.zip(ds, seeds).map(
+                    lambda batch, s: augment_batch(batch[0], batch[1], cfg, s),
+                    num_parallel_calls=autotune,
+                    deterministic=True,
+                )
+        else:
+            ds = ds.batch(
+                batch_size, drop_remainder=False, num_parallel_calls=autotune, deterministic=True
+            )
+        out[name] = ds.prefetch(autotune)
+        log.debug(
+            "split %s: %d samples, batch %d, augment=%s",
+            name,
+            n,
+            batch_size,
+            augmenting and name == TRAIN_SPLIT,
+        )
+    return out

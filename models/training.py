@@ -1,0 +1,320 @@
+"""The training recipe: one configuration trained to its best epoch, driven by a flat config dict.
+
+``train_model`` builds the model, the optimizer (adam | adamw), the loss (mae | huber), the LR
+schedule (constant | plateau | cosine with linear warm-up), fits with early stopping on val MAE,
+keeps the best-epoch weights, writes a CSV log in the msa-tf2 columns and calls ``on_epoch`` after
+every epoch (the search reports through it). The input pipelines are built by the caller (see
+``search.trial``), so this module only sees ``tf.data`` datasets.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from models.build import build_model
+from msatune.errors import UserError
+
+log = logging.getLogger(__name__)
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "optimizer": "adamw",
+    "learning_rate": 5e-4,
+    "weight_decay": 0.01,
+    "clipnorm": 1.0,  # 0 = no clipping
+    "loss": "huber",
+    "huber_delta": 1.0,
+    "lr_schedule": "cosine",
+    "warmup_epochs": 5,
+    "plateau_factor": 0.5,
+    "plateau_patience": 5,
+    "batch_size": 16,
+    "epochs": 50,
+    "patience": 8,  # early stopping on val MAE; 0 = off
+    "seed": 0,
+    "jit_compile": False,
+    "mixed_precision": False,
+}
+
+TRAIN_CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": ("adam", "adamw"),
+    "loss": ("mae", "huber"),
+    "lr_schedule": ("constant", "plateau", "cosine"),
+}
+
+#: The msa-tf2 CSV log columns (the users' own tools read these).
+CSV_COLUMNS = ("epoch", "learning_rate", "loss", "mae", "mse", "val_loss", "val_mae", "val_mse")
+
+EpochCallback = Callable[["EpochReport"], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/Inf: the configuration failed (not a user error, not a best)."""
+
+
+@dataclass
+class EpochReport:
+    """What one finished epoch tells the caller."""
+
+    epoch: int  # 0-based, like Keras' CSV logs
+    metrics: dict[str, float]  # loss, mae, mse, val_loss, val_mae, val_mse, learning_rate, gap
+    improved: bool  # val MAE is the best so far (the model holds these weights right now)
+    model: keras.Model
+    seconds: float  # wall time of this epoch (train + validation)
+    last: bool = False  # no epoch follows (budget reached or early stopping)
+
+
+@dataclass
+class TrainResult:
+    model: keras.Model  # holds the best-epoch weights
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_mae: float
+    epochs_trained: int
+    stopped_early: bool
+    train_seconds: float  # time inside epochs (the harness overhead is wall time minus this)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best(self) -> dict[str, float]:
+        return self.history[self.best_epoch]
+
+
+def training_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The training keys of a flat trial config, defaults filled, validated (UserError names the key)."""
+    out = {k: config.get(k, v) for k, v in TRAIN_DEFAULTS.items()}
+    for key, choices in TRAIN_CHOICES.items():
+        if out[key] not in choices:
+            raise UserError(f"{key}={out[key]!r} is not allowed; choose one of {', '.join(choices)}")
+    positive = ("learning_rate", "batch_size", "epochs", "huber_delta")
+    for key in positive:
+        if not _is_number(out[key]) or out[key] <= 0:
+            raise UserError(f"{key}={out[key]!r} must be a number > 0")
+    non_negative = ("weight_decay", "clipnorm", "warmup_epochs", "patience", "plateau_patience")
+    for key in non_negative:
+        if not _is_number(out[key]) or out[key] < 0:
+            raise UserError(f"{key}={out[key]!r} must be a number >= 0")
+    if not (_is_number(out["plateau_factor"]) and 0 < out["plateau_factor"] < 1):
+        raise UserError(f"plateau_factor={out['plateau_factor']!r} must be in (0, 1)")
+    for key in ("batch_size", "epochs", "warmup_epochs", "patience", "plateau_patience", "seed"):
+        if float(out[key]) != int(out[key]):
+            raise UserError(f"{key}={out[key]!r} must be an integer")
+        out[key] = int(out[key])
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def make_optimizer(settings: Mapping[str, Any], steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    lr: Any = float(settings["learning_rate"])
+    if settings["lr_schedule"] == "cosine":
+        total = max(1, int(settings["epochs"]) * steps_per_epoch)
+        warmup = min(int(settings["warmup_epochs"]) * steps_per_epoch, total - 1)
+        if warmup > 0:
+            lr = keras.optimizers.schedules.CosineDecay(
+                initial_learning_rate=lr / 10.0,
+                decay_steps=max(1, total - warmup),
+                warmup_target=lr,
+                warmup_steps=warmup,
+            )
+        else:
+            lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total)
+    kwargs: dict[str, Any] = {"learning_rate": lr}
+    if float(settings["clipnorm"]) > 0:
+        kwargs["clipnorm"] = float(settings["clipnorm"])
+    if settings["optimizer"] == "adamw":
+        return keras.optimizers.AdamW(weight_decay=float(settings["weight_decay"]), **kwargs)
+    return keras.optimizers.Adam(**kwargs)
+
+
+def make_loss(settings: Mapping[str, Any]) -> keras.losses.Loss:
+    if settings["loss"] == "huber":
+        return keras.losses.Huber(delta=float(settings["huber_delta"]))
+    return keras.losses.MeanAbsoluteError()
+
+
+def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
+    lr = optimizer.learning_rate
+    return float(keras.ops.convert_to_numpy(lr))
+
+
+class _EpochDriver(keras.callbacks.Callback):
+    """Per-epoch bookkeeping: CSV row, best weights, early stopping, NaN guard, caller hook."""
+
+    def __init__(
+        self,
+        settings: Mapping[str, Any],
+        on_epoch: EpochCallback | None,
+        csv_path: Path | None,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.on_epoch = on_epoch
+        self.csv_path = csv_path
+        self.history: list[dict[str, float]] = []
+        self.best_val = math.inf
+        self.best_epoch = -1
+        self.best_weights: list[np.ndarray] | None = None
+        self.wait = 0
+        self.stopped_early = False
+        self.train_seconds = 0.0
+        self._t0 = 0.0
+        self._csv_file = None
+        self._csv = None
+        # The plateau schedule lives here so that its LR change shows in the next epoch's row.
+        self.plateau_wait = 0
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.csv_path is not None:
+            self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+            self._csv_file = open(self.csv_path, "w", newline="")  # noqa: SIM115 - closed in on_train_end
+            self._csv = csv.writer(self._csv_file)
+            self._csv.writerow(CSV_COLUMNS)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._lr_at_start = current_learning_rate(self.model.optimizer)
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        seconds = time.perf_counter() - self._t0
+        self.train_seconds += seconds
+        logs = dict(logs or {})
+        row = {
+            "epoch": float(epoch),
+            "learning_rate": self._lr_at_start,
+            "loss": float(logs.get("loss", math.nan)),
+            "mae": float(logs.get("mae", math.nan)),
+            "mse": float(logs.get("mse", math.nan)),
+            "val_loss": float(logs.get("val_loss", math.nan)),
+            "val_mae": float(logs.get("val_mae", math.nan)),
+            "val_mse": float(logs.get("val_mse", math.nan)),
+        }
+        row["gap"] = row["val_mae"] - row["mae"]
+        self.history.append(row)
+        if self._csv is not None:
+            self._csv.writerow([_csv_value(row[c]) for c in CSV_COLUMNS])
+            self._csv_file.flush()
+        if not (math.isfinite(row["loss"]) and math.isfinite(row["val_mae"])):
+            self.model.stop_training = True
+            raise TrainingDiverged(
+                f"loss became non-finite at epoch {epoch} (loss={row['loss']}, val_mae={row['val_mae']}); "
+                "lower the learning rate or enable clipnorm"
+            )
+        improved = row["val_mae"] < self.best_val
+        if improved:
+            self.best_val = row["val_mae"]
+            self.best_epoch = epoch
+            self.best_weights = [np.copy(w) for w in self.model.get_weights()]
+            self.wait = 0
+            self.plateau_wait = 0
+        else:
+            self.wait += 1
+            self.plateau_wait += 1
+        patience = int(self.settings["patience"])
+        stop = patience > 0 and self.wait >= patience
+        last = stop or epoch + 1 >= int(self.settings["epochs"])
+        if self.on_epoch is not None:
+            self.on_epoch(EpochReport(epoch, dict(row), improved, self.model, seconds, last))
+        if self.settings["lr_schedule"] == "plateau" and self.plateau_wait >= self.settings["plateau_patience"]:
+            opt = self.model.optimizer
+            new_lr = max(current_learning_rate(opt) * float(self.settings["plateau_factor"]), 1e-7)
+            opt.learning_rate = new_lr
+            self.plateau_wait = 0
+        if stop:
+            self.stopped_early = True
+            self.model.stop_training = True
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._csv_file is not None:
+            self._csv_file.close()
+            self._csv_file = None
+            self._csv = None
+
+
+def _csv_value(v: float) -> str:
+    return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(float(v))
+
+
+def train_model(
+    config: Mapping[str, Any],
+    datasets: Mapping[str, tf.data.Dataset],
+    dims: Mapping[str, int],
+    *,
+    seq_len: int | None = None,
+    on_epoch: EpochCallback | None = None,
+    csv_path: str | Path | None = None,
+    verbose: int = 0,
+) -> TrainResult:
+    """Train one configuration to its best epoch.
+
+    ``datasets`` must hold ``train`` and ``valid`` (batched ``({text,audio,video}, labels)``).
+    Raises :class:`TrainingDiverged` when the loss goes NaN, ``UserError`` for a bad config.
+    """
+    settings = training_settings(config)
+    if "train" not in datasets or "valid" not in datasets:
+        raise ValueError("train_model needs 'train' and 'valid' datasets")
+    steps = int(datasets["train"].cardinality().numpy())
+    if steps <= 0:
+        raise UserError("the training split is empty or of unknown size; nothing to train on")
+
+    use_mp = bool(settings["mixed_precision"]) and bool(tf.config.list_physical_devices("GPU"))
+    previous_policy = keras.mixed_precision.global_policy()
+    if use_mp:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(int(settings["seed"]))
+        model = build_model(config, dims, seq_len)
+        model.compile(
+            optimizer=make_optimizer(settings, steps),
+            loss=make_loss(settings),
+            metrics=["mae", "mse"],
+            jit_compile=bool(settings["jit_compile"]),
+        )
+        driver = _EpochDriver(settings, on_epoch, Path(csv_path) if csv_path else None)
+        try:
+            model.fit(
+                datasets["train"],
+                validation_data=datasets["valid"],
+                epochs=int(settings["epochs"]),
+                callbacks=[driver],
+                verbose=verbose,
+            )
+        finally:
+            driver.close()
+    finally:
+        if use_mp:
+            keras.mixed_precision.set_global_policy(previous_policy)
+    if driver.best_weights is not None:
+        model.set_weights(driver.best_weights)
+    return TrainResult(
+        model=model,
+        history=driver.history,
+        best_epoch=driver.best_epoch,
+        best_val_mae=driver.best_val,
+        epochs_trained=len(driver.history),
+        stopped_early=driver.stopped_early,
+        train_seconds=driver.train_seconds,
+        config=dict(config),
+    )
+
+
+def predict(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
+    """Predictions of a batched dataset as a flat float32 array (labels are ignored)."""
+    inputs_only = dataset.map(lambda x, y: x)
+    out = model.predict(inputs_only, verbose=0)
+    return np.asarray(out, dtype=np.float32).reshape(-1)

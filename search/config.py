@@ -1,0 +1,157 @@
+"""Trial configurations: the flat dict of JSON values that one trial trains, and the two presets.
+
+A trial config is the union of the model keys (``models.build.MODEL_DEFAULTS``), the training keys
+(``models.training.TRAIN_DEFAULTS``) and the augmentation keys (``augment.transforms.AUG_DEFAULTS``).
+It is saved beside every checkpoint, so any checkpoint rebuilds its model without the study.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from augment.transforms import AUG_DEFAULTS, validate_aug_config
+from models.build import MODEL_DEFAULTS
+from models.training import TRAIN_CHOICES, TRAIN_DEFAULTS, training_settings
+from msatune.errors import UserError
+
+TRIAL_DEFAULTS: dict[str, Any] = {**MODEL_DEFAULTS, **TRAIN_DEFAULTS, **AUG_DEFAULTS}
+
+CHOICES: dict[str, tuple[str, ...]] = {"family": ("baseline", "improved"), **TRAIN_CHOICES}
+
+_NO_AUGMENTATION = {k: 0.0 for k in AUG_DEFAULTS}
+
+#: The users' two hand-made recipes (msa-tf2), as complete trial configs.
+PRESETS: dict[str, dict[str, Any]] = {
+    "baseline": {
+        **TRIAL_DEFAULTS,
+        "family": "baseline",
+        "model_dim": 64,
+        "num_heads": 4,
+        "ff_dim": 256,
+        "n_layers_mod": 2,
+        "n_layers_fuse": 1,
+        "adaptive_fusion": True,
+        "dropout": 0.1,
+        "l2": 0.0,
+        "optimizer": "adam",
+        "learning_rate": 1e-3,
+        "weight_decay": 0.0,
+        "clipnorm": 0.0,
+        "loss": "mae",
+        "lr_schedule": "plateau",
+        "plateau_factor": 0.5,
+        "plateau_patience": 5,
+        "warmup_epochs": 0,
+        "batch_size": 4,
+        "epochs": 100,
+        "patience": 15,
+        **_NO_AUGMENTATION,
+    },
+    "improved": {
+        **TRIAL_DEFAULTS,
+        "family": "improved",
+        "model_dim": 64,
+        "num_heads": 4,
+        "ff_dim": 256,
+        "n_layers_mod": 2,
+        "n_layers_fuse": 1,
+        "adaptive_fusion": True,
+        "dropout": 0.4,
+        "l2": 0.01,
+        "optimizer": "adamw",
+        "learning_rate": 5e-4,
+        "weight_decay": 0.01,
+        "clipnorm": 1.0,
+        "loss": "huber",
+        "huber_delta": 1.0,
+        "lr_schedule": "cosine",
+        "warmup_epochs": 5,
+        "batch_size": 16,
+        "epochs": 100,
+        "patience": 8,
+        **_NO_AUGMENTATION,
+    },
+}
+
+
+def preset_config(name: str) -> dict[str, Any]:
+    """A copy of a preset's full config; an unknown name is a user error listing the presets."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
+
+
+def coerce_value(key: str, raw: Any) -> Any:
+    """Turn a ``--set key=value`` string (or a TOML value) into the type the key takes."""
+    if key not in TRIAL_DEFAULTS:
+        raise UserError(_unknown_key_message(key))
+    default = TRIAL_DEFAULTS[key]
+    if key in CHOICES:
+        value = str(raw)
+        if value not in CHOICES[key]:
+            raise UserError(f"{key}={value!r} is not allowed; choose one of {', '.join(CHOICES[key])}")
+        return value
+    if isinstance(default, bool):
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise UserError(f"{key}={raw!r} must be true or false")
+    try:
+        number = float(raw)
+    except (TypeError, ValueError):
+        kind = "an integer" if isinstance(default, int) else "a number"
+        raise UserError(f"{key}={raw!r} must be {kind}") from None
+    if isinstance(default, int):
+        if not number.is_integer():
+            raise UserError(f"{key}={raw!r} must be an integer")
+        return int(number)
+    return number
+
+
+def _unknown_key_message(key: str) -> str:
+    close = difflib.get_close_matches(key, TRIAL_DEFAULTS, n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return f"unknown config key {key!r}; {hint}allowed keys: {', '.join(sorted(TRIAL_DEFAULTS))}"
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """``["dropout=0.3", "loss=mae"]`` → ``{"dropout": 0.3, "loss": "mae"}`` (typed, validated keys)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set expects key=value, got {pair!r} (e.g. --set dropout=0.3)")
+        out[key] = coerce_value(key, raw.strip())
+    return out
+
+
+def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A complete, checked trial config: defaults filled, unknown keys and bad values refused."""
+    unknown = [k for k in config if k not in TRIAL_DEFAULTS]
+    if unknown:
+        raise UserError(_unknown_key_message(unknown[0]))
+    full = {**TRIAL_DEFAULTS, **config}
+    for key, choices in CHOICES.items():
+        if full[key] not in choices:
+            raise UserError(f"{key}={full[key]!r} is not allowed; choose one of {', '.join(choices)}")
+    full.update(training_settings(full))
+    full.update(validate_aug_config(full))
+    return full
+
+
+def resolve_config(
+    preset: str = "improved", overrides: Iterable[str] = (), epochs: int | None = None
+) -> dict[str, Any]:
+    """Preset + ``--set`` overrides (+ ``--epochs``) → a validated trial config."""
+    config = preset_config(preset)
+    config.update(parse_overrides(overrides))
+    if epochs is not None:
+        config["epochs"] = epochs
+    return validate_config(config)

@@ -1,0 +1,62 @@
+"""Make the store tell the truth after a run: orphans fail, their configurations go back in the queue.
+
+Optuna's heartbeat only works with ``Study.optimize``; with Ray Tune's ask/tell a trial left
+RUNNING by a dead driver stays RUNNING forever. ``reconcile`` marks such trials FAIL (tagged
+``msatune_requeued``) and enqueues their parameters again, so ``resume`` runs them first. Trials
+that already finished are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+log = logging.getLogger(__name__)
+
+REQUEUED_ATTR = "msatune_requeued"
+FAIL_REASON_ATTR = "fail_reason"
+
+
+def requeue_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """What to enqueue to run ``trial`` again: its fixed params (presets) or sampled params."""
+    fixed = trial.system_attrs.get("fixed_params")
+    return dict(fixed) if fixed else dict(trial.params)
+
+
+def fail_and_requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> None:
+    """FAIL a RUNNING trial with ``reason`` and put its configuration back in the queue."""
+    storage = study._storage
+    trial_id = trial._trial_id
+    try:
+        storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
+        storage.set_trial_user_attr(trial_id, REQUEUED_ATTR, True)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        log.info("trial %d finished meanwhile; left as is", trial.number)
+        return
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if k in ("preset",)}
+    user_attrs["requeued_from"] = trial.number
+    study.enqueue_trial(requeue_params(trial), user_attrs=user_attrs)
+    log.info("trial %d: %s; re-queued", trial.number, reason)
+
+
+def reconcile(study: optuna.Study, reason: str = "driver stopped while the trial was running") -> list[int]:
+    """FAIL + re-queue every RUNNING trial of ``study``; returns their numbers."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in running:
+        fail_and_requeue(study, trial, reason)
+    return [t.number for t in running]
+
+
+def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
+    """COMPLETE and PRUNED trials, and FAILs that were not re-queued (real errors) use budget."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and not trial.user_attrs.get(REQUEUED_ATTR, False)
+
+
+def used_budget(study: optuna.Study) -> int:
+    return sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))

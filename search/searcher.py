@@ -1,0 +1,224 @@
+"""``StoreTruthfulOptunaSearch``: Ray Tune's OptunaSearch, made to record what really happened.
+
+Stock OptunaSearch (ray 2.60) stores scheduler-stopped trials as COMPLETE with their low-budget
+value, never reports the result that triggered the stop, can leave NaN trials RUNNING, and crashes
+on trials the store already finished. This subclass:
+
+- tells PRUNED for trials the scheduler stopped, after reporting their last step;
+- tells COMPLETE with the trial's *best* val MAE when the trainable finished on its own;
+- tells FAIL with a ``fail_reason`` user attr for errors (reason from Ray's error file) and NaN;
+- records ``ray_trial_id``, ``epochs``, ``best_val_mae`` and ``checkpoint`` user attrs while the
+  trial is RUNNING (a finished trial accepts no user attrs);
+- tolerates ``UpdateFinishedTrialError``.
+Only the driver runs this, so the store has exactly one writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.callback import Callback
+from ray.tune.search.optuna import OptunaSearch
+
+from search.reconcile import FAIL_REASON_ATTR, fail_and_requeue
+from search.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+METRIC = "val_mae"
+
+
+@dataclass
+class SearchCounters:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    best_val_mae: float = math.inf
+    best_trial: int | None = None
+    running: set[str] = field(default_factory=set)
+
+
+class StoreTruthfulOptunaSearch(OptunaSearch):
+    def __init__(self, space: SearchSpace, storage: optuna.storages.BaseStorage, study_name: str,
+                 sampler: optuna.samplers.BaseSampler) -> None:
+        super().__init__(space=space.sample, metric=METRIC, mode="min", sampler=sampler,
+                         study_name=study_name, storage=storage)
+        self.counters = SearchCounters()
+        self._last_result: dict[str, dict] = {}
+        self._reported_steps: dict[str, set[int]] = {}
+        self._checkpoints: dict[str, str] = {}
+        self._pending_errors: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    # -- Ray Tune searcher API -------------------------------------------------------------
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials[trial_id]
+        ot_trial.set_user_attr("ray_trial_id", trial_id)
+        config["seed"] = int(config.get("seed", 0)) + ot_trial.number
+        self.counters.running.add(trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        self._last_result[trial_id] = result
+        if result.get("diverged"):
+            return
+        value = result.get(METRIC)
+        if value is None or not math.isfinite(value):
+            return
+        ot_trial = self._ot_trials[trial_id]
+        step = int(result.get("training_iteration", 0))
+        ot_trial.report(float(value), step)
+        self._reported_steps.setdefault(trial_id, set()).add(step)
+        self._set_attr(trial_id, "epochs", step)
+        if "best_val_mae" in result:
+            self._set_attr(trial_id, "best_val_mae", float(result["best_val_mae"]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if error:
+            # Ray calls the searcher before the callbacks that know the error: wait for the reason
+            # from ``StoreCallback.on_trial_error`` (or ``flush``).
+            self._pending_errors[trial_id] = True
+            return
+        result = result or self._last_result.get(trial_id)
+        ot_trial = self._ot_trials[trial_id]
+        self._record_checkpoint_attr(trial_id)
+        if result and result.get("diverged"):
+            self._finish(trial_id, TrialState.FAIL, reason=str(result["diverged"]))
+        elif result and result.get("final"):
+            best = float(result.get("best_val_mae", result.get(METRIC)))
+            self._set_attr(trial_id, "epochs", int(result.get("training_iteration", 0)))
+            self._finish(trial_id, TrialState.COMPLETE, value=best)
+        elif result and result.get(METRIC) is not None:
+            step = int(result.get("training_iteration", 0))
+            value = float(result[METRIC])
+            if step not in self._reported_steps.get(trial_id, set()) and math.isfinite(value):
+                ot_trial.report(value, step)
+            self._set_attr(trial_id, "epochs", step)
+            self._set_attr(trial_id, "pruned_at_epoch", step)
+            self._finish(trial_id, TrialState.PRUNED)
+        else:
+            # Stopped before its first epoch (e.g. Ctrl-C): not a result, run it again later.
+            frozen = self._frozen(trial_id)
+            if frozen is not None and frozen.state == TrialState.RUNNING:
+                fail_and_requeue(self._ot_study, frozen, "stopped before its first epoch")
+            self._done(trial_id)
+
+    # -- called by StoreCallback ------------------------------------------------------------
+    def record_checkpoint(self, trial_id: str, path: str) -> None:
+        self._checkpoints[trial_id] = path
+        self._record_checkpoint_attr(trial_id)
+
+    def record_error(self, trial_id: str, reason: str) -> None:
+        if self._pending_errors.pop(trial_id, None) is None:
+            return
+        self._record_checkpoint_attr(trial_id)
+        self._finish(trial_id, TrialState.FAIL, reason=reason)
+
+    def flush(self) -> None:
+        """Finish errors whose reason never arrived."""
+        for trial_id in list(self._pending_errors):
+            self.record_error(trial_id, "trial raised an error (see the Ray trial's error.txt)")
+
+    def record_cuda_devices(self, trial_id: str, devices: str) -> None:
+        self._set_attr(trial_id, "cuda_visible_devices", devices)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _frozen(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return None
+        return self._ot_study._storage.get_trial(ot_trial._trial_id)
+
+    def _set_attr(self, trial_id: str, key: str, value: Any) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials:
+            return
+        try:
+            ot_trial.set_user_attr(key, value)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.debug("trial %s already finished; %s not recorded", trial_id, key)
+
+    def _record_checkpoint_attr(self, trial_id: str) -> None:
+        path = self._checkpoints.get(trial_id)
+        if path:
+            self._set_attr(trial_id, "checkpoint", path)
+
+    def _finish(self, trial_id: str, state: TrialState, value: float | None = None,
+                reason: str | None = None) -> None:
+        ot_trial = self._ot_trials[trial_id]
+        if reason:
+            self._set_attr(trial_id, FAIL_REASON_ATTR, reason[:2000])
+        try:
+            self._ot_study.tell(ot_trial, value, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.info("trial %d was already finished in the store; left as is", ot_trial.number)
+        except ValueError as exc:  # e.g. a NaN value
+            log.warning("trial %d: %s; marked FAIL", ot_trial.number, exc)
+            state = TrialState.FAIL
+            try:
+                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
+        c = self.counters
+        if state == TrialState.COMPLETE:
+            c.complete += 1
+            if value is not None and value < c.best_val_mae:
+                c.best_val_mae, c.best_trial = value, ot_trial.number
+        elif state == TrialState.PRUNED:
+            c.pruned += 1
+        else:
+            c.failed += 1
+        self._done(trial_id)
+
+    def _done(self, trial_id: str) -> None:
+        self._completed_trials.add(trial_id)
+        self.counters.running.discard(trial_id)
+
+
+class StoreCallback(Callback):
+    """Driver-side Ray Tune callback feeding the searcher what only Ray knows."""
+
+    def __init__(self, searcher: StoreTruthfulOptunaSearch) -> None:
+        self.searcher = searcher
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        self.searcher.record_checkpoint(trial.trial_id, checkpoint.path)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        devices = result.get("cuda_visible_devices")
+        if devices is not None and result.get("training_iteration") == 1:
+            self.searcher.record_cuda_devices(trial.trial_id, str(devices))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.searcher.record_error(trial.trial_id, _error_reason(trial))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.searcher.flush()
+
+
+def _error_reason(trial: Any) -> str:
+    """The last meaningful line of Ray's error file for ``trial`` (the exception message)."""
+    text = ""
+    try:
+        path = getattr(trial, "error_file", None)
+        if path:
+            with open(path) as f:
+                text = f.read()
+    except OSError:
+        text = ""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if ":" in line and not line.startswith("File "):
+            return line[:1000]
+    return lines[-1][:1000] if lines else "trial raised an error"

@@ -1,0 +1,233 @@
+"""The search space: Optuna distributions over the improved-model trial config.
+
+The default space covers optimisation (learning rate, optimizer, weight decay, batch size, loss and
+Huber delta, warm-up), capacity (model_dim, heads, ff_dim, layers), regularisation (dropout, L2)
+and every augmentation strength (0 included). A TOML file (``--space FILE``) narrows or replaces it::
+
+    replace = false          # true: search only the keys below, the rest stay at the base config
+    [learning_rate]
+    low = 1e-4
+    high = 3e-3
+    log = true
+    [batch_size]
+    choices = [16, 32]
+    [dropout]
+    value = 0.3              # fix a key (not searched)
+
+Conditional keys: ``weight_decay`` is sampled only with ``optimizer = "adamw"`` and
+``huber_delta`` only with ``loss = "huber"``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from msatune.errors import UserError
+from search.config import CHOICES, PRESETS, TRIAL_DEFAULTS, coerce_value
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+#: key -> the key/value that must hold for it to be sampled
+CONDITIONS: dict[str, tuple[str, Any]] = {
+    "weight_decay": ("optimizer", "adamw"),
+    "huber_delta": ("loss", "huber"),
+}
+
+#: Keys a study fixes itself; a space may not search them.
+RESERVED = ("epochs", "seed", "family", "lr_schedule", "jit_compile", "mixed_precision")
+
+
+def default_distributions() -> dict[str, BaseDistribution]:
+    return {
+        "learning_rate": FloatDistribution(1e-4, 3e-3, log=True),
+        "optimizer": CategoricalDistribution(["adam", "adamw"]),
+        "weight_decay": FloatDistribution(1e-4, 1e-1, log=True),
+        "batch_size": CategoricalDistribution([8, 16, 32, 64]),
+        "loss": CategoricalDistribution(["mae", "huber"]),
+        "huber_delta": FloatDistribution(0.25, 2.0),
+        "warmup_epochs": IntDistribution(0, 5),
+        "model_dim": CategoricalDistribution([32, 64, 128]),
+        "num_heads": CategoricalDistribution([2, 4, 8]),
+        "ff_dim": CategoricalDistribution([64, 128, 256]),
+        "n_layers_mod": IntDistribution(1, 3),
+        "n_layers_fuse": IntDistribution(1, 2),
+        "adaptive_fusion": CategoricalDistribution([True, False]),
+        "dropout": FloatDistribution(0.0, 0.6),
+        "l2": FloatDistribution(1e-5, 3e-2, log=True),
+        "aug_noise": FloatDistribution(0.0, 0.3),
+        "aug_time_mask": FloatDistribution(0.0, 0.3),
+        "aug_feature_drop": FloatDistribution(0.0, 0.3),
+        "aug_modality_drop": FloatDistribution(0.0, 0.3),
+        "aug_time_shift": FloatDistribution(0.0, 0.2),
+        "aug_mixup": FloatDistribution(0.0, 0.4),
+    }
+
+
+@dataclass
+class SearchSpace:
+    """Distributions to sample + the base config every trial starts from."""
+
+    distributions: dict[str, BaseDistribution]
+    base: dict[str, Any] = field(default_factory=lambda: dict(PRESETS["improved"]))
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form, stored in the study's user attrs (``from_json`` reads it back)."""
+        return {
+            "distributions": {
+                k: optuna.distributions.distribution_to_json(d) for k, d in self.distributions.items()
+            },
+            "base": self.base,
+        }
+
+    @classmethod
+    def from_json(cls, payload: Mapping[str, Any]) -> SearchSpace:
+        return cls(
+            {k: optuna.distributions.json_to_distribution(v) for k, v in payload["distributions"].items()},
+            dict(payload["base"]),
+        )
+
+    def sample(self, trial: Any) -> dict[str, Any]:
+        """Define-by-run: sample ``trial`` (an Optuna trial or Ray's captor) → its full config.
+
+        Enqueued trials (the presets) carry fixed params; those outside a distribution (e.g. the
+        baseline's batch size 4) or not in the space at all become constants of the config
+        instead of params, so every preset trains exactly as the users' recipe.
+        """
+        # Optuna keeps an enqueued trial's values in ``Trial._fixed_params`` (no public accessor).
+        fixed = dict(getattr(trial, "_fixed_params", None) or {})
+        config = dict(self.base)
+        constants: dict[str, Any] = {k: v for k, v in fixed.items() if k not in self.distributions}
+        config.update(constants)
+        for name, dist in self.distributions.items():
+            cond = CONDITIONS.get(name)
+            if cond is not None and config.get(cond[0]) != cond[1]:
+                continue
+            if name in fixed and not _contains(dist, fixed[name]):
+                config[name] = fixed[name]
+                constants[name] = fixed[name]
+                continue
+            config[name] = _suggest(trial, name, dist)
+        return config
+
+
+def _contains(dist: BaseDistribution, value: Any) -> bool:
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except (ValueError, TypeError):
+        return False
+
+
+def _suggest(trial: Any, name: str, dist: BaseDistribution) -> Any:
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, list(dist.choices))
+    raise TypeError(f"unsupported distribution {dist!r}")  # pragma: no cover
+
+
+def default_space(max_epochs: int | None = None) -> SearchSpace:
+    space = SearchSpace(default_distributions())
+    if max_epochs is not None:
+        space.base["epochs"] = int(max_epochs)
+    return space
+
+
+def load_space(path: str | Path, max_epochs: int | None = None) -> SearchSpace:
+    """Read a TOML space file; every mistake is a UserError naming the file and the key."""
+    path = Path(path)
+    try:
+        payload = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"space file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"space file {path} is a directory, expected a TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"space file {path} is not valid TOML: {exc}") from None
+    replace = payload.pop("replace", False)
+    if not isinstance(replace, bool):
+        raise UserError(f"space file {path}: 'replace' must be true or false")
+    space = SearchSpace({} if replace else default_distributions())
+    for key, spec in payload.items():
+        where = f"space file {path}, key {key!r}"
+        if key not in TRIAL_DEFAULTS:
+            coerce_value(key, None)  # raises the unknown-key message with suggestions
+        if key in RESERVED:
+            raise UserError(f"{where}: {key} is set by the study, not searched (use launch options)")
+        if not isinstance(spec, dict):
+            raise UserError(f"{where}: expected a table like [{key}] with low/high, choices or value")
+        space.distributions.pop(key, None)
+        if "value" in spec:
+            _only(spec, {"value"}, where)
+            space.base[key] = coerce_value(key, spec["value"])
+        elif "choices" in spec:
+            _only(spec, {"choices"}, where)
+            choices = spec["choices"]
+            if not isinstance(choices, list) or not choices:
+                raise UserError(f"{where}: choices must be a non-empty list")
+            space.distributions[key] = CategoricalDistribution([_typed_choice(key, c, where) for c in choices])
+        elif "low" in spec or "high" in spec:
+            _only(spec, {"low", "high", "log", "step"}, where)
+            space.distributions[key] = _range(key, spec, where)
+        else:
+            raise UserError(f"{where}: give low/high, choices or value")
+    if max_epochs is not None:
+        space.base["epochs"] = int(max_epochs)
+    if not space.distributions:
+        raise UserError(f"space file {path} leaves nothing to search (every key is fixed)")
+    return space
+
+
+def _only(spec: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    extra = sorted(set(spec) - allowed)
+    if extra:
+        raise UserError(f"{where}: unexpected field(s) {', '.join(extra)}; allowed here: {', '.join(sorted(allowed))}")
+
+
+def _typed_choice(key: str, value: Any, where: str) -> Any:
+    try:
+        return coerce_value(key, value)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
+def _range(key: str, spec: Mapping[str, Any], where: str) -> BaseDistribution:
+    if key in CHOICES or isinstance(TRIAL_DEFAULTS[key], bool):
+        raise UserError(f"{where}: {key} is categorical; use choices = [...]")
+    if "low" not in spec or "high" not in spec:
+        raise UserError(f"{where}: a range needs both low and high")
+    low, high = spec["low"], spec["high"]
+    for name, v in (("low", low), ("high", high)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise UserError(f"{where}: {name} must be a number, got {v!r}")
+    if low > high:
+        raise UserError(f"{where}: low ({low}) > high ({high})")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise UserError(f"{where}: log must be true or false")
+    if log and low <= 0:
+        raise UserError(f"{where}: a log range needs low > 0 (got {low})")
+    step = spec.get("step")
+    if isinstance(TRIAL_DEFAULTS[key], int):
+        if float(low) != int(low) or float(high) != int(high):
+            raise UserError(f"{where}: {key} is an integer; low and high must be integers")
+        return IntDistribution(int(low), int(high), log=log, step=int(step or 1))
+    if step is not None and log:
+        raise UserError(f"{where}: step and log cannot be combined")
+    return FloatDistribution(float(low), float(high), log=log, step=float(step) if step else None)

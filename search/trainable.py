@@ -1,0 +1,106 @@
+"""The Ray Tune function trainable: one trial config → one report per epoch, best checkpoint.
+
+The driver loads the dataset once and hands it over through the object store
+(``tune.with_parameters``). Inside the trial: TensorFlow threads follow the trial's CPUs, memory
+growth is set on visible GPUs before any op, one ``ray.tune.report`` per epoch carries
+``val_mae, train_mae, gap, learning_rate, epoch, best_val_mae`` (and ``final`` on the last epoch), and a
+checkpoint (weights, config, valid/test predictions) goes with the report only when val MAE
+improved. A NaN loss ends the trial with a ``diverged`` reason (the searcher stores it as FAIL).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from augment.dataset import MSADataset
+
+log = logging.getLogger(__name__)
+
+_TF_CONFIGURED = False
+
+
+def configure_tensorflow(cpus: float) -> None:
+    """Threads from the trial's CPU share, memory growth on GPUs; once per worker process."""
+    global _TF_CONFIGURED
+    if _TF_CONFIGURED:
+        return
+    import tensorflow as tf
+
+    threads = max(1, int(math.ceil(cpus)))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError as exc:  # TF already initialised in this process (actor reuse)
+        log.debug("TensorFlow already initialised: %s", exc)
+    _TF_CONFIGURED = True
+
+
+def _assigned_cpus() -> float:
+    import ray
+
+    try:
+        return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0))
+    except Exception:  # noqa: BLE001 - outside Ray (tests calling the function directly)
+        return 1.0
+
+
+def train_trial(config: dict[str, Any], data: MSADataset | None = None) -> None:
+    """Ray Tune function trainable (wrap with ``tune.with_parameters(train_trial, data=...)``)."""
+    import ray.tune as tune
+
+    configure_tensorflow(_assigned_cpus())
+    import keras
+
+    keras.backend.clear_session()  # actor reuse: drop the previous trial's graph state
+
+    from models.training import TrainingDiverged
+    from search.trial import run_trial
+
+    if data is None:
+        raise ValueError("train_trial needs the dataset (tune.with_parameters(train_trial, data=...))")
+    trial_config = {k: v for k, v in config.items() if not k.startswith("_")}
+    try:
+        trial_dir = Path(tune.get_context().get_trial_dir())
+    except Exception:  # noqa: BLE001 - unusual storage setups: fall back to a temp dir
+        trial_dir = Path(tempfile.mkdtemp(prefix="msatune-trial-"))
+    work = trial_dir / "work"
+    state = {"best": math.inf}
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+    def on_epoch(report: Any, extra: dict) -> None:
+        m = report.metrics
+        state["best"] = min(state["best"], m["val_mae"])
+        metrics = {
+            "val_mae": m["val_mae"],
+            "train_mae": m["mae"],
+            "gap": m["gap"],
+            "learning_rate": m["learning_rate"],
+            "loss": m["loss"],
+            "val_loss": m["val_loss"],
+            "epoch": report.epoch + 1,
+            "best_val_mae": state["best"],
+            "epoch_seconds": report.seconds,
+            "final": bool(report.last),
+            "cuda_visible_devices": devices,
+        }
+        ckpt = extra.get("checkpoint")
+        if ckpt is not None:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
+        else:
+            tune.report(metrics)
+
+    try:
+        run_trial(trial_config, data, out_dir=work, on_epoch=on_epoch, checkpoint_every_improvement=True)
+    except TrainingDiverged as exc:
+        tune.report({"val_mae": math.inf, "best_val_mae": math.inf, "diverged": str(exc), "final": True})
+    finally:
+        # The reported checkpoints were copied into Ray's storage; the working copy can go.
+        shutil.rmtree(work / "checkpoint", ignore_errors=True)

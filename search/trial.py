@@ -1,0 +1,161 @@
+"""One trial: a trial config + a loaded dataset → a trained model, its best checkpoint and metrics.
+
+This is where the layers meet: ``augment`` builds the input pipelines, ``models`` trains. Both
+``msatune train`` and the Ray Tune trainable go through :func:`run_trial`, so a study's trial and
+a hand-run training are the same computation.
+
+A checkpoint directory holds ``model.weights.h5``, ``config.json``, ``checkpoint.json`` (dims,
+best epoch, metrics) and ``predictions.npz`` (``{split}_index``, ``{split}_pred``, ``{split}_label``
+for valid and test; ``{split}_id`` when the data has ids).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from augment.dataset import MSADataset
+from augment.pipeline import make_datasets
+from augment.transforms import validate_aug_config
+from models.checkpoint import save_checkpoint
+from models.metrics import msa_metrics
+from models.training import EpochReport, TrainResult, predict, train_model
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS_FILE = "predictions.npz"
+EVAL_SPLITS = ("valid", "test")
+
+
+@dataclass
+class TrialOutcome:
+    result: TrainResult
+    predictions: dict[str, np.ndarray]  # "{split}_pred" / "{split}_label" / "{split}_index"
+    metrics: dict[str, dict[str, float]]  # split -> MMSA metrics of the best-epoch model
+    checkpoint: Path | None
+
+
+def build_pipelines(config: Mapping[str, Any], data: MSADataset) -> dict:
+    """The train/valid/test ``tf.data`` pipelines of one trial config."""
+    splits = {name: split.arrays() for name, split in data.splits.items()}
+    return make_datasets(
+        splits,
+        batch_size=int(config["batch_size"]),
+        aug=validate_aug_config(config),
+        seed=int(config["seed"]),
+    )
+
+
+def predict_splits(model: Any, datasets: Mapping[str, Any], data: MSADataset) -> dict[str, np.ndarray]:
+    """Predictions on valid and test with their labels and sample indices (ids when known)."""
+    out: dict[str, np.ndarray] = {}
+    for split in EVAL_SPLITS:
+        if split not in datasets:
+            continue
+        labels = data.splits[split].labels
+        out[f"{split}_pred"] = predict(model, datasets[split])
+        out[f"{split}_label"] = np.asarray(labels, dtype=np.float32)
+        out[f"{split}_index"] = np.arange(labels.shape[0], dtype=np.int64)
+        ids = data.splits[split].ids
+        if ids is not None:
+            out[f"{split}_id"] = np.asarray(ids).astype(str)
+    return out
+
+
+def split_metrics(predictions: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    return {
+        split: msa_metrics(predictions[f"{split}_pred"], predictions[f"{split}_label"])
+        for split in EVAL_SPLITS
+        if f"{split}_pred" in predictions
+    }
+
+
+def write_checkpoint(
+    directory: Path,
+    model: Any,
+    config: Mapping[str, Any],
+    data: MSADataset,
+    predictions: Mapping[str, np.ndarray],
+    meta: Mapping[str, Any],
+) -> Path:
+    """Weights + config + meta (via ``models.checkpoint``) + the predictions file."""
+    directory = Path(directory)
+    save_checkpoint(
+        directory,
+        model,
+        config,
+        data.dims,
+        {**meta, "seq_len": data.seq_len, "data_fingerprint": data.fingerprint},
+    )
+    tmp = directory / (PREDICTIONS_FILE + ".tmp.npz")
+    np.savez(tmp, **predictions)
+    tmp.replace(directory / PREDICTIONS_FILE)
+    return directory
+
+
+def load_predictions(directory: str | Path) -> dict[str, np.ndarray]:
+    with np.load(Path(directory) / PREDICTIONS_FILE, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def run_trial(
+    config: Mapping[str, Any],
+    data: MSADataset,
+    *,
+    out_dir: str | Path | None = None,
+    on_epoch: Callable[[EpochReport, dict], None] | None = None,
+    checkpoint_every_improvement: bool = False,
+    verbose: int = 0,
+) -> TrialOutcome:
+    """Train ``config`` on ``data``; write the best checkpoint (and CSV log) under ``out_dir``.
+
+    ``on_epoch(report, extra)`` is called after every epoch; with ``checkpoint_every_improvement``
+    the checkpoint is rewritten whenever val MAE improves (before the hook runs) and ``extra``
+    carries ``checkpoint`` (the directory) on those epochs: the search reports it to Ray Tune.
+    """
+    datasets = build_pipelines(config, data)
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt_dir = out / "checkpoint" if out is not None else None
+
+    def hook(report: EpochReport) -> None:
+        extra: dict[str, Any] = {}
+        if report.improved and checkpoint_every_improvement and ckpt_dir is not None:
+            preds = predict_splits(report.model, datasets, data)
+            write_checkpoint(
+                ckpt_dir,
+                report.model,
+                config,
+                data,
+                preds,
+                {"best_epoch": report.epoch, "val_mae": report.metrics["val_mae"]},
+            )
+            extra["checkpoint"] = ckpt_dir
+        if on_epoch is not None:
+            on_epoch(report, extra)
+
+    result = train_model(
+        config,
+        datasets,
+        data.dims,
+        seq_len=data.seq_len,
+        on_epoch=hook,
+        csv_path=(out / "training_log.csv") if out is not None else None,
+        verbose=verbose,
+    )
+    predictions = predict_splits(result.model, datasets, data)
+    metrics = split_metrics(predictions)
+    if ckpt_dir is not None and not checkpoint_every_improvement:
+        write_checkpoint(
+            ckpt_dir,
+            result.model,
+            config,
+            data,
+            predictions,
+            {"best_epoch": result.best_epoch, "val_mae": result.best_val_mae, "metrics": metrics},
+        )
+    return TrialOutcome(result=result, predictions=predictions, metrics=metrics, checkpoint=ckpt_dir)

@@ -1,0 +1,112 @@
+"""``msatune train``: train one configuration, write its checkpoint, log and metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from studies.cli_context import AppContext, console, echo_json, pass_app
+
+TRAIN_HELP = """Train one configuration and keep its best epoch.
+
+\b
+Starts from a preset (the users' msa-tf2 recipes), changes keys with --set, trains with early
+stopping on validation MAE, and writes under --out (default WORKSPACE/train/<preset>-<time>/):
+  checkpoint/           model.weights.h5, config.json, checkpoint.json, predictions.npz
+  training_log.csv      msa-tf2 columns: epoch,learning_rate,loss,mae,mse,val_loss,val_mae,val_mse
+  metrics.json          MMSA metrics on valid and test, constant predictor, floor
+
+\b
+Examples:
+  msatune train --preset improved --epochs 3
+  msatune train --data data/mosi --preset baseline --set dropout=0.3 --set batch_size=16
+  msatune analyze WORKSPACE/train/improved-*/training_log.csv
+"""
+
+
+@click.command("train", help=TRAIN_HELP)
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Dataset directory in the msa-tf2 layout [default: the synthetic mosi set in the workspace].")
+@click.option("--preset", default="improved", show_default=True,
+              help="Starting recipe: baseline | improved.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Change one config key (repeatable), e.g. --set dropout=0.3.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs (overrides the preset).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output directory [default: WORKSPACE/train/<preset>-<time>].")
+@click.option("--clip-labels", is_flag=True, help="Clip labels outside [-3, 3] instead of refusing the dataset.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@pass_app
+def train(app: AppContext, data_dir: Path | None, preset: str, overrides: tuple[str, ...],
+          epochs: int | None, out_dir: Path | None, clip_labels: bool, as_json: bool) -> None:
+    from search.config import resolve_config
+
+    config = resolve_config(preset, overrides, epochs)  # validate before any heavy work
+    from augment.dataset import constant_mae, floor_mae, load_dataset
+    from studies.workspace import default_dataset
+
+    ws = app.ws
+    data = load_dataset(data_dir if data_dir is not None else default_dataset(ws), clip_labels=clip_labels)
+    out = out_dir or ws.train_dir / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    from search.trial import run_trial
+
+    t0 = time.perf_counter()
+    outcome = run_trial(config, data, out_dir=out, verbose=2 if app.verbose else 0)
+    wall = time.perf_counter() - t0
+    result = outcome.result
+    reference = {
+        split: {
+            "constant_mae": constant_mae(data.splits[split].labels),
+            "floor_mae": (floor_mae(data.splits[split].labels, data.splits[split].oracle)
+                          if data.splits[split].oracle is not None else None),
+        }
+        for split in ("valid", "test")
+    }
+    best = result.best
+    payload = {
+        "preset": preset,
+        "out": str(out),
+        "checkpoint": str(outcome.checkpoint),
+        "data": str(data.path),
+        "data_fingerprint": data.fingerprint,
+        "epochs_trained": result.epochs_trained,
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "train_mae_at_best": best["mae"],
+        "gap_at_best": best["gap"],
+        "wall_seconds": round(wall, 2),
+        "metrics": outcome.metrics,
+        "reference": reference,
+        "config": config,
+    }
+    (out / "metrics.json").write_text(json.dumps(payload, indent=2, default=str))
+    if as_json:
+        echo_json(payload)
+        return
+    _render(payload)
+
+
+def _render(payload: dict) -> None:
+    from rich.table import Table
+
+    con = console()
+    table = Table(title=f"{payload['preset']}: best epoch {payload['best_epoch']} of "
+                        f"{payload['epochs_trained']} (train MAE {payload['train_mae_at_best']:.3f}, "
+                        f"gap {payload['gap_at_best']:.3f})")
+    table.add_column("metric")
+    for split in ("valid", "test"):
+        table.add_column(split, justify="right")
+    for key in payload["metrics"]["valid"]:
+        table.add_row(key, *(f"{payload['metrics'][s][key]:.4f}" for s in ("valid", "test")))
+    table.add_row("constant MAE", *(f"{payload['reference'][s]['constant_mae']:.4f}" for s in ("valid", "test")))
+    floors = [payload["reference"][s]["floor_mae"] for s in ("valid", "test")]
+    if all(f is not None for f in floors):
+        table.add_row("floor MAE", *(f"{f:.4f}" for f in floors))
+    con.print(table)
+    con.print(f"wrote {payload['out']} (checkpoint, training_log.csv, metrics.json) "
+              f"in {payload['wall_seconds']:.1f} s")

@@ -1,0 +1,188 @@
+"""The tf.data pipelines: structure, no augmentation off train, determinism per seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from augment.pipeline import make_datasets
+from augment.transforms import AUG_DEFAULTS
+from msatune.errors import UserError
+
+T = 6
+DIMS = {"text": 8, "audio": 3, "video": 2}
+ALL_ON = {
+    "aug_noise": 0.5,
+    "aug_time_mask": 0.5,
+    "aug_feature_drop": 0.5,
+    "aug_modality_drop": 0.9,
+    "aug_time_shift": 0.5,
+    "aug_mixup": 1.0,
+}
+
+
+def make_split(n: int, seed: int, label_shape: str = "N1") -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    split = {m: rng.normal(size=(n, T, d)).astype(np.float32) for m, d in DIMS.items()}
+    labels = np.linspace(-3, 3, n, dtype=np.float32)  # unique, so samples can be matched
+    rng.shuffle(labels)
+    split["labels"] = labels[:, None] if label_shape == "N1" else labels
+    return split
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return {"train": make_split(37, 0), "valid": make_split(11, 1, "N"), "test": make_split(9, 2)}
+
+
+def collect(ds: tf.data.Dataset) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
+    return [({m: v.numpy() for m, v in x.items()}, y.numpy()) for x, y in ds]
+
+
+def concat(batches):
+    xs = {m: np.concatenate([b[0][m] for b in batches]) for m in DIMS}
+    return xs, np.concatenate([b[1] for b in batches])
+
+
+def assert_batches_equal(a, b):
+    assert len(a) == len(b)
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(ya, yb)
+        for m in DIMS:
+            np.testing.assert_array_equal(xa[m], xb[m])
+
+
+def batches_equal(a, b) -> bool:
+    try:
+        assert_batches_equal(a, b)
+    except AssertionError:
+        return False
+    return True
+
+
+def test_structure_shapes_and_dtypes(splits):
+    out = make_datasets(splits, 8, ALL_ON, seed=1)
+    assert set(out) == {"train", "valid", "test"}
+    for name, ds in out.items():
+        x_spec, y_spec = ds.element_spec
+        assert set(x_spec) == set(DIMS)
+        assert y_spec.shape.as_list() == [None, 1] and y_spec.dtype == tf.float32
+        for m, d in DIMS.items():
+            assert x_spec[m].shape.as_list() == [None, T, d] and x_spec[m].dtype == tf.float32
+        batches = collect(ds)
+        n = splits[name]["labels"].shape[0]
+        assert [b[1].shape[0] for b in batches] == [8] * (n // 8) + ([n % 8] if n % 8 else [])
+
+
+def test_defaults_leave_train_equal_to_raw_data_apart_from_order(splits):
+    raw = splits["train"]
+    for aug in (None, {}, dict(AUG_DEFAULTS), {"lr": 0.1}):
+        xs, ys = concat(collect(make_datasets(splits, 5, aug, seed=3)["train"]))
+        order = np.argsort(ys[:, 0])
+        raw_order = np.argsort(raw["labels"][:, 0])
+        np.testing.assert_array_equal(ys[order], raw["labels"][raw_order])
+        for m in DIMS:
+            np.testing.assert_array_equal(xs[m][order], raw[m][raw_order])
+        assert not np.array_equal(ys, raw["labels"]), "train is shuffled"
+
+
+def test_shuffle_false_keeps_train_order(splits):
+    xs, ys = concat(collect(make_datasets(splits, 5, None, seed=3, shuffle=False)["train"]))
+    np.testing.assert_array_equal(ys, splits["train"]["labels"])
+    for m in DIMS:
+        np.testing.assert_array_equal(xs[m], splits["train"][m])
+
+
+def test_valid_and_test_are_never_shuffled_or_augmented(splits):
+    strong = dict(ALL_ON, aug_modality_drop=1.0, aug_feature_drop=1.0, aug_time_mask=1.0)
+    out = make_datasets(splits, 4, strong, seed=5)
+    for name in ("valid", "test"):
+        for _ in range(2):  # every epoch
+            xs, ys = concat(collect(out[name]))
+            np.testing.assert_array_equal(ys[:, 0], np.ravel(splits[name]["labels"]))
+            for m in DIMS:
+                np.testing.assert_array_equal(xs[m], splits[name][m])
+    # while train is augmented (feature drop at 1 zeroes everything)
+    xs, _ = concat(collect(out["train"]))
+    assert all(np.all(xs[m] == 0) for m in DIMS)
+
+
+def test_same_seed_same_batches_across_pipelines_and_epochs(splits):
+    def two_epochs(seed):
+        ds = make_datasets(splits, 4, ALL_ON, seed=seed)["train"]
+        return collect(ds), collect(ds)
+
+    a1, a2 = two_epochs(11)
+    b1, b2 = two_epochs(11)
+    assert_batches_equal(a1, b1)
+    assert_batches_equal(a2, b2)
+    assert not batches_equal(a1, a2), "epoch 2 is not a copy of epoch 1"
+    c1, _ = two_epochs(12)
+    assert not batches_equal(a1, c1), "a different seed differs"
+
+
+def test_augmentation_changes_across_epochs_even_without_shuffle(splits):
+    ds = make_datasets(splits, 4, {"aug_noise": 0.1}, seed=0, shuffle=False)["train"]
+    e1, e2 = collect(ds), collect(ds)
+    np.testing.assert_array_equal(concat(e1)[1], concat(e2)[1])  # same order
+    assert not np.array_equal(concat(e1)[0]["text"], concat(e2)[0]["text"])  # new noise
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 36])
+def test_partial_and_single_sample_batches_with_everything_on(splits, batch_size):
+    batches = collect(make_datasets({"train": splits["train"]}, batch_size, ALL_ON)["train"])
+    sizes = [b[1].shape[0] for b in batches]
+    assert sizes == [batch_size] * (37 // batch_size) + (
+        [37 % batch_size] if 37 % batch_size else []
+    )
+    for x, y in batches:
+        assert np.all(np.isfinite(y)) and np.all(np.abs(y) <= 3 + 1e-5)
+        for m, d in DIMS.items():
+            assert x[m].shape[1:] == (T, d) and np.all(np.isfinite(x[m]))
+
+
+def test_mixup_in_pipeline_mixes_inputs_and_labels_alike():
+    n = 24
+    rng = np.random.default_rng(0)
+    split = {}
+    for m, extra in (("text", 2), ("audio", 1), ("video", 0)):
+        x = rng.normal(size=(n, T, n + extra)).astype(np.float32)
+        x[:, :, :n] = np.eye(n, dtype=np.float32)[:, None, :]  # one-hot of the sample index
+        split[m] = x
+    split["labels"] = rng.uniform(-3, 3, size=n).astype(np.float32)
+    xs, ys = concat(collect(make_datasets({"train": split}, 5, {"aug_mixup": 0.5}, 4)["train"]))
+    for i in range(n):
+        w = xs["text"][i, 0, :n]
+        assert np.all(w >= -1e-6) and abs(w.sum() - 1) < 1e-5
+        assert np.count_nonzero(w > 1e-7) <= 2
+        np.testing.assert_allclose(ys[i, 0], w @ split["labels"], rtol=1e-5, atol=1e-5)
+        for m in DIMS:
+            np.testing.assert_allclose(
+                xs[m][i], np.tensordot(w, split[m], axes=1), rtol=1e-4, atol=1e-5
+            )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"seed": -1}, "seed"),
+        ({"aug": {"aug_time_shift": 1.5}}, "aug_time_shift"),
+        ({"aug": {"aug_noise": "lots"}}, "aug_noise"),
+    ],
+)
+def test_bad_arguments_raise_user_error(splits, kwargs, match):
+    args = {"batch_size": 4, **kwargs}
+    with pytest.raises(UserError, match=match):
+        make_datasets(splits, **args)
+
+
+def test_bad_arrays_raise_user_error(splits):
+    bad = {m: v for m, v in splits["train"].items() if m != "labels"}
+    with pytest.raises(UserError, match="labels"):
+        make_datasets({"train": bad}, 4)
+    bad = dict(splits["train"], audio=splits["train"]["audio"][:-1])
+    with pytest.raises(UserError, match="audio"):
+        make_datasets({"train": bad}, 4)
