@@ -57,13 +57,13 @@ class SynthPreset:
     distractor_steps: int = 2  # steps per modality carrying a random value along the direction
     # contribution of each modality's latent sentiment to the target (text strongest)
     weights: tuple[float, float, float] = (1.0, 0.6, 0.4)
-    target_scale: float = 1.45
+    target_scale: float = 1.6
     shared_opinion: float = 0.35  # correlation of the modality factors through a shared opinion
     sarcasm_rate: float = 0.15
     # per-step amplitude of the sentiment along its direction, relative to the background noise
-    snr: tuple[float, float, float] = (3.0, 2.2, 1.5)
-    marker: float = 2.5  # amplitude of the salience marker (relative to the background noise)
-    distractor: float = 0.8  # distractor amplitude relative to the informative amplitude
+    snr: tuple[float, float, float] = (5.0, 3.5, 2.5)
+    marker: float = 3.0  # amplitude of the salience marker (relative to the background noise)
+    distractor: float = 0.6  # distractor amplitude relative to the informative amplitude
     # label noise: shared Student-t disagreement (scale, dof) and per-annotator gaussian noise
     shared_noise: float = 0.35
     shared_dof: float = 2.5

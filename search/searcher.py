@@ -61,7 +61,6 @@ class StoreTruthfulOptunaSearch(OptunaSearch):
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials[trial_id]
         ot_trial.set_user_attr("ray_trial_id", trial_id)
-        config["seed"] = int(config.get("seed", 0)) + ot_trial.number
         self.counters.running.add(trial_id)
         return config
 

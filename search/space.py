@@ -110,18 +110,15 @@ class SearchSpace:
         """
         # Optuna keeps an enqueued trial's values in ``Trial._fixed_params`` (no public accessor).
         fixed = dict(getattr(trial, "_fixed_params", None) or {})
-        config = dict(self.base)
-        constants: dict[str, Any] = {k: v for k, v in fixed.items() if k not in self.distributions}
-        config.update(constants)
+        config = {**self.base, **fixed}
         for name, dist in self.distributions.items():
             cond = CONDITIONS.get(name)
             if cond is not None and config.get(cond[0]) != cond[1]:
                 continue
             if name in fixed and not _contains(dist, fixed[name]):
-                config[name] = fixed[name]
-                constants[name] = fixed[name]
-                continue
+                continue  # a preset value outside the space: a constant of this trial
             config[name] = _suggest(trial, name, dist)
+        config["seed"] = int(config.get("seed", 0)) + int(trial.number)
         return config
 
 

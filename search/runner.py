@@ -1,0 +1,326 @@
+"""The search runner: a Ray Tune ``Tuner`` with the store-truthful OptunaSearch and ASHA.
+
+``run_search`` runs ``num_trials`` more trials of an existing Optuna study (the caller creates or
+loads it, and reconciles it first on resume). Ray is started here unless the caller already did
+(``ray.init`` in tests, or ``address=`` for an existing cluster, where the code travels with the
+job through ``runtime_env``). Processes of a Ray instance started here are recorded in a pid file so
+that a later run can end what a dead driver left behind (never ``ray stop``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from augment.dataset import MSADataset
+from search.reconcile import reconcile
+from search.searcher import SearchCounters, StoreCallback, StoreTruthfulOptunaSearch
+from search.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+RAY_PIDS_FILE = "ray-processes.json"
+
+
+@dataclass
+class RunSettings:
+    num_trials: int
+    max_epochs: int = 30
+    grace_period: int = 3
+    reduction_factor: int = 3
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    concurrency: int | None = None  # None: as many as the cluster's resources allow
+    seed: int = 0  # this run's sampler seed (derived per run by the caller)
+    address: str | None = None
+    max_failures: int = 1
+    verbose: bool = False
+    n_startup_trials: int = 10
+
+
+@dataclass
+class ProgressState:
+    budget: int
+    started: int
+    counters: SearchCounters
+    elapsed: float
+
+    @property
+    def done(self) -> int:
+        c = self.counters
+        return c.complete + c.pruned + c.failed
+
+    @property
+    def running(self) -> int:
+        return len(self.counters.running)
+
+    @property
+    def eta(self) -> float | None:
+        if self.done == 0:
+            return None
+        return self.elapsed / self.done * max(0, self.budget - self.done)
+
+
+@dataclass
+class RunSummary:
+    trials_run: int
+    complete: int
+    pruned: int
+    failed: int
+    requeued: list[int]
+    wall_seconds: float
+    concurrency: int
+    interrupted: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressFn = Callable[[ProgressState], None]
+
+
+def _code_packages() -> list[Any]:
+    import augment
+    import ensemble
+    import models
+    import msatune
+    import search
+
+    return [augment, models, search, ensemble, msatune]
+
+
+def start_ray(settings: RunSettings, pid_dir: Path | None) -> bool:
+    """Start (or connect to) Ray unless it is running; True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": settings.verbose,
+        "logging_level": logging.INFO if settings.verbose else logging.WARNING,
+        "configure_logging": True,
+    }
+    if settings.address:
+        kwargs["address"] = settings.address
+        kwargs["runtime_env"] = {"py_modules": _code_packages()}
+    ray.init(**kwargs)
+    if pid_dir is not None and not settings.address:
+        record_ray_processes(pid_dir)
+    return True
+
+
+def record_ray_processes(pid_dir: Path) -> None:
+    """Remember the Ray processes this driver started (by session dir), for ``end_orphans``."""
+    import ray
+
+    node = ray._private.worker._global_node
+    session_dir = node.get_session_dir_path() if node is not None else None
+    pids = sorted({p.process.pid for infos in node.all_processes.values() for p in infos}) if node else []
+    pid_dir.mkdir(parents=True, exist_ok=True)
+    (pid_dir / RAY_PIDS_FILE).write_text(
+        json.dumps({"driver_pid": os.getpid(), "session_dir": session_dir, "pids": pids})
+    )
+
+
+def _session_processes(session_dir: str) -> list[int]:
+    """PIDs whose command line names ``session_dir`` (Linux /proc; empty elsewhere)."""
+    found = []
+    proc = Path("/proc")
+    if not proc.exists():
+        return found
+    needle = session_dir.encode()
+    name = Path(session_dir).name.encode()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmd or (name and name in cmd):
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def end_orphans(pid_dir: Path) -> list[int]:
+    """End the Ray processes a dead driver started (from its pid file); returns the PIDs ended."""
+    path = pid_dir / RAY_PIDS_FILE
+    if not path.exists():
+        return []
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    if _alive(int(info.get("driver_pid", -1))):
+        return []  # that driver still runs: its processes are not orphans
+    pids = set(info.get("pids", []))
+    if info.get("session_dir"):
+        pids.update(_session_processes(info["session_dir"]))
+    pids = {p for p in pids if p != os.getpid() and _alive(p)}
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in list(pids):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pids.discard(pid)
+        deadline = time.time() + 3
+        while pids and time.time() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.1)
+    ended = sorted(pids)
+    path.unlink(missing_ok=True)
+    if ended:
+        log.info("ended %d orphan Ray process(es) of a previous driver", len(ended))
+    return ended
+
+
+def default_concurrency(settings: RunSettings) -> int:
+    import ray
+
+    res = ray.cluster_resources()
+    slots = math.floor(res.get("CPU", 1) / settings.cpus_per_trial) if settings.cpus_per_trial > 0 else 10**6
+    if settings.gpus_per_trial > 0:
+        slots = min(slots, math.floor(res.get("GPU", 0) / settings.gpus_per_trial + 1e-9))
+    return max(1, min(slots, settings.num_trials))
+
+
+def make_sampler(settings: RunSettings) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.TPESampler(
+        seed=settings.seed,
+        n_startup_trials=settings.n_startup_trials,
+        constant_liar=True,  # parallel trials: avoid sampling next to the running ones
+        multivariate=True,
+        group=True,
+        warn_independent_sampling=False,
+    )
+
+
+class _ProgressCallback:
+    """Calls ``progress`` at most twice a second from the Tune loop (driver thread)."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:  # build a real ray Callback subclass lazily
+        from ray.tune.callback import Callback
+
+        class ProgressCallback(Callback):
+            def __init__(self, searcher: StoreTruthfulOptunaSearch, budget: int, fn: ProgressFn) -> None:
+                self.searcher, self.budget, self.fn = searcher, budget, fn
+                self.t0 = time.time()
+                self.last = 0.0
+
+            def _emit(self, force: bool = False) -> None:
+                now = time.time()
+                if force or now - self.last >= 0.5:
+                    self.last = now
+                    self.fn(ProgressState(self.budget, 0, self.searcher.counters, now - self.t0))
+
+            def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+                self._emit()
+
+            def on_experiment_end(self, trials: list, **info: Any) -> None:
+                self._emit(force=True)
+
+        return ProgressCallback(*args, **kwargs)
+
+
+def run_search(
+    study: optuna.Study,
+    space: SearchSpace,
+    data: MSADataset,
+    settings: RunSettings,
+    *,
+    ray_dir: Path,
+    run_name: str,
+    progress: ProgressFn | None = None,
+) -> RunSummary:
+    """Run ``settings.num_trials`` trials of ``study`` with Ray Tune; the store is reconciled at the end."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from search.trainable import train_trial
+
+    if settings.num_trials <= 0:
+        raise ValueError("num_trials must be > 0")
+    ray_dir = Path(ray_dir).resolve()
+    started_here = start_ray(settings, ray_dir)
+    t0 = time.time()
+    interrupted = False
+    searcher = StoreTruthfulOptunaSearch(space, study._storage, study.study_name, make_sampler(settings))
+    try:
+        concurrency = settings.concurrency or default_concurrency(settings)
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            metric="val_mae",
+            mode="min",
+            max_t=settings.max_epochs,
+            grace_period=min(settings.grace_period, settings.max_epochs),
+            reduction_factor=settings.reduction_factor,
+        )
+        resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
+        trainable = tune.with_resources(tune.with_parameters(train_trial, data=data), resources)
+        callbacks: list[Any] = [StoreCallback(searcher)]
+        if progress is not None:
+            callbacks.append(_ProgressCallback(searcher, settings.num_trials, progress))
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=settings.num_trials,
+                max_concurrent_trials=concurrency,
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=run_name,
+                storage_path=str(ray_dir),
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=1,
+                    checkpoint_score_attribute="val_mae",
+                    checkpoint_score_order="min",
+                ),
+                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                verbose=1 if settings.verbose else 0,
+                callbacks=callbacks,
+                log_to_file=True,
+            ),
+        )
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:
+            interrupted = True
+    finally:
+        searcher.flush()
+        requeued = reconcile(study, "interrupted: the driver stopped while the trial was running")
+        if started_here:
+            ray.shutdown()
+            (ray_dir / RAY_PIDS_FILE).unlink(missing_ok=True)
+    c = searcher.counters
+    return RunSummary(
+        trials_run=c.complete + c.pruned + c.failed,
+        complete=c.complete,
+        pruned=c.pruned,
+        failed=c.failed,
+        requeued=requeued,
+        wall_seconds=time.time() - t0,
+        concurrency=concurrency,
+        interrupted=interrupted,
+        extra={"settings": asdict(settings)},
+    )

@@ -1,0 +1,98 @@
+"""``msatune demo``: synthetic data → a small study → best trial → ensemble → what to run next."""
+
+from __future__ import annotations
+
+import click
+
+from studies.cli_context import AppContext, console, pass_app
+
+DEMO_HELP = """Run the whole product once on the embedded synthetic MOSI-like dataset.
+
+\b
+1. writes the synthetic dataset (1284/229/686 samples, T=20, dims 300/74/47) into the workspace
+2. launches a small study (Optuna TPE + ASHA on Ray, sized for a few minutes on 2 CPU cores);
+   its first two trials are the users' `baseline` and `improved` recipes
+3. shows the best trials next to the constant predictor and the dataset's noise floor
+4. builds a greedy ensemble of the best trials and compares it with the best single model
+5. tells you how to open the dashboard and where everything is
+
+\b
+Example:
+  msatune demo                      (study name demo, demo-2, ... if it exists)
+  msatune --workspace /tmp/w demo --trials 6 --max-epochs 6
+"""
+
+
+@click.command("demo", help=DEMO_HELP)
+@click.option("--name", default="demo", show_default=True, help="Study name (a free suffix is added if taken).")
+@click.option("--trials", type=click.IntRange(min=2), default=12, show_default=True, help="Trial budget.")
+@click.option("--max-epochs", type=click.IntRange(min=1), default=15, show_default=True, help="Epochs per trial at most.")
+@click.option("--cpus-per-trial", type=float, default=1.0, show_default=True, help="CPUs per trial.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the study.")
+@pass_app
+def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_trial: float, seed: int) -> None:
+    from augment.dataset import constant_mae, floor_mae, load_dataset
+    from studies.cli_search import _progress, _render_show
+    from studies.lifecycle import SearchOptions, launch
+    from studies.queries import show_study
+    from studies.store import open_storage, study_names
+    from studies.workspace import default_dataset
+
+    con = console()
+    ws = app.ws
+    data_path = default_dataset(ws)
+    data = load_dataset(data_path)
+    valid = data.splits["valid"]
+    const = constant_mae(valid.labels)
+    floor = floor_mae(valid.labels, valid.oracle) if valid.oracle is not None else None
+    con.print(f"[bold]1. data[/bold] {data_path}: train/valid/test {data.splits['train'].n}/{valid.n}/"
+              f"{data.splits['test'].n}, valid constant-predictor MAE {const:.3f}"
+              + (f", noise floor MAE {floor:.3f}" if floor is not None else ""))
+
+    store = open_storage(ws.storage_url)
+    taken = set(study_names(store))
+    study_name, k = name, 2
+    while study_name in taken:
+        study_name, k = f"{name}-{k}", k + 1
+    opts = SearchOptions(trials=trials, max_epochs=max_epochs, grace_period=min(3, max_epochs),
+                         reduction_factor=3, cpus_per_trial=cpus_per_trial, seed=seed, verbose=app.verbose)
+    con.print(f"[bold]2. search[/bold] study {study_name!r}: {trials} trials x up to {max_epochs} epochs "
+              f"(TPE + ASHA, {cpus_per_trial:g} CPU per trial)")
+    with _progress(False, study_name) as progress:
+        summary = launch(ws, store, study_name, opts, data_dir=data_path, progress=progress)
+    con.print(f"   {summary['trials']} trials in {summary['wall_seconds']:.0f} s: {summary['complete']} complete, "
+              f"{summary['pruned']} pruned, {summary['failed']} failed")
+
+    shown = show_study(store, study_name, 5, ws)
+    con.print("[bold]3. best trials[/bold]")
+    _render_show({**shown, "next": []})
+    best = shown["best"]
+    if best is not None:
+        line = f"   best val MAE {best['val_mae']:.4f} vs constant {const:.4f}"
+        for preset, rec in sorted(shown["presets"].items()):
+            if rec["val_mae"] is not None:
+                line += f", {preset} preset {rec['val_mae']:.4f} ({rec['state']})"
+        if floor is not None:
+            line += f", floor {floor:.4f}"
+        con.print(line)
+
+    _demo_ensemble(app, store, study_name)
+
+    con.print("[bold]5. next[/bold]")
+    con.print(f"   dashboard: msatune --workspace {ws.root} dashboard   then open http://127.0.0.1:8080")
+    con.print(f"              (or: optuna-dashboard {ws.storage_url})")
+    con.print(f"   details:   msatune --workspace {ws.root} show {study_name}")
+    con.print(f"   more:      msatune --workspace {ws.root} resume {study_name} --trials 20")
+    con.print(f"   your data: msatune --workspace {ws.root} launch mystudy --data path/to/data --trials 50")
+
+
+def _demo_ensemble(app: AppContext, store: object, study_name: str) -> None:
+    """Step 4, when the ensemble package is available."""
+    con = console()
+    try:
+        from studies.cli_ensemble import build_and_render
+    except ImportError:
+        con.print("[bold]4. ensemble[/bold] (not available in this build)")
+        return
+    con.print("[bold]4. ensemble[/bold]")
+    build_and_render(app, store, study_name)

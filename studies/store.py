@@ -1,0 +1,108 @@
+"""The study store: Optuna RDB storage over SQLAlchemy, and what msatune records on each study.
+
+Default ``sqlite:///<workspace>/studies.db`` (absolute path, 60 s lock timeout so readers such as
+the dashboard never make a running study fail with "database is locked"); any SQLAlchemy URL via
+``--storage``. A study's user attrs say what it is: data path and fingerprint, search space,
+budget, epochs, ASHA settings, seed, msatune version, and one record per run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from msatune import __version__
+from msatune.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SQLITE_TIMEOUT_S = 60
+ATTR_PREFIX = "msatune:"
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def open_storage(url: str, *, read_only: bool = False) -> optuna.storages.RDBStorage:
+    """An RDBStorage for ``url``; a bad URL or unreachable database is a UserError."""
+    import sqlalchemy
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise UserError(
+            f"--storage {url!r} is not a database URL; use e.g. sqlite:////abs/path/studies.db "
+            "or postgresql://user@host/db"
+        ) from None
+    engine_kwargs: dict[str, Any] = {}
+    if parsed.drivername.startswith("sqlite"):
+        db = parsed.database
+        if not db or db == ":memory:":
+            raise UserError(f"--storage {url!r}: an in-memory SQLite store cannot hold a study; give a file path")
+        if not read_only and not Path(db).parent.exists():
+            raise UserError(f"--storage {url!r}: directory {Path(db).parent} does not exist")
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot open study store {url!r}: {first}") from None
+
+
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    return [s.study_name for s in storage.get_all_studies()]
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    """Load ``name``; an unknown name is a UserError naming the close matches."""
+    names = study_names(storage)
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else (
+            f"; studies here: {', '.join(names[:10])}" if names else "; the store has no studies yet (msatune launch NAME)"
+        )
+        raise UserError(f"no study named {name!r} in the store{hint}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def create_study(storage: optuna.storages.BaseStorage, name: str, attrs: dict[str, Any]) -> optuna.Study:
+    """Create ``name``; an existing name is a UserError that suggests ``resume``."""
+    if not name or any(ch in name for ch in "/\\") or name.strip() != name:
+        raise UserError(f"study name {name!r} is not usable; use letters, digits, '-' and '_'")
+    if name in study_names(storage):
+        raise UserError(f"study {name!r} already exists; continue it with: msatune resume {name}")
+    study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
+    for key, value in {**attrs, "msatune_version": __version__, "created": time.strftime("%Y-%m-%d %H:%M:%S")}.items():
+        study.set_user_attr(ATTR_PREFIX + key, value)
+    return study
+
+
+def study_attrs(study: optuna.Study | Any) -> dict[str, Any]:
+    """msatune's own user attrs of a study (prefix stripped)."""
+    return {k[len(ATTR_PREFIX):]: v for k, v in study.user_attrs.items() if k.startswith(ATTR_PREFIX)}
+
+
+def set_study_attr(study: optuna.Study, key: str, value: Any) -> None:
+    study.set_user_attr(ATTR_PREFIX + key, value)
+
+
+def state_counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    counts = {s.name: 0 for s in TrialState}
+    for t in trials:
+        counts[t.state.name] += 1
+    return counts
+
+
+def best_complete(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return min(done, key=lambda t: (t.value, t.number)) if done else None

@@ -1,0 +1,102 @@
+"""Search space and trial configs: TOML narrowing, validation errors, presets as first trials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from msatune.errors import UserError
+from search.config import PRESETS, parse_overrides, resolve_config, validate_config
+from search.space import default_space, load_space
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "space.toml"
+    p.write_text(text)
+    return p
+
+
+def test_presets_are_complete_valid_configs() -> None:
+    for name, preset in PRESETS.items():
+        cfg = validate_config(preset)
+        assert cfg["family"] == name
+    assert PRESETS["baseline"]["batch_size"] == 4 and PRESETS["baseline"]["loss"] == "mae"
+    assert PRESETS["improved"]["optimizer"] == "adamw" and PRESETS["improved"]["lr_schedule"] == "cosine"
+
+
+def test_overrides_are_typed_and_unknown_keys_named() -> None:
+    assert parse_overrides(["dropout=0.3", "batch_size=32", "adaptive_fusion=false"]) == {
+        "dropout": 0.3, "batch_size": 32, "adaptive_fusion": False}
+    with pytest.raises(UserError, match="unknown config key 'dropuot'.*did you mean dropout"):
+        parse_overrides(["dropuot=0.3"])
+    with pytest.raises(UserError, match="loss='l2'.*mae, huber"):
+        resolve_config("improved", ["loss=l2"])
+    with pytest.raises(UserError, match="batch_size='1.5' must be an integer"):
+        parse_overrides(["batch_size=1.5"])
+    with pytest.raises(UserError, match="unknown preset"):
+        resolve_config("fancy")
+
+
+def test_toml_narrows_the_default_space(tmp_path: Path) -> None:
+    space = load_space(write(tmp_path, """
+[learning_rate]
+low = 1e-4
+high = 1e-3
+log = true
+[batch_size]
+choices = [16, 32]
+[dropout]
+value = 0.25
+"""), max_epochs=7)
+    lr = space.distributions["learning_rate"]
+    assert (lr.low, lr.high, lr.log) == (1e-4, 1e-3, True)
+    assert list(space.distributions["batch_size"].choices) == [16, 32]
+    assert "dropout" not in space.distributions and space.base["dropout"] == 0.25
+    assert space.base["epochs"] == 7
+    assert "model_dim" in space.distributions  # the rest of the default space stays
+
+
+def test_toml_replace_searches_only_listed_keys(tmp_path: Path) -> None:
+    space = load_space(write(tmp_path, "replace = true\n[n_layers_mod]\nlow = 1\nhigh = 2\n"))
+    assert list(space.distributions) == ["n_layers_mod"]
+    assert isinstance(space.distributions["n_layers_mod"], optuna.distributions.IntDistribution)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[learnig_rate]\nlow = 1e-4\nhigh = 1e-3\n", "unknown config key 'learnig_rate'"),
+    ("[dropout]\nlow = 0.5\nhigh = 0.1\n", "key 'dropout': low \\(0.5\\) > high \\(0.1\\)"),
+    ("[dropout]\nlow = 'a'\nhigh = 0.1\n", "key 'dropout': low must be a number"),
+    ("[loss]\nchoices = ['mae', 'l1']\n", "key 'loss'.*'l1' is not allowed"),
+    ("[batch_size]\nlow = 8.5\nhigh = 64\n", "key 'batch_size'.*integers"),
+    ("[epochs]\nvalue = 3\n", "key 'epochs'.*set by the study"),
+    ("[dropout]\nmax = 3\n", "key 'dropout'"),
+    ("dropout = 0.3\n", "key 'dropout': expected a table"),
+    ("this is = not toml [", "not valid TOML"),
+])
+def test_bad_space_files_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        load_space(write(tmp_path, text))
+
+
+def test_define_by_run_keeps_presets_exact() -> None:
+    """Enqueued presets train exactly as recorded, even where a value is outside the space."""
+    space = default_space(max_epochs=5)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    baseline = {k: v for k, v in PRESETS["baseline"].items() if k not in ("epochs", "seed")}
+    study.enqueue_trial(baseline)
+    trial = study.ask()
+    cfg = space.sample(trial)
+    for key, value in baseline.items():
+        assert cfg[key] == value, key
+    assert cfg["epochs"] == 5
+    assert trial.params["learning_rate"] == baseline["learning_rate"]  # in range: a real param
+    assert "batch_size" not in trial.params  # 4 is outside the space's choices: a constant
+    # a sampled trial respects the conditions
+    for _ in range(10):
+        t = study.ask()
+        c = space.sample(t)
+        assert ("weight_decay" in t.params) == (c["optimizer"] == "adamw")
+        assert ("huber_delta" in t.params) == (c["loss"] == "huber")
+        validate_config(c)
