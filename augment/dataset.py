@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,9 +189,8 @@ def fingerprint(splits: Mapping[str, SplitData]) -> str:
 
 def _check_numeric(arr: np.ndarray, where: str) -> None:
     if arr.dtype.kind not in "biuf":
-        raise UserError(
-            f"{where}: dtype {arr.dtype} is not numeric; expected float (or integer) values"
-        )
+        what = "strings" if arr.dtype.kind in "OSU" else f"dtype {arr.dtype}"
+        raise UserError(f"{where}: holds {what}, not numbers; expected float (or integer) values")
     if arr.size == 0:
         raise UserError(f"{where}: empty array of shape {tuple(arr.shape)}; expected N > 0 samples")
 
@@ -208,7 +207,7 @@ def _features(arr: np.ndarray, where: str) -> tuple[np.ndarray, int]:
     bad = ~np.isfinite(out)
     count = int(bad.sum())
     if count:
-        out = out.copy() if out is arr else out
+        out = out.copy() if np.shares_memory(out, arr) else out
         out[bad] = 0.0
     return out, count
 
@@ -367,7 +366,7 @@ def _read_h5(path: Path, *, required: bool) -> np.ndarray | None:
 
 
 def _where(path: Path, split: str, kind: str) -> str:
-    return f"{path / file_name(kind, split)} (dataset '{H5_KEY}')"
+    return f"{path / file_name(kind, split)}:/{H5_KEY}"
 
 
 def load_dataset(path: str | os.PathLike[str], *, clip_labels: bool = False) -> MSADataset:
@@ -414,6 +413,7 @@ def write_dataset(
     *,
     overwrite: bool = False,
     clip_labels: bool = False,
+    describe: Callable[[str, str], str] | None = None,
 ) -> MSADataset:
     """Write ``splits`` (split -> {"text", "audio", "video", "labels"[, "oracle"][, "ids"]}) as a
     dataset directory in the msa-tf2 layout and return it loaded.
@@ -421,15 +421,17 @@ def write_dataset(
     The arrays are validated in memory first (nothing is written when they are wrong), then written
     into a temporary directory next to ``out``, read back and renamed into place. A non-empty
     existing ``out`` is refused unless ``overwrite``. Features are written as given (NaN included);
-    labels as (N, 1) float32, oracle as (N,) float32, ids as UTF-8 strings."""
+    labels as (N, 1) float32, oracle as (N,) float32, ids as UTF-8 strings. ``describe(split,
+    kind)`` names an array's source in error messages (default: the file it would be written to)."""
     target = Path(out).expanduser()
-    _check_target(target, overwrite)
+    check_output_dir(target, overwrite)
 
     # 1. Validate in memory, with the file names the arrays will get.
     missing_splits = [s for s in SPLITS if s not in splits]
     if missing_splits:
         raise ValueError(f"write_dataset needs splits {SPLITS}; missing {missing_splits}")
-    where = {s: {k: f"{target / file_name(k, s)}" for k in FILE_PATTERNS} for s in SPLITS}
+    describe = describe or (lambda split, kind: str(target / file_name(kind, split)))
+    where = {s: {k: describe(s, k) for k in FILE_PATTERNS} for s in SPLITS}
     checked: dict[str, SplitData] = {}
     for split in SPLITS:
         raw = dict(splits[split])
@@ -467,7 +469,8 @@ def write_dataset(
     return MSADataset(path=target.resolve(), splits=loaded.splits, fingerprint=loaded.fingerprint)
 
 
-def _check_target(target: Path, overwrite: bool) -> None:
+def check_output_dir(target: Path, overwrite: bool = False) -> None:
+    """Refuse an output path that is a file, or a non-empty directory unless ``overwrite``."""
     if target.exists() and not target.is_dir():
         raise UserError(f"{target}: exists and is not a directory; choose another output directory")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
@@ -488,7 +491,7 @@ def _write_h5(path: Path, arr: np.ndarray, *, strings: bool = False) -> None:
 
 
 def _move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
-    _check_target(target, overwrite)  # again: something may have appeared meanwhile
+    check_output_dir(target, overwrite)  # again: something may have appeared meanwhile
     if not target.exists():
         os.replace(tmp, target)
         return

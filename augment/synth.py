@@ -36,10 +36,11 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from augment.dataset import MODALITIES, SPLITS, MSADataset, write_dataset
+from augment.dataset import MODALITIES, SPLITS, MSADataset, check_output_dir, write_dataset
 from msatune.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def synthesize(
         raise UserError(
             f"unknown synthetic preset '{preset}'; choose one of: {', '.join(PRESETS)}"
         )
+    check_output_dir(Path(out).expanduser(), overwrite)  # before spending time generating
     splits = generate(PRESETS[preset], seed)
     ds = write_dataset(out, splits, overwrite=overwrite)
     log.info("synthesized preset %s seed %d into %s", preset, seed, ds.path)
@@ -166,7 +168,7 @@ def _split(p: SynthPreset, w: _World, rng: np.random.Generator, n: int) -> dict[
     length = rng.integers(min(min_len, T), T + 1, n)
     valid = np.arange(T)[None, :] >= (T - length)[:, None]  # front padding
     feats: dict[str, np.ndarray] = {}
-    for m, snr in zip(MODALITIES, p.snr):
+    for m, snr in zip(MODALITIES, p.snr, strict=True):
         d = p.dims[m]
         if m == "text":
             words = rng.zipf(1.3, (n, T)) % w.vocab.shape[0]

@@ -117,20 +117,29 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def make_optimizer(settings: Mapping[str, Any], steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    lr: Any = float(settings["learning_rate"])
+def epoch_learning_rate(settings: Mapping[str, Any], epoch: int) -> float:
+    """The cosine schedule's learning rate for ``epoch`` (0-based), as in the users' recipe.
+
+    Linear warm-up from ``lr / 5`` over ``warmup_epochs`` epochs (their log: 1e-4, 1.8e-4, 2.6e-4
+    ... for lr 5e-4 and 5 warm-up epochs), then cosine decay towards 0 over the remaining epochs.
+    The rate changes once per epoch: a per-step schedule object makes Keras rebuild the schedule
+    for every variable in the traced training step (~9 s more tracing per trial on CPU).
+    """
+    lr = float(settings["learning_rate"])
+    warmup = int(settings["warmup_epochs"])
+    epochs = int(settings["epochs"])
+    if epoch < warmup:
+        return lr * (0.2 + 0.8 * epoch / warmup)
+    span = max(1, epochs - warmup)
+    progress = min(1.0, (epoch - warmup) / span)
+    return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(settings: Mapping[str, Any]) -> keras.optimizers.Optimizer:
+    """Adam or AdamW with a plain learning-rate variable (schedules set it per epoch)."""
+    lr = float(settings["learning_rate"])
     if settings["lr_schedule"] == "cosine":
-        total = max(1, int(settings["epochs"]) * steps_per_epoch)
-        warmup = min(int(settings["warmup_epochs"]) * steps_per_epoch, total - 1)
-        if warmup > 0:
-            lr = keras.optimizers.schedules.CosineDecay(
-                initial_learning_rate=lr / 10.0,
-                decay_steps=max(1, total - warmup),
-                warmup_target=lr,
-                warmup_steps=warmup,
-            )
-        else:
-            lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total)
+        lr = epoch_learning_rate(settings, 0)
     kwargs: dict[str, Any] = {"learning_rate": lr}
     if float(settings["clipnorm"]) > 0:
         kwargs["clipnorm"] = float(settings["clipnorm"])
@@ -184,6 +193,8 @@ class _EpochDriver(keras.callbacks.Callback):
             self._csv.writerow(CSV_COLUMNS)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if self.settings["lr_schedule"] == "cosine":
+            self.model.optimizer.learning_rate = epoch_learning_rate(self.settings, epoch)
         self._lr_at_start = current_learning_rate(self.model.optimizer)
         self._t0 = time.perf_counter()
 
@@ -250,6 +261,22 @@ def _csv_value(v: float) -> str:
     return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(float(v))
 
 
+def _prebuild(model: keras.Model, train: tf.data.Dataset) -> None:
+    """Create the optimizer slots and metric variables before the first traced step.
+
+    Variables created inside the first ``tf.function`` call make TensorFlow trace the whole
+    training step twice (measured: 8.1 s → 4.3 s for the first epoch of a small model on CPU).
+    """
+    model.optimizer.build(model.trainable_variables)
+    build = getattr(model, "_symbolic_build", None)  # Keras 3 internal; optional speed-up only
+    if build is None:
+        return
+    try:
+        build(data_batch=next(iter(train.take(1))))
+    except (TypeError, ValueError, RuntimeError) as exc:  # pragma: no cover - Keras changed
+        log.debug("symbolic pre-build skipped: %s", exc)
+
+
 def train_model(
     config: Mapping[str, Any],
     datasets: Mapping[str, tf.data.Dataset],
@@ -280,11 +307,12 @@ def train_model(
         keras.utils.set_random_seed(int(settings["seed"]))
         model = build_model(config, dims, seq_len)
         model.compile(
-            optimizer=make_optimizer(settings, steps),
+            optimizer=make_optimizer(settings),
             loss=make_loss(settings),
             metrics=["mae", "mse"],
             jit_compile=bool(settings["jit_compile"]),
         )
+        _prebuild(model, datasets["train"])
         driver = _EpochDriver(settings, on_epoch, Path(csv_path) if csv_path else None)
         try:
             model.fit(
@@ -293,6 +321,7 @@ def train_model(
                 epochs=int(settings["epochs"]),
                 callbacks=[driver],
                 verbose=verbose,
+                shuffle=False,  # the train pipeline shuffles (seeded) itself
             )
         finally:
             driver.close()

@@ -225,7 +225,12 @@ class _ProgressCallback:
                 self.t0 = time.time()
                 self.last = 0.0
 
+            def __getstate__(self) -> dict:  # Ray pickles callbacks with the experiment state
+                return {**self.__dict__, "fn": None}
+
             def _emit(self, force: bool = False) -> None:
+                if self.fn is None:
+                    return
                 now = time.time()
                 if force or now - self.last >= 0.5:
                     self.last = now
@@ -238,6 +243,18 @@ class _ProgressCallback:
                 self._emit(force=True)
 
         return ProgressCallback(*args, **kwargs)
+
+
+def _trial_name(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def quiet_ray_environment() -> None:
+    """Silence Ray Tune's snapshot-frequency warnings (we checkpoint only on improvement)."""
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
 def run_search(
@@ -260,6 +277,7 @@ def run_search(
     if settings.num_trials <= 0:
         raise ValueError("num_trials must be > 0")
     ray_dir = Path(ray_dir).resolve()
+    quiet_ray_environment()
     started_here = start_ray(settings, ray_dir)
     t0 = time.time()
     interrupted = False
@@ -287,6 +305,8 @@ def run_search(
                 num_samples=settings.num_trials,
                 max_concurrent_trials=concurrency,
                 reuse_actors=True,
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_name,
             ),
             run_config=tune.RunConfig(
                 name=run_name,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +53,6 @@ class StoreTruthfulOptunaSearch(OptunaSearch):
         self._reported_steps: dict[str, set[int]] = {}
         self._checkpoints: dict[str, str] = {}
         self._pending_errors: dict[str, Any] = {}
-        self._lock = threading.Lock()
 
     # -- Ray Tune searcher API -------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict | None:

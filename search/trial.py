@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 PREDICTIONS_FILE = "predictions.npz"
 EVAL_SPLITS = ("valid", "test")
+#: Evaluation/prediction batch: large (fewer steps, one trace for MOSI's 229 validation samples),
+#: small enough for MOSEI-sized splits on a GPU. Results do not depend on it.
+EVAL_BATCH_SIZE = 256
 
 
 @dataclass
@@ -48,6 +51,8 @@ def build_pipelines(config: Mapping[str, Any], data: MSADataset) -> dict:
         batch_size=int(config["batch_size"]),
         aug=validate_aug_config(config),
         seed=int(config["seed"]),
+        eval_batch_size=EVAL_BATCH_SIZE,
+        drop_last_partial=True,
     )
 
 

@@ -186,3 +186,22 @@ def test_bad_arrays_raise_user_error(splits):
     bad = dict(splits["train"], audio=splits["train"]["audio"][:-1])
     with pytest.raises(UserError, match="audio"):
         make_datasets({"train": bad}, 4)
+
+
+def test_drop_last_partial_keeps_one_train_batch_shape_and_all_eval_samples():
+    rng = np.random.default_rng(0)
+    n = 37
+    split = {
+        "text": rng.normal(size=(n, 5, 4)).astype("float32"),
+        "audio": rng.normal(size=(n, 5, 3)).astype("float32"),
+        "video": rng.normal(size=(n, 5, 2)).astype("float32"),
+        "labels": rng.uniform(-3, 3, size=n).astype("float32"),
+    }
+    ds = make_datasets({"train": split, "valid": split}, batch_size=8, seed=1,
+                       drop_last_partial=True, eval_batch_size=32)
+    train_sizes = [int(y.shape[0]) for _, y in ds["train"]]
+    assert train_sizes == [8, 8, 8, 8]  # 5 dropped this epoch, reshuffled next epoch
+    assert [int(y.shape[0]) for _, y in ds["valid"]] == [32, 5]  # evaluation keeps every sample
+    tiny = {k: v[:3] for k, v in split.items()}
+    only = make_datasets({"train": tiny}, batch_size=8, drop_last_partial=True)
+    assert [int(y.shape[0]) for _, y in only["train"]] == [3]  # never drops the only batch

@@ -38,7 +38,7 @@ def test_builds_and_predicts_shape_and_dtype(family):
     assert model.count_params() > 0  # built on return
     out = model(batch(), training=False)
     assert tuple(out.shape) == (3, 1)
-    assert str(out.dtype).endswith("float32")
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
 
 
 def test_defaults_and_foreign_keys_are_ignored():
@@ -56,7 +56,7 @@ def test_variable_sequence_length(family, adaptive):
     model = tiny(family, adaptive_fusion=adaptive)
     assert model.seq_len is None
     for t in (5, 9, 1):
-        assert model.predict(batch(t=t), verbose=0).shape == (3, 1)
+        assert tuple(model(batch(t=t), training=False).shape) == (3, 1)
 
 
 def test_fixed_seq_len_in_input_spec():
@@ -115,9 +115,9 @@ def test_json_numbers_are_normalized():
     assert resolved["dropout"] == 0.0
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_train_on_batch_with_jit_compile(family):
-    model = tiny(family, l2=0.01)
+def test_train_on_batch_with_jit_compile():
+    # The improved model exercises every custom layer (encoder, attention pooling, gate, BN).
+    model = tiny("improved", l2=0.01, n_layers_fuse=0)
     model.compile(optimizer="adam", loss="mae", jit_compile=True)
     x = batch(n=4)
     y = np.zeros((4, 1), "float32")
@@ -131,7 +131,7 @@ def test_mixed_precision_output_is_float32():
     try:
         model = tiny("improved")
         out = model(batch(), training=False)
-        assert str(out.dtype).endswith("float32")
+        assert keras.backend.standardize_dtype(out.dtype) == "float32"
         assert np.isfinite(np.asarray(out)).all()
     finally:
         keras.config.set_dtype_policy(previous)

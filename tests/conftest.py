@@ -1,0 +1,118 @@
+"""Shared fixtures: synthetic datasets written once per session, and a raw layout writer.
+
+* ``tiny_data``: path of a ``tiny`` synthetic dataset (48/24/24 samples, T=8, dims 16/8/6).
+* ``mosi_data``: path of a ``mosi`` synthetic dataset, seed 1 (about a second to make).
+* ``write_layout``: writes raw HDF5 files in the msa-tf2 layout *without* validation, so tests
+  can build broken datasets.
+* ``tiny_arrays``: fresh valid raw arrays (split -> kind -> array) in the tiny shapes.
+* ``mmsa_dict``: ``mmsa_dict(seed=0, t_audio=None)`` makes a tiny dict in the structure of MMSA's
+  ``aligned_50.pkl`` (``t_audio`` != 6 makes it unaligned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from augment.synth import synthesize
+
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    synthesize(out, preset="tiny", seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mosi_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from augment.synth import synthesize
+
+    out = tmp_path_factory.mktemp("data") / "mosi"
+    synthesize(out, preset="mosi", seed=1)
+    return out
+
+
+def make_tiny_arrays(
+    seed: int = 0, sizes: tuple[int, int, int] = (6, 4, 4), seq_len: int = 5,
+    dims: tuple[int, int, int] = (4, 3, 2),
+) -> dict[str, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for split, n in zip(("train", "valid", "test"), sizes, strict=True):
+        out[split] = {
+            m: rng.standard_normal((n, seq_len, d)).astype(np.float32)
+            for m, d in zip(("text", "audio", "video"), dims, strict=True)
+        }
+        out[split]["labels"] = rng.uniform(-3, 3, (n, 1)).astype(np.float32)
+    return out
+
+
+@pytest.fixture
+def tiny_arrays() -> dict[str, dict[str, np.ndarray]]:
+    return make_tiny_arrays()
+
+
+RAW_FILES = {
+    "text": "text_{split}_emb.h5",
+    "audio": "audio_{split}.h5",
+    "video": "video_{split}.h5",
+    "labels": "y_{split}.h5",
+    "oracle": "oracle_{split}.h5",
+    "ids": "id_{split}.h5",
+}
+
+
+def _write_raw(root: Path, arrays: Mapping[str, Mapping[str, np.ndarray | None]]) -> Path:
+    import h5py
+
+    root.mkdir(parents=True, exist_ok=True)
+    for split, kinds in arrays.items():
+        for kind, arr in kinds.items():
+            if arr is None:  # None: leave the file out
+                continue
+            with h5py.File(root / RAW_FILES[kind].format(split=split), "w") as f:
+                if np.asarray(arr).dtype.kind in "OU":
+                    f.create_dataset("d1", data=[str(v) for v in np.asarray(arr).ravel()],
+                                     dtype=h5py.string_dtype("utf-8"))
+                else:
+                    f.create_dataset("d1", data=arr)
+    return root
+
+
+@pytest.fixture
+def write_layout() -> Callable[[Path, Mapping[str, Mapping[str, np.ndarray | None]]], Path]:
+    """``write_layout(dir, {split: {kind: array or None}})`` writes raw files, no validation."""
+    return _write_raw
+
+
+def make_mmsa(seed: int = 0, t_audio: int | None = None) -> dict:
+    """A tiny dict in the structure of MMSA's aligned_50.pkl (plus the keys the import ignores)."""
+    rng = np.random.default_rng(seed)
+    data = {}
+    for k, (split, n) in enumerate(zip(("train", "valid", "test"), (5, 3, 4), strict=True)):
+        t = 6
+        audio = rng.standard_normal((n, t_audio or t, 5)).astype(np.float32)
+        audio[0, 0, 0] = -np.inf  # real MMSA audio holds -inf
+        data[split] = {
+            "raw_text": np.array([f"sentence {i}" for i in range(n)], dtype=object),
+            "text": rng.standard_normal((n, t, 768)).astype(np.float32),
+            "text_bert": rng.integers(0, 100, (n, 3, t)).astype(np.float32),
+            "audio": audio,
+            "vision": rng.standard_normal((n, t, 20)).astype(np.float32),
+            "audio_lengths": [t] * n,
+            "vision_lengths": [t] * n,
+            "id": np.array([f"clip{k}$_${i}" for i in range(n)], dtype=object),
+            "regression_labels": rng.uniform(-3, 3, n).astype(np.float32),
+            "classification_labels": rng.integers(0, 3, n).astype(np.float32),
+            "annotations": ["Positive"] * n,
+        }
+    return data
+
+
+@pytest.fixture
+def mmsa_dict() -> Callable[..., dict]:
+    return make_mmsa
