@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -203,13 +204,13 @@ def default_concurrency(settings: RunSettings) -> int:
 
 
 def make_sampler(settings: RunSettings) -> optuna.samplers.BaseSampler:
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna.samplers.TPESampler(
         seed=settings.seed,
         n_startup_trials=settings.n_startup_trials,
         constant_liar=True,  # parallel trials: avoid sampling next to the running ones
         multivariate=True,
         group=True,
-        warn_independent_sampling=False,
     )
 
 

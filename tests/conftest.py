@@ -116,3 +116,75 @@ def make_mmsa(seed: int = 0, t_audio: int | None = None) -> dict:
 @pytest.fixture
 def mmsa_dict() -> Callable[..., dict]:
     return make_mmsa
+
+
+# --- studies: one Ray session per test session, one small real study shared by read-only tests ---
+
+#: A search space of tiny models (seconds per trial on 2 cores); learning rate and dropout searched.
+TINY_SPACE = """
+replace = true
+[learning_rate]
+low = 1e-3
+high = 1e-2
+log = true
+[dropout]
+low = 0.0
+high = 0.3
+[model_dim]
+value = 16
+[ff_dim]
+value = 32
+[num_heads]
+value = 2
+[n_layers_mod]
+value = 1
+[n_layers_fuse]
+value = 1
+[batch_size]
+value = 16
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_space_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("space") / "tiny.toml"
+    path.write_text(TINY_SPACE)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """The test session's one local Ray instance: 2 CPUs and 4 declared (fake) GPUs."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, tiny_space_file: Path,
+               ray_session) -> dict:
+    """A finished real study (Ray Tune + Optuna TPE + ASHA, SQLite store) on the tiny dataset.
+
+    6 trials x up to 4 epochs (ASHA grace 1, reduction 2), so it holds COMPLETE and PRUNED
+    trials, the two presets, per-trial checkpoints with predictions. Read it, never write it.
+    Keys: ``workspace`` (Path), ``storage_url``, ``name``, ``data`` (Path), ``summary``.
+    """
+    from studies.lifecycle import SearchOptions, launch
+    from studies.store import open_storage
+    from studies.workspace import Workspace
+
+    ws = Workspace(tmp_path_factory.mktemp("study-ws")).ensure()
+    storage = open_storage(ws.storage_url)
+    opts = SearchOptions(trials=6, max_epochs=4, grace_period=1, reduction_factor=2,
+                         cpus_per_trial=1.0, seed=0)
+    summary = launch(ws, storage, "tiny", opts, data_dir=tiny_data, space_file=tiny_space_file)
+    return {"workspace": ws.root, "storage_url": ws.storage_url, "name": "tiny", "data": tiny_data,
+            "summary": summary}

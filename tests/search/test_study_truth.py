@@ -1,0 +1,74 @@
+"""A real study (Ray Tune + OptunaSearch + ASHA over SQLite): the store tells the truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from search.trial import load_predictions
+
+
+def load(tiny_study: dict) -> optuna.Study:
+    return optuna.load_study(study_name=tiny_study["name"], storage=tiny_study["storage_url"])
+
+
+def test_budget_is_spent_and_nothing_is_left_running(tiny_study: dict) -> None:
+    study = load(tiny_study)
+    states = [t.state for t in study.trials]
+    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states) == 6
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+
+
+def test_presets_are_the_first_two_trials_and_train_as_recorded(tiny_study: dict) -> None:
+    study = load(tiny_study)
+    first = sorted(study.trials, key=lambda t: t.number)[:2]
+    assert [t.user_attrs.get("preset") for t in first] == ["baseline", "improved"]
+    assert first[0].params["learning_rate"] == 1e-3  # the baseline recipe's value
+
+
+def test_asha_stopped_trials_are_pruned_with_their_last_step(tiny_study: dict) -> None:
+    study = load(tiny_study)
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert pruned, "ASHA with grace 1 / reduction 2 over 6 trials must stop some"
+    for t in pruned:
+        last = max(t.intermediate_values)
+        assert t.value == t.intermediate_values[last]  # Optuna's rule for a pruned trial
+        assert last == t.user_attrs["pruned_at_epoch"] == t.user_attrs["epochs"] < 4
+    for t in complete:
+        # the value of a finished trial is its best epoch, not its last
+        assert t.value == min(t.intermediate_values.values())
+        assert sorted(t.intermediate_values) == list(range(1, len(t.intermediate_values) + 1))
+
+
+def test_every_trial_records_its_ray_id_and_best_checkpoint(tiny_study: dict) -> None:
+    study = load(tiny_study)
+    for t in study.trials:
+        assert t.user_attrs["ray_trial_id"]
+        ckpt = Path(t.user_attrs["checkpoint"])
+        assert (ckpt / "model.weights.h5").exists(), t.number
+        config = json.loads((ckpt / "config.json").read_text())
+        assert config["epochs"] == 4
+        preds = load_predictions(ckpt)
+        assert preds["valid_pred"].shape == preds["valid_label"].shape == (24,)
+        assert preds["test_pred"].shape == (24,)
+        if t.state == TrialState.COMPLETE:
+            # the checkpoint holds the best epoch: its valid MAE is the trial's value
+            mae = float(np.mean(np.abs(preds["valid_pred"] - preds["valid_label"])))
+            assert abs(mae - t.value) < 1e-4
+
+
+def test_study_records_what_it_is(tiny_study: dict) -> None:
+    from studies.store import study_attrs
+
+    attrs = study_attrs(load(tiny_study))
+    assert attrs["data_path"] == str(Path(tiny_study["data"]).resolve())
+    assert len(attrs["data_fingerprint"]) >= 16
+    assert attrs["budget"] == 6 and attrs["max_epochs"] == 4
+    assert attrs["asha"] == {"grace_period": 1, "reduction_factor": 2}
+    assert attrs["runs"][0]["trials"] == 6
+    assert set(attrs["space"]["distributions"]) == {"learning_rate", "dropout"}
