@@ -88,20 +88,17 @@ class StoreTruthfulOptunaSearch(OptunaSearch):
             self._pending_errors[trial_id] = True
             return
         result = result or self._last_result.get(trial_id)
-        ot_trial = self._ot_trials[trial_id]
         self._record_checkpoint_attr(trial_id)
         if result and result.get("diverged"):
             self._finish(trial_id, TrialState.FAIL, reason=str(result["diverged"]))
         elif result and result.get("final"):
+            # The scheduler sees the last result first and may stop the trial on it, in which
+            # case ``on_trial_result`` never ran for it: report that step here.
+            self._report_last(trial_id, result)
             best = float(result.get("best_val_mae", result.get(METRIC)))
-            self._set_attr(trial_id, "epochs", int(result.get("training_iteration", 0)))
             self._finish(trial_id, TrialState.COMPLETE, value=best)
         elif result and result.get(METRIC) is not None:
-            step = int(result.get("training_iteration", 0))
-            value = float(result[METRIC])
-            if step not in self._reported_steps.get(trial_id, set()) and math.isfinite(value):
-                ot_trial.report(value, step)
-            self._set_attr(trial_id, "epochs", step)
+            step = self._report_last(trial_id, result)
             self._set_attr(trial_id, "pruned_at_epoch", step)
             self._finish(trial_id, TrialState.PRUNED)
         else:
@@ -131,6 +128,17 @@ class StoreTruthfulOptunaSearch(OptunaSearch):
         self._set_attr(trial_id, "cuda_visible_devices", devices)
 
     # -- helpers ------------------------------------------------------------------------------
+    def _report_last(self, trial_id: str, result: dict) -> int:
+        """Report ``result``'s step unless it was reported; record the epochs; return the step."""
+        step = int(result.get("training_iteration", 0))
+        value = result.get(METRIC)
+        if (step not in self._reported_steps.get(trial_id, set()) and value is not None
+                and math.isfinite(float(value))):
+            self._ot_trials[trial_id].report(float(value), step)
+            self._reported_steps.setdefault(trial_id, set()).add(step)
+        self._set_attr(trial_id, "epochs", step)
+        return step
+
     def _frozen(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None:
