@@ -267,8 +267,13 @@ def run_search(
     ray_dir: Path,
     run_name: str,
     progress: ProgressFn | None = None,
+    trainable: Callable[..., None] | None = None,
 ) -> RunSummary:
-    """Run ``settings.num_trials`` trials of ``study`` with Ray Tune; the store is reconciled at the end."""
+    """Run ``settings.num_trials`` trials of ``study`` with Ray Tune; the store is reconciled at the end.
+
+    ``trainable`` replaces the function trainable (default ``search.trainable.train_trial``);
+    it is called as ``trainable(config, data=data)`` and reports through ``ray.tune.report``.
+    """
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -294,12 +299,12 @@ def run_search(
             reduction_factor=settings.reduction_factor,
         )
         resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
-        trainable = tune.with_resources(tune.with_parameters(train_trial, data=data), resources)
+        fn = tune.with_resources(tune.with_parameters(trainable or train_trial, data=data), resources)
         callbacks: list[Any] = [StoreCallback(searcher)]
         if progress is not None:
             callbacks.append(_ProgressCallback(searcher, settings.num_trials, progress))
         tuner = tune.Tuner(
-            trainable,
+            fn,
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
                 scheduler=scheduler,

@@ -94,8 +94,12 @@ def launch(
     data_dir: Path | None = None,
     space_file: Path | None = None,
     progress: Any = None,
+    trainable: Any = None,
 ) -> dict[str, Any]:
-    """Create study ``name`` and run its budget; returns the run summary as a dict."""
+    """Create study ``name`` and run its budget; returns the run summary as a dict.
+
+    ``trainable`` replaces the Ray Tune function trainable (tests inject faults with it).
+    """
     from augment.dataset import load_dataset
     from search.space import default_space, load_space
 
@@ -122,7 +126,7 @@ def launch(
         },
     )
     enqueue_presets(study)
-    return _run(ws, study, space, data, opts, opts.trials, progress)
+    return _run(ws, study, space, data, opts, opts.trials, progress, trainable)
 
 
 def resume(
@@ -195,7 +199,7 @@ def ray_dir(ws: Workspace, name: str) -> Path:
 
 
 def _run(ws: Workspace, study: optuna.Study, space: Any, data: Any, opts: SearchOptions,
-         num_trials: int, progress: Any) -> dict[str, Any]:
+         num_trials: int, progress: Any, trainable: Any = None) -> dict[str, Any]:
     from search.runner import run_search
 
     attrs = study_attrs(study)
@@ -206,7 +210,7 @@ def _run(ws: Workspace, study: optuna.Study, space: Any, data: Any, opts: Search
     settings = _run_settings(opts, num_trials, seed)
     summary = run_search(
         study, space, data, settings, ray_dir=ray_dir(ws, study.study_name),
-        run_name=f"run{run_index}", progress=progress,
+        run_name=f"run{run_index}", progress=progress, trainable=trainable,
     )
     record = {
         "run": run_index,

@@ -1,0 +1,119 @@
+"""Failures end as FAIL with a reason while the study goes on; fake GPUs are scheduled right."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from augment.dataset import load_dataset
+from studies.lifecycle import SearchOptions, launch
+from studies.store import open_storage
+from studies.workspace import Workspace
+
+
+def faulty_trainable(config: dict, data=None, poisoned=None) -> None:
+    """Trial 2 raises; trial 3 trains on features that overflow (a real NaN loss); others train."""
+    from search.trainable import train_trial
+
+    if config["seed"] == 2:
+        raise RuntimeError("injected failure for the test")
+    train_trial(config, data=poisoned if config["seed"] == 3 else data)
+
+
+def poison(data):
+    """The same dataset with train features so large that the first layer overflows to inf/NaN."""
+    train = data.splits["train"]
+    big = dataclasses.replace(train, text=np.full_like(train.text, 3e38))
+    return dataclasses.replace(data, splits={**data.splits, "train": big})
+
+
+def test_a_raising_trial_and_a_nan_trial_fail_with_reasons_and_the_study_goes_on(
+    tmp_path: Path, tiny_data: Path, tiny_space_file: Path, ray_session
+) -> None:
+    from functools import partial
+
+    ws = Workspace(tmp_path).ensure()
+    storage = open_storage(ws.storage_url)
+    data = load_dataset(tiny_data)
+    opts = SearchOptions(trials=5, max_epochs=2, grace_period=2, reduction_factor=2,
+                         cpus_per_trial=1.0, seed=0, max_failures=0)
+    launch(ws, storage, "faults", opts, data_dir=tiny_data, space_file=tiny_space_file,
+           trainable=partial(faulty_trainable, poisoned=poison(data)))
+    trials = {t.number: t for t in optuna.load_study(study_name="faults", storage=ws.storage_url).trials}
+    assert trials[2].state == TrialState.FAIL
+    assert "injected failure for the test" in trials[2].user_attrs["fail_reason"]
+    assert trials[3].state == TrialState.FAIL
+    assert "non-finite" in trials[3].user_attrs["fail_reason"]
+    others = [t for n, t in trials.items() if n not in (2, 3)]
+    assert len(others) == 3 and all(t.state == TrialState.COMPLETE for t in others)
+    assert all(np.isfinite(t.value) for t in others)
+
+
+def gpu_probe(config: dict, data=None) -> None:
+    """Stay alive long enough to overlap, report the devices Ray gave this trial."""
+    import os
+    import time
+
+    from ray import tune
+
+    time.sleep(3.0)
+    tune.report({"val_mae": 1.0 + config["dropout"], "best_val_mae": 1.0 + config["dropout"],
+                 "final": True, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")})
+
+
+def run_gpu_study(tmp_path: Path, tiny_data: Path, tiny_space_file: Path, gpus: float, cpus: float,
+                  trials: int) -> list[optuna.trial.FrozenTrial]:
+    ws = Workspace(tmp_path).ensure()
+    storage = open_storage(ws.storage_url)
+    opts = SearchOptions(trials=trials, max_epochs=1, grace_period=1, cpus_per_trial=cpus,
+                         gpus_per_trial=gpus, seed=0)
+    launch(ws, storage, "gpus", opts, data_dir=tiny_data, space_file=tiny_space_file, trainable=gpu_probe)
+    return optuna.load_study(study_name="gpus", storage=ws.storage_url).trials
+
+
+def overlapping(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """The largest number of trials running at the same moment (from the store's timestamps)."""
+    events = sorted(itertools.chain.from_iterable(
+        ((t.datetime_start, 1), (t.datetime_complete, -1)) for t in trials), key=lambda e: (e[0], e[1]))
+    now = best = 0
+    for _, delta in events:
+        now += delta
+        best = max(best, now)
+    return best
+
+
+def test_one_gpu_per_trial_runs_four_at_once_on_four_distinct_devices(
+    tmp_path: Path, tiny_data: Path, tiny_space_file: Path, ray_session
+) -> None:
+    trials = run_gpu_study(tmp_path, tiny_data, tiny_space_file, gpus=1, cpus=0.5, trials=4)
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    devices = [t.user_attrs["cuda_visible_devices"] for t in trials]
+    assert sorted(devices) == ["0", "1", "2", "3"]
+    assert overlapping(trials) == 4
+
+
+def test_half_a_gpu_per_trial_puts_two_trials_on_each_device(
+    tmp_path: Path, tiny_data: Path, tiny_space_file: Path, ray_session
+) -> None:
+    trials = run_gpu_study(tmp_path, tiny_data, tiny_space_file, gpus=0.5, cpus=0.25, trials=8)
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    devices = [t.user_attrs["cuda_visible_devices"] for t in trials]
+    assert all(d in {"0", "1", "2", "3"} for d in devices)
+    per_device = {d: overlapping([t for t in trials if t.user_attrs["cuda_visible_devices"] == d])
+                  for d in set(devices)}
+    assert max(per_device.values()) == 2  # two trials share a device at once, never three
+    assert overlapping(trials) > 4  # more trials at once than devices
+
+
+@pytest.mark.parametrize("gpus", [1.5, -1])
+def test_bad_gpu_requests_are_user_errors(gpus: float) -> None:
+    from msatune.errors import UserError
+
+    with pytest.raises(UserError, match="--gpus-per-trial"):
+        SearchOptions(trials=1, gpus_per_trial=gpus).validate()
