@@ -24,6 +24,7 @@ from typing import Any
 import optuna
 
 from augment.dataset import MSADataset
+from msatune.errors import UserError
 from search.reconcile import reconcile
 from search.searcher import SearchCounters, StoreCallback, StoreTruthfulOptunaSearch
 from search.space import SearchSpace
@@ -113,10 +114,43 @@ def start_ray(settings: RunSettings, pid_dir: Path | None) -> bool:
     if settings.address:
         kwargs["address"] = settings.address
         kwargs["runtime_env"] = {"py_modules": _code_packages()}
-    ray.init(**kwargs)
+        _enable_token_auth_if_available()
+    else:
+        # "local": always a new instance owned by this driver. Without it ray.init() joins any
+        # cluster that `ray start` left on this machine, and its processes are not ours to end.
+        kwargs["address"] = "local"
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as exc:
+        raise UserError(
+            f"cannot connect to the Ray cluster at {settings.address}: {exc}; check the address "
+            "(ray start --head prints it) and that this machine can reach it"
+        ) from None
     if pid_dir is not None and not settings.address:
         record_ray_processes(pid_dir)
     return True
+
+
+def _enable_token_auth_if_available() -> None:
+    """Send Ray's auth token when joining a cluster (ray 2.60 does not detect it by itself).
+
+    A head started with ``ray start`` uses token authentication when ``~/.ray/auth_token`` (or
+    ``RAY_AUTH_TOKEN[_PATH]``) exists; a driver joining it must then run with
+    ``RAY_AUTH_MODE=token`` or its calls are refused ("Missing authorization header").
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or (
+        Path.home() / ".ray" / "auth_token"
+    ).exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
+        try:  # Ray read its config at import: make it read the mode again (as Ray's tests do)
+            from ray._raylet import AuthenticationTokenLoader, Config
+
+            Config.initialize("")
+            AuthenticationTokenLoader.instance().reset_cache()
+        except (ImportError, AttributeError) as exc:  # pragma: no cover - Ray changed
+            log.warning("could not switch Ray to token authentication: %s", exc)
 
 
 def record_ray_processes(pid_dir: Path) -> None:
@@ -133,22 +167,29 @@ def record_ray_processes(pid_dir: Path) -> None:
 
 
 def _session_processes(session_dir: str) -> list[int]:
-    """PIDs whose command line names ``session_dir`` (Linux /proc; empty elsewhere)."""
-    found = []
+    """PIDs of processes belonging to the Ray session ``session_dir`` (Linux ``/proc``).
+
+    Ray renames its processes (``ray::DashboardAgent``, ``ray::ImplicitFunc``), so the command line
+    does not always name the session; their open log files under the session dir do.
+    """
+    found: list[int] = []
     proc = Path("/proc")
-    if not proc.exists():
+    if not proc.exists() or not session_dir:
         return found
     needle = session_dir.encode()
-    name = Path(session_dir).name.encode()
     for entry in proc.iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            cmd = (entry / "cmdline").read_bytes()
+            if needle in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+                continue
+            for fd in (entry / "fd").iterdir():
+                if os.readlink(fd).startswith(session_dir):
+                    found.append(int(entry.name))
+                    break
         except OSError:
             continue
-        if needle in cmd or (name and name in cmd):
-            found.append(int(entry.name))
     return found
 
 

@@ -57,7 +57,8 @@ Examples:
               help="Dataset directory (msa-tf2 layout) [default: the synthetic mosi set in the workspace].")
 @click.option("--trials", type=int, default=20, show_default=True, help="Trial budget of the study.")
 @click.option("--max-epochs", type=int, default=30, show_default=True, help="Epoch budget of one trial (ASHA max_t).")
-@click.option("--grace-period", type=int, default=3, show_default=True, help="Epochs before ASHA may stop a trial.")
+@click.option("--grace-period", type=int, default=None,
+              help="Epochs before ASHA may stop a trial. [default: 3, at most --max-epochs]")
 @click.option("--reduction-factor", type=int, default=3, show_default=True, help="ASHA keeps the best 1/R at each rung.")
 @_resource_options
 @click.option("--space", "space_file", type=click.Path(path_type=Path), default=None,
@@ -68,14 +69,16 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @pass_app
 def launch(app: AppContext, name: str, data_dir: Path | None, trials: int, max_epochs: int,
-           grace_period: int, reduction_factor: int, cpus_per_trial: float | None,
+           grace_period: int | None, reduction_factor: int, cpus_per_trial: float | None,
            gpus_per_trial: float | None, concurrency: int | None, address: str | None,
            space_file: Path | None, seed: int, max_failures: int, storage: str | None, as_json: bool) -> None:
     from studies.lifecycle import SearchOptions
     from studies.lifecycle import launch as do_launch
 
     opts = SearchOptions(
-        trials=trials, max_epochs=max_epochs, grace_period=grace_period, reduction_factor=reduction_factor,
+        trials=trials, max_epochs=max_epochs,
+        grace_period=grace_period if grace_period is not None else max(1, min(3, max_epochs)),
+        reduction_factor=reduction_factor,
         cpus_per_trial=cpus_per_trial if cpus_per_trial is not None else 1.0,
         gpus_per_trial=gpus_per_trial if gpus_per_trial is not None else 0.0,
         concurrency=concurrency, seed=seed, address=address, max_failures=max_failures, verbose=app.verbose,

@@ -204,7 +204,10 @@ def _run(ws: Workspace, study: optuna.Study, space: Any, data: Any, opts: Search
 
     attrs = study_attrs(study)
     runs = list(attrs.get("runs", []))
-    run_index = len(runs)
+    # A killed driver never recorded its run: count its Ray directory too, so that every run
+    # gets a fresh experiment directory.
+    previous = [p for p in ray_dir(ws, study.study_name).glob("run*") if p.is_dir()]
+    run_index = max(len(runs), len(previous))
     # A new sampler seed per run: the same seed would repeat the same parameters (optuna#3255).
     seed = int(opts.seed) + 7919 * run_index
     settings = _run_settings(opts, num_trials, seed)

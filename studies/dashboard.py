@@ -1,0 +1,225 @@
+"""Serve optuna-dashboard over a study store: read-only by default, cached, safe beside a running study.
+
+* **Read-only** unless ``writable``: SQLite is opened with a read-only connection
+  (``sqlite:///file:/abs/x.db?mode=ro&uri=true``), and every request that is not GET/HEAD/OPTIONS
+  is refused with 403 before it reaches optuna-dashboard. The second guard matters: the dashboard's
+  delete-study endpoint removes the study's artifact files *before* it asks the store, and other
+  stores (PostgreSQL) have no read-only URL.
+* **Fast refresh**: the RDB storage is wrapped in Optuna's ``_CachedStorage``, which reads finished
+  trials once and afterwards only new or unfinished ones (a poll of a 2,000-trial study goes from
+  seconds to tens of milliseconds; see ``benchmarks/store_scale.py``).
+* **Safe beside a running study**: SQLite readers take short shared locks; the connection waits up
+  to :data:`studies.store.SQLITE_TIMEOUT_S` for a writer instead of failing, and the study's own
+  connection (same timeout) waits for the dashboard's reads, so neither side sees
+  "database is locked" (optuna-dashboard#545 was a default 5 s timeout on a busy store).
+* **No authentication**: bound to 127.0.0.1 unless the caller says otherwise.
+
+The server is the threaded ``wsgiref`` server that optuna-dashboard's own CLI uses.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import json
+import logging
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import optuna
+
+from msatune.errors import UserError
+from studies.store import SQLITE_TIMEOUT_S
+
+log = logging.getLogger(__name__)
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+READ_ONLY_REASON = (
+    "this msatune dashboard is read-only; restart it with `msatune dashboard --writable` "
+    "to delete, rename, tell or annotate"
+)
+
+
+def read_only_sqlite_url(url: str) -> str | None:
+    """The read-only URI form of a SQLite URL (``None`` for other databases).
+
+    Raises:
+        UserError: the URL is not a database URL, or names a SQLite file that does not exist.
+    """
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise UserError(f"--storage {url!r} is not a database URL; use e.g. sqlite:////abs/path/studies.db") from None
+    if not parsed.drivername.startswith("sqlite"):
+        return None
+    db = parsed.database or ""
+    if db.startswith("file:"):  # already a URI: keep it, force read-only
+        path = db[len("file:"):]
+    else:
+        path = db
+    if not path or path == ":memory:":
+        raise UserError(f"--storage {url!r}: the dashboard needs a SQLite file, not an in-memory store")
+    abs_path = Path(path).expanduser().resolve()
+    if not abs_path.is_file():
+        raise UserError(
+            f"no study store at {abs_path}; launch a study first (msatune launch NAME) "
+            "or pass --workspace / --storage"
+        )
+    return f"{parsed.drivername}:///file:{abs_path}?mode=ro&uri=true"
+
+
+def open_dashboard_storage(url: str, *, writable: bool = False) -> optuna.storages.BaseStorage:
+    """The storage the dashboard serves: RDB (read-only SQLite unless ``writable``) behind a cache.
+
+    Raises:
+        UserError: the URL is bad or the store cannot be opened.
+    """
+    import sqlalchemy
+    from optuna.storages._cached_storage import _CachedStorage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ro_url = read_only_sqlite_url(url)
+    is_sqlite = ro_url is not None
+    target = url if (writable or not is_sqlite) else ro_url
+    if is_sqlite and writable:
+        read_only_sqlite_url(url)  # same existence check: never create an empty store here
+    engine_kwargs: dict[str, Any] = (
+        {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if is_sqlite else {"pool_pre_ping": True}
+    )
+    try:
+        backend = optuna.storages.RDBStorage(
+            target, engine_kwargs=engine_kwargs,
+            skip_compatibility_check=True, skip_table_creation=True,
+        )
+        backend.get_all_studies()  # fail here, in one line, rather than on the first request
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot open study store {url!r} for the dashboard: {first}") from None
+    log.debug("dashboard storage %s (%s)", target, "writable" if writable else "read-only")
+    return _CachedStorage(backend)
+
+
+class ReadOnlyArtifactStore:
+    """An artifact store whose reads pass through and whose writes and removals are refused."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def open_reader(self, artifact_id: str) -> Any:
+        return self._inner.open_reader(artifact_id)
+
+    def write(self, artifact_id: str, content_body: Any) -> None:
+        raise PermissionError(READ_ONLY_REASON)
+
+    def remove(self, artifact_id: str) -> None:
+        raise PermissionError(READ_ONLY_REASON)
+
+
+def read_only_middleware(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+    """Refuse every request that could change something (403, JSON ``{"reason": ...}``)."""
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        if method in SAFE_METHODS:
+            return app(environ, start_response)
+        log.info("refused %s %s (read-only dashboard)", method, environ.get("PATH_INFO", ""))
+        body = json.dumps({"reason": READ_ONLY_REASON}).encode()
+        start_response("403 Forbidden", [("Content-Type", "application/json"),
+                                         ("Content-Length", str(len(body)))])
+        return [body]
+
+    return guarded
+
+
+def make_app(storage: optuna.storages.BaseStorage, artifact_dir: Path | None, *,
+             writable: bool = False) -> Callable[..., Iterable[bytes]]:
+    """optuna-dashboard's WSGI app over ``storage``, guarded unless ``writable``."""
+    import optuna_dashboard
+    from optuna.artifacts import FileSystemArtifactStore
+
+    artifact_store: Any = None
+    if artifact_dir is not None:
+        artifact_dir.mkdir(parents=True, exist_ok=True)
+        artifact_store = FileSystemArtifactStore(str(artifact_dir))
+        if not writable:
+            artifact_store = ReadOnlyArtifactStore(artifact_store)
+    app = optuna_dashboard.wsgi(storage, artifact_store=artifact_store)
+    return app if writable else read_only_middleware(app)
+
+
+class _ThreadedWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Request lines go to the debug log, not to stderr."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class StudyLink:
+    study_id: int
+    name: str
+    trials: int
+    url: str
+
+
+class DashboardServer:
+    """A bound (not yet serving) dashboard; ``serve_forever()`` blocks, ``shutdown()`` stops it."""
+
+    def __init__(self, storage_url: str, *, host: str = "127.0.0.1", port: int = 8080,
+                 artifact_dir: Path | None = None, writable: bool = False) -> None:
+        self.writable = writable
+        self.storage = open_dashboard_storage(storage_url, writable=writable)
+        app = make_app(self.storage, artifact_dir, writable=writable)
+        try:
+            self._httpd = make_server(host, port, app, server_class=_ThreadedWSGIServer,
+                                      handler_class=_QuietHandler)
+        except socket.gaierror as exc:
+            raise UserError(f"cannot listen on {host}:{port}: {exc}; check --host") from None
+        except OSError as exc:
+            hint = "pass another --port (0 picks a free one)" if exc.errno == errno.EADDRINUSE else "check --host"
+            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; {hint}") from None
+        self.host = host
+        self.port = int(self._httpd.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def study_links(self) -> list[StudyLink]:
+        links = []
+        for s in self.storage.get_all_studies():
+            n = len(self.storage.get_all_trials(s._study_id, deepcopy=False))
+            links.append(StudyLink(s._study_id, s.study_name, n,
+                                   f"{self.base_url}/dashboard/studies/{s._study_id}"))
+        return links
+
+    def serve_forever(self) -> None:
+        try:
+            self._httpd.serve_forever(poll_interval=0.25)
+        finally:
+            self._httpd.server_close()
+
+    def shutdown(self) -> None:
+        self._httpd.shutdown()

@@ -1,0 +1,158 @@
+"""Crash safety and clusters, end to end through the CLI with real Ray and a real SQLite store.
+
+* ``kill -9`` of the driver mid-study, then ``msatune resume``: the budget is met exactly, nothing
+  is left RUNNING, every trial finished before the kill is unchanged, and the dead driver's Ray
+  processes are gone (ended by PID, never ``ray stop``).
+* ``--address``: a study runs on a Ray head started by the test on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from search.runner import RAY_PIDS_FILE, _alive, _session_processes
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def msatune(ws: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "studies.cli", "--workspace", str(ws), *args]
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e.pop("RAY_ADDRESS", None)
+    e["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    return e
+
+
+def snapshot(study: optuna.Study) -> dict[int, tuple]:
+    return {t.number: (t.state, t.params, t.value, dict(t.intermediate_values))
+            for t in study.trials if t.state in FINISHED}
+
+
+def test_kill_9_then_resume_meets_the_budget_and_keeps_finished_trials(
+    tmp_path: Path, tiny_data: Path, tiny_space_file: Path
+) -> None:
+    ws = tmp_path / "ws"
+    url = f"sqlite:///{ws / 'studies.db'}"
+    driver = subprocess.Popen(
+        msatune(ws, "launch", "k9", "--data", str(tiny_data), "--space", str(tiny_space_file),
+                "--trials", "6", "--max-epochs", "4", "--grace-period", "1", "--reduction-factor", "2",
+                "--json"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(),
+    )
+    try:
+        deadline = time.time() + 240
+        before: dict[int, tuple] = {}
+        while time.time() < deadline:
+            time.sleep(1.0)
+            assert driver.poll() is None, "the study finished before it could be killed"
+            try:
+                study = optuna.load_study(study_name="k9", storage=url)
+            except (KeyError, Exception):  # noqa: BLE001 - store not created yet
+                continue
+            states = [t.state for t in study.trials]
+            if sum(s in FINISHED for s in states) >= 2 and TrialState.RUNNING in states:
+                before = snapshot(study)
+                break
+        assert before, "never saw finished and running trials at once"
+        pid_file = ws / "studies" / "k9" / "ray" / RAY_PIDS_FILE
+        ray_info = json.loads(pid_file.read_text())
+        assert ray_info["driver_pid"] == driver.pid
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    time.sleep(1.0)
+    orphans = set(ray_info["pids"]) | set(_session_processes(ray_info["session_dir"]))
+    assert any(_alive(p) for p in orphans), "expected Ray processes to outlive the killed driver"
+
+    study = optuna.load_study(study_name="k9", storage=url)
+    assert TrialState.RUNNING in [t.state for t in study.trials]
+
+    resumed = subprocess.run(msatune(ws, "resume", "k9", "--json"), capture_output=True, text=True,
+                             env=env(), timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = json.loads(resumed.stdout)
+    assert summary["orphans_ended"], summary
+
+    study = optuna.load_study(study_name="k9", storage=url)
+    states = [t.state for t in study.trials]
+    assert sum(s in FINISHED for s in states) == 6
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    after = snapshot(study)
+    for number, record in before.items():
+        assert after[number] == record, f"trial {number} changed across the crash"
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert failed and all(t.user_attrs["msatune_requeued"] for t in failed)
+    requeued_from = {t.user_attrs.get("requeued_from") for t in study.trials} - {None}
+    assert requeued_from == {t.number for t in failed}  # every orphan ran again
+    time.sleep(0.5)
+    assert not [p for p in ray_info["pids"] if _alive(p)]
+    assert not _session_processes(ray_info["session_dir"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_study_runs_on_an_existing_ray_head_via_address(
+    tmp_path: Path, tiny_data: Path, tiny_space_file: Path
+) -> None:
+    port = free_port()
+    ray_bin = Path(sys.executable).with_name("ray")
+    # Ray's socket paths must stay under ~107 characters: pytest's tmp_path is too deep.
+    temp_dir = Path(tempfile.mkdtemp(prefix="msat-ray-", dir="/tmp"))
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+         "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={temp_dir}",
+         "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(), start_new_session=True,
+    )
+    try:
+        ws = tmp_path / "ws"
+        deadline = time.time() + 60
+        launched = None
+        while time.time() < deadline:
+            launched = subprocess.run(
+                msatune(ws, "launch", "remote", "--address", f"127.0.0.1:{port}", "--data", str(tiny_data),
+                        "--space", str(tiny_space_file), "--trials", "2", "--max-epochs", "2", "--json"),
+                capture_output=True, text=True, env=env(), timeout=300,
+            )
+            if launched.returncode == 0 or "already exists" not in launched.stderr:
+                break
+        assert launched is not None and launched.returncode == 0, launched.stderr[-3000:]
+        study = optuna.load_study(study_name="remote", storage=f"sqlite:///{ws / 'studies.db'}")
+        assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+        # the head (not a local instance) ran the trials: its session holds their worker logs
+        assert list(temp_dir.glob("session_*/logs/worker-*"))
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        # the head's raylet and workers run in their own sessions: end them by their session dir
+        for session in temp_dir.glob("session_2*"):
+            for pid in _session_processes(str(session)):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        shutil.rmtree(temp_dir, ignore_errors=True)
