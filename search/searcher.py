@@ -137,6 +137,9 @@ class StoreTruthfulOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].report(float(value), step)
             self._reported_steps.setdefault(trial_id, set()).add(step)
         self._set_attr(trial_id, "epochs", step)
+        best = result.get("best_val_mae")
+        if best is not None and math.isfinite(float(best)):
+            self._set_attr(trial_id, "best_val_mae", float(best))
         return step
 
     def _frozen(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
