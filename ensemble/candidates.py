@@ -232,12 +232,14 @@ def select_candidates(
     study_name: str = "",
     expected_fingerprint: str | None = None,
     skip: Mapping[int, str] | None = None,
+    include_pruned: bool = False,
 ) -> CandidatePool:
     """Rank a study's usable COMPLETE trials and keep the ``max_candidates`` best.
 
     ``expected_fingerprint`` (the study's dataset fingerprint): trials trained on other data are
     skipped with a warning; ``skip`` maps trial numbers to a reason to leave them out (e.g. weights
-    that failed to load at export). Raises UserError when no candidate remains (saying why: no complete
+    that failed to load at export). ``include_pruned`` (not the product's default; for experiments)
+    also admits PRUNED trials with a recorded value and checkpoint. Raises UserError when no candidate remains (saying why: no complete
     trial, no usable checkpoint, none beats the constant predictor) or when the candidates
     differ in input dims (naming the trials).
     """
@@ -245,7 +247,8 @@ def select_candidates(
         raise UserError(f"--max-candidates must be at least 1, got {max_candidates}")
     trials = list(trials)
     label = f"study {study_name!r}" if study_name else "the study"
-    complete = [t for t in trials if _state_name(t) == "COMPLETE" and _finite(t.value)]
+    states = ("COMPLETE", "PRUNED") if include_pruned else ("COMPLETE",)
+    complete = [t for t in trials if _state_name(t) in states and _finite(t.value)]
     if not complete:
         counts: dict[str, int] = {}
         for t in trials:

@@ -1,0 +1,115 @@
+"""Bad input to launch / resume / show / studies: exit 2, one line, no traceback, store unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+
+def run(ws: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "studies.cli", "--workspace", str(ws), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("msatune: error:")]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def study_copy(tiny_study: dict, tmp_path: Path) -> Path:
+    """A private copy of the finished tiny study's workspace store (so tests may try to write)."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    shutil.copy(Path(tiny_study["workspace"]) / "studies.db", ws / "studies.db")
+    return ws
+
+
+def test_unknown_study_names_close_matches(study_copy: Path) -> None:
+    before = digest(study_copy / "studies.db")
+    one_line_error(run(study_copy, "show", "tinny"), "no study named 'tinny'", "did you mean tiny")
+    one_line_error(run(study_copy, "resume", "tinny"), "no study named 'tinny'")
+    assert digest(study_copy / "studies.db") == before
+
+
+def test_launching_an_existing_name_suggests_resume(study_copy: Path, tiny_data: Path) -> None:
+    before = digest(study_copy / "studies.db")
+    one_line_error(run(study_copy, "launch", "tiny", "--data", str(tiny_data), "--trials", "2"),
+                   "already exists", "msatune resume tiny")
+    assert digest(study_copy / "studies.db") == before
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--trials", "0"], ["--trials must be > 0"]),
+    (["--trials", "-3"], ["--trials must be > 0"]),
+    (["--max-epochs", "0"], ["--max-epochs must be > 0"]),
+    (["--reduction-factor", "1"], ["--reduction-factor must be >= 2"]),
+    (["--cpus-per-trial", "0"], ["--cpus-per-trial must be > 0"]),
+])
+def test_bad_numbers_are_refused_before_anything_is_written(tmp_path: Path, tiny_data: Path,
+                                                            args: list[str], needles: list[str]) -> None:
+    ws = tmp_path / "ws"
+    one_line_error(run(ws, "launch", "s", "--data", str(tiny_data), *args), *needles)
+    assert not (ws / "studies.db").exists() or not optuna.get_all_study_names(f"sqlite:///{ws / 'studies.db'}")
+
+
+def test_bad_space_file_names_the_key_and_creates_no_study(tmp_path: Path, tiny_data: Path) -> None:
+    ws = tmp_path / "ws"
+    space = tmp_path / "bad.toml"
+    space.write_text("[dropout]\nlow = 0.9\nhigh = 0.1\n")
+    one_line_error(run(ws, "launch", "s", "--data", str(tiny_data), "--space", str(space)),
+                   str(space), "'dropout'", "low (0.9) > high (0.1)")
+    missing = tmp_path / "nope.toml"
+    one_line_error(run(ws, "launch", "s", "--data", str(tiny_data), "--space", str(missing)), "does not exist")
+    assert optuna.get_all_study_names(f"sqlite:///{ws / 'studies.db'}") == []
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("not a url", "is not a database URL"),
+    ("sqlite:////no/such/dir/x.db", "does not exist"),
+    ("sqlite://", "in-memory"),
+])
+def test_bad_storage_url(tmp_path: Path, url: str, needle: str) -> None:
+    one_line_error(run(tmp_path / "ws", "studies", "--storage", url), needle)
+
+
+def test_changed_data_fingerprint_refuses_resume_unless_forced(tiny_study: dict, tmp_path: Path) -> None:
+    """Point a copy of the study at a copy of its data, change the data, try to resume."""
+    from studies.store import set_study_attr
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    shutil.copy(Path(tiny_study["workspace"]) / "studies.db", ws / "studies.db")
+    data = tmp_path / "data"
+    shutil.copytree(tiny_study["data"], data)
+    url = f"sqlite:///{ws / 'studies.db'}"
+    set_study_attr(optuna.load_study(study_name="tiny", storage=url), "data_path", str(data))
+    from augment.synth import synthesize
+
+    synthesize(data, preset="tiny", seed=1, overwrite=True)  # same layout, different content
+    before = digest(ws / "studies.db")
+    line = one_line_error(run(ws, "resume", "tiny", "--trials", "1"), "data of study 'tiny' changed",
+                          "--force")
+    assert str(data) in line
+    assert digest(ws / "studies.db") == before
+
+
+def test_resume_of_a_finished_study_says_what_to_do(study_copy: Path) -> None:
+    proc = run(study_copy, "resume", "tiny", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "used its budget of 6 trials" in proc.stdout and "--trials N" in proc.stdout
