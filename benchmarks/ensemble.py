@@ -99,15 +99,19 @@ def build_study(ws_root: Path, name: str, trials: int, max_epochs: int, seed: in
             "pruned": summary.get("pruned"), "failed": summary.get("failed")}
 
 
-def _rate(fn: Any, n_samples: int, repeat: int) -> dict[str, float]:
-    fn()  # warm-up: traces the predict function(s)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+def _rates(fns: dict[str, Any], n_samples: int, repeat: int) -> dict[str, dict[str, float]]:
+    """Median seconds per call of each function, timed in rotation (a busy shared machine drifts;
+    interleaving spreads that over all variants alike). One untimed warm-up call each (tracing)."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    return {"median_s": med, "samples_per_s": n_samples / med}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    return {k: {"median_s": statistics.median(v), "samples_per_s": n_samples / statistics.median(v),
+                "min_s": min(v)} for k, v in times.items()}
 
 
 def throughput(result: Any, data: Any, out_dir: Path, repeat: int, request: int) -> dict[str, Any]:
@@ -140,16 +144,16 @@ def throughput(result: Any, data: Any, out_dir: Path, repeat: int, request: int)
     n_online = sum(r["text"].shape[0] for r in reqs)
     out: dict[str, Any] = {"k": len(members), "method": method, "samples": n, "request": request,
                            "online_requests": len(reqs)}
-    out["bulk"] = {
-        "fused_predict": _rate(lambda: fused.predict(x, batch_size=256, verbose=0), n, repeat),
-        "saved_model_serve": _rate(lambda: served.serve(xt).numpy(), n, repeat),
-        "sequential_predict": _rate(lambda: sequential(x, 256), n, repeat),
-    }
-    out["online"] = {
-        "fused_predict": _rate(lambda: [fused.predict(r, verbose=0) for r in reqs], n_online, repeat),
-        "saved_model_serve": _rate(lambda: [served.serve(r).numpy() for r in reqs_t], n_online, repeat),
-        "sequential_predict": _rate(lambda: [sequential(r, request) for r in reqs], n_online, repeat),
-    }
+    out["bulk"] = _rates({
+        "fused_predict": lambda: fused.predict(x, batch_size=256, verbose=0),
+        "saved_model_serve": lambda: served.serve(xt).numpy(),
+        "sequential_predict": lambda: sequential(x, 256),
+    }, n, repeat)
+    out["online"] = _rates({
+        "fused_predict": lambda: [fused.predict(r, verbose=0) for r in reqs],
+        "saved_model_serve": lambda: [served.serve(r).numpy() for r in reqs_t],
+        "sequential_predict": lambda: [sequential(r, request) for r in reqs],
+    }, n_online, repeat)
     for regime in ("bulk", "online"):
         r = out[regime]
         base = r["sequential_predict"]["samples_per_s"]
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=25, help="Rounds of greedy.")
     ap.add_argument("--throughput-method", default="mean", choices=METHODS,
                     help="Which ensemble to time (mean: the top-k, so k members are compared).")
-    ap.add_argument("--repeat", type=int, default=5, help="Timed repeats (median reported).")
+    ap.add_argument("--repeat", type=int, default=9, help="Timed repeats, interleaved (median reported).")
     ap.add_argument("--request", type=int, default=16, help="Samples per request in the online regime.")
     ap.add_argument("--out", type=Path, default=None, help="JSON file to write.")
     args = ap.parse_args(argv)
@@ -267,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                               "met_bulk": tp["bulk"]["speedup_fused_predict"] >= GOAL_SPEEDUP,
                               "met_online": tp["online"]["speedup_fused_predict"] >= GOAL_SPEEDUP}
 
+    record["machine"]["load_avg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     _print(record)
     out = args.out or RESULTS / ("ensemble_quick.json" if args.quick else "ensemble.json")
     out.parent.mkdir(parents=True, exist_ok=True)

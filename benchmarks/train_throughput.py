@@ -17,14 +17,15 @@ Steady-state throughput excludes the first epoch (tracing): ``train samples/s`` 
 epochs 2..k divided by their training time (epoch begin -> validation begin); ``epoch samples/s``
 divides by the whole epoch time (training + validation, as a user waits for it). The first epoch's
 time and the startup time (model build and compile up to the first epoch) are reported
-separately. Goal (issue 3): for the same model and batch size, the service's loop reaches at least
+separately. With ``--repeat N`` every setup runs N times (alternating with the others of its
+model and batch) and the fastest run counts: the machine may be shared. Goal (issue 3): for the same model and batch size, the service's loop reaches at least
 1.5x the users' train samples/s. Prints a table and writes
 ``benchmarks/results/train_throughput[_quick].json``; never asserts times. The machine is shared:
 the JSON records the load average before and after every setup.
 
-    python benchmarks/train_throughput.py            # 2 models x 2 batch sizes x 3 setups, 4 epochs
+    python benchmarks/train_throughput.py            # 2 models x 2 batch sizes x 3 setups, 3 epochs
     python benchmarks/train_throughput.py --quick    # improved at batch 16, 2 epochs (< 2 min)
-    python benchmarks/train_throughput.py --smoke --out /tmp/t.json   # tiny data, for the tests
+    python benchmarks/train_throughput.py --smoke --out /tmp/t.json   # tiny data, small model (tests)
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ MODEL_SEED = 0
 USERS_BATCH = 4
 LARGE_BATCH = 64
 SETUPS = ("users", "service", "service+jit")
+#: ``--smoke`` trains a small model (tracing dominates a smoke run's time).
+SMOKE_MODEL = {"model_dim": 16, "num_heads": 2, "ff_dim": 32, "n_layers_mod": 1, "n_layers_fuse": 1}
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,6 +81,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     config["patience"] = 0  # run every epoch
     config["jit_compile"] = spec["setup"] == "service+jit"
     config["seed"] = MODEL_SEED
+    config.update(spec.get("overrides") or {})
 
     timing: dict[str, list[float]] = {"epoch_begin": [], "test_begin": [], "epoch_end": []}
 
@@ -100,6 +104,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     steady_train = train_s[1:]
     result = {
         **{k: spec[k] for k in ("model", "setup", "batch_size", "epochs")},
+        "repeat": spec.get("repeat", 0),
+        "overrides": spec.get("overrides") or {},
         "threads": {
             "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
@@ -255,9 +261,25 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
         if not args.preset_batch_only and LARGE_BATCH not in batches:
             batches.append(LARGE_BATCH)
         for batch in batches:
-            for setup in args.setups:
-                specs.append({"model": model, "batch_size": batch, "setup": setup, "epochs": args.epochs})
+            # Setups of one model and batch run back to back (and, with --repeat, alternate), so
+            # that the machine's load changes as little as possible between the compared runs.
+            for rep in range(args.repeat):
+                for setup in args.setups:
+                    specs.append({
+                        "model": model, "batch_size": batch, "setup": setup, "epochs": args.epochs,
+                        "repeat": rep, "overrides": SMOKE_MODEL if args.smoke else {},
+                    })
     return specs
+
+
+def best_of(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One result per (model, batch, setup): the repeat with the highest train samples/s."""
+    best: dict[tuple, dict[str, Any]] = {}
+    for r in results:
+        key = (r["model"], r["batch_size"], r["setup"])
+        if key not in best or (r["train_samples_per_s"] or 0) > (best[key]["train_samples_per_s"] or 0):
+            best[key] = r
+    return list(best.values())
 
 
 def compare(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -340,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="epochs per setup (the first is excluded)")
     p.add_argument("--data", type=Path, default=None, help="dataset directory (default: synthesize)")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
+    p.add_argument("--repeat", type=int, default=1, help="runs per setup, alternating; the best counts")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per setup")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -355,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.setups is None:
         args.setups = ["users", "service"] if mode == "smoke" else list(SETUPS)
     if args.epochs is None:
-        args.epochs = {"smoke": 2, "quick": 2, "full": 4}[mode]
+        args.epochs = {"smoke": 2, "quick": 2, "full": 3}[mode]
     if args.epochs < 2:
         p.error("--epochs must be at least 2 (the first epoch is excluded)")
     args.preset_batch_only = mode != "full"
@@ -378,8 +401,9 @@ def main(argv: list[str] | None = None) -> int:
             spec["data"] = str(data_dir)
             print(f"running {spec['model']} batch {spec['batch_size']} {spec['setup']} ...", file=sys.stderr, flush=True)
             results.append(run_setup(spec, args.timeout))
-    ratios = compare(results)
-    print_table(results, ratios)
+    chosen = best_of(results)
+    ratios = compare(chosen)
+    print_table(chosen, ratios)
 
     doc = {
         "benchmark": "train_throughput",
@@ -406,7 +430,9 @@ def main(argv: list[str] | None = None) -> int:
             "processor": platform.processor() or platform.machine(),
         },
         "versions": versions(),
-        "results": results,
+        "repeat": args.repeat,
+        "results": chosen,
+        "all_runs": results,
         "ratios": ratios,
         "total_s": time.perf_counter() - t0,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

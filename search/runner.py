@@ -297,6 +297,19 @@ def quiet_ray_environment() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Ray Tune suggests Tuner.restore after an interrupt: msatune resumes differently (and safely).
+    logging.getLogger("ray.tune.tune").addFilter(_DropMessages("Tuner.restore", "Resume experiment with"))
+    logging.getLogger("ray").addFilter(_DropMessages("Token authentication is enabled"))
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *needles: str) -> None:
+        super().__init__()
+        self.needles = needles
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(n in message for n in self.needles)
 
 
 def run_search(

@@ -239,6 +239,8 @@ class _progress:
     def __exit__(self, *exc: Any) -> None:
         if self.live is not None:
             self.live.__exit__(*exc)
+            if not self.live.console.is_terminal:
+                self.live.console.print()  # the last status line ends without a newline
 
 
 def _finish(app: AppContext, store: Any, name: str, summary: dict, as_json: bool) -> None:
