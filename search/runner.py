@@ -299,7 +299,9 @@ def quiet_ray_environment() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Ray Tune suggests Tuner.restore after an interrupt: msatune resumes differently (and safely).
     logging.getLogger("ray.tune.tune").addFilter(_DropMessages("Tuner.restore", "Resume experiment with"))
-    logging.getLogger("ray").addFilter(_DropMessages("Token authentication is enabled"))
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        _DropMessages("Token authentication is enabled")
+    )
 
 
 class _DropMessages(logging.Filter):
