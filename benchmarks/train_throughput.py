@@ -69,8 +69,6 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
 
-    import keras
-
     from augment.dataset import load_dataset
     from search.config import resolve_config
 

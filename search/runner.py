@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 
 RAY_PIDS_FILE = "ray-processes.json"
 
+#: Environment of the trial workers. A trial stopped by ASHA ends at its next report, i.e. after
+#: the epoch it is in; Ray waits only 2 s for that before refusing to reuse the actor ("Could not
+#: re-use actor ... reset_config()"), which fails the next trial on a slow or loaded machine.
+WORKER_ENV = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "600", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
 
 @dataclass
 class RunSettings:
@@ -113,7 +118,7 @@ def start_ray(settings: RunSettings, pid_dir: Path | None) -> bool:
     }
     if settings.address:
         kwargs["address"] = settings.address
-        kwargs["runtime_env"] = {"py_modules": _code_packages()}
+        kwargs["runtime_env"] = {"py_modules": _code_packages(), "env_vars": dict(WORKER_ENV)}
         _enable_token_auth_if_available()
     else:
         # "local": always a new instance owned by this driver. Without it ray.init() joins any
@@ -297,6 +302,8 @@ def quiet_ray_environment() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    for key, value in WORKER_ENV.items():
+        os.environ.setdefault(key, value)
     # Ray Tune suggests Tuner.restore after an interrupt: msatune resumes differently (and safely).
     logging.getLogger("ray.tune.tune").addFilter(_DropMessages("Tuner.restore", "Resume experiment with"))
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(

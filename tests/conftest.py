@@ -159,6 +159,10 @@ def ray_session():
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    from search.runner import WORKER_ENV
+
+    for key, value in WORKER_ENV.items():  # workers inherit the driver's environment
+        os.environ.setdefault(key, value)
     import ray
 
     if not ray.is_initialized():

@@ -204,7 +204,6 @@ def test_median_ensemble_exports_as_a_model_computing_the_median(tiny_study: dic
     res = tiny_result(tiny_study, method="median", top_k=3)
     members = load_member_models(res)
     x = load_dataset(tiny_study["data"]).splits["valid"].inputs()
-    # the same members three times over plus shifted copies: odd and even k both checked
     models = [m for _, _, m in members]
     fused = build_fused_model(models, [1 / len(models)] * len(models), method="median",
                               dims=res.pool.dims, seq_len=res.pool.seq_len)

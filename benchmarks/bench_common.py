@@ -1,0 +1,304 @@
+"""Helpers shared by the search benchmarks (``harness_overhead``, ``search_efficiency``,
+``slots_scaling``): the machine and versions record, result paths and JSON, table printing, a
+private Ray instance, msatune studies built for a benchmark, and a timed trainable wrapper.
+
+Nothing here imports TensorFlow at import time: the benchmark drivers stay light, and the Ray
+workers that run a sleeping trainable never load it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_DIR = REPO / "benchmarks"
+RESULTS = BENCH_DIR / "results"
+
+#: A small model: seconds per synthetic-mosi epoch on 2 CPU cores (the presets take minutes).
+SMALL_MODEL: dict[str, Any] = {
+    "model_dim": 16, "num_heads": 2, "ff_dim": 32, "n_layers_mod": 1, "n_layers_fuse": 1,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Run record
+
+
+def mode_of(args: Any) -> str:
+    return "smoke" if getattr(args, "smoke", False) else "quick" if getattr(args, "quick", False) else "full"
+
+
+def result_path(name: str, mode: str, out: Path | None) -> Path:
+    """``--out`` if given, else ``benchmarks/results/NAME[_quick].json`` (smoke needs ``--out``)."""
+    if out is not None:
+        return Path(out)
+    if mode == "smoke":
+        raise SystemExit("--smoke needs --out (its numbers are not a benchmark result)")
+    return RESULTS / (f"{name}_quick.json" if mode == "quick" else f"{name}.json")
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover - not on this platform
+        return None
+
+
+def machine() -> dict[str, Any]:
+    """Where it ran: CPUs, memory, platform, load (the machine may be shared)."""
+    mem_gb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gb = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return {
+        "cpu_count": os.cpu_count(),
+        "sched_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_gb": mem_gb,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "loadavg": loadavg(),
+    }
+
+
+def versions(modules: Iterable[str] = ("numpy", "tensorflow", "keras", "optuna", "ray")) -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for mod in modules:
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # pragma: no cover - a missing optional package
+            out[mod] = "missing"
+    return out
+
+
+def base_doc(benchmark: str, mode: str, seeds: Mapping[str, Any], modules: Iterable[str] | None = None) -> dict[str, Any]:
+    return {
+        "benchmark": benchmark,
+        "mode": mode,
+        "machine": machine(),
+        "versions": versions(modules) if modules is not None else versions(),
+        "seeds": dict(seeds),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_json(path: Path, doc: Mapping[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
+    tmp.replace(path)
+    print(f"\nwrote {path}")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# Tables and statistics
+
+
+def fmt(x: Any, nd: int = 2) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, int]],
+                title: str | None = None) -> None:
+    """``columns``: (key, header, decimals). Right-aligned, one line per row."""
+    if title:
+        print(f"\n{title}")
+    cells = [[fmt(r.get(k), nd) for k, _, nd in columns] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
+              for i, (_, h, _) in enumerate(columns)]
+    head = "  ".join(h.rjust(w) for (_, h, _), w in zip(columns, widths, strict=True))
+    print(head)
+    print("-" * len(head))
+    for c in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(c, widths, strict=True)))
+
+
+def median(xs: Iterable[float | None]) -> float | None:
+    vals = [float(x) for x in xs if x is not None]
+    return statistics.median(vals) if vals else None
+
+
+# --------------------------------------------------------------------------------------------
+# Data, Ray, studies
+
+
+def synth_data(root: Path, preset: str, seed: int = 0) -> Path:
+    from augment.synth import synthesize
+
+    out = Path(root) / f"synthetic-{preset}-{seed}"
+    if not (out / "y_train.h5").exists():
+        synthesize(out, preset=preset, seed=seed, overwrite=True)
+    return out
+
+
+def start_ray(num_cpus: float, num_gpus: float | None = None) -> float:
+    """A private local Ray instance for this benchmark process; returns the seconds it took.
+
+    ``benchmarks/`` goes on the workers' ``PYTHONPATH`` (they inherit the driver's environment),
+    so trainables defined here unpickle in them.
+    """
+    import ray
+
+    from search.runner import quiet_ray_environment
+
+    quiet_ray_environment()
+    paths = [str(BENCH_DIR), str(REPO), os.environ.get("PYTHONPATH", "")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    kwargs: dict[str, Any] = {
+        "address": "local", "num_cpus": num_cpus, "include_dashboard": False,
+        "log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True,
+    }
+    if num_gpus is not None:
+        kwargs["num_gpus"] = num_gpus
+    t0 = time.perf_counter()
+    ray.init(**kwargs)
+    return time.perf_counter() - t0
+
+
+def new_study(ws_root: Path, name: str, space: Any, data_path: Path, seed: int, **attrs: Any) -> Any:
+    """An msatune study (the attrs ``launch`` records) in the workspace's SQLite store, without
+    ``launch``'s enqueued presets: the benchmark decides exactly what the study trains."""
+    from augment.dataset import load_dataset
+    from studies.store import create_study, open_storage
+    from studies.workspace import Workspace
+
+    ws = Workspace(Path(ws_root)).ensure()
+    data = load_dataset(data_path)
+    space.base["seed"] = seed
+    return create_study(open_storage(ws.storage_url), name, {
+        "data_path": str(Path(data_path).resolve()), "data_fingerprint": data.fingerprint,
+        "dims": data.dims, "seq_len": data.seq_len, "space": space.to_json(), "seed": seed,
+        "runs": [], **attrs,
+    })
+
+
+# --------------------------------------------------------------------------------------------
+# Inside a Ray worker: process memory and a timed trainable
+
+
+def rss_mb() -> float | None:
+    """Resident set size of this process now (``VmRSS``), MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return None
+
+
+def max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def append_event(path: str | Path, event: Mapping[str, Any]) -> None:
+    """One JSON line per event (small appends from one process at a time per trial)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(event) + "\n")
+
+
+def read_events(path: str | Path) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.exists():
+        return []
+    return sorted((json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()), key=lambda e: e["t"])
+
+
+def timed_trainable(config: dict[str, Any], data: Any = None, events: str | None = None,
+                    inner: Callable[..., None] | None = None) -> None:
+    """msatune's trainable (or ``inner``), with timestamps and RSS recorded per trial and epoch.
+
+    Every ``ray.tune.report`` of the trial also carries ``bench_t`` (wall clock), ``bench_rss_mb``
+    and ``bench_pid``, and appends an ``epoch`` event to ``events`` (JSON lines); the trial's
+    start and end (after the trainable returned) are events too.
+    """
+    import ray.tune as tune
+
+    if inner is None:
+        from search.trainable import train_trial as inner
+    trial_id = tune.get_context().get_trial_id()
+    pid = os.getpid()
+
+    def log(kind: str, **extra: Any) -> None:
+        if events:
+            append_event(events, {"kind": kind, "t": time.time(), "trial_id": trial_id, "pid": pid,
+                                  "rss_mb": rss_mb(), "max_rss_mb": max_rss_mb(), **extra})
+
+    original = tune.report
+
+    def report(metrics: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        now = time.time()
+        metrics = {**metrics, "bench_t": now, "bench_rss_mb": rss_mb(), "bench_pid": pid}
+        log("epoch", epoch=metrics.get("epoch"), epoch_seconds=metrics.get("epoch_seconds"),
+            val_mae=metrics.get("val_mae"), final=bool(metrics.get("final")))
+        return original(metrics, *args, **kwargs)
+
+    log("start", seed=config.get("seed"))
+    tune.report = report  # train_trial looks it up on the module at call time
+    try:
+        inner(config, data=data)
+    finally:
+        tune.report = original
+        log("end")
+
+
+def trial_timeline(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per trial (by start time): start, first/last epoch end, end, epochs, epoch seconds, RSS."""
+    trials: dict[str, dict[str, Any]] = {}
+    for e in events:
+        t = trials.setdefault(e["trial_id"], {"trial_id": e["trial_id"], "epochs": 0, "epoch_seconds": 0.0,
+                                               "epoch_ends": [], "epoch_secs": []})
+        if e["kind"] == "start":
+            t.update(start=e["t"], pid=e["pid"], rss_start_mb=e["rss_mb"], seed=e.get("seed"))
+        elif e["kind"] == "epoch":
+            t["epochs"] += 1
+            t["epoch_seconds"] += float(e.get("epoch_seconds") or 0.0)
+            t["epoch_ends"].append(e["t"])
+            t["epoch_secs"].append(float(e.get("epoch_seconds") or 0.0))
+        elif e["kind"] == "end":
+            t.update(end=e["t"], rss_end_mb=e["rss_mb"], max_rss_mb=e["max_rss_mb"])
+    return sorted((t for t in trials.values() if "start" in t), key=lambda t: t["start"])
+
+
+def overheads(timeline: list[dict[str, Any]], run_end: float | None = None) -> list[dict[str, Any]]:
+    """Per trial on one slot: ``startup_s`` (start → first epoch end, minus that epoch's time) and
+    ``gap_s`` (last epoch end → the next trial's start; the last trial: → ``run_end``)."""
+    out = []
+    for i, t in enumerate(timeline):
+        if not t["epoch_ends"]:
+            continue
+        nxt = timeline[i + 1]["start"] if i + 1 < len(timeline) else run_end
+        startup = t["epoch_ends"][0] - t["start"] - t["epoch_secs"][0]
+        gap = (nxt - t["epoch_ends"][-1]) if nxt is not None else None
+        out.append({"trial_id": t["trial_id"], "startup_s": startup, "gap_s": gap,
+                    "overhead_s": startup + gap if gap is not None else None,
+                    "last": i + 1 == len(timeline)})
+    return out

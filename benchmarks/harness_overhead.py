@@ -1,0 +1,323 @@
+"""Harness overhead: the same configurations trained by hand, one after another, and as a study.
+
+The same list of configurations (the ``improved`` recipe on a small model, learning rate and
+dropout varied, early stopping off so every configuration trains every epoch) is trained
+
+* ``plain``: one after another in one fresh Python process with the training recipe
+  (``search.trial.run_trial``, what ``msatune train`` runs), ``keras.backend.clear_session()``
+  between configurations;
+* ``study``: as an msatune study (``search.runner.run_search``: Ray Tune, the store-truthful
+  OptunaSearch writing to SQLite, checkpoints on every improvement, ``reuse_actors=True``) with
+  the scheduler disabled (``grace_period = max_epochs``). The configurations are enqueued, so
+  the study trains exactly them, in order, with the same model seeds; ``launch``'s presets are
+  not enqueued. The trainable is msatune's own, wrapped to record timestamps and the worker's RSS.
+
+For each: wall time, time inside training epochs (the recipe's per-epoch seconds, training +
+validation), efficiency = epoch time / (wall x slots), and per-trial overhead = (trial start ->
+first epoch end, minus that epoch) + (last epoch end -> next trial start), median over trials.
+The plain wall counts the whole process (interpreter, TensorFlow import, data load); the study
+wall is the ``run_search`` call on an already started Ray (Ray's start is reported apart). RSS of
+the reused worker after each trial shows memory creep. Goals (issue 6): efficiency >= 90% once
+trials last >= 30 s; median per-trial overhead < 2 s; no memory creep over 20 trials.
+Prints a table, writes ``benchmarks/results/harness_overhead[_quick].json``; never asserts.
+
+    python benchmarks/harness_overhead.py           # 20 configs x 8 epochs, synthetic mosi (~40 s trials)
+    python benchmarks/harness_overhead.py --quick   # 4 configs x 3 epochs (a few minutes)
+    python benchmarks/harness_overhead.py --smoke --out /tmp/h.json   # tiny data, 2 x 2 (tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import (  # noqa: E402
+    REPO,
+    SMALL_MODEL,
+    base_doc,
+    max_rss_mb,
+    median,
+    mode_of,
+    overheads,
+    print_table,
+    read_events,
+    result_path,
+    rss_mb,
+    start_ray,
+    synth_data,
+    timed_trainable,
+    trial_timeline,
+    write_json,
+)
+
+SIZES = {
+    #        data preset, configs, epochs, batch
+    "smoke": ("tiny", 2, 2, 16),
+    "quick": ("mosi", 4, 3, 64),
+    "full": ("mosi", 20, 8, 32),
+}
+DATA_SEED = 0
+MODEL_SEED = 0
+GOAL_EFFICIENCY = 0.90
+GOAL_OVERHEAD_S = 2.0
+LEARNING_RATES = (1e-3, 5e-4, 2e-3, 3e-4)
+DROPOUTS = (0.1, 0.2, 0.3)
+
+
+def make_configs(n: int, epochs: int, batch: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The base config and the ``n`` varied parameter sets (learning rate, dropout)."""
+    from search.config import PRESETS
+
+    base = {**PRESETS["improved"], **SMALL_MODEL, "batch_size": batch, "epochs": epochs,
+            "patience": 0, "warmup_epochs": 0, "seed": MODEL_SEED}
+    params = [{"learning_rate": LEARNING_RATES[i % len(LEARNING_RATES)],
+               "dropout": DROPOUTS[i % len(DROPOUTS)]} for i in range(n)]
+    return base, params
+
+
+# --------------------------------------------------------------------------------------------
+# plain: one process, configurations one after another
+
+
+def plain_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    t_import = time.time()
+    import keras
+
+    from augment.dataset import load_dataset
+    from search.trial import run_trial
+
+    data = load_dataset(spec["data"])
+    events: list[dict[str, Any]] = []
+
+    def log(kind: str, key: str, **extra: Any) -> None:
+        events.append({"kind": kind, "t": time.time(), "trial_id": key, "pid": os.getpid(),
+                       "rss_mb": rss_mb(), "max_rss_mb": max_rss_mb(), **extra})
+
+    t_ready = time.time()
+    for i, params in enumerate(spec["params"]):
+        config = {**spec["base"], **params, "seed": int(spec["base"]["seed"]) + i}
+        key = f"plain_{i}"
+        log("start", key, seed=config["seed"])
+        keras.backend.clear_session()
+
+        def on_epoch(report: Any, extra: dict, key: str = key) -> None:
+            log("epoch", key, epoch=report.epoch + 1, epoch_seconds=report.seconds,
+                val_mae=report.metrics["val_mae"], final=bool(report.last))
+
+        run_trial(config, data, out_dir=Path(spec["out"]) / key, on_epoch=on_epoch)
+        log("end", key)
+    return {"events": events, "import_and_load_s": t_ready - t_import, "t_ready": t_ready}
+
+
+def run_plain(data: Path, base: dict, params: list[dict], out: Path, timeout: float) -> dict[str, Any]:
+    spec = {"data": str(data), "base": base, "params": params, "out": str(out)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    t1 = time.time()
+    if proc.returncode != 0:
+        raise RuntimeError(f"plain run failed (exit {proc.returncode}):\n{(proc.stderr or proc.stdout)[-3000:]}")
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    res = json.loads(line[len("RESULT "):])
+    return summarize("plain", res["events"], t0, t1, slots=1,
+                     extra={"import_and_load_s": res["import_and_load_s"],
+                            "wall_after_import_s": t1 - res["t_ready"]})
+
+
+# --------------------------------------------------------------------------------------------
+# study: run_search with the scheduler off, the configurations enqueued
+
+
+def run_study(ws: Path, data_path: Path, base: dict, params: list[dict], slots: int, cpus: float) -> dict[str, Any]:
+    import optuna
+
+    from augment.dataset import load_dataset
+    from search.runner import RunSettings, run_search
+    from search.space import SearchSpace
+
+    epochs = int(base["epochs"])
+    space = SearchSpace(
+        {"learning_rate": optuna.distributions.FloatDistribution(1e-4, 3e-3, log=True),
+         "dropout": optuna.distributions.FloatDistribution(0.0, 0.6)},
+        {k: v for k, v in base.items() if k not in ("learning_rate", "dropout")},
+    )
+    study = new_study_for(ws, "overhead", space, data_path, epochs, len(params))
+    for p in params:
+        study.enqueue_trial(p)
+    events = ws / "events.jsonl"
+    settings = RunSettings(num_trials=len(params), max_epochs=epochs, grace_period=epochs,
+                           reduction_factor=2, cpus_per_trial=cpus, concurrency=slots, seed=MODEL_SEED)
+    data = load_dataset(data_path)
+    t0 = time.time()
+    summary = run_search(study, space, data, settings, ray_dir=ws / "ray", run_name="run0",
+                         trainable=partial(timed_trainable, events=str(events)))
+    t1 = time.time()
+    trained = [t.params for t in sorted(study.trials, key=lambda t: t.number)]
+    out = summarize("study", read_events(events), t0, t1, slots=slots,
+                    extra={"complete": summary.complete, "pruned": summary.pruned, "failed": summary.failed,
+                           "cpus_per_trial": cpus})
+    out["trained_the_enqueued_configs"] = len(trained) == len(params) and all(
+        all(abs(a[k] - b[k]) < 1e-12 for k in b) for a, b in zip(trained, params, strict=True))
+    return out
+
+
+def new_study_for(ws: Path, name: str, space: Any, data_path: Path, epochs: int, n: int) -> Any:
+    from bench_common import new_study
+
+    return new_study(ws, name, space, data_path, MODEL_SEED, budget=n, max_epochs=epochs,
+                     asha={"grace_period": epochs, "reduction_factor": 2})
+
+
+# --------------------------------------------------------------------------------------------
+# Summaries
+
+
+def summarize(setup: str, events: list[dict], t0: float, t1: float, slots: int,
+              extra: dict[str, Any]) -> dict[str, Any]:
+    timeline = trial_timeline(events)
+    per_pid: dict[int, list[dict]] = {}
+    for t in timeline:
+        per_pid.setdefault(t["pid"], []).append(t)
+    ovh = [o for tl in per_pid.values() for o in overheads(tl, run_end=t1)]
+    between = [o for o in ovh if not o["last"]]  # the last trial's gap ends at the run's end
+    wall = t1 - t0
+    epoch_s = sum(t["epoch_seconds"] for t in timeline)
+    trial_wall = [t["end"] - t["start"] for t in timeline if "end" in t]
+    rss = [{"trial": i, "pid": t["pid"], "rss_start_mb": t.get("rss_start_mb"),
+            "rss_end_mb": t.get("rss_end_mb"), "max_rss_mb": t.get("max_rss_mb")}
+           for i, t in enumerate(timeline)]
+    return {
+        "setup": setup,
+        "slots": slots,
+        "trials": len(timeline),
+        "epochs": sum(t["epochs"] for t in timeline),
+        "wall_s": wall,
+        "epoch_s": epoch_s,
+        "efficiency": epoch_s / (wall * slots) if wall > 0 else None,
+        "first_start_offset_s": (timeline[0]["start"] - t0) if timeline else None,
+        "median_trial_s": median(trial_wall),
+        "median_overhead_s": median(o["overhead_s"] for o in between) if between else median(
+            o["overhead_s"] for o in ovh),
+        "median_startup_s": median(o["startup_s"] for o in ovh),
+        "median_gap_s": median(o["gap_s"] for o in between),
+        "overheads": ovh,
+        "worker_pids": sorted(per_pid),
+        "rss": rss,
+        "rss_creep_mb": _creep(rss),
+        **extra,
+    }
+
+
+def _creep(rss: list[dict]) -> float | None:
+    """RSS after the last trial minus after the first, per worker (largest); the first trial
+    includes TensorFlow's own one-off allocations, so creep is measured from its end."""
+    by_pid: dict[int, list[float]] = {}
+    for r in rss:
+        if r["rss_end_mb"] is not None:
+            by_pid.setdefault(r["pid"], []).append(r["rss_end_mb"])
+    diffs = [v[-1] - v[0] for v in by_pid.values() if len(v) >= 2]
+    return max(diffs) if diffs else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="4 configs x 3 epochs on synthetic mosi")
+    p.add_argument("--smoke", action="store_true", help="tiny data, 2 configs x 2 epochs (tests)")
+    p.add_argument("--configs", type=int, default=None, help="number of configurations")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per configuration")
+    p.add_argument("--slots", type=int, default=1, help="concurrent study trials (CPUs split evenly)")
+    p.add_argument("--cpus", type=float, default=None, help="CPUs Ray may use (default: all cores)")
+    p.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
+    p.add_argument("--timeout", type=float, default=7200.0, help="seconds for the plain process")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        print("RESULT " + json.dumps(plain_worker(json.loads(args.worker))), flush=True)
+        return 0
+
+    mode = mode_of(args)
+    out_path = result_path("harness_overhead", mode, args.out)
+    preset, n, epochs, batch = SIZES[mode]
+    n = args.configs or n
+    epochs = args.epochs or epochs
+    cpus = float(args.cpus or os.cpu_count() or 1)
+    cpus_per_trial = cpus / args.slots
+    base, params = make_configs(n, epochs, batch)
+
+    t_all = time.time()
+    with tempfile.TemporaryDirectory(prefix="msatune-overhead-") as tmp:
+        root = Path(tmp)
+        data = synth_data(root, preset, DATA_SEED)
+        print(f"plain: {n} configs x {epochs} epochs ...", file=sys.stderr, flush=True)
+        load_before = os.getloadavg()
+        plain = run_plain(data, base, params, root / "plain", args.timeout)
+        print("study ...", file=sys.stderr, flush=True)
+        ray_init_s = start_ray(num_cpus=cpus)
+        import ray
+
+        try:
+            study = run_study(root / "ws", data, base, params, args.slots, cpus_per_trial)
+        finally:
+            ray.shutdown()
+        load_after = os.getloadavg()
+
+    rows = [plain, study]
+    print_table(rows, [
+        ("setup", "setup", 0), ("slots", "slots", 0), ("trials", "trials", 0), ("epochs", "epochs", 0),
+        ("wall_s", "wall s", 1), ("epoch_s", "in epochs s", 1), ("efficiency", "efficiency", 3),
+        ("median_trial_s", "trial s", 1), ("median_overhead_s", "ovh/trial s", 2),
+        ("median_startup_s", "start->ep1 s", 2), ("median_gap_s", "last->next s", 2),
+        ("rss_creep_mb", "RSS creep MB", 1),
+    ], title=f"{n} configurations x {epochs} epochs ({preset}, batch {batch})")
+    print("\nRSS of the reused study worker after each trial (MB): "
+          + ", ".join(f"{r['rss_end_mb']:.0f}" for r in study["rss"] if r["rss_end_mb"] is not None))
+    goals = {
+        "efficiency": {"goal": GOAL_EFFICIENCY, "value": study["efficiency"],
+                       "met": (study["efficiency"] or 0) >= GOAL_EFFICIENCY,
+                       "applies": (study["median_trial_s"] or 0) >= 30.0,
+                       "note": "the goal applies once trials last >= 30 s"},
+        "median_overhead_s": {"goal": GOAL_OVERHEAD_S, "value": study["median_overhead_s"],
+                              "met": study["median_overhead_s"] is not None
+                              and study["median_overhead_s"] < GOAL_OVERHEAD_S},
+        "harness_extra_overhead_s": {
+            "value": (study["median_overhead_s"] - plain["median_overhead_s"])
+            if study["median_overhead_s"] is not None and plain["median_overhead_s"] is not None else None,
+            "note": "study minus plain median per-trial overhead: what the harness adds"},
+    }
+    for k, g in goals.items():
+        if "goal" in g:
+            print(f"{k}: {g['value']:.3f} (goal {g['goal']}) {'met' if g['met'] else 'missed'}"
+                  + ("" if g.get("applies", True) else " (trials shorter than 30 s: goal not applicable)"))
+
+    doc = base_doc("harness_overhead", mode, {"data": DATA_SEED, "model": MODEL_SEED,
+                                              "config_seeds": [MODEL_SEED + i for i in range(n)]})
+    doc.update({
+        "data": {"synthetic_preset": preset, "seed": DATA_SEED},
+        "configs": {"n": n, "epochs": epochs, "batch_size": batch, "model": SMALL_MODEL,
+                    "varied": params, "base": base},
+        "slots": args.slots, "cpus": cpus, "cpus_per_trial": cpus_per_trial,
+        "ray_init_s": ray_init_s,
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in load_after],
+        "results": {"plain": plain, "study": study},
+        "goals": goals,
+        "total_s": time.time() - t_all,
+    })
+    write_json(out_path, doc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

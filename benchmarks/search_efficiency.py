@@ -1,0 +1,319 @@
+"""Search efficiency: random search at full budget vs TPE at full budget vs TPE + ASHA.
+
+On the synthetic mosi set (seed 0), three searches with the same trial count, the same space
+(the default space's optimisation, regularisation and augmentation keys on a small model) and
+the same seeds (sampler seed and model seeds), each through msatune's runner
+(``search.runner.run_search``: Ray Tune, the store-truthful OptunaSearch, SQLite store,
+``cpus_per_trial = 1``, the same concurrency):
+
+* ``random``: ``optuna.samplers.RandomSampler(seed)``, scheduler off (every trial runs
+  ``max_epochs``, the recipe's early stopping aside): MMSA's tuning mode;
+* ``tpe``: msatune's TPE sampler (``make_sampler``), scheduler off;
+* ``tpe_asha``: msatune's default, TPE + ASHA (``grace_period``, ``reduction_factor``).
+
+``run_search`` takes no sampler argument: for ``random`` this script replaces
+``search.runner.make_sampler`` for the duration of that search. No preset is enqueued.
+
+For each search: total epochs trained, wall time, best val MAE (the best COMPLETE trial, as
+``msatune show`` reports it), the test MAE of that trial (its checkpoint's ``predictions.npz``),
+and the anytime curve: best val MAE seen so far (any trial, any epoch) against cumulative epochs
+trained, in the order the epochs finished. With several seeds every number is the median over
+seeds. Goals (issue 6): TPE + ASHA reaches random search's final best val MAE with <= 1/4 of its
+epochs, and ends no worse than it at equal trial count. Prints a table, writes
+``benchmarks/results/search_efficiency[_quick].json`` and the curves as ``.png`` beside it; never
+asserts.
+
+    python benchmarks/search_efficiency.py            # 30 trials x 20 epochs, seeds 0 1 2 (hours)
+    python benchmarks/search_efficiency.py --quick    # 8 trials x 4 epochs, seed 0 (a few minutes)
+    python benchmarks/search_efficiency.py --smoke --out /tmp/s.json   # tiny data (tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import (  # noqa: E402
+    SMALL_MODEL,
+    base_doc,
+    median,
+    mode_of,
+    new_study,
+    print_table,
+    read_events,
+    result_path,
+    start_ray,
+    synth_data,
+    timed_trainable,
+    write_json,
+)
+
+METHODS = ("random", "tpe", "tpe_asha")
+DATA_SEED = 0
+GOAL_EPOCH_FRACTION = 0.25
+
+SIZES: dict[str, dict[str, Any]] = {
+    "smoke": {"preset": "tiny", "trials": 3, "epochs": 2, "grace": 1, "rf": 2, "seeds": [0],
+              "slots": 2, "startup": 2, "batches": [8, 16]},
+    "quick": {"preset": "mosi", "trials": 8, "epochs": 4, "grace": 1, "rf": 2, "seeds": [0],
+              "slots": 2, "startup": 3, "batches": [32, 64]},
+    "full": {"preset": "mosi", "trials": 30, "epochs": 20, "grace": 2, "rf": 3, "seeds": [0, 1, 2],
+             "slots": 2, "startup": 10, "batches": [32, 64]},
+}
+
+#: Searched: the default space minus capacity (the small model keeps mosi epochs to seconds).
+CAPACITY_KEYS = ("model_dim", "num_heads", "ff_dim", "n_layers_mod", "n_layers_fuse", "batch_size")
+
+
+def make_space(epochs: int, batches: list[int]) -> Any:
+    from optuna.distributions import CategoricalDistribution
+
+    from search.space import default_space
+
+    space = default_space(epochs)
+    for key in CAPACITY_KEYS:
+        space.distributions.pop(key, None)
+    space.distributions["model_dim"] = CategoricalDistribution([16, 32])
+    space.distributions["batch_size"] = CategoricalDistribution(list(batches))
+    space.base.update({k: v for k, v in SMALL_MODEL.items() if k != "model_dim"})
+    space.base["ff_dim"] = 64
+    return space
+
+
+@contextlib.contextmanager
+def sampler_override(method: str) -> Iterator[None]:
+    """``random``: the runner builds a seeded RandomSampler instead of its TPE sampler."""
+    import optuna
+
+    import search.runner as runner
+
+    original = runner.make_sampler
+    if method == "random":
+        runner.make_sampler = lambda settings: optuna.samplers.RandomSampler(seed=settings.seed)
+    try:
+        yield
+    finally:
+        runner.make_sampler = original
+
+
+def run_one(method: str, seed: int, size: dict[str, Any], ws: Path, data_path: Path) -> dict[str, Any]:
+    import numpy as np
+
+    from augment.dataset import load_dataset
+    from search.runner import RunSettings, run_search
+    from search.trial import load_predictions
+    from studies.store import best_complete
+
+    epochs = int(size["epochs"])
+    grace = int(size["grace"]) if method == "tpe_asha" else epochs  # grace = max_t: no early stops
+    space = make_space(epochs, size["batches"])
+    name = f"{method}-s{seed}"
+    study = new_study(ws, name, space, data_path, seed, budget=size["trials"], max_epochs=epochs,
+                      asha={"grace_period": grace, "reduction_factor": size["rf"]})
+    settings = RunSettings(num_trials=int(size["trials"]), max_epochs=epochs, grace_period=grace,
+                           reduction_factor=int(size["rf"]), cpus_per_trial=1.0,
+                           concurrency=int(size["slots"]), seed=seed,
+                           n_startup_trials=int(size["startup"]))
+    events_path = ws / f"events-{name}.jsonl"
+    data = load_dataset(data_path)
+    t0 = time.time()
+    with sampler_override(method):
+        summary = run_search(study, space, data, settings, ray_dir=ws / "ray" / name, run_name="run0",
+                             trainable=partial(timed_trainable, events=str(events_path)))
+    wall = time.time() - t0
+    epochs_ev = [e for e in read_events(events_path)
+                 if e["kind"] == "epoch" and e.get("val_mae") is not None and math.isfinite(e["val_mae"])]
+    curve, best = [], math.inf
+    for i, e in enumerate(epochs_ev, start=1):
+        best = min(best, float(e["val_mae"]))
+        curve.append([i, best, round(e["t"] - t0, 3)])
+    trials = study.trials
+    top = best_complete(trials)
+    test_mae = None
+    if top is not None and top.user_attrs.get("checkpoint"):
+        preds = load_predictions(top.user_attrs["checkpoint"])
+        test_mae = float(np.mean(np.abs(preds["test_pred"] - preds["test_label"])))
+    return {
+        "method": method, "seed": seed, "trials": len(trials), "complete": summary.complete,
+        "pruned": summary.pruned, "failed": summary.failed, "epochs": len(epochs_ev),
+        "wall_s": wall, "best_val_mae": top.value if top is not None else None,
+        "best_trial": top.number if top is not None else None,
+        "best_trial_params": top.params if top is not None else None,
+        "test_mae": test_mae, "curve_best_val_mae": curve[-1][1] if curve else None,
+        "curve": curve,
+    }
+
+
+def epochs_to_reach(curve: list[list[float]], target: float | None) -> int | None:
+    if target is None:
+        return None
+    for epochs, best, _ in curve:
+        if best <= target + 1e-12:
+            return int(epochs)
+    return None
+
+
+def compare(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Per seed: TPE+ASHA's epochs to reach random's final best val MAE, over random's epochs."""
+    per_seed = []
+    for seed in seeds:
+        by = {r["method"]: r for r in runs if r["seed"] == seed}
+        rnd, asha = by.get("random"), by.get("tpe_asha")
+        if not rnd or not asha:
+            continue
+        target = rnd["best_val_mae"]
+        reach = epochs_to_reach(asha["curve"], target)
+        per_seed.append({
+            "seed": seed, "random_best_val_mae": target, "random_epochs": rnd["epochs"],
+            "tpe_asha_epochs_to_reach": reach,
+            "fraction": (reach / rnd["epochs"]) if reach is not None and rnd["epochs"] else None,
+            "tpe_asha_no_worse": (asha["best_val_mae"] is not None and target is not None
+                                  and asha["best_val_mae"] <= target),
+        })
+    fractions = [s["fraction"] for s in per_seed]
+    frac = median(fractions) if all(f is not None for f in fractions) and fractions else None
+    return {
+        "per_seed": per_seed,
+        "median_fraction_of_random_epochs": frac,
+        "reached_in_all_seeds": all(f is not None for f in fractions) if fractions else False,
+        "goal_fraction": GOAL_EPOCH_FRACTION,
+        "fraction_goal_met": frac is not None and frac <= GOAL_EPOCH_FRACTION,
+        "no_worse_goal_met": bool(per_seed) and sum(s["tpe_asha_no_worse"] for s in per_seed) * 2 > len(per_seed),
+    }
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for method in METHODS:
+        rs = [r for r in runs if r["method"] == method]
+        rows.append({"method": method, "seeds": len(rs),
+                     **{k: median(r[k] for r in rs) for k in
+                        ("trials", "complete", "pruned", "epochs", "wall_s", "best_val_mae", "test_mae",
+                         "curve_best_val_mae")}})
+    return rows
+
+
+def plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"random": "tab:gray", "tpe": "tab:blue", "tpe_asha": "tab:red"}
+    labels = {"random": "random, full budget", "tpe": "TPE, full budget", "tpe_asha": "TPE + ASHA"}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    seen = set()
+    for r in runs:
+        if not r["curve"]:
+            continue
+        xs = [c[0] for c in r["curve"]]
+        ys = [c[1] for c in r["curve"]]
+        label = labels[r["method"]] if r["method"] not in seen else None
+        seen.add(r["method"])
+        ax.step(xs, ys, where="post", color=colors[r["method"]], alpha=0.85, label=label)
+    ax.set_xlabel("cumulative epochs trained")
+    ax.set_ylabel("best validation MAE so far")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="8 trials x 4 epochs, one seed")
+    p.add_argument("--smoke", action="store_true", help="tiny data, 3 trials x 2 epochs (tests)")
+    p.add_argument("--trials", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="max epochs per trial (the full budget)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--slots", type=int, default=None, help="concurrent trials (1 CPU each)")
+    p.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
+    args = p.parse_args(argv)
+
+    mode = mode_of(args)
+    out_path = result_path("search_efficiency", mode, args.out)
+    size = dict(SIZES[mode])
+    for key, val in (("trials", args.trials), ("epochs", args.epochs), ("seeds", args.seeds),
+                     ("slots", args.slots)):
+        if val is not None:
+            size[key] = val
+    size["grace"] = min(size["grace"], size["epochs"])
+
+    t_all = time.time()
+    load_before = os.getloadavg()
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="msatune-searcheff-") as tmp:
+        root = Path(tmp)
+        data = synth_data(root, size["preset"], DATA_SEED)
+        ray_init_s = start_ray(num_cpus=max(float(os.cpu_count() or 1), float(size["slots"])))
+        import ray
+
+        try:
+            for seed in size["seeds"]:
+                for method in METHODS:  # one seed's three searches back to back (similar load)
+                    print(f"{method} seed {seed} ...", file=sys.stderr, flush=True)
+                    runs.append(run_one(method, seed, size, root / "ws", data))
+        finally:
+            ray.shutdown()
+
+    rows = summarize(runs)
+    cmp = compare(runs, size["seeds"])
+    seeds_txt = f"seed {size['seeds'][0]}" if len(size["seeds"]) == 1 else f"median of {len(size['seeds'])} seeds"
+    title = (f"{size['trials']} trials x {size['epochs']} epochs, {size['preset']} "
+             f"({seeds_txt}; ASHA grace {size['grace']}, rf {size['rf']})")
+    print_table(rows, [
+        ("method", "method", 0), ("trials", "trials", 0), ("pruned", "pruned", 0), ("epochs", "epochs", 0),
+        ("wall_s", "wall s", 1), ("best_val_mae", "best val MAE", 4), ("test_mae", "test MAE", 4),
+        ("curve_best_val_mae", "best any epoch", 4),
+    ], title=title)
+    frac = cmp["median_fraction_of_random_epochs"]
+    print(f"\nTPE+ASHA reaches random search's final best val MAE with "
+          f"{'-' if frac is None else f'{frac:.2f}'} of its epochs (goal <= {GOAL_EPOCH_FRACTION}): "
+          f"{'met' if cmp['fraction_goal_met'] else 'missed'}; "
+          f"ends no worse than random: {'yes' if cmp['no_worse_goal_met'] else 'no'}")
+
+    png = out_path.with_suffix(".png")
+    plot(runs, png, f"Anytime best val MAE: {title}")
+    print(f"curves: {png}")
+
+    doc = base_doc("search_efficiency", mode, {"data": DATA_SEED, "search": size["seeds"],
+                                               "model": "study seed + trial number"})
+    doc.update({
+        "data": {"synthetic_preset": size["preset"], "seed": DATA_SEED},
+        "size": size,
+        "space": {"searched": sorted(make_space(size["epochs"], size["batches"]).distributions),
+                  "fixed": {k: v for k, v in SMALL_MODEL.items() if k != "model_dim"} | {"ff_dim": 64}},
+        "methods": {
+            "random": "optuna RandomSampler(seed), grace_period = max_epochs (no early stops by the scheduler)",
+            "tpe": "msatune make_sampler (TPE, multivariate, constant_liar), grace_period = max_epochs",
+            "tpe_asha": f"msatune make_sampler + ASHA(grace_period={size['grace']}, reduction_factor={size['rf']})",
+        },
+        "ray_init_s": ray_init_s,
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "summary": rows,
+        "comparison": cmp,
+        "runs": runs,
+        "plot": png.name,
+        "total_s": time.time() - t_all,
+    })
+    write_json(out_path, doc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
