@@ -190,10 +190,14 @@ def summarize(setup: str, events: list[dict], t0: float, t1: float, slots: int,
     for t in timeline:
         per_pid.setdefault(t["pid"], []).append(t)
     ovh = [o for tl in per_pid.values() for o in overheads(tl, run_end=t1)]
-    between = [o for o in ovh if not o["last"]]  # the last trial's gap ends at the run's end
+    between_trials = [o for o in ovh if not o["last"]]  # the last trial's gap ends at the run's end
     wall = t1 - t0
     epoch_s = sum(t["epoch_seconds"] for t in timeline)
     trial_wall = [t["end"] - t["start"] for t in timeline if "end" in t]
+    # Between two epoch ends of a trial, beyond the epoch itself: the study writes a checkpoint
+    # (weights + valid/test predictions) on every improvement and hands the report to Ray.
+    between = [t["epoch_ends"][k] - t["epoch_ends"][k - 1] - t["epoch_secs"][k]
+               for t in timeline for k in range(1, len(t["epoch_ends"]))]
     rss = [{"trial": i, "pid": t["pid"], "rss_start_mb": t.get("rss_start_mb"),
             "rss_end_mb": t.get("rss_end_mb"), "max_rss_mb": t.get("max_rss_mb")}
            for i, t in enumerate(timeline)]
@@ -207,10 +211,12 @@ def summarize(setup: str, events: list[dict], t0: float, t1: float, slots: int,
         "efficiency": epoch_s / (wall * slots) if wall > 0 else None,
         "first_start_offset_s": (timeline[0]["start"] - t0) if timeline else None,
         "median_trial_s": median(trial_wall),
-        "median_overhead_s": median(o["overhead_s"] for o in between) if between else median(
+        "median_overhead_s": median(o["overhead_s"] for o in between_trials) if between_trials else median(
             o["overhead_s"] for o in ovh),
         "median_startup_s": median(o["startup_s"] for o in ovh),
-        "median_gap_s": median(o["gap_s"] for o in between),
+        "median_gap_s": median(o["gap_s"] for o in between_trials),
+        "median_between_epochs_s": median(between),
+        "between_epochs_total_s": sum(between),
         "overheads": ovh,
         "worker_pids": sorted(per_pid),
         "rss": rss,
@@ -279,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         ("wall_s", "wall s", 1), ("epoch_s", "in epochs s", 1), ("efficiency", "efficiency", 3),
         ("median_trial_s", "trial s", 1), ("median_overhead_s", "ovh/trial s", 2),
         ("median_startup_s", "start->ep1 s", 2), ("median_gap_s", "last->next s", 2),
+        ("median_between_epochs_s", "between ep s", 2),
         ("rss_creep_mb", "RSS creep MB", 1),
     ], title=f"{n} configurations x {epochs} epochs ({preset}, batch {batch})")
     print("\nRSS of the reused study worker after each trial (MB): "

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -106,8 +108,60 @@ def _wants_debug(argv: list[str]) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: run the CLI and turn errors into one line + exit 2."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = _wants_debug(args)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if _wants_debug(args):
+        return _main(args, debug=True)
+    with NativeStderrFilter():
+        return _main(args, debug=False)
+
+
+#: What TensorFlow's C++ runtime prints on import whatever TF_CPP_MIN_LOG_LEVEL says (TF 2.21):
+#: absl's pre-init notice, oneDNN and CPU-feature notes, "no CUDA driver" on CPU machines.
+_NATIVE_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|[IW]0000 \d|E0000 \d.*(cuInit|cuda|CUDA)"
+    r"|To enable the following instructions: .*rebuild TensorFlow)"
+)
+
+
+class NativeStderrFilter:
+    """Drop TensorFlow's native start-up chatter from fd 2; everything else passes through.
+
+    Library logs, warnings and ``msatune: error:`` lines are untouched, so a user error stays one
+    line even after TensorFlow was imported. ``--debug`` bypasses the filter.
+    """
+
+    def __enter__(self) -> NativeStderrFilter:
+        self._saved = None
+        try:
+            sys.stderr.flush()
+            self._saved = os.dup(2)
+            read_end, write_end = os.pipe()
+            os.dup2(write_end, 2)
+            os.close(write_end)
+        except OSError:  # no usable fd 2: run unfiltered
+            self._saved = None
+            return self
+        self._thread = threading.Thread(target=self._pump, args=(read_end,), daemon=True)
+        self._thread.start()
+        return self
+
+    def _pump(self, read_end: int) -> None:
+        with os.fdopen(read_end, "rb") as stream:
+            for line in stream:
+                if not _NATIVE_NOISE.match(line.decode("utf-8", "replace")):
+                    os.write(self._saved, line)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._saved is None:
+            return
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)  # our write end closes; the pump ends when children let go too
+        self._thread.join(timeout=2.0)
+        os.close(self._saved)
+
+
+def _main(args: list[str], debug: bool) -> int:
     try:
         rv = cli.main(args=args, prog_name="msatune", standalone_mode=False)
     except UserError as exc:
