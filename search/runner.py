@@ -292,6 +292,29 @@ class _ProgressCallback:
         return ProgressCallback(*args, **kwargs)
 
 
+PRESET_KEY = "_preset"
+
+
+def make_scheduler(asha_class: type) -> type:
+    """ASHA that never stops the reference trials (the enqueued presets).
+
+    The ``baseline`` and ``improved`` trials are what every study is compared with; stopping them
+    at a low rung (the improved recipe is still warming up at epoch 3) would make that comparison
+    meaningless. Their results still enter the rungs, so they shape the cut-offs for others.
+    """
+
+    class ReferenceKeepingASHA(asha_class):
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            action = super().on_trial_result(tune_controller, trial, result)
+            if action == self.STOP and trial.config.get(PRESET_KEY):
+                if result.get(self._time_attr, 0) < self._max_t:
+                    self._num_stopped -= 1
+                    return self.CONTINUE
+            return action
+
+    return ReferenceKeepingASHA
+
+
 def _trial_name(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -353,7 +376,7 @@ def run_search(
     searcher = StoreTruthfulOptunaSearch(space, study._storage, study.study_name, make_sampler(settings))
     try:
         concurrency = settings.concurrency or default_concurrency(settings)
-        scheduler = ASHAScheduler(
+        scheduler = make_scheduler(ASHAScheduler)(
             time_attr="training_iteration",
             metric="val_mae",
             mode="min",

@@ -119,6 +119,9 @@ class SearchSpace:
                 continue  # a preset value outside the space: a constant of this trial
             config[name] = _suggest(trial, name, dist)
         config["seed"] = int(config.get("seed", 0)) + int(trial.number)
+        preset = (getattr(trial, "user_attrs", None) or {}).get("preset")
+        if preset:
+            config["_preset"] = preset  # ``_`` keys are bookkeeping, not training config
         return config
 
 

@@ -28,6 +28,9 @@ def test_presets_are_the_first_two_trials_and_train_as_recorded(tiny_study: dict
     first = sorted(study.trials, key=lambda t: t.number)[:2]
     assert [t.user_attrs.get("preset") for t in first] == ["baseline", "improved"]
     assert first[0].params["learning_rate"] == 1e-3  # the baseline recipe's value
+    # the references are never stopped by ASHA: they train to the study's epoch budget
+    assert [t.state for t in first] == [TrialState.COMPLETE] * 2
+    assert [t.user_attrs["epochs"] for t in first] == [4, 4]
 
 
 def test_asha_stopped_trials_are_pruned_with_their_last_step(tiny_study: dict) -> None:
