@@ -62,6 +62,10 @@ def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_tria
         summary = launch(ws, store, study_name, opts, data_dir=data_path, progress=progress)
     con.print(f"   {summary['trials']} trials in {summary['wall_seconds']:.0f} s: {summary['complete']} complete, "
               f"{summary['pruned']} pruned, {summary['failed']} failed")
+    if summary.get("interrupted"):
+        con.print(f"   interrupted: finished trials are stored; continue with: "
+                  f"msatune --workspace {ws.root} resume {study_name}")
+        raise click.exceptions.Exit(130)
 
     shown = show_study(store, study_name, 5, ws)
     con.print("[bold]3. best trials[/bold]")
