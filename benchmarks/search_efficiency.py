@@ -12,7 +12,7 @@ the same seeds (sampler seed and model seeds), each through msatune's runner
 * ``tpe_asha``: msatune's default, TPE + ASHA (``grace_period``, ``reduction_factor``).
 
 ``run_search`` takes no sampler argument: for ``random`` this script replaces
-``search.runner.make_sampler`` for the duration of that search. No preset is enqueued.
+``run_search(sampler=RandomSampler(seed))``. No preset is enqueued.
 
 For each search: total epochs trained, wall time, best val MAE (the best COMPLETE trial, as
 ``msatune show`` reports it), the test MAE of that trial (its checkpoint's ``predictions.npz``),
@@ -31,13 +31,11 @@ asserts.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -91,22 +89,6 @@ def make_space(epochs: int, batches: list[int]) -> Any:
     return space
 
 
-@contextlib.contextmanager
-def sampler_override(method: str) -> Iterator[None]:
-    """``random``: the runner builds a seeded RandomSampler instead of its TPE sampler."""
-    import optuna
-
-    import search.runner as runner
-
-    original = runner.make_sampler
-    if method == "random":
-        runner.make_sampler = lambda settings: optuna.samplers.RandomSampler(seed=settings.seed)
-    try:
-        yield
-    finally:
-        runner.make_sampler = original
-
-
 def run_one(method: str, seed: int, size: dict[str, Any], ws: Path, data_path: Path) -> dict[str, Any]:
     import numpy as np
 
@@ -128,9 +110,11 @@ def run_one(method: str, seed: int, size: dict[str, Any], ws: Path, data_path: P
     events_path = ws / f"events-{name}.jsonl"
     data = load_dataset(data_path)
     t0 = time.time()
-    with sampler_override(method):
-        summary = run_search(study, space, data, settings, ray_dir=ws / "ray" / name, run_name="run0",
-                             trainable=partial(timed_trainable, events=str(events_path)))
+    import optuna
+
+    sampler = optuna.samplers.RandomSampler(seed=settings.seed) if method == "random" else None
+    summary = run_search(study, space, data, settings, ray_dir=ws / "ray" / name, run_name="run0",
+                         sampler=sampler, trainable=partial(timed_trainable, events=str(events_path)))
     wall = time.time() - t0
     epochs_ev = [e for e in read_events(events_path)
                  if e["kind"] == "epoch" and e.get("val_mae") is not None and math.isfinite(e["val_mae"])]

@@ -354,11 +354,13 @@ def run_search(
     run_name: str,
     progress: ProgressFn | None = None,
     trainable: Callable[..., None] | None = None,
+    sampler: optuna.samplers.BaseSampler | None = None,
 ) -> RunSummary:
     """Run ``settings.num_trials`` trials of ``study`` with Ray Tune; the store is reconciled at the end.
 
     ``trainable`` replaces the function trainable (default ``search.trainable.train_trial``);
     it is called as ``trainable(config, data=data)`` and reports through ``ray.tune.report``.
+    ``sampler`` replaces the TPE sampler (benchmarks compare with random search).
     """
     import ray
     from ray import tune
@@ -373,7 +375,8 @@ def run_search(
     started_here = start_ray(settings, ray_dir)
     t0 = time.time()
     interrupted = False
-    searcher = StoreTruthfulOptunaSearch(space, study._storage, study.study_name, make_sampler(settings))
+    searcher = StoreTruthfulOptunaSearch(space, study._storage, study.study_name,
+                                         sampler or make_sampler(settings))
     try:
         concurrency = settings.concurrency or default_concurrency(settings)
         scheduler = make_scheduler(ASHAScheduler)(

@@ -52,14 +52,15 @@ def test_kill_9_then_resume_meets_the_budget_and_keeps_finished_trials(
         msatune(ws, "launch", "k9", "--data", str(tiny_data), "--space", str(tiny_space_file),
                 "--trials", "6", "--max-epochs", "4", "--grace-period", "1", "--reduction-factor", "2",
                 "--json"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(),
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "driver.err", "w"), env=env(),  # noqa: SIM115
     )
     try:
         deadline = time.time() + 240
         before: dict[int, tuple] = {}
         while time.time() < deadline:
             time.sleep(1.0)
-            assert driver.poll() is None, "the study finished before it could be killed"
+            assert driver.poll() is None, (
+                "the study ended before it could be killed: " + (tmp_path / "driver.err").read_text()[-3000:])
             try:
                 study = optuna.load_study(study_name="k9", storage=url)
             except (KeyError, Exception):  # noqa: BLE001 - store not created yet
