@@ -25,8 +25,8 @@ Example:
 
 @click.command("demo", help=DEMO_HELP)
 @click.option("--name", default="demo", show_default=True, help="Study name (a free suffix is added if taken).")
-@click.option("--trials", type=click.IntRange(min=2), default=12, show_default=True, help="Trial budget.")
-@click.option("--max-epochs", type=click.IntRange(min=1), default=15, show_default=True, help="Epochs per trial at most.")
+@click.option("--trials", type=click.IntRange(min=2), default=10, show_default=True, help="Trial budget.")
+@click.option("--max-epochs", type=click.IntRange(min=1), default=12, show_default=True, help="Epochs per trial at most.")
 @click.option("--cpus-per-trial", type=float, default=1.0, show_default=True, help="CPUs per trial.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the study.")
 @pass_app
