@@ -67,13 +67,7 @@ def _register() -> None:
     import importlib
 
     for module_name, attr in COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:  # a command module not written yet
-            if exc.name == module_name:
-                continue
-            raise
-        cli.add_command(getattr(module, attr))
+        cli.add_command(getattr(importlib.import_module(module_name), attr))
 
 
 # (module, click command object) pairs; order is the order in --help.
