@@ -52,7 +52,7 @@ class RunSettings:
     address: str | None = None
     max_failures: int = 1
     verbose: bool = False
-    n_startup_trials: int = 10
+    n_startup_trials: int | None = None  # None: min(10, max(3, budget // 3))
 
 
 @dataclass
@@ -253,7 +253,9 @@ def make_sampler(settings: RunSettings) -> optuna.samplers.BaseSampler:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna.samplers.TPESampler(
         seed=settings.seed,
-        n_startup_trials=settings.n_startup_trials,
+        # Optuna's default of 10 random start-up trials is the whole budget of a small study.
+        n_startup_trials=(settings.n_startup_trials if settings.n_startup_trials is not None
+                          else min(10, max(3, settings.num_trials // 3))),
         constant_liar=True,  # parallel trials: avoid sampling next to the running ones
         multivariate=True,
         group=True,
