@@ -1,0 +1,63 @@
+"""``msatune train``: one configuration end to end, files a user relies on, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from studies.cli import main
+
+
+def test_train_improved_writes_checkpoint_log_and_metrics_that_rebuild_exactly(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    rc = main(["--workspace", str(tmp_path / "ws"), "train", "--data", str(tiny_data), "--preset", "improved",
+               "--epochs", "3", "--set", "model_dim=16", "--set", "ff_dim=32", "--out", str(out), "--json"])
+    assert rc == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["epochs_trained"] == 3 and 0 <= payload["best_epoch"] < 3
+    assert set(payload["metrics"]) == {"valid", "test"} and "mae" in payload["metrics"]["test"]
+    assert payload["reference"]["valid"]["floor_mae"] is not None  # synthetic data has an oracle
+
+    with open(out / "training_log.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["epoch", "learning_rate", "loss", "mae", "mse", "val_loss", "val_mae", "val_mse"]
+    assert len(rows) == 4
+    assert json.loads((out / "metrics.json").read_text())["best_epoch"] == payload["best_epoch"]
+
+    from augment.dataset import load_dataset
+    from models.checkpoint import load_checkpoint
+    from search.trial import load_predictions
+
+    model, config, meta = load_checkpoint(out / "checkpoint")
+    assert config["model_dim"] == 16 and meta["best_epoch"] == payload["best_epoch"]
+    saved = load_predictions(out / "checkpoint")
+    data = load_dataset(tiny_data)
+    rebuilt = model.predict(data.splits["valid"].inputs(), verbose=0).reshape(-1)
+    np.testing.assert_allclose(rebuilt, saved["valid_pred"], atol=1e-5)
+    np.testing.assert_array_equal(saved["valid_index"], np.arange(data.splits["valid"].n))
+    assert abs(float(np.mean(np.abs(saved["valid_pred"] - saved["valid_label"])))
+               - payload["metrics"]["valid"]["mae"]) < 1e-5
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--preset", "fancy"], "unknown preset 'fancy'"),
+    (["--set", "dropuot=0.2"], "unknown config key 'dropuot'"),
+    (["--set", "loss=l1"], "loss='l1' is not allowed"),
+    (["--data", "/no/such/data"], "/no/such/data"),
+])
+def test_bad_train_input_is_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "studies.cli", "--workspace", str(tmp_path / "ws"), "train",
+                           "--data", str(tmp_path / "missing"), *args] if "--data" not in args else
+                          [sys.executable, "-m", "studies.cli", "--workspace", str(tmp_path / "ws"), "train", *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("msatune: error:") and needle in lines[0], proc.stderr
