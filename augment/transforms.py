@@ -287,23 +287,15 @@ def augment_batch(
     def modality_seed(key: str, name: str) -> tf.Tensor:
         return _fold(_fold(seed, _SALT[key]), names.index(name))
 
-    if cfg["aug_noise"] > 0:
-        out = {
-            n: gaussian_noise(x, cfg["aug_noise"], modality_seed("aug_noise", n))
-            for n, x in out.items()
-        }
-    if cfg["aug_time_shift"] > 0:
-        out = time_shift(out, cfg["aug_time_shift"], _fold(seed, _SALT["aug_time_shift"]))
-    if cfg["aug_time_mask"] > 0:
-        out = {
-            n: time_mask(x, cfg["aug_time_mask"], modality_seed("aug_time_mask", n))
-            for n, x in out.items()
-        }
-    if cfg["aug_feature_drop"] > 0:
-        out = {
-            n: feature_drop(x, cfg["aug_feature_drop"], modality_seed("aug_feature_drop", n))
-            for n, x in out.items()
-        }
+    # Per-modality transforms, in order; time shift (between noise and masking) moves all
+    # modalities of a sample together, so it is applied to the whole dict.
+    per_modality = (("aug_noise", gaussian_noise), ("aug_time_mask", time_mask),
+                    ("aug_feature_drop", feature_drop))
+    for key, transform in per_modality:
+        if key == "aug_time_mask" and cfg["aug_time_shift"] > 0:
+            out = time_shift(out, cfg["aug_time_shift"], _fold(seed, _SALT["aug_time_shift"]))
+        if cfg[key] > 0:
+            out = {n: transform(x, cfg[key], modality_seed(key, n)) for n, x in out.items()}
     if cfg["aug_modality_drop"] > 0:
         out = modality_drop(out, cfg["aug_modality_drop"], _fold(seed, _SALT["aug_modality_drop"]))
     if cfg["aug_mixup"] > 0:

@@ -9,7 +9,7 @@ and starts a *fresh* Tuner on the same study for the remaining budget, never ``T
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -60,21 +60,11 @@ class SearchOptions:
 
 
 def _run_settings(opts: SearchOptions, num_trials: int, seed: int) -> Any:
+    """The runner's settings: this run's trial count and sampler seed, the rest as in ``opts``."""
     from search.runner import RunSettings
 
-    return RunSettings(
-        num_trials=num_trials,
-        max_epochs=opts.max_epochs,
-        grace_period=opts.grace_period,
-        reduction_factor=opts.reduction_factor,
-        cpus_per_trial=opts.cpus_per_trial,
-        gpus_per_trial=opts.gpus_per_trial,
-        concurrency=opts.concurrency,
-        seed=seed,
-        address=opts.address,
-        max_failures=opts.max_failures,
-        verbose=opts.verbose,
-    )
+    shared = {f.name for f in fields(RunSettings)} & {f.name for f in fields(SearchOptions)}
+    return RunSettings(num_trials=num_trials, **{k: getattr(opts, k) for k in shared if k != "seed"}, seed=seed)
 
 
 def enqueue_presets(study: optuna.Study) -> None:
