@@ -72,6 +72,7 @@ class EpochReport:
     model: keras.Model
     seconds: float  # wall time of this epoch (train + validation)
     last: bool = False  # no epoch follows (budget reached or early stopping)
+    valid_predictions: np.ndarray | None = None  # this epoch's validation predictions (flat)
 
 
 @dataclass
@@ -167,9 +168,12 @@ class _EpochDriver(keras.callbacks.Callback):
         settings: Mapping[str, Any],
         on_epoch: EpochCallback | None,
         csv_path: Path | None,
+        valid: tf.data.Dataset,
     ) -> None:
         super().__init__()
         self.settings = settings
+        self.valid = valid
+        self.valid_labels = np.concatenate([np.asarray(y, np.float32).reshape(-1) for _, y in valid])
         self.on_epoch = on_epoch
         self.csv_path = csv_path
         self.history: list[dict[str, float]] = []
@@ -199,9 +203,12 @@ class _EpochDriver(keras.callbacks.Callback):
         self._t0 = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        valid_pred = predict(self.model, self.valid)
+        if logs is not None:  # in place: Keras' History and progress bar run after this callback
+            logs.update(self._valid_metrics(valid_pred))
+        logs = dict(logs or self._valid_metrics(valid_pred))
         seconds = time.perf_counter() - self._t0
         self.train_seconds += seconds
-        logs = dict(logs or {})
         row = {
             "epoch": float(epoch),
             "learning_rate": self._lr_at_start,
@@ -237,7 +244,7 @@ class _EpochDriver(keras.callbacks.Callback):
         stop = patience > 0 and self.wait >= patience
         last = stop or epoch + 1 >= int(self.settings["epochs"])
         if self.on_epoch is not None:
-            self.on_epoch(EpochReport(epoch, dict(row), improved, self.model, seconds, last))
+            self.on_epoch(EpochReport(epoch, dict(row), improved, self.model, seconds, last, valid_pred))
         if self.settings["lr_schedule"] == "plateau" and self.plateau_wait >= self.settings["plateau_patience"]:
             opt = self.model.optimizer
             new_lr = max(current_learning_rate(opt) * float(self.settings["plateau_factor"]), 1e-7)
@@ -246,6 +253,30 @@ class _EpochDriver(keras.callbacks.Callback):
         if stop:
             self.stopped_early = True
             self.model.stop_training = True
+
+    def _valid_metrics(self, pred: np.ndarray) -> dict[str, float]:
+        """Validation loss/MAE/MSE from the predictions, as Keras' evaluation would report them.
+
+        Validating through ``predict`` instead of ``fit(validation_data=...)`` traces one graph
+        (the forward pass) instead of two (Keras' test step, then the predict step that the
+        checkpoints' predictions need): about 1 s less per trial on CPU, and the validation
+        predictions come with the epoch for free. The loss adds the weight regularization, as
+        Keras' ``compute_loss`` does.
+        """
+        y = self.valid_labels
+        err = pred.astype(np.float64) - y
+        abs_err = np.abs(err)
+        if self.settings["loss"] == "huber":
+            d = float(self.settings["huber_delta"])
+            per_sample = np.where(abs_err <= d, 0.5 * err**2, d * (abs_err - 0.5 * d))
+        else:
+            per_sample = abs_err
+        reg = sum(float(keras.ops.convert_to_numpy(v)) for v in self.model.losses)
+        return {
+            "val_loss": float(per_sample.mean()) + reg,
+            "val_mae": float(abs_err.mean()),
+            "val_mse": float((err**2).mean()),
+        }
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self.close()
@@ -313,11 +344,10 @@ def train_model(
             jit_compile=bool(settings["jit_compile"]),
         )
         _prebuild(model, datasets["train"])
-        driver = _EpochDriver(settings, on_epoch, Path(csv_path) if csv_path else None)
+        driver = _EpochDriver(settings, on_epoch, Path(csv_path) if csv_path else None, datasets["valid"])
         try:
             model.fit(
                 datasets["train"],
-                validation_data=datasets["valid"],
                 epochs=int(settings["epochs"]),
                 callbacks=[driver],
                 verbose=verbose,
@@ -342,8 +372,25 @@ def train_model(
     )
 
 
+_FORWARD_ATTR = "_msatune_forward"
+
+
 def predict(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
-    """Predictions of a batched dataset as a flat float32 array (labels are ignored)."""
-    inputs_only = dataset.map(lambda x, y: x)
-    out = model.predict(inputs_only, verbose=0)
-    return np.asarray(out, dtype=np.float32).reshape(-1)
+    """Predictions of a batched ``(inputs, labels)`` dataset as a flat float32 array.
+
+    One graph per model, traced on the first call with the batch dimension left open, serves
+    every split and batch size (validation every epoch, then test for the checkpoints). Keras'
+    ``model.predict`` traces again for each new batch shape: with validation's 229-sample batch
+    and test's 256 + 174 that is two traces, about 0.5 s each on CPU, in every trial.
+    """
+    forward = model.__dict__.get(_FORWARD_ATTR)
+    if forward is None:
+        spec = dataset.element_spec[0]
+
+        def _forward(inputs: Any) -> tf.Tensor:
+            return model(inputs, training=False)
+
+        forward = tf.function(_forward, input_signature=[spec], autograph=False)
+        object.__setattr__(model, _FORWARD_ATTR, forward)  # not a tracked Keras attribute
+    parts = [np.asarray(forward(x), dtype=np.float32).reshape(-1) for x, _ in dataset]
+    return np.concatenate(parts) if parts else np.zeros((0,), np.float32)

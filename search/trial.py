@@ -56,14 +56,24 @@ def build_pipelines(config: Mapping[str, Any], data: MSADataset) -> dict:
     )
 
 
-def predict_splits(model: Any, datasets: Mapping[str, Any], data: MSADataset) -> dict[str, np.ndarray]:
-    """Predictions on valid and test with their labels and sample indices (ids when known)."""
+def predict_splits(
+    model: Any,
+    datasets: Mapping[str, Any],
+    data: MSADataset,
+    known: Mapping[str, np.ndarray | None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Predictions on valid and test with their labels and sample indices (ids when known).
+
+    ``known`` maps a split to predictions already made with these weights (the epoch's
+    validation pass), which are used instead of predicting that split again.
+    """
     out: dict[str, np.ndarray] = {}
     for split in EVAL_SPLITS:
         if split not in datasets:
             continue
         labels = data.splits[split].labels
-        out[f"{split}_pred"] = predict(model, datasets[split])
+        given = (known or {}).get(split)
+        out[f"{split}_pred"] = given if given is not None else predict(model, datasets[split])
         out[f"{split}_label"] = np.asarray(labels, dtype=np.float32)
         out[f"{split}_index"] = np.arange(labels.shape[0], dtype=np.int64)
         ids = data.splits[split].ids
@@ -130,7 +140,7 @@ def run_trial(
     def hook(report: EpochReport) -> None:
         extra: dict[str, Any] = {}
         if report.improved and checkpoint_every_improvement and ckpt_dir is not None:
-            preds = predict_splits(report.model, datasets, data)
+            preds = predict_splits(report.model, datasets, data, {"valid": report.valid_predictions})
             write_checkpoint(
                 ckpt_dir,
                 report.model,

@@ -1,0 +1,60 @@
+"""The training loop's own validation (through ``predict``) must report what Keras would."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from augment.pipeline import make_datasets
+from models.training import predict, train_model
+from tests.conftest import make_tiny_arrays
+
+DIMS = {"text": 4, "audio": 3, "video": 2}
+SMALL = {"model_dim": 8, "num_heads": 2, "ff_dim": 16, "n_layers_mod": 1, "n_layers_fuse": 1}
+
+
+@pytest.mark.parametrize(
+    ("loss", "l2"),
+    [("huber", 0.01), ("mae", 0.0)],
+)
+def test_reported_validation_metrics_match_keras_evaluate(loss, l2):
+    import keras
+
+    arrays = make_tiny_arrays(sizes=(24, 11, 9))
+    datasets = make_datasets(arrays, batch_size=8, seed=0, eval_batch_size=4)
+    config = {"family": "improved", **SMALL, "loss": loss, "huber_delta": 0.5, "l2": l2,
+              "epochs": 3, "patience": 0, "warmup_epochs": 0, "batch_size": 8, "learning_rate": 0.01}
+    reports = []
+    result = train_model(config, datasets, DIMS, on_epoch=reports.append)
+
+    best = result.history[result.best_epoch]
+    # The returned model holds the best epoch's weights: Keras' own evaluation must agree.
+    evaluated = result.model.evaluate(datasets["valid"], return_dict=True, verbose=0)
+    assert best["val_mae"] == pytest.approx(evaluated["mae"], rel=1e-5)
+    assert best["val_mse"] == pytest.approx(evaluated["mse"], rel=1e-5)
+    assert best["val_loss"] == pytest.approx(evaluated["loss"], rel=1e-5)
+    if l2 > 0:  # the regularization term is part of the loss, as in Keras
+        assert sum(float(keras.ops.convert_to_numpy(v)) for v in result.model.losses) > 0
+
+    # Every epoch hands over its validation predictions, in sample order.
+    labels = arrays["valid"]["labels"].reshape(-1)
+    for report in reports:
+        assert report.valid_predictions.shape == labels.shape
+        mae = float(np.mean(np.abs(report.valid_predictions - labels)))
+        assert report.metrics["val_mae"] == pytest.approx(mae, rel=1e-5)
+
+
+def test_predict_matches_keras_and_traces_once_for_all_batch_shapes():
+    from models.build import build_model
+
+    arrays = make_tiny_arrays(sizes=(4, 11, 9))
+    model = build_model({"family": "improved", **SMALL}, DIMS)
+    ds_a = make_datasets(arrays, batch_size=4, eval_batch_size=4)
+    ds_b = make_datasets(arrays, batch_size=4, eval_batch_size=5)
+    for ds in (ds_a, ds_b):
+        for split in ("valid", "test"):
+            got = predict(model, ds[split])
+            want = model.predict(ds[split].map(lambda x, y: x), verbose=0).reshape(-1)
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # 11 and 9 samples in batches of 4 and 5: six batch shapes, one graph.
+    assert model._msatune_forward.experimental_get_tracing_count() == 1
