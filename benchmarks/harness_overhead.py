@@ -1,7 +1,8 @@
 """Harness overhead: the same configurations trained by hand, one after another, and as a study.
 
-The same list of configurations (the ``improved`` recipe on a small model, learning rate and
-dropout varied, early stopping off so every configuration trains every epoch) is trained
+The same list of configurations (the ``improved`` recipe: at its own size in the full run, on
+a small model in the quick and smoke runs; learning rate and dropout varied, early stopping off
+so every configuration trains every epoch) is trained
 
 * ``plain``: one after another in one fresh Python process with the training recipe
   (``search.trial.run_trial``, what ``msatune train`` runs), ``keras.backend.clear_session()``
@@ -21,7 +22,7 @@ the reused worker after each trial shows memory creep. Goals (issue 6): efficien
 trials last >= 30 s; median per-trial overhead < 2 s; no memory creep over 20 trials.
 Prints a table, writes ``benchmarks/results/harness_overhead[_quick].json``; never asserts.
 
-    python benchmarks/harness_overhead.py           # 20 configs x 8 epochs, synthetic mosi (~40 s trials)
+    python benchmarks/harness_overhead.py           # 20 configs x 16 epochs, improved model, mosi (~35 s trials)
     python benchmarks/harness_overhead.py --quick   # 4 configs x 3 epochs (a few minutes)
     python benchmarks/harness_overhead.py --smoke --out /tmp/h.json   # tiny data, 2 x 2 (tests)
 """
@@ -61,10 +62,11 @@ from bench_common import (  # noqa: E402
 )
 
 SIZES = {
-    #        data preset, configs, epochs, batch
-    "smoke": ("tiny", 2, 2, 16),
-    "quick": ("mosi", 4, 3, 64),
-    "full": ("mosi", 20, 8, 32),
+    #        data preset, configs, epochs, batch, model
+    "smoke": ("tiny", 2, 2, 16, "small"),
+    "quick": ("mosi", 4, 3, 64, "small"),
+    # The improved recipe at its own size: ~1.5 s epochs on 2 cores, ~35 s trials (goal: >= 30 s).
+    "full": ("mosi", 20, 16, 32, "improved"),
 }
 DATA_SEED = 0
 MODEL_SEED = 0
@@ -74,11 +76,11 @@ LEARNING_RATES = (1e-3, 5e-4, 2e-3, 3e-4)
 DROPOUTS = (0.1, 0.2, 0.3)
 
 
-def make_configs(n: int, epochs: int, batch: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def make_configs(n: int, epochs: int, batch: int, model: str = "small") -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The base config and the ``n`` varied parameter sets (learning rate, dropout)."""
     from search.config import PRESETS
 
-    base = {**PRESETS["improved"], **SMALL_MODEL, "batch_size": batch, "epochs": epochs,
+    base = {**PRESETS["improved"], **(SMALL_MODEL if model == "small" else {}), "batch_size": batch, "epochs": epochs,
             "patience": 0, "warmup_epochs": 0, "seed": MODEL_SEED}
     params = [{"learning_rate": LEARNING_RATES[i % len(LEARNING_RATES)],
                "dropout": DROPOUTS[i % len(DROPOUTS)]} for i in range(n)]
@@ -242,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny data, 2 configs x 2 epochs (tests)")
     p.add_argument("--configs", type=int, default=None, help="number of configurations")
     p.add_argument("--epochs", type=int, default=None, help="epochs per configuration")
+    p.add_argument("--model", choices=("small", "improved"), default=None,
+                   help="model size: small (model_dim 16, one layer each) or the improved preset's own")
     p.add_argument("--slots", type=int, default=1, help="concurrent study trials (CPUs split evenly)")
     p.add_argument("--cpus", type=float, default=None, help="CPUs Ray may use (default: all cores)")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
@@ -255,12 +259,13 @@ def main(argv: list[str] | None = None) -> int:
 
     mode = mode_of(args)
     out_path = result_path("harness_overhead", mode, args.out)
-    preset, n, epochs, batch = SIZES[mode]
+    preset, n, epochs, batch, model = SIZES[mode]
+    model = args.model or model
     n = args.configs or n
     epochs = args.epochs or epochs
     cpus = float(args.cpus or os.cpu_count() or 1)
     cpus_per_trial = cpus / args.slots
-    base, params = make_configs(n, epochs, batch)
+    base, params = make_configs(n, epochs, batch, model)
 
     t_all = time.time()
     with tempfile.TemporaryDirectory(prefix="msatune-overhead-") as tmp:
@@ -287,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         ("median_startup_s", "start->ep1 s", 2), ("median_gap_s", "last->next s", 2),
         ("median_between_epochs_s", "between ep s", 2),
         ("rss_creep_mb", "RSS creep MB", 1),
-    ], title=f"{n} configurations x {epochs} epochs ({preset}, batch {batch})")
+    ], title=f"{n} configurations x {epochs} epochs ({preset}, {model} model, batch {batch})")
     print("\nRSS of the reused study worker after each trial (MB): "
           + ", ".join(f"{r['rss_end_mb']:.0f}" for r in study["rss"] if r["rss_end_mb"] is not None))
     goals = {
@@ -312,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "config_seeds": [MODEL_SEED + i for i in range(n)]})
     doc.update({
         "data": {"synthetic_preset": preset, "seed": DATA_SEED},
-        "configs": {"n": n, "epochs": epochs, "batch_size": batch, "model": SMALL_MODEL,
+        "configs": {"n": n, "epochs": epochs, "batch_size": batch, "model": SMALL_MODEL if model == "small" else model,
                     "varied": params, "base": base},
         "slots": args.slots, "cpus": cpus, "cpus_per_trial": cpus_per_trial,
         "ray_init_s": ray_init_s,

@@ -11,8 +11,7 @@ the same seeds (sampler seed and model seeds), each through msatune's runner
 * ``tpe``: msatune's TPE sampler (``make_sampler``), scheduler off;
 * ``tpe_asha``: msatune's default, TPE + ASHA (``grace_period``, ``reduction_factor``).
 
-``run_search`` takes no sampler argument: for ``random`` this script replaces
-``run_search(sampler=RandomSampler(seed))``. No preset is enqueued.
+``random`` passes ``run_search(sampler=RandomSampler(seed))``. No preset is enqueued.
 
 For each search: total epochs trained, wall time, best val MAE (the best COMPLETE trial, as
 ``msatune show`` reports it), the test MAE of that trial (its checkpoint's ``predictions.npz``),
@@ -23,7 +22,7 @@ epochs, and ends no worse than it at equal trial count. Prints a table, writes
 ``benchmarks/results/search_efficiency[_quick].json`` and the curves as ``.png`` beside it; never
 asserts.
 
-    python benchmarks/search_efficiency.py            # 30 trials x 20 epochs, seeds 0 1 2 (hours)
+    python benchmarks/search_efficiency.py            # 24 trials x 15 epochs, seeds 0 1 2 (~40 min)
     python benchmarks/search_efficiency.py --quick    # 8 trials x 4 epochs, seed 0 (a few minutes)
     python benchmarks/search_efficiency.py --smoke --out /tmp/s.json   # tiny data (tests)
 """
@@ -66,8 +65,10 @@ SIZES: dict[str, dict[str, Any]] = {
               "slots": 2, "startup": 2, "batches": [8, 16]},
     "quick": {"preset": "mosi", "trials": 8, "epochs": 4, "grace": 1, "rf": 2, "seeds": [0],
               "slots": 2, "startup": 3, "batches": [32, 64]},
-    "full": {"preset": "mosi", "trials": 30, "epochs": 20, "grace": 2, "rf": 3, "seeds": [0, 1, 2],
-             "slots": 2, "startup": 10, "batches": [32, 64]},
+    # 24 trials x 15 epochs x 3 methods x 3 seeds is about 40 min on 2 cores; startup None =
+    # msatune's own rule (min(10, max(3, budget // 3)) = 8 here).
+    "full": {"preset": "mosi", "trials": 24, "epochs": 15, "grace": 1, "rf": 3, "seeds": [0, 1, 2],
+             "slots": 2, "startup": None, "batches": [32, 64]},
 }
 
 #: Searched: the default space minus capacity (the small model keeps mosi epochs to seconds).
@@ -106,7 +107,7 @@ def run_one(method: str, seed: int, size: dict[str, Any], ws: Path, data_path: P
     settings = RunSettings(num_trials=int(size["trials"]), max_epochs=epochs, grace_period=grace,
                            reduction_factor=int(size["rf"]), cpus_per_trial=1.0,
                            concurrency=int(size["slots"]), seed=seed,
-                           n_startup_trials=int(size["startup"]))
+                           n_startup_trials=None if size["startup"] is None else int(size["startup"]))
     events_path = ws / f"events-{name}.jsonl"
     data = load_dataset(data_path)
     t0 = time.time()
