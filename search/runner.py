@@ -414,6 +414,11 @@ def run_search(
                     checkpoint_score_order="min",
                 ),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                # Each trial's working dir (the session storage's trial_working_directory, with
+                # work/training_log.csv and Ray's stdout/stderr files) is copied to the trial's
+                # storage dir: on the first report, every sync_period, and when the trial ends.
+                # Without it a reused actor's trials leave their logs under /tmp/ray/session_*.
+                sync_config=tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=False),
                 verbose=1 if settings.verbose else 0,
                 callbacks=callbacks,
                 log_to_file=True,

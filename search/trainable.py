@@ -52,6 +52,30 @@ def _assigned_cpus() -> float:
         return 1.0
 
 
+def _artifact_dir() -> Path:
+    """The directory whose files Ray syncs to this trial's storage dir when the trial ends.
+
+    Ray 2.60's ``get_trial_dir()`` names the driver's staging dir for an actor's first trial
+    but the synced working dir for a reused actor's next ones; the session's storage names the
+    synced one in both cases (the public call is the fallback).
+    """
+    import ray.tune as tune
+
+    try:
+        from ray.train._internal.session import get_session
+
+        session = get_session()
+        if session is not None:
+            return Path(session.storage.trial_working_directory)
+    except Exception as exc:  # noqa: BLE001 - Ray internals moved
+        log.warning("cannot find the trial's synced working dir (%s); reused actors may misplace "
+                    "work/training_log.csv", exc)
+    try:
+        return Path(tune.get_context().get_trial_dir())
+    except Exception:  # noqa: BLE001 - unusual storage setups: fall back to a temp dir
+        return Path(tempfile.mkdtemp(prefix="msatune-trial-"))
+
+
 def train_trial(config: dict[str, Any], data: MSADataset | None = None) -> None:
     """Ray Tune function trainable (wrap with ``tune.with_parameters(train_trial, data=...)``)."""
     import ray.tune as tune
@@ -67,11 +91,11 @@ def train_trial(config: dict[str, Any], data: MSADataset | None = None) -> None:
     if data is None:
         raise ValueError("train_trial needs the dataset (tune.with_parameters(train_trial, data=...))")
     trial_config = {k: v for k, v in config.items() if not k.startswith("_")}
-    try:
-        trial_dir = Path(tune.get_context().get_trial_dir())
-    except Exception:  # noqa: BLE001 - unusual storage setups: fall back to a temp dir
-        trial_dir = Path(tempfile.mkdtemp(prefix="msatune-trial-"))
-    work = trial_dir / "work"
+    trial_dir = _artifact_dir()
+    work = trial_dir / "work"  # Ray syncs it to the trial's storage dir (at the latest when it ends)
+    # The working copy of the checkpoint lives outside the synced dir: Ray copies each reported
+    # checkpoint itself, and a stopped trial deletes its copy while the final sync may be running.
+    ckpt_work = Path(tempfile.mkdtemp(prefix="msatune-ckpt-"))
     state = {"best": math.inf}
     devices = os.environ.get("CUDA_VISIBLE_DEVICES", "")
 
@@ -98,9 +122,10 @@ def train_trial(config: dict[str, Any], data: MSADataset | None = None) -> None:
             tune.report(metrics)
 
     try:
-        run_trial(trial_config, data, out_dir=work, on_epoch=on_epoch, checkpoint_every_improvement=True)
+        run_trial(trial_config, data, out_dir=work, on_epoch=on_epoch, checkpoint_every_improvement=True,
+                  checkpoint_dir=ckpt_work / "checkpoint")
     except TrainingDiverged as exc:
         tune.report({"val_mae": math.inf, "best_val_mae": math.inf, "diverged": str(exc), "final": True})
     finally:
         # The reported checkpoints were copied into Ray's storage; the working copy can go.
-        shutil.rmtree(work / "checkpoint", ignore_errors=True)
+        shutil.rmtree(ckpt_work, ignore_errors=True)

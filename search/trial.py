@@ -125,6 +125,7 @@ def run_trial(
     out_dir: str | Path | None = None,
     on_epoch: Callable[[EpochReport, dict], None] | None = None,
     checkpoint_every_improvement: bool = False,
+    checkpoint_dir: str | Path | None = None,
     verbose: int = 0,
 ) -> TrialOutcome:
     """Train ``config`` on ``data``; write the best checkpoint (and CSV log) under ``out_dir``.
@@ -132,10 +133,11 @@ def run_trial(
     ``on_epoch(report, extra)`` is called after every epoch; with ``checkpoint_every_improvement``
     the checkpoint is rewritten whenever val MAE improves (before the hook runs) and ``extra``
     carries ``checkpoint`` (the directory) on those epochs: the search reports it to Ray Tune.
+    ``checkpoint_dir`` puts the checkpoint elsewhere than ``out_dir/checkpoint``.
     """
     datasets = build_pipelines(config, data)
     out = Path(out_dir) if out_dir is not None else None
-    ckpt_dir = out / "checkpoint" if out is not None else None
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else (out / "checkpoint" if out is not None else None)
 
     def hook(report: EpochReport) -> None:
         extra: dict[str, Any] = {}

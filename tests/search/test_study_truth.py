@@ -65,6 +65,24 @@ def test_every_trial_records_its_ray_id_and_best_checkpoint(tiny_study: dict) ->
             assert abs(mae - t.value) < 1e-4
 
 
+def test_every_trial_dir_holds_its_own_training_log(tiny_study: dict) -> None:
+    """Actor reuse must not send a trial's CSV log to another trial's (or a temp) directory."""
+    study = load(tiny_study)
+    trials = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(trials) == 6
+    pids = set()
+    for t in trials:
+        trial_dir = Path(t.user_attrs["checkpoint"]).parent
+        pids.add(json.loads((trial_dir / "result.json").read_text().splitlines()[-1])["pid"])
+        log = trial_dir / "work" / "training_log.csv"
+        assert log.exists(), f"trial {t.number}: no {log}"
+        rows = log.read_text().strip().splitlines()[1:]
+        assert len(rows) == t.user_attrs["epochs"], t.number
+        val_mae = [float(r.split(",")[6]) for r in rows]
+        assert np.allclose(val_mae, [t.intermediate_values[e] for e in range(1, len(rows) + 1)], atol=1e-6)
+    assert len(pids) < len(trials), "no trial ran on a reused actor: the test proves nothing"
+
+
 def test_study_records_what_it_is(tiny_study: dict) -> None:
     from studies.store import study_attrs
 
