@@ -57,6 +57,11 @@ from bench_common import (  # noqa: E402
 )
 
 METHODS = ("random", "tpe", "tpe_asha")
+#: Optional (``--methods``): TPE + ASHA with 3x the trials, about a quarter of random search's
+#: epochs in all; what ASHA is for (many more configurations for the same compute).
+MORE_TRIALS = {"tpe_asha_3x": 3}
+ALL_METHODS = METHODS + tuple(MORE_TRIALS)
+ASHA_METHODS = ("tpe_asha", "tpe_asha_3x")
 DATA_SEED = 0
 GOAL_EPOCH_FRACTION = 0.25
 
@@ -99,12 +104,13 @@ def run_one(method: str, seed: int, size: dict[str, Any], ws: Path, data_path: P
     from studies.store import best_complete
 
     epochs = int(size["epochs"])
-    grace = int(size["grace"]) if method == "tpe_asha" else epochs  # grace = max_t: no early stops
+    grace = int(size["grace"]) if method in ASHA_METHODS else epochs  # grace = max_t: no early stops
+    n_trials = int(size["trials"]) * MORE_TRIALS.get(method, 1)
     space = make_space(epochs, size["batches"])
     name = f"{method}-s{seed}"
-    study = new_study(ws, name, space, data_path, seed, budget=size["trials"], max_epochs=epochs,
+    study = new_study(ws, name, space, data_path, seed, budget=n_trials, max_epochs=epochs,
                       asha={"grace_period": grace, "reduction_factor": size["rf"]})
-    settings = RunSettings(num_trials=int(size["trials"]), max_epochs=epochs, grace_period=grace,
+    settings = RunSettings(num_trials=n_trials, max_epochs=epochs, grace_period=grace,
                            reduction_factor=int(size["rf"]), cpus_per_trial=1.0,
                            concurrency=int(size["slots"]), seed=seed,
                            n_startup_trials=None if size["startup"] is None else int(size["startup"]))
@@ -149,12 +155,12 @@ def epochs_to_reach(curve: list[list[float]], target: float | None) -> int | Non
     return None
 
 
-def compare(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
-    """Per seed: TPE+ASHA's epochs to reach random's final best val MAE, over random's epochs."""
+def compare(runs: list[dict[str, Any]], seeds: list[int], method: str = "tpe_asha") -> dict[str, Any]:
+    """Per seed: ``method``'s epochs to reach random's final best val MAE, over random's epochs."""
     per_seed = []
     for seed in seeds:
         by = {r["method"]: r for r in runs if r["seed"] == seed}
-        rnd, asha = by.get("random"), by.get("tpe_asha")
+        rnd, asha = by.get("random"), by.get(method)
         if not rnd or not asha:
             continue
         target = rnd["best_val_mae"]
@@ -180,8 +186,10 @@ def compare(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
-    for method in METHODS:
+    for method in ALL_METHODS:
         rs = [r for r in runs if r["method"] == method]
+        if not rs:
+            continue
         rows.append({"method": method, "seeds": len(rs),
                      **{k: median(r[k] for r in rs) for k in
                         ("trials", "complete", "pruned", "epochs", "wall_s", "best_val_mae", "test_mae",
@@ -195,8 +203,9 @@ def plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"random": "tab:gray", "tpe": "tab:blue", "tpe_asha": "tab:red"}
-    labels = {"random": "random, full budget", "tpe": "TPE, full budget", "tpe_asha": "TPE + ASHA"}
+    colors = {"random": "tab:gray", "tpe": "tab:blue", "tpe_asha": "tab:red", "tpe_asha_3x": "tab:orange"}
+    labels = {"random": "random, full budget", "tpe": "TPE, full budget", "tpe_asha": "TPE + ASHA",
+              "tpe_asha_3x": "TPE + ASHA, 3x trials"}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     seen = set()
     for r in runs:
@@ -226,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="max epochs per trial (the full budget)")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--slots", type=int, default=None, help="concurrent trials (1 CPU each)")
+    p.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=list(METHODS),
+                   help=f"searches to run (default: {' '.join(METHODS)}; tpe_asha_3x: 3x the trials)")
+    p.add_argument("--random-from", type=Path, default=None,
+                   help="a results JSON whose random runs (same size and seeds) are compared with")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
     args = p.parse_args(argv)
 
@@ -249,14 +262,21 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             for seed in size["seeds"]:
-                for method in METHODS:  # one seed's three searches back to back (similar load)
+                for method in [m for m in ALL_METHODS if m in args.methods]:  # back to back per seed
                     print(f"{method} seed {seed} ...", file=sys.stderr, flush=True)
                     runs.append(run_one(method, seed, size, root / "ws", data))
         finally:
             ray.shutdown()
 
+    if args.random_from is not None:
+        import json
+
+        earlier = json.loads(args.random_from.read_text())
+        runs = [r for r in earlier["runs"] if r["method"] == "random" and r["seed"] in size["seeds"]] + [
+            r for r in runs if r["method"] != "random"]
     rows = summarize(runs)
     cmp = compare(runs, size["seeds"])
+    cmp_more = {m: compare(runs, size["seeds"], m) for m in MORE_TRIALS if m in args.methods}
     seeds_txt = f"seed {size['seeds'][0]}" if len(size["seeds"]) == 1 else f"median of {len(size['seeds'])} seeds"
     title = (f"{size['trials']} trials x {size['epochs']} epochs, {size['preset']} "
              f"({seeds_txt}; ASHA grace {size['grace']}, rf {size['rf']})")
@@ -265,11 +285,13 @@ def main(argv: list[str] | None = None) -> int:
         ("wall_s", "wall s", 1), ("best_val_mae", "best val MAE", 4), ("test_mae", "test MAE", 4),
         ("curve_best_val_mae", "best any epoch", 4),
     ], title=title)
-    frac = cmp["median_fraction_of_random_epochs"]
-    print(f"\nTPE+ASHA reaches random search's final best val MAE with "
-          f"{'-' if frac is None else f'{frac:.2f}'} of its epochs (goal <= {GOAL_EPOCH_FRACTION}): "
-          f"{'met' if cmp['fraction_goal_met'] else 'missed'}; "
-          f"ends no worse than random: {'yes' if cmp['no_worse_goal_met'] else 'no'}")
+    shown = ({"tpe_asha": cmp} if "tpe_asha" in args.methods else {}) | cmp_more
+    for method, c in shown.items():
+        frac = c["median_fraction_of_random_epochs"]
+        print(f"\n{method} reaches random search's final best val MAE with "
+              f"{'-' if frac is None else f'{frac:.2f}'} of its epochs (goal <= {GOAL_EPOCH_FRACTION}): "
+              f"{'met' if c['fraction_goal_met'] else 'missed'}; "
+              f"ends no worse than random: {'yes' if c['no_worse_goal_met'] else 'no'}")
 
     png = out_path.with_suffix(".png")
     plot(runs, png, f"Anytime best val MAE: {title}")
@@ -286,12 +308,16 @@ def main(argv: list[str] | None = None) -> int:
             "random": "optuna RandomSampler(seed), grace_period = max_epochs (no early stops by the scheduler)",
             "tpe": "msatune make_sampler (TPE, multivariate, constant_liar), grace_period = max_epochs",
             "tpe_asha": f"msatune make_sampler + ASHA(grace_period={size['grace']}, reduction_factor={size['rf']})",
+            "tpe_asha_3x": "as tpe_asha with 3x the trials",
         },
+        "methods_run": [m for m in ALL_METHODS if m in args.methods],
+        "random_from": str(args.random_from) if args.random_from else None,
         "ray_init_s": ray_init_s,
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "summary": rows,
         "comparison": cmp,
+        "comparison_more_trials": cmp_more,
         "runs": runs,
         "plot": png.name,
         "total_s": time.time() - t_all,
