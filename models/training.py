@@ -271,6 +271,8 @@ class _EpochDriver(keras.callbacks.Callback):
             per_sample = np.where(abs_err <= d, 0.5 * err**2, d * (abs_err - 0.5 * d))
         else:
             per_sample = abs_err
+        # Weight regularizers only (no add_loss/activity regularizers in these models): Keras
+        # computes them from the current variables, outside any traced call.
         reg = sum(float(keras.ops.convert_to_numpy(v)) for v in self.model.losses)
         return {
             "val_loss": float(per_sample.mean()) + reg,
@@ -385,7 +387,9 @@ def predict(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
     """
     forward = model.__dict__.get(_FORWARD_ATTR)
     if forward is None:
-        spec = dataset.element_spec[0]
+        spec = tf.nest.map_structure(  # batch dimension open even if this dataset's is fixed
+            lambda s: tf.TensorSpec([None, *s.shape[1:]], s.dtype), dataset.element_spec[0]
+        )
 
         def _forward(inputs: Any) -> tf.Tensor:
             return model(inputs, training=False)
