@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from models.build import build_model
+from models.graph_registry import released_custom_gradients
 from msatune.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -334,33 +335,35 @@ def train_model(
         raise UserError("the training split is empty or of unknown size; nothing to train on")
 
     use_mp = bool(settings["mixed_precision"]) and bool(tf.config.list_physical_devices("GPU"))
-    previous_policy = keras.mixed_precision.global_policy()
-    if use_mp:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        keras.utils.set_random_seed(int(settings["seed"]))
-        model = build_model(config, dims, seq_len)
-        model.compile(
-            optimizer=make_optimizer(settings),
-            loss=make_loss(settings),
-            metrics=["mae", "mse"],
-            jit_compile=bool(settings["jit_compile"]),
-        )
-        _prebuild(model, datasets["train"])
-        driver = _EpochDriver(settings, on_epoch, Path(csv_path) if csv_path else None, datasets["valid"])
-        try:
-            model.fit(
-                datasets["train"],
-                epochs=int(settings["epochs"]),
-                callbacks=[driver],
-                verbose=verbose,
-                shuffle=False,  # the train pipeline shuffles (seeded) itself
-            )
-        finally:
-            driver.close()
-    finally:
+    # the train step's graph goes with the model (see models.graph_registry)
+    with released_custom_gradients():
+        previous_policy = keras.mixed_precision.global_policy()
         if use_mp:
-            keras.mixed_precision.set_global_policy(previous_policy)
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        try:
+            keras.utils.set_random_seed(int(settings["seed"]))
+            model = build_model(config, dims, seq_len)
+            model.compile(
+                optimizer=make_optimizer(settings),
+                loss=make_loss(settings),
+                metrics=["mae", "mse"],
+                jit_compile=bool(settings["jit_compile"]),
+            )
+            _prebuild(model, datasets["train"])
+            driver = _EpochDriver(settings, on_epoch, Path(csv_path) if csv_path else None, datasets["valid"])
+            try:
+                model.fit(
+                    datasets["train"],
+                    epochs=int(settings["epochs"]),
+                    callbacks=[driver],
+                    verbose=verbose,
+                    shuffle=False,  # the train pipeline shuffles (seeded) itself
+                )
+            finally:
+                driver.close()
+        finally:
+            if use_mp:
+                keras.mixed_precision.set_global_policy(previous_policy)
     if driver.best_weights is not None:
         model.set_weights(driver.best_weights)
     return TrainResult(

@@ -58,3 +58,44 @@ def test_predict_matches_keras_and_traces_once_for_all_batch_shapes():
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     # 11 and 9 samples in batches of 4 and 5: six batch shapes, one graph.
     assert model._msatune_forward.experimental_get_tracing_count() == 1
+
+
+def test_a_finished_training_leaves_no_train_graph_behind():
+    """Trials run one after another in a reused Ray worker: each must free its traced train step.
+
+    TensorFlow's custom-gradient registry used to pin every train step's graph (~75 MB per
+    improved-model trial, growing without bound on a long study).
+    """
+    import gc
+
+    import keras
+    from tensorflow.python.framework.func_graph import FuncGraph
+
+    from models.graph_registry import custom_gradient_count
+
+    def train_step_graphs() -> int:
+        return sum(
+            1 for o in gc.get_objects() if isinstance(o, FuncGraph) and o.name == "one_step_on_data"
+        )
+
+    arrays = make_tiny_arrays(sizes=(16, 6, 6))
+    config = {"family": "improved", **SMALL, "epochs": 1, "patience": 0, "warmup_epochs": 0,
+              "batch_size": 8}
+    keras.backend.clear_session()
+    gc.collect()
+    graphs_before, registered_before = train_step_graphs(), custom_gradient_count()
+    registered_while_training = []
+    for seed in range(2):
+        datasets = make_datasets(arrays, batch_size=8, seed=seed, eval_batch_size=6)
+        result = train_model(
+            {**config, "seed": seed}, datasets, DIMS,
+            on_epoch=lambda _: registered_while_training.append(custom_gradient_count()),
+        )
+        assert np.isfinite(predict(result.model, datasets["test"])).all()  # still usable after
+        del result, datasets
+        keras.backend.clear_session()
+        gc.collect()
+        assert custom_gradient_count() == registered_before
+        assert train_step_graphs() == graphs_before
+    # The check above is not vacuous: training does register custom gradients.
+    assert min(registered_while_training) > registered_before
