@@ -139,10 +139,14 @@ def run_trial(
     out = Path(out_dir) if out_dir is not None else None
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else (out / "checkpoint" if out is not None else None)
 
+    # Predictions of the latest checkpoint: the best epoch's, which the returned model holds too.
+    checkpointed: dict[str, Mapping[str, np.ndarray]] = {}
+
     def hook(report: EpochReport) -> None:
         extra: dict[str, Any] = {}
         if report.improved and checkpoint_every_improvement and ckpt_dir is not None:
             preds = predict_splits(report.model, datasets, data, {"valid": report.valid_predictions})
+            checkpointed["best"] = preds
             write_checkpoint(
                 ckpt_dir,
                 report.model,
@@ -164,7 +168,9 @@ def run_trial(
         csv_path=(out / "training_log.csv") if out is not None else None,
         verbose=verbose,
     )
-    predictions = predict_splits(result.model, datasets, data)
+    # The study path already predicted with the best weights when it wrote their checkpoint.
+    best_preds = checkpointed.get("best")
+    predictions = dict(best_preds) if best_preds is not None else predict_splits(result.model, datasets, data)
     metrics = split_metrics(predictions)
     if ckpt_dir is not None and not checkpoint_every_improvement:
         write_checkpoint(
