@@ -235,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="max epochs per trial (the full budget)")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--slots", type=int, default=None, help="concurrent trials (1 CPU each)")
+    p.add_argument("--grace", type=int, default=None, help="ASHA grace period in epochs (full size: 1)")
+    p.add_argument("--rf", type=int, default=None, help="ASHA reduction factor (full size: 3)")
     p.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=list(METHODS),
                    help=f"searches to run (default: {' '.join(METHODS)}; tpe_asha_3x: 3x the trials)")
     p.add_argument("--random-from", type=Path, default=None,
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     out_path = result_path("search_efficiency", mode, args.out)
     size = dict(SIZES[mode])
     for key, val in (("trials", args.trials), ("epochs", args.epochs), ("seeds", args.seeds),
-                     ("slots", args.slots)):
+                     ("slots", args.slots), ("grace", args.grace), ("rf", args.rf)):
         if val is not None:
             size[key] = val
     size["grace"] = min(size["grace"], size["epochs"])
