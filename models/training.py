@@ -13,7 +13,8 @@ import csv
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,6 +313,20 @@ def _prebuild(model: keras.Model, train: tf.data.Dataset) -> None:
         log.debug("symbolic pre-build skipped: %s", exc)
 
 
+@contextmanager
+def _global_policy(name: str | None) -> Iterator[None]:
+    """Keras' global dtype policy set to ``name`` inside the block (``None``: left as it is)."""
+    if name is None:
+        yield
+        return
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 def train_model(
     config: Mapping[str, Any],
     datasets: Mapping[str, tf.data.Dataset],
@@ -335,35 +350,28 @@ def train_model(
         raise UserError("the training split is empty or of unknown size; nothing to train on")
 
     use_mp = bool(settings["mixed_precision"]) and bool(tf.config.list_physical_devices("GPU"))
-    # the train step's graph goes with the model (see models.graph_registry)
-    with released_custom_gradients():
-        previous_policy = keras.mixed_precision.global_policy()
-        if use_mp:
-            keras.mixed_precision.set_global_policy("mixed_float16")
+    # released_custom_gradients: the train step's graph goes with the model (models.graph_registry)
+    with released_custom_gradients(), _global_policy("mixed_float16" if use_mp else None):
+        keras.utils.set_random_seed(int(settings["seed"]))
+        model = build_model(config, dims, seq_len)
+        model.compile(
+            optimizer=make_optimizer(settings),
+            loss=make_loss(settings),
+            metrics=["mae", "mse"],
+            jit_compile=bool(settings["jit_compile"]),
+        )
+        _prebuild(model, datasets["train"])
+        driver = _EpochDriver(settings, on_epoch, Path(csv_path) if csv_path else None, datasets["valid"])
         try:
-            keras.utils.set_random_seed(int(settings["seed"]))
-            model = build_model(config, dims, seq_len)
-            model.compile(
-                optimizer=make_optimizer(settings),
-                loss=make_loss(settings),
-                metrics=["mae", "mse"],
-                jit_compile=bool(settings["jit_compile"]),
+            model.fit(
+                datasets["train"],
+                epochs=int(settings["epochs"]),
+                callbacks=[driver],
+                verbose=verbose,
+                shuffle=False,  # the train pipeline shuffles (seeded) itself
             )
-            _prebuild(model, datasets["train"])
-            driver = _EpochDriver(settings, on_epoch, Path(csv_path) if csv_path else None, datasets["valid"])
-            try:
-                model.fit(
-                    datasets["train"],
-                    epochs=int(settings["epochs"]),
-                    callbacks=[driver],
-                    verbose=verbose,
-                    shuffle=False,  # the train pipeline shuffles (seeded) itself
-                )
-            finally:
-                driver.close()
         finally:
-            if use_mp:
-                keras.mixed_precision.set_global_policy(previous_policy)
+            driver.close()
     if driver.best_weights is not None:
         model.set_weights(driver.best_weights)
     return TrainResult(
