@@ -207,9 +207,8 @@ class _EpochDriver(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         valid_pred = predict(self.model, self.valid)
         valid_metrics = self._valid_metrics(valid_pred)
-        if logs is not None:  # in place: Keras' History and progress bar run after this callback
-            logs.update(valid_metrics)
-        logs = {**(logs or {}), **valid_metrics}
+        logs = logs if logs is not None else {}
+        logs.update(valid_metrics)  # in place: Keras' History and progress bar run after this callback
         seconds = time.perf_counter() - self._t0
         self.train_seconds += seconds
         row = {
