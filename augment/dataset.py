@@ -21,9 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from msatune.errors import UserError
+from msatune.modalities import MODALITIES
 
 log = logging.getLogger(__name__)
 
-MODALITIES: tuple[str, ...] = ("text", "audio", "video")
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 LABEL_RANGE: tuple[float, float] = (-3.0, 3.0)
 H5_KEY = "d1"
@@ -93,6 +91,10 @@ class SplitData:
         """The inputs plus ``"labels"``."""
         return {**self.inputs(), "labels": self.labels}
 
+    def reference_maes(self) -> dict[str, float | None]:
+        """The yardsticks of any model on this split (see :func:`reference_maes`)."""
+        return reference_maes(self.labels, self.oracle)
+
 
 @dataclass(frozen=True, eq=False)
 class MSADataset:
@@ -142,8 +144,7 @@ class MSADataset:
                 "label_std": _r(y.std()),
                 "label_min": _r(y.min()),
                 "label_max": _r(y.max()),
-                "constant_mae": _r(constant_mae(y)),
-                "floor_mae": None if s.oracle is None else _r(floor_mae(y, s.oracle)),
+                **{k: None if v is None else _r(v) for k, v in s.reference_maes().items()},
             }
         return {"path": str(self.path), "splits": splits, "fingerprint": self.fingerprint}
 
@@ -167,6 +168,14 @@ def floor_mae(labels: np.ndarray, oracle: np.ndarray) -> float:
     if y.shape != o.shape:
         raise ValueError(f"labels {y.shape} and oracle {o.shape} differ in length")
     return float(np.mean(np.abs(y - o)))
+
+
+def reference_maes(labels: np.ndarray, oracle: np.ndarray | None = None) -> dict[str, float | None]:
+    """``{"constant_mae", "floor_mae"}``: what predicting the median scores, and what the
+    noise-free target scores (``None`` without an oracle). Every report shows them beside a
+    model's MAE: a model is only worth something between the two."""
+    return {"constant_mae": constant_mae(labels),
+            "floor_mae": None if oracle is None else floor_mae(labels, oracle)}
 
 
 def fingerprint(splits: Mapping[str, SplitData]) -> str:
@@ -257,7 +266,7 @@ def _to_str(v: Any) -> str:
     return str(v)
 
 
-def _build_split(
+def build_split(
     split: str,
     raw: Mapping[str, np.ndarray | None],
     where: Mapping[str, str],
@@ -324,7 +333,7 @@ def _check_across_splits(splits: Mapping[str, SplitData], where: Mapping[str, Ma
         )
 
 
-def _assemble(
+def assemble(
     path: Path, splits: Mapping[str, SplitData], where: Mapping[str, Mapping[str, str]]
 ) -> MSADataset:
     _check_across_splits(splits, where)
@@ -397,114 +406,7 @@ def load_dataset(path: str | os.PathLike[str], *, clip_labels: bool = False) -> 
             kind: _read_h5(root / file_name(kind, split), required=kind in REQUIRED_KINDS)
             for kind in FILE_PATTERNS
         }
-        splits[split] = _build_split(split, raw, where[split], clip_labels)
+        splits[split] = build_split(split, raw, where[split], clip_labels)
         if splits[split].nan_count:
             log.info("%s: replaced %d non-finite feature values by 0", split, splits[split].nan_count)
-    return _assemble(root.resolve(), splits, where)
-
-
-# --------------------------------------------------------------------------------------------
-# Writing
-
-
-def write_dataset(
-    out: str | os.PathLike[str],
-    splits: Mapping[str, Mapping[str, np.ndarray]],
-    *,
-    overwrite: bool = False,
-    clip_labels: bool = False,
-    describe: Callable[[str, str], str] | None = None,
-) -> MSADataset:
-    """Write ``splits`` (split -> {"text", "audio", "video", "labels"[, "oracle"][, "ids"]}) as a
-    dataset directory in the msa-tf2 layout and return it loaded.
-
-    The arrays are validated in memory first (nothing is written when they are wrong), then written
-    into a temporary directory next to ``out``, read back and renamed into place. A non-empty
-    existing ``out`` is refused unless ``overwrite``. Features are written as given (NaN included);
-    labels as (N, 1) float32, oracle as (N,) float32, ids as UTF-8 strings. ``describe(split,
-    kind)`` names an array's source in error messages (default: the file it would be written to)."""
-    target = Path(out).expanduser()
-    check_output_dir(target, overwrite)
-
-    # 1. Validate in memory, with the file names the arrays will get.
-    missing_splits = [s for s in SPLITS if s not in splits]
-    if missing_splits:
-        raise ValueError(f"write_dataset needs splits {SPLITS}; missing {missing_splits}")
-    describe = describe or (lambda split, kind: str(target / file_name(kind, split)))
-    where = {s: {k: describe(s, k) for k in FILE_PATTERNS} for s in SPLITS}
-    checked: dict[str, SplitData] = {}
-    for split in SPLITS:
-        raw = dict(splits[split])
-        for kind in REQUIRED_KINDS:
-            if kind not in raw:
-                raise ValueError(f"write_dataset: split '{split}' lacks '{kind}'")
-        unknown = set(raw) - set(FILE_PATTERNS)
-        if unknown:
-            raise ValueError(f"write_dataset: split '{split}' has unknown keys {sorted(unknown)}")
-        checked[split] = _build_split(split, raw, where[split], clip_labels)
-    _assemble(target, checked, where)
-
-    # 2. Write into a temp dir beside the target, read back, rename into place.
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    except OSError as exc:
-        raise UserError(f"cannot write dataset {target}: {exc.strerror or exc}") from exc
-    try:
-        for split in SPLITS:
-            raw = splits[split]
-            for m in MODALITIES:
-                _write_h5(tmp / file_name(m, split), np.asarray(raw[m], dtype=np.float32))
-            _write_h5(tmp / file_name("labels", split), checked[split].labels.reshape(-1, 1))
-            if checked[split].oracle is not None:
-                _write_h5(tmp / file_name("oracle", split), checked[split].oracle)
-            if checked[split].ids is not None:
-                _write_h5(tmp / file_name("ids", split), checked[split].ids, strings=True)
-        loaded = load_dataset(tmp)
-        _move_into_place(tmp, target, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("wrote dataset %s (fingerprint %s)", target, loaded.fingerprint[:12])
-    return MSADataset(path=target.resolve(), splits=loaded.splits, fingerprint=loaded.fingerprint)
-
-
-def check_output_dir(target: Path, overwrite: bool = False) -> None:
-    """Refuse an output path that is a file, or a non-empty directory unless ``overwrite``."""
-    if target.exists() and not target.is_dir():
-        raise UserError(f"{target}: exists and is not a directory; choose another output directory")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise UserError(
-            f"{target}: directory exists and is not empty; choose a new directory or pass "
-            "--overwrite to replace it"
-        )
-
-
-def _write_h5(path: Path, arr: np.ndarray, *, strings: bool = False) -> None:
-    import h5py
-
-    with h5py.File(path, "w") as f:
-        if strings:
-            f.create_dataset(H5_KEY, data=[str(v) for v in arr], dtype=h5py.string_dtype("utf-8"))
-        else:
-            f.create_dataset(H5_KEY, data=arr)
-
-
-def _move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
-    check_output_dir(target, overwrite)  # again: something may have appeared meanwhile
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    if not any(target.iterdir()):
-        target.rmdir()
-        os.replace(tmp, target)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.replace(target, trash / "old")
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        os.replace(trash / "old", target)
-        raise
-    finally:
-        shutil.rmtree(trash, ignore_errors=True)
+    return assemble(root.resolve(), splits, where)

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from augment.dataset import SPLITS, MSADataset, check_output_dir, write_dataset
+from msatune.augment.dataset import SPLITS, MSADataset
+from msatune.augment.dataset_writer import check_output_dir, write_dataset
 from msatune.errors import UserError
 
 log = logging.getLogger(__name__)

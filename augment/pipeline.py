@@ -20,14 +20,14 @@ from collections.abc import Mapping
 import numpy as np
 import tensorflow as tf
 
-from augment.transforms import augment_batch, validate_aug_config
+from msatune.augment.transforms import augment_batch, validate_aug_config
 from msatune.errors import UserError
+from msatune.modalities import MODALITIES
 
-__all__ = ["MODALITIES", "TRAIN_SPLIT", "make_datasets"]
+__all__ = ["TRAIN_SPLIT", "make_datasets"]
 
 log = logging.getLogger(__name__)
 
-MODALITIES: tuple[str, ...] = ("text", "audio", "video")
 TRAIN_SPLIT = "train"
 
 # Distinct op seeds for the shuffle and the augmentation-seed streams of one pipeline seed.

@@ -40,8 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from augment.dataset import MODALITIES, SPLITS, MSADataset, check_output_dir, write_dataset
+from msatune.augment.dataset import SPLITS, MSADataset
+from msatune.augment.dataset_writer import check_output_dir, write_dataset
 from msatune.errors import UserError
+from msatune.modalities import MODALITIES
 
 log = logging.getLogger(__name__)
 

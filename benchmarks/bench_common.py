@@ -151,7 +151,7 @@ def median(xs: Iterable[float | None]) -> float | None:
 
 
 def synth_data(root: Path, preset: str, seed: int = 0) -> Path:
-    from augment.synth import synthesize
+    from msatune.augment.synth import synthesize
 
     out = Path(root) / f"synthetic-{preset}-{seed}"
     if not (out / "y_train.h5").exists():
@@ -167,7 +167,7 @@ def start_ray(num_cpus: float, num_gpus: float | None = None) -> float:
     """
     import ray
 
-    from search.runner import quiet_ray_environment
+    from msatune.search.ray_session import quiet_ray_environment
 
     quiet_ray_environment()
     paths = [str(BENCH_DIR), str(REPO), os.environ.get("PYTHONPATH", "")]
@@ -183,21 +183,18 @@ def start_ray(num_cpus: float, num_gpus: float | None = None) -> float:
     return time.perf_counter() - t0
 
 
-def new_study(ws_root: Path, name: str, space: Any, data_path: Path, seed: int, **attrs: Any) -> Any:
-    """An msatune study (the attrs ``launch`` records) in the workspace's SQLite store, without
+def new_study(ws_root: Path, name: str, space: Any, data_path: Path, settings: Any) -> Any:
+    """An msatune study (what ``launch`` records) in the workspace's SQLite store, without
     ``launch``'s enqueued presets: the benchmark decides exactly what the study trains."""
-    from augment.dataset import load_dataset
-    from studies.store import create_study, open_storage
-    from studies.workspace import Workspace
+    from msatune.augment.dataset import load_dataset
+    from msatune.studies.lifecycle import create_search_study
+    from msatune.studies.store import open_storage
+    from msatune.studies.workspace import Workspace
 
     ws = Workspace(Path(ws_root)).ensure()
-    data = load_dataset(data_path)
-    space.base["seed"] = seed
-    return create_study(open_storage(ws.storage_url), name, {
-        "data_path": str(Path(data_path).resolve()), "data_fingerprint": data.fingerprint,
-        "dims": data.dims, "seq_len": data.seq_len, "space": space.to_json(), "seed": seed,
-        "runs": [], **attrs,
-    })
+    space.for_study(settings.max_epochs, settings.seed)
+    return create_search_study(open_storage(ws.storage_url), name, settings, load_dataset(data_path), space,
+                               presets=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,7 +240,7 @@ def timed_trainable(config: dict[str, Any], data: Any = None, events: str | None
     import ray.tune as tune
 
     if inner is None:
-        from search.trainable import train_trial as inner
+        from msatune.search.trainable import train_trial as inner
     trial_id = tune.get_context().get_trial_id()
     pid = os.getpid()
 

@@ -80,9 +80,10 @@ def machine() -> dict[str, Any]:
 
 def build_study(ws_root: Path, name: str, trials: int, max_epochs: int, seed: int, space_name: str) -> dict[str, Any]:
     """A study on the synthetic mosi set (the workspace's default dataset)."""
-    from studies.lifecycle import SearchOptions, launch
-    from studies.store import open_storage
-    from studies.workspace import Workspace, default_dataset
+    from msatune.search.settings import SearchSettings
+    from msatune.studies.lifecycle import launch
+    from msatune.studies.store import open_storage
+    from msatune.studies.workspace import Workspace, default_dataset
 
     ws = Workspace(ws_root).ensure()
     data = default_dataset(ws)
@@ -90,7 +91,7 @@ def build_study(ws_root: Path, name: str, trials: int, max_epochs: int, seed: in
     if space_name == "small":
         space = ws_root / "small_space.toml"
         space.write_text(SMALL_SPACE)
-    opts = SearchOptions(trials=trials, max_epochs=max_epochs, grace_period=min(2, max_epochs),
+    opts = SearchSettings(trials=trials, max_epochs=max_epochs, grace_period=min(2, max_epochs),
                          reduction_factor=3, cpus_per_trial=1.0, seed=seed)
     t0 = time.perf_counter()
     summary = launch(ws, open_storage(ws.storage_url), name, opts, data_dir=data, space_file=space)
@@ -119,12 +120,12 @@ def throughput(result: Any, data: Any, out_dir: Path, repeat: int, request: int)
     import numpy as np
     import tensorflow as tf
 
-    from ensemble.export import combine_numpy, export_ensemble, load_member_models
+    from msatune.ensemble.export import combine_numpy, export_ensemble, load_member_models
 
     export_ensemble(result, out_dir, data=data)
     import keras
 
-    import models.networks  # noqa: F401
+    import msatune  # noqa: F401  (registers msatune's Keras classes)
 
     fused = keras.saving.load_model(out_dir / "ensemble.keras", safe_mode=True)
     served = tf.saved_model.load(str(out_dir / "saved_model"))
@@ -185,11 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
-    from augment.dataset import load_dataset
-    from ensemble.candidates import select_candidates
-    from ensemble.evaluate import EnsembleOptions, fit_pool
-    from studies.store import load_study, open_storage, study_attrs
-    from studies.workspace import Workspace
+    from msatune.augment.dataset import load_dataset
+    from msatune.ensemble.candidates import select_candidates
+    from msatune.ensemble.evaluate import EnsembleOptions, fit_pool
+    from msatune.studies.ensembles import trial_refs
+    from msatune.studies.store import load_study, open_storage, study_attrs
+    from msatune.studies.workspace import Workspace
 
     record: dict[str, Any] = {"benchmark": "ensemble", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                               "versions": versions(), "machine": machine(), "seed": args.seed,
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     study = load_study(open_storage(ws.storage_url), name)
     attrs = study_attrs(study)
     data = load_dataset(attrs["data_path"])
-    pool = select_candidates(study.get_trials(), study_name=name, expected_fingerprint=attrs.get("data_fingerprint"))
+    pool = select_candidates(trial_refs(study.get_trials()), study_name=name, expected_fingerprint=attrs.get("data_fingerprint"))
     record["study"] = {"name": name, "data": attrs.get("data_path"), "trials": pool.n_trials,
                        "complete": pool.n_complete, "candidates": len(pool.candidates),
                        "constant_valid_mae": pool.constant_valid_mae}
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     # An experiment outside the product's rules: PRUNED trials (stopped early by ASHA, scored at
     # their best epoch) admitted as candidates too. Still chosen on validation only.
     try:
-        wide = select_candidates(study.get_trials(), study_name=name, include_pruned=True,
+        wide = select_candidates(trial_refs(study.get_trials()), study_name=name, include_pruned=True,
                                  expected_fingerprint=attrs.get("data_fingerprint"))
         res = fit_pool(wide, EnsembleOptions(method="greedy", rounds=args.rounds, seed=args.seed), data=data)
         s = res.summary()

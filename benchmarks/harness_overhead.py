@@ -49,6 +49,7 @@ from bench_common import (  # noqa: E402
     max_rss_mb,
     median,
     mode_of,
+    new_study,
     overheads,
     print_table,
     read_events,
@@ -78,7 +79,7 @@ DROPOUTS = (0.1, 0.2, 0.3)
 
 def make_configs(n: int, epochs: int, batch: int, model: str = "small") -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The base config and the ``n`` varied parameter sets (learning rate, dropout)."""
-    from search.config import PRESETS
+    from msatune.search.config import PRESETS
 
     base = {**PRESETS["improved"], **(SMALL_MODEL if model == "small" else {}), "batch_size": batch, "epochs": epochs,
             "patience": 0, "warmup_epochs": 0, "seed": MODEL_SEED}
@@ -95,8 +96,8 @@ def plain_worker(spec: dict[str, Any]) -> dict[str, Any]:
     t_import = time.time()
     import keras
 
-    from augment.dataset import load_dataset
-    from search.trial import run_trial
+    from msatune.augment.dataset import load_dataset
+    from msatune.search.trial import run_trial
 
     data = load_dataset(spec["data"])
     events: list[dict[str, Any]] = []
@@ -144,9 +145,10 @@ def run_plain(data: Path, base: dict, params: list[dict], out: Path, timeout: fl
 def run_study(ws: Path, data_path: Path, base: dict, params: list[dict], slots: int, cpus: float) -> dict[str, Any]:
     import optuna
 
-    from augment.dataset import load_dataset
-    from search.runner import RunSettings, run_search
-    from search.space import SearchSpace
+    from msatune.augment.dataset import load_dataset
+    from msatune.search.runner import run_search
+    from msatune.search.settings import SearchSettings
+    from msatune.search.space import SearchSpace
 
     epochs = int(base["epochs"])
     space = SearchSpace(
@@ -154,12 +156,12 @@ def run_study(ws: Path, data_path: Path, base: dict, params: list[dict], slots: 
          "dropout": optuna.distributions.FloatDistribution(0.0, 0.6)},
         {k: v for k, v in base.items() if k not in ("learning_rate", "dropout")},
     )
-    study = new_study_for(ws, "overhead", space, data_path, epochs, len(params))
+    settings = SearchSettings(trials=len(params), max_epochs=epochs, grace_period=epochs,
+                              reduction_factor=2, cpus_per_trial=cpus, concurrency=slots, seed=MODEL_SEED)
+    study = new_study(ws, "overhead", space, data_path, settings)
     for p in params:
         study.enqueue_trial(p)
     events = ws / "events.jsonl"
-    settings = RunSettings(num_trials=len(params), max_epochs=epochs, grace_period=epochs,
-                           reduction_factor=2, cpus_per_trial=cpus, concurrency=slots, seed=MODEL_SEED)
     data = load_dataset(data_path)
     t0 = time.time()
     summary = run_search(study, space, data, settings, ray_dir=ws / "ray", run_name="run0",
@@ -172,13 +174,6 @@ def run_study(ws: Path, data_path: Path, base: dict, params: list[dict], slots: 
     out["trained_the_enqueued_configs"] = len(trained) == len(params) and all(
         all(abs(a[k] - b[k]) < 1e-12 for k in b) for a, b in zip(trained, params, strict=True))
     return out
-
-
-def new_study_for(ws: Path, name: str, space: Any, data_path: Path, epochs: int, n: int) -> Any:
-    from bench_common import new_study
-
-    return new_study(ws, name, space, data_path, MODEL_SEED, budget=n, max_epochs=epochs,
-                     asha={"grace_period": epochs, "reduction_factor": 2})
 
 
 # --------------------------------------------------------------------------------------------

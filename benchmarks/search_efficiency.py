@@ -83,7 +83,7 @@ CAPACITY_KEYS = ("model_dim", "num_heads", "ff_dim", "n_layers_mod", "n_layers_f
 def make_space(epochs: int, batches: list[int]) -> Any:
     from optuna.distributions import CategoricalDistribution
 
-    from search.space import default_space
+    from msatune.search.space import default_space
 
     space = default_space(epochs)
     for key in CAPACITY_KEYS:
@@ -98,22 +98,22 @@ def make_space(epochs: int, batches: list[int]) -> Any:
 def run_one(method: str, seed: int, size: dict[str, Any], ws: Path, data_path: Path) -> dict[str, Any]:
     import numpy as np
 
-    from augment.dataset import load_dataset
-    from search.runner import RunSettings, run_search
-    from search.trial import load_predictions
-    from studies.store import best_complete
+    from msatune.augment.dataset import load_dataset
+    from msatune.models.checkpoint import read_predictions
+    from msatune.search.runner import run_search
+    from msatune.search.settings import SearchSettings
+    from msatune.studies.store import best_complete
 
     epochs = int(size["epochs"])
     grace = int(size["grace"]) if method in ASHA_METHODS else epochs  # grace = max_t: no early stops
     n_trials = int(size["trials"]) * MORE_TRIALS.get(method, 1)
     space = make_space(epochs, size["batches"])
     name = f"{method}-s{seed}"
-    study = new_study(ws, name, space, data_path, seed, budget=n_trials, max_epochs=epochs,
-                      asha={"grace_period": grace, "reduction_factor": size["rf"]})
-    settings = RunSettings(num_trials=n_trials, max_epochs=epochs, grace_period=grace,
-                           reduction_factor=int(size["rf"]), cpus_per_trial=1.0,
-                           concurrency=int(size["slots"]), seed=seed,
-                           n_startup_trials=None if size["startup"] is None else int(size["startup"]))
+    settings = SearchSettings(trials=n_trials, max_epochs=epochs, grace_period=grace,
+                              reduction_factor=int(size["rf"]), cpus_per_trial=1.0,
+                              concurrency=int(size["slots"]), seed=seed,
+                              n_startup_trials=None if size["startup"] is None else int(size["startup"]))
+    study = new_study(ws, name, space, data_path, settings)
     events_path = ws / f"events-{name}.jsonl"
     data = load_dataset(data_path)
     t0 = time.time()
@@ -133,7 +133,7 @@ def run_one(method: str, seed: int, size: dict[str, Any], ws: Path, data_path: P
     top = best_complete(trials)
     test_mae = None
     if top is not None and top.user_attrs.get("checkpoint"):
-        preds = load_predictions(top.user_attrs["checkpoint"])
+        preds = read_predictions(top.user_attrs["checkpoint"])
         test_mae = float(np.mean(np.abs(preds["test_pred"] - preds["test_label"])))
     return {
         "method": method, "seed": seed, "trials": len(trials), "complete": summary.complete,

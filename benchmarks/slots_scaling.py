@@ -81,15 +81,15 @@ def sleeping_trainable(config: dict[str, Any], data: Any = None, epochs: int = 4
 
 def run_level(kind: str, slots: int, trials: int, epochs: int, ws: Path, data_path: Path, space: Any,
               cpus_per_trial: float, gpus_per_trial: float, inner: Any) -> dict[str, Any]:
-    from augment.dataset import load_dataset
-    from search.runner import RunSettings, run_search
+    from msatune.augment.dataset import load_dataset
+    from msatune.search.runner import run_search
+    from msatune.search.settings import SearchSettings
 
     name = f"{kind}-{slots}"
-    study = new_study(ws, name, space, data_path, SEED, budget=trials, max_epochs=epochs,
-                      asha={"grace_period": epochs, "reduction_factor": 2})
-    settings = RunSettings(num_trials=trials, max_epochs=epochs, grace_period=epochs, reduction_factor=2,
-                           cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                           concurrency=slots, seed=SEED)
+    settings = SearchSettings(trials=trials, max_epochs=epochs, grace_period=epochs, reduction_factor=2,
+                              cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                              concurrency=slots, seed=SEED)
+    study = new_study(ws, name, space, data_path, settings)
     events = ws / f"events-{name}.jsonl"
     data = load_dataset(data_path)
     t0 = time.time()
@@ -122,8 +122,8 @@ def add_scaling(rows: list[dict[str, Any]]) -> None:
 def small_space(epochs: int, batch: int) -> Any:
     import optuna
 
-    from search.config import PRESETS
-    from search.space import SearchSpace
+    from msatune.search.config import PRESETS
+    from msatune.search.space import SearchSpace
 
     base = {**PRESETS["improved"], **SMALL_MODEL, "batch_size": batch, "epochs": epochs, "patience": 0,
             "warmup_epochs": 0}
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         ray_init_s = start_ray(num_cpus=cores, num_gpus=FAKE_GPUS)
         import ray
 
-        from search.space import default_space
+        from msatune.search.space import default_space
 
         sleeping: list[dict[str, Any]] = []
         real: list[dict[str, Any]] = []

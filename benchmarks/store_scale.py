@@ -47,7 +47,7 @@ def build_study(db: Path, n_trials: int, seed: int = 0) -> float:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
     from optuna.trial import TrialState, create_trial
 
-    from studies.store import create_study, open_storage
+    from msatune.studies.store import create_study, open_storage
 
     t0 = time.perf_counter()
     storage = open_storage(f"sqlite:///{db}")
@@ -106,7 +106,7 @@ def timed(fn: Callable[[], Any], repeat: int) -> dict[str, float]:
 
 
 def cli(ws: Path, *args: str) -> Callable[[], None]:
-    cmd = [sys.executable, "-m", "studies.cli", "--workspace", str(ws), *args]
+    cmd = [sys.executable, "-m", "msatune.studies.cli", "--workspace", str(ws), *args]
 
     def run() -> None:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
     import optuna_dashboard
 
-    from studies.queries import list_studies, show_study
-    from studies.store import open_storage
+    from msatune.studies.queries import list_studies, show_study
+    from msatune.studies.store import open_storage
 
     tmp = Path(tempfile.mkdtemp(prefix="msatune-store-scale-"))
     try:
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         storage.engine.dispose()
 
         port = free_port()
-        srv = Server([sys.executable, "-m", "studies.cli", "--workspace", str(ws), "dashboard", "--port", str(port)], port)
+        srv = Server([sys.executable, "-m", "msatune.studies.cli", "--workspace", str(ws), "dashboard", "--port", str(port)], port)
         try:
             for k, v in dashboard_timings(srv, args.trials, args.repeat).items():
                 rows[f"msatune dashboard {k}"] = v

@@ -71,8 +71,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
 
-    from augment.dataset import load_dataset
-    from search.config import resolve_config
+    from msatune.augment.dataset import load_dataset
+    from msatune.search.config import resolve_config
 
     data = load_dataset(spec["data"])
     epochs = int(spec["epochs"])
@@ -85,8 +85,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     timing: dict[str, list[float]] = {"epoch_begin": [], "test_begin": [], "epoch_end": []}
 
-    def mark(kind: str) -> None:
-        timing[kind].append(time.perf_counter())
+    def mark(kind: str, at: float | None = None) -> None:
+        timing[kind].append(time.perf_counter() if at is None else at)
 
     t_ready = time.perf_counter()
     if spec["setup"].startswith("users"):
@@ -144,8 +144,8 @@ def _run_users(config: dict[str, Any], data: Any, epochs: int, mark: Any) -> dic
     import keras
     import numpy as np
 
-    from models.build import build_model
-    from models.training import make_loss, make_optimizer, training_settings
+    from msatune.models.build import build_model
+    from msatune.models.training import make_loss, make_optimizer, training_settings
 
     class Clock(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -187,32 +187,19 @@ def _run_users(config: dict[str, Any], data: Any, epochs: int, mark: Any) -> dic
 
 
 def _run_service(config: dict[str, Any], data: Any, mark: Any) -> dict[str, Any]:
-    """The service's loop: ``train_model`` on the trial's ``tf.data`` pipelines."""
-    import models.training as training
-    from search.trial import build_pipelines
+    """The service's loop: ``train_model`` on the trial's ``tf.data`` pipelines; the epoch
+    timestamps come from its per-epoch reports (epoch start, validation time)."""
+    from msatune.models.training import train_model
+    from msatune.search.trial import build_pipelines
 
-    base = training._EpochDriver
-
-    class TimedDriver(base):  # type: ignore[misc, valid-type]
-        """The service's own epoch driver, plus timestamps (no batch-level hooks added)."""
-
-        def on_epoch_begin(self, epoch, logs=None):
-            mark("epoch_begin")
-            super().on_epoch_begin(epoch, logs)
-
-        def on_epoch_end(self, epoch, logs=None):
-            # The driver validates here (through its forward graph), not in a Keras test loop.
-            mark("test_begin")
-            super().on_epoch_end(epoch, logs)
-            mark("epoch_end")
+    def on_epoch(report: Any) -> None:
+        mark("epoch_begin", report.started)
+        mark("test_begin", report.started + report.seconds - report.validation_seconds)
+        mark("epoch_end", report.started + report.seconds)
 
     datasets = build_pipelines(config, data)
     steps = int(datasets["train"].cardinality().numpy())
-    training._EpochDriver = TimedDriver
-    try:
-        result = training.train_model(config, datasets, data.dims, seq_len=data.seq_len)
-    finally:
-        training._EpochDriver = base
+    result = train_model(config, datasets, data.dims, seq_len=data.seq_len, on_epoch=on_epoch)
     return {
         "samples_per_epoch": steps * int(config["batch_size"]),
         "steps_per_epoch": steps,
@@ -252,7 +239,7 @@ def _loadavg() -> list[float] | None:
 
 
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from search.config import PRESETS
+    from msatune.search.config import PRESETS
 
     specs = []
     for model in args.models:
@@ -392,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         synth_preset = "tiny" if mode == "smoke" else "mosi"
         if data_dir is None:
             sys.path.insert(0, str(REPO))
-            from augment.synth import synthesize
+            from msatune.augment.synth import synthesize
 
             data_dir = Path(tmp) / f"synthetic-{synth_preset}"
             synthesize(data_dir, preset=synth_preset, seed=DATA_SEED)

@@ -11,8 +11,8 @@ A trial whose checkpoint is missing or damaged (no ``checkpoint`` attr, an unrea
 an error. Everything here reads the recorded validation/test predictions with numpy: no model is
 built and TensorFlow is not imported.
 
-Trials are duck-typed (``number``, ``state.name``, ``value``, ``user_attrs``), so an Optuna
-``FrozenTrial`` works and this package does not depend on the study store.
+Trials come in as :class:`TrialRef` records (number, state, value, checkpoint directory), which
+``msatune.studies`` builds from the store: this package never reads Optuna trials.
 """
 
 from __future__ import annotations
@@ -26,16 +26,29 @@ from typing import Any
 
 import numpy as np
 
-from augment.dataset import constant_mae
-from models.checkpoint import WEIGHTS_FILE, read_checkpoint_meta
-from msatune.errors import UserError
+from msatune.augment.dataset import constant_mae
+from msatune.errors import UserError, first_line
+from msatune.models.checkpoint import (
+    PREDICTION_SPLITS,
+    WEIGHTS_FILE,
+    read_checkpoint_meta,
+    read_predictions,
+)
 
 log = logging.getLogger(__name__)
 
-#: The file of a checkpoint holding its validation/test predictions (written by search.trial).
-PREDICTIONS_FILE = "predictions.npz"
-SPLITS: tuple[str, ...] = ("valid", "test")
+SPLITS: tuple[str, ...] = PREDICTION_SPLITS
 DEFAULT_MAX_CANDIDATES = 50
+
+
+@dataclass(frozen=True)
+class TrialRef:
+    """A study's trial as the ensemble sees it: plain values, no store behind it."""
+
+    number: int
+    state: str  # "COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"
+    value: float | None  # the trial's objective (best validation MAE); None when it has none
+    checkpoint: Path | None  # its best checkpoint directory, when one was recorded
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,11 +119,6 @@ class CandidatePool:
         return np.stack([c.pred(split).astype(np.float64) for c in self.candidates], axis=1)
 
 
-def _state_name(trial: Any) -> str:
-    state = getattr(trial, "state", None)
-    return str(getattr(state, "name", state))
-
-
 def _finite(value: Any) -> bool:
     try:
         return value is not None and math.isfinite(float(value))
@@ -118,13 +126,12 @@ def _finite(value: Any) -> bool:
         return False
 
 
-def load_candidate(trial: Any) -> Candidate:
+def load_candidate(trial: TrialRef) -> Candidate:
     """Read one trial's checkpoint metadata and predictions; a UserError says what is wrong."""
     number = int(trial.number)
-    path = trial.user_attrs.get("checkpoint")
-    if not path:
+    if trial.checkpoint is None:
         raise UserError("no checkpoint recorded")
-    directory = Path(path)
+    directory = Path(trial.checkpoint)
     config, meta = read_checkpoint_meta(directory)  # UserError on a missing/corrupt file
     _check_weights(directory / WEIGHTS_FILE)
     predictions = read_predictions(directory)
@@ -155,49 +162,7 @@ def _check_weights(path: Path) -> None:
     except UserError:
         raise
     except Exception as exc:  # OSError for truncated or foreign files
-        raise UserError(f"checkpoint weights {path} are corrupt ({_first_line(exc)})") from None
-
-
-def read_predictions(directory: str | Path) -> dict[str, np.ndarray]:
-    """The ``{split}_pred/_label/_index[/_id]`` arrays of a checkpoint, validated."""
-    path = Path(directory) / PREDICTIONS_FILE
-    if not path.is_file():
-        raise UserError(f"checkpoint predictions {path} are missing")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            raw = {k: f[k] for k in f.files}
-    except Exception as exc:  # zipfile.BadZipFile, ValueError, OSError, EOFError
-        raise UserError(f"checkpoint predictions {path} are corrupt ({_first_line(exc)})") from None
-    out: dict[str, np.ndarray] = {}
-    for split in SPLITS:
-        for kind in ("pred", "label"):
-            key = f"{split}_{kind}"
-            if key not in raw:
-                raise UserError(f"checkpoint predictions {path} lack {key!r}")
-            arr = np.asarray(raw[key]).reshape(-1)
-            if arr.dtype.kind not in "fiu":
-                raise UserError(f"checkpoint predictions {path}: {key!r} is not numeric")
-            if not np.all(np.isfinite(arr)):
-                raise UserError(f"checkpoint predictions {path}: {key!r} holds NaN or inf")
-            out[key] = arr.astype(np.float32)
-        n = out[f"{split}_pred"].shape[0]
-        if out[f"{split}_label"].shape[0] != n or n == 0:
-            raise UserError(f"checkpoint predictions {path}: {split} predictions and labels differ in length")
-        index = raw.get(f"{split}_index")
-        out[f"{split}_index"] = (
-            np.arange(n, dtype=np.int64) if index is None else np.asarray(index).reshape(-1).astype(np.int64)
-        )
-        if out[f"{split}_index"].shape[0] != n:
-            raise UserError(f"checkpoint predictions {path}: {split}_index has the wrong length")
-        ids = raw.get(f"{split}_id")
-        if ids is not None:
-            out[f"{split}_id"] = np.asarray(ids).reshape(-1).astype(str)
-    return out
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise UserError(f"checkpoint weights {path} are corrupt ({first_line(exc)})") from None
 
 
 def _same_data(a: Candidate, b: Candidate) -> bool:
@@ -226,7 +191,7 @@ def _trial_list(numbers: Iterable[int]) -> str:
 
 
 def select_candidates(
-    trials: Iterable[Any],
+    trials: Iterable[TrialRef],
     *,
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
     study_name: str = "",
@@ -248,11 +213,11 @@ def select_candidates(
     trials = list(trials)
     label = f"study {study_name!r}" if study_name else "the study"
     states = ("COMPLETE", "PRUNED") if include_pruned else ("COMPLETE",)
-    complete = [t for t in trials if _state_name(t) in states and _finite(t.value)]
+    complete = [t for t in trials if t.state in states and _finite(t.value)]
     if not complete:
         counts: dict[str, int] = {}
         for t in trials:
-            counts[_state_name(t)] = counts.get(_state_name(t), 0) + 1
+            counts[t.state] = counts.get(t.state, 0) + 1
         what = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "no trials"
         raise UserError(
             f"{label} has no COMPLETE trial to ensemble ({what}); pruned and failed trials never join "

@@ -19,9 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from augment.dataset import constant_mae, floor_mae
-from ensemble.candidates import DEFAULT_MAX_CANDIDATES, SPLITS, CandidatePool, select_candidates
-from ensemble.combiners import (
+from msatune.augment.dataset import reference_maes
+from msatune.ensemble.candidates import (
+    DEFAULT_MAX_CANDIDATES,
+    SPLITS,
+    CandidatePool,
+    TrialRef,
+    select_candidates,
+)
+from msatune.ensemble.combiners import (
     DEFAULT_CV_FOLDS,
     DEFAULT_METHOD,
     DEFAULT_ROUNDS,
@@ -31,8 +37,9 @@ from ensemble.combiners import (
     cross_validate,
     fit,
 )
-from models.metrics import msa_metrics
 from msatune.errors import UserError
+from msatune.json_values import jsonable
+from msatune.models.metrics import msa_metrics
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +139,7 @@ class EnsembleResult:
             "notes": self.notes,
             "warnings": self.warnings,
         }
-        return _clean(out)
+        return jsonable(out)
 
     def record(self) -> dict[str, Any]:
         """The compact summary recorded on the study (``msatune:ensemble:<method>``)."""
@@ -160,21 +167,6 @@ def _pct(new: float, old: float) -> float | None:
     return round(100.0 * (new - old) / old, 3)
 
 
-def _clean(obj: Any) -> Any:
-    """NaN/inf -> None, numpy scalars -> Python, recursively (strict JSON)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [_clean(v) for v in obj.tolist()]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def metrics_of(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {k: float(v) for k, v in msa_metrics(np.asarray(pred), np.asarray(labels)).items()}
 
@@ -184,16 +176,14 @@ def references(pool: CandidatePool, data: Any | None = None) -> dict[str, dict[s
     (noise-free oracle vs labels) when ``data`` (an MSADataset) has an oracle for the split."""
     out: dict[str, dict[str, float | None]] = {}
     for split in SPLITS:
-        labels = pool.labels(split)
-        floor = None
-        if data is not None:
-            s = data.splits.get(split)
-            if s is not None and s.oracle is not None:
-                idx = pool.index(split)
-                oracle = np.asarray(s.oracle, dtype=np.float64).reshape(-1)
-                if idx.size and idx.max() < oracle.shape[0]:
-                    floor = floor_mae(labels, oracle[idx])
-        out[split] = {"constant_mae": constant_mae(labels), "floor_mae": floor}
+        oracle = None
+        s = data.splits.get(split) if data is not None else None
+        if s is not None and s.oracle is not None:
+            idx = pool.index(split)
+            full = np.asarray(s.oracle, dtype=np.float64).reshape(-1)
+            if idx.size and idx.max() < full.shape[0]:
+                oracle = full[idx]
+        out[split] = reference_maes(pool.labels(split), oracle)
     return out
 
 
@@ -248,7 +238,7 @@ def fit_pool(
 
 
 def fit_ensemble(
-    trials: Iterable[Any],
+    trials: Iterable[TrialRef],
     options: EnsembleOptions | None = None,
     *,
     study_name: str = "",

@@ -6,8 +6,7 @@ outputs are concatenated and combined by a fixed, non-trainable ``Dense(1, use_b
 whose kernel holds the weights (greedy, mean, weighted), or by :class:`ensemble.layers.MemberMedian`
 (median). An ensemble directory holds::
 
-    ensemble.keras     loads with keras.saving.load_model(path, safe_mode=True) after
-                       ``import models.networks`` (a median ensemble also needs ``import ensemble.layers``)
+    ensemble.keras     loads with keras.saving.load_model(path, safe_mode=True) after ``import msatune``
     saved_model/       TF SavedModel (``model.export``): tf.saved_model.load(dir).serve(inputs),
                        or the ``serving_default`` signature; no msatune code needed (TF Serving)
     ensemble.json      members, weights, metrics, dims, seq_len: the ``msatune ensemble --json`` payload
@@ -31,21 +30,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ensemble.candidates import SPLITS
-from msatune.errors import UserError
+from msatune.ensemble.candidates import SPLITS
+from msatune.errors import UserError, first_line
+from msatune.keras_objects import IMPORT_HINT
+from msatune.modalities import MODALITIES
+from msatune.models.checkpoint import write_predictions
 
 if TYPE_CHECKING:
     import keras
 
-    from ensemble.evaluate import EnsembleResult
+    from msatune.ensemble.evaluate import EnsembleResult
 
 log = logging.getLogger(__name__)
 
-MODALITIES: tuple[str, ...] = ("text", "audio", "video")
 ENSEMBLE_FILE = "ensemble.json"
 MODEL_FILE = "ensemble.keras"
 SAVED_MODEL_DIR = "saved_model"
-PREDICTIONS_FILE = "predictions.npz"
 EXPORT_BATCH = 256
 #: Fused vs members-in-numpy must agree to this (float32 arithmetic, different summation order).
 EXPORT_TOLERANCE = 1e-5
@@ -65,7 +65,7 @@ class MemberLoadError(UserError):
 def load_member_models(result: EnsembleResult) -> list[tuple[int, float, keras.Model]]:
     """``(trial, weight, model)`` for each member, rebuilt from its checkpoint and renamed
     ``member_<trial>`` (layer names must be unique inside the fused model)."""
-    from models.checkpoint import load_checkpoint
+    from msatune.models.checkpoint import load_checkpoint
 
     by_trial = {c.trial: c for c in result.pool.candidates}
     out = []
@@ -97,7 +97,7 @@ def build_fused_model(
     outs = [mdl(inputs) for mdl in members]
     stacked = outs[0] if len(outs) == 1 else keras.layers.Concatenate(axis=-1, name="member_predictions")(outs)
     if method == "median":
-        from ensemble.layers import MemberMedian
+        from msatune.ensemble.layers import MemberMedian
 
         output = MemberMedian(name="ensemble_median", dtype="float32")(stacked)
     else:
@@ -198,8 +198,7 @@ def export_ensemble(
             "dims": result.pool.dims, "seq_len": result.pool.seq_len, "method": method,
             "members": [{"trial": t, "weight": w, "layer": f"member_{t}"} for t, w in zip(trials, weights, strict=True)],
             "inputs": list(MODALITIES), "output": "(B, 1) sentiment",
-            "load_keras": "import models.networks" + ("; import ensemble.layers" if method == "median" else "")
-                          + f"; keras.saving.load_model('{out / MODEL_FILE}', safe_mode=True)",
+            "load_keras": f"import msatune, keras; keras.saving.load_model('{out / MODEL_FILE}', safe_mode=True)",
             "serve": f"tf.saved_model.load('{out / SAVED_MODEL_DIR}').serve({{'text': ..., 'audio': ..., 'video': ...}})",
         }
         (tmp / ENSEMBLE_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
@@ -211,7 +210,7 @@ def export_ensemble(
             ids = result.pool.ids(split)
             if ids is not None:
                 arrays[f"{split}_id"] = ids
-        np.savez(tmp / PREDICTIONS_FILE, **arrays)
+        write_predictions(tmp, arrays)
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(old)
@@ -269,21 +268,29 @@ def _keras_dims(model: Any) -> tuple[dict[str, int] | None, int | None]:
 
 
 def load_keras_file(path: Path) -> Any:
+    """A ``.keras`` file loaded with ``safe_mode=True``; every failure is one UserError line."""
     import keras
 
-    import ensemble.layers  # noqa: F401  (registers MemberMedian)
-    import models.networks  # noqa: F401  (registers the MSA models and layers)
+    from msatune.keras_objects import register
 
+    register()
     try:
         return keras.saving.load_model(path, safe_mode=True)
-    except Exception as exc:  # zip/h5/config errors of a damaged or foreign file
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except TypeError as exc:  # a class Keras cannot find: not ours, or from another msatune
+        text = first_line(exc)
+        if "Could not locate" in text or "could not be deserialized" in text:
+            cls = text.split("'")[1] if text.count("'") >= 2 else "a class"
+            raise UserError(f"cannot load the Keras model {path}: it needs {cls}, which this msatune "
+                            "does not register (a model from another msatune version or package); "
+                            f"in your own code: {IMPORT_HINT}") from None
         raise UserError(f"cannot load the Keras model {path}: {text}") from None
+    except Exception as exc:  # damaged or foreign file, weights that no longer fit the model
+        raise UserError(f"cannot load the Keras model {path}: {first_line(exc)}") from None
 
 
 def load_predictor(path: str | os.PathLike[str]) -> Predictor:
     """Load a trial checkpoint directory, an ensemble directory or a ``.keras`` file."""
-    from models.checkpoint import META_FILE, load_checkpoint
+    from msatune.models.checkpoint import META_FILE, load_checkpoint
 
     p = Path(path).expanduser()
     if p.is_dir() and (p / ENSEMBLE_FILE).is_file():

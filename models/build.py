@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from msatune.errors import UserError
+from msatune.modalities import MODALITIES
 
 if TYPE_CHECKING:
     import keras
@@ -36,7 +37,6 @@ FAMILIES = ("baseline", "improved")
 
 def _where(key: str) -> str:
     return key if key.startswith("dims.") or key == "seq_len" else f"model config key '{key}'"
-MODALITIES = ("text", "audio", "video")
 
 
 def _as_int(key: str, value: Any, minimum: int) -> int:
@@ -124,7 +124,7 @@ def build_model(
     if seq_len is not None:
         seq_len = _as_int("seq_len", seq_len, 1)
 
-    from models.networks import ImprovedMSAModel, MSAModel
+    from msatune.models.networks import ImprovedMSAModel, MSAModel
 
     common = dict(
         text_dim=feature_dims["text"],

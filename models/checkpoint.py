@@ -1,9 +1,17 @@
-"""Per-trial checkpoints: ``model.weights.h5`` + ``config.json`` + ``checkpoint.json``.
+"""The trial checkpoint format, whole: its files, their writers and their readers.
 
-A checkpoint directory rebuilds its model without the study: ``config.json`` is the flat trial
-config as given, ``checkpoint.json`` holds the feature dims, ``seq_len``, the msatune version, the
-format number and any extra metadata. Files are written to a temporary name and renamed, so a
-killed writer never leaves a half-written file under the final name.
+A checkpoint directory rebuilds its model without the study::
+
+    model.weights.h5   the weights (no optimizer state)
+    config.json        the flat trial config as given
+    checkpoint.json    feature dims, seq_len, msatune version, format number, extra metadata
+                       (best epoch, val MAE, data fingerprint, metrics)
+    predictions.npz    {split}_pred, {split}_label, {split}_index (and {split}_id when the data
+                       has ids) for split in valid, test: what ensembles and reports read
+
+``search`` writes checkpoints, ``ensemble`` and ``studies`` read them: all through this module.
+Files are written to a temporary name and renamed, so a killed writer never leaves a half-written
+file under the final name.
 """
 
 from __future__ import annotations
@@ -16,8 +24,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 import msatune
-from msatune.errors import UserError
+from msatune.errors import UserError, first_line
+from msatune.json_values import json_default
 
 if TYPE_CHECKING:
     import keras
@@ -27,22 +38,15 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE = "model.weights.h5"
 CONFIG_FILE = "config.json"
 META_FILE = "checkpoint.json"
+PREDICTIONS_FILE = "predictions.npz"
+#: The splits a checkpoint holds predictions for (the train split is never predicted).
+PREDICTION_SPLITS: tuple[str, ...] = ("valid", "test")
 FORMAT = 1
-
-
-def _json_default(value: Any) -> Any:
-    item = getattr(value, "item", None)  # numpy scalars
-    if callable(item):
-        return item()
-    tolist = getattr(value, "tolist", None)  # numpy arrays
-    if callable(tolist):
-        return tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _write_json(path: Path, data: Mapping[str, Any], what: str) -> None:
     try:
-        text = json.dumps(dict(data), indent=2, default=_json_default, allow_nan=False)
+        text = json.dumps(dict(data), indent=2, default=json_default, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise UserError(f"cannot write {path}: the {what} is not plain JSON ({exc})") from exc
     tmp = path.with_name(path.name + ".tmp")
@@ -137,7 +141,7 @@ def read_checkpoint_meta(directory: str | os.PathLike[str]) -> tuple[dict, dict]
 
 def load_checkpoint(directory: str | os.PathLike[str]) -> tuple[keras.Model, dict, dict]:
     """``(model, config, meta)``: the model rebuilt with ``build_model`` and its weights loaded."""
-    from models.build import build_model
+    from msatune.models.build import build_model
 
     path = Path(directory)
     config, meta = read_checkpoint_meta(path)
@@ -154,21 +158,15 @@ def load_checkpoint(directory: str | os.PathLike[str]) -> tuple[keras.Model, dic
             model.load_weights(weights)
     except Exception as exc:  # h5py OSError on truncation, ValueError on shape mismatch, ...
         raise UserError(
-            f"checkpoint weights {weights} are corrupt or do not match config.json: {_reason(exc)}"
+            f"checkpoint weights {weights} are corrupt or do not match config.json: {first_line(exc)}"
         ) from exc
     return model, config, meta
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_weights_file(weights: Path, model: keras.Model) -> None:
     """Raise UserError unless ``weights`` is a readable HDF5 file holding as many arrays and
     values as ``model`` has weights (Keras itself only warns on a structural mismatch)."""
     import h5py
-    import numpy as np
 
     try:
         with h5py.File(weights, "r") as handle:
@@ -184,7 +182,7 @@ def _check_weights_file(weights: Path, model: keras.Model) -> None:
                     lambda _, obj: found.append(obj.shape) if isinstance(obj, h5py.Dataset) else None
                 )
     except Exception as exc:  # OSError for truncated/foreign files, others for damaged ones
-        raise UserError(f"checkpoint weights {weights} are corrupt: {_reason(exc)}") from exc
+        raise UserError(f"checkpoint weights {weights} are corrupt: {first_line(exc)}") from exc
     arrays = len(found)
     values = int(sum(int(np.prod(shape)) for shape in found))
     want_arrays = len(model.weights)
@@ -195,3 +193,62 @@ def _check_weights_file(weights: Path, model: keras.Model) -> None:
             f"holds {arrays} arrays ({values} values), the configured model has {want_arrays} "
             f"({want_values} values)"
         )
+
+
+# --- predictions.npz ----------------------------------------------------------------------------
+
+
+def write_predictions(directory: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write ``{split}_pred/_label/_index[/_id]`` arrays as the checkpoint's predictions file."""
+    path = Path(directory) / PREDICTIONS_FILE
+    tmp = path.with_name(PREDICTIONS_FILE + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def read_predictions(
+    directory: str | os.PathLike[str], splits: tuple[str, ...] = PREDICTION_SPLITS
+) -> dict[str, np.ndarray]:
+    """The validated ``{split}_pred/_label/_index[/_id]`` arrays of ``splits`` in a checkpoint (or
+    an exported ensemble, which uses the same layout); a UserError says what is missing or damaged."""
+    path = Path(directory) / PREDICTIONS_FILE
+    if not path.is_file():
+        raise UserError(f"checkpoint predictions {path} are missing")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            raw = {k: f[k] for k in f.files}
+    except Exception as exc:  # zipfile.BadZipFile, ValueError, OSError, EOFError
+        raise UserError(f"checkpoint predictions {path} are corrupt ({first_line(exc)})") from None
+    out: dict[str, np.ndarray] = {}
+    for split in splits:
+        for kind in ("pred", "label"):
+            key = f"{split}_{kind}"
+            if key not in raw:
+                raise UserError(f"checkpoint predictions {path} lack {key!r}")
+            arr = np.asarray(raw[key]).reshape(-1)
+            if arr.dtype.kind not in "fiu":
+                raise UserError(f"checkpoint predictions {path}: {key!r} is not numeric")
+            if not np.all(np.isfinite(arr)):
+                raise UserError(f"checkpoint predictions {path}: {key!r} holds NaN or inf")
+            out[key] = arr.astype(np.float32)
+        n = out[f"{split}_pred"].shape[0]
+        if out[f"{split}_label"].shape[0] != n or n == 0:
+            raise UserError(f"checkpoint predictions {path}: {split} predictions and labels differ in length")
+        index = raw.get(f"{split}_index")
+        out[f"{split}_index"] = (
+            np.arange(n, dtype=np.int64) if index is None else np.asarray(index).reshape(-1).astype(np.int64)
+        )
+        if out[f"{split}_index"].shape[0] != n:
+            raise UserError(f"checkpoint predictions {path}: {split}_index has the wrong length")
+        ids = raw.get(f"{split}_id")
+        if ids is not None:
+            out[f"{split}_id"] = np.asarray(ids).reshape(-1).astype(str)
+    return out
+
+
+def prediction_mae(directory: str | os.PathLike[str], split: str) -> float:
+    """MAE of a checkpoint's recorded ``split`` predictions against their labels."""
+    arrays = read_predictions(directory, (split,))
+    err = arrays[f"{split}_pred"].astype(np.float64) - arrays[f"{split}_label"].astype(np.float64)
+    return float(np.mean(np.abs(err)))

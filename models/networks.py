@@ -23,7 +23,8 @@ from typing import Any
 
 import keras
 
-from models.layers import (
+from msatune.modalities import MODALITIES
+from msatune.models.layers import (
     PACKAGE,
     LearnedQueryAttentionPooling,
     StackModalities,
@@ -32,7 +33,6 @@ from models.layers import (
     l2_regularizer,
 )
 
-MODALITIES = ("text", "audio", "video")
 # Token order of the fusion stage (msa-tf2 stacks [h_t, h_v, h_a]).
 FUSION_ORDER = ("text", "video", "audio")
 

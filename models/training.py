@@ -23,9 +23,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models.build import build_model
-from models.graph_registry import released_custom_gradients
 from msatune.errors import UserError
+from msatune.models.build import build_model
+from msatune.models.graph_registry import released_custom_gradients
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class EpochReport:
     seconds: float  # wall time of this epoch (train + validation)
     last: bool = False  # no epoch follows (budget reached or early stopping)
     valid_predictions: np.ndarray | None = None  # this epoch's validation predictions (flat)
+    started: float = 0.0  # time.perf_counter() when the epoch began
+    validation_seconds: float = 0.0  # the part of ``seconds`` spent validating
 
 
 @dataclass
@@ -205,11 +207,13 @@ class _EpochDriver(keras.callbacks.Callback):
         self._t0 = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        t_valid = time.perf_counter()
         valid_pred = predict(self.model, self.valid)
         valid_metrics = self._valid_metrics(valid_pred)
         logs = logs if logs is not None else {}
         logs.update(valid_metrics)  # in place: Keras' History and progress bar run after this callback
-        seconds = time.perf_counter() - self._t0
+        t_end = time.perf_counter()
+        seconds = t_end - self._t0
         self.train_seconds += seconds
         row = {
             "epoch": float(epoch),
@@ -246,7 +250,8 @@ class _EpochDriver(keras.callbacks.Callback):
         stop = patience > 0 and self.wait >= patience
         last = stop or epoch + 1 >= int(self.settings["epochs"])
         if self.on_epoch is not None:
-            self.on_epoch(EpochReport(epoch, dict(row), improved, self.model, seconds, last, valid_pred))
+            self.on_epoch(EpochReport(epoch, dict(row), improved, self.model, seconds, last, valid_pred,
+                                      started=self._t0, validation_seconds=t_end - t_valid))
         if self.settings["lr_schedule"] == "plateau" and self.plateau_wait >= self.settings["plateau_patience"]:
             opt = self.model.optimizer
             new_lr = max(current_learning_rate(opt) * float(self.settings["plateau_factor"]), 1e-7)

@@ -16,3 +16,10 @@ class UserError(Exception):
     def __init__(self, message: str) -> None:
         # One line, always: a multi-line message would break the CLI's contract.
         super().__init__(" ".join(str(message).split()))
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none): what a
+    one-line UserError quotes of a library's multi-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

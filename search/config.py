@@ -11,14 +11,14 @@ import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from augment.transforms import AUG_DEFAULTS, validate_aug_config
-from models.build import MODEL_DEFAULTS
-from models.training import TRAIN_CHOICES, TRAIN_DEFAULTS, training_settings
+from msatune.augment.transforms import AUG_DEFAULTS, validate_aug_config
 from msatune.errors import UserError
+from msatune.models.build import FAMILIES, MODEL_DEFAULTS, resolve_model_config
+from msatune.models.training import TRAIN_CHOICES, TRAIN_DEFAULTS, training_settings
 
 TRIAL_DEFAULTS: dict[str, Any] = {**MODEL_DEFAULTS, **TRAIN_DEFAULTS, **AUG_DEFAULTS}
 
-CHOICES: dict[str, tuple[str, ...]] = {"family": ("baseline", "improved"), **TRAIN_CHOICES}
+CHOICES: dict[str, tuple[str, ...]] = {"family": FAMILIES, **TRAIN_CHOICES}
 
 _NO_AUGMENTATION = {k: 0.0 for k in AUG_DEFAULTS}
 
@@ -74,6 +74,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         **_NO_AUGMENTATION,
     },
 }
+
+
+#: The presets in the order a study runs them (its first two trials).
+PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
 
 
 def preset_config(name: str) -> dict[str, Any]:
@@ -141,6 +145,7 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     for key, choices in CHOICES.items():
         if full[key] not in choices:
             raise UserError(f"{key}={full[key]!r} is not allowed; choose one of {', '.join(choices)}")
+    full.update(resolve_model_config(full))
     full.update(training_settings(full))
     full.update(validate_aug_config(full))
     return full

@@ -25,8 +25,8 @@ from optuna.trial import TrialState
 from ray.tune.callback import Callback
 from ray.tune.search.optuna import OptunaSearch
 
-from search.reconcile import FAIL_REASON_ATTR, fail_and_requeue
-from search.space import SearchSpace
+from msatune.search.reconcile import FAIL_REASON_ATTR, fail_and_requeue
+from msatune.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from optuna.distributions import (
 )
 
 from msatune.errors import UserError
-from search.config import CHOICES, PRESETS, TRIAL_DEFAULTS, coerce_value
+from msatune.search.config import CHOICES, PRESETS, TRIAL_DEFAULTS, coerce_value
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,6 +50,8 @@ CONDITIONS: dict[str, tuple[str, Any]] = {
 
 #: Keys a study fixes itself; a space may not search them.
 RESERVED = ("epochs", "seed", "family", "lr_schedule", "jit_compile", "mixed_precision")
+#: Keys whose one home is the study's own record (``max_epochs``, ``seed``), not the stored space.
+STUDY_KEYS = ("epochs", "seed")
 
 
 def default_distributions() -> dict[str, BaseDistribution]:
@@ -86,20 +88,30 @@ class SearchSpace:
     base: dict[str, Any] = field(default_factory=lambda: dict(PRESETS["improved"]))
 
     def to_json(self) -> dict[str, Any]:
-        """JSON form, stored in the study's user attrs (``from_json`` reads it back)."""
+        """JSON form, stored in the study's user attrs (``from_json`` reads it back). The epoch
+        budget and the seed are left out: the study records them once, as its own settings."""
         return {
             "distributions": {
                 k: optuna.distributions.distribution_to_json(d) for k, d in self.distributions.items()
             },
-            "base": self.base,
+            "base": {k: v for k, v in self.base.items() if k not in STUDY_KEYS},
         }
 
     @classmethod
-    def from_json(cls, payload: Mapping[str, Any]) -> SearchSpace:
+    def from_json(cls, payload: Mapping[str, Any], *, max_epochs: int, seed: int) -> SearchSpace:
         return cls(
             {k: optuna.distributions.json_to_distribution(v) for k, v in payload["distributions"].items()},
             dict(payload["base"]),
-        )
+        ).for_study(max_epochs, seed)
+
+    def for_study(self, max_epochs: int | None, seed: int | None = None) -> SearchSpace:
+        """Set the study-level keys of every trial: the epoch budget and the seed trials offset
+        (trial *i* trains with seed + i). ``None`` leaves a key as it is. Returns self."""
+        if max_epochs is not None:
+            self.base["epochs"] = int(max_epochs)
+        if seed is not None:
+            self.base["seed"] = int(seed)
+        return self
 
     def sample(self, trial: Any) -> dict[str, Any]:
         """Define-by-run: sample ``trial`` (an Optuna trial or Ray's captor) → its full config.
@@ -142,14 +154,11 @@ def _suggest(trial: Any, name: str, dist: BaseDistribution) -> Any:
     raise TypeError(f"unsupported distribution {dist!r}")  # pragma: no cover
 
 
-def default_space(max_epochs: int | None = None) -> SearchSpace:
-    space = SearchSpace(default_distributions())
-    if max_epochs is not None:
-        space.base["epochs"] = int(max_epochs)
-    return space
+def default_space(max_epochs: int | None = None, seed: int | None = None) -> SearchSpace:
+    return SearchSpace(default_distributions()).for_study(max_epochs, seed)
 
 
-def load_space(path: str | Path, max_epochs: int | None = None) -> SearchSpace:
+def load_space(path: str | Path, max_epochs: int | None = None, seed: int | None = None) -> SearchSpace:
     """Read a TOML space file; every mistake is a UserError naming the file and the key."""
     path = Path(path)
     try:
@@ -187,8 +196,7 @@ def load_space(path: str | Path, max_epochs: int | None = None) -> SearchSpace:
             space.distributions[key] = _range(key, spec, where)
         else:
             raise UserError(f"{where}: give low/high, choices or value")
-    if max_epochs is not None:
-        space.base["epochs"] = int(max_epochs)
+    space.for_study(max_epochs, seed)
     if not space.distributions:
         raise UserError(f"space file {path} leaves nothing to search (every key is fixed)")
     return space

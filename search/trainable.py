@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from augment.dataset import MSADataset
+from msatune.augment.dataset import MSADataset
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,8 @@ def train_trial(config: dict[str, Any], data: MSADataset | None = None) -> None:
 
     keras.backend.clear_session()  # actor reuse: drop the previous trial's graph state
 
-    from models.training import TrainingDiverged
-    from search.trial import run_trial
+    from msatune.models.training import TrainingDiverged
+    from msatune.search.trial import run_trial
 
     if data is None:
         raise ValueError("train_trial needs the dataset (tune.with_parameters(train_trial, data=...))")

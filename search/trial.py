@@ -4,9 +4,8 @@ This is where the layers meet: ``augment`` builds the input pipelines, ``models`
 ``msatune train`` and the Ray Tune trainable go through :func:`run_trial`, so a study's trial and
 a hand-run training are the same computation.
 
-A checkpoint directory holds ``model.weights.h5``, ``config.json``, ``checkpoint.json`` (dims,
-best epoch, metrics) and ``predictions.npz`` (``{split}_index``, ``{split}_pred``, ``{split}_label``
-for valid and test; ``{split}_id`` when the data has ids).
+The checkpoint it writes (weights, config, metadata with the best epoch and metrics, valid/test
+predictions) is the format of :mod:`msatune.models.checkpoint`.
 """
 
 from __future__ import annotations
@@ -19,17 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from augment.dataset import MSADataset
-from augment.pipeline import make_datasets
-from augment.transforms import validate_aug_config
-from models.checkpoint import save_checkpoint
-from models.metrics import msa_metrics
-from models.training import EpochReport, TrainResult, predict, train_model
+from msatune.augment.dataset import MSADataset
+from msatune.augment.pipeline import make_datasets
+from msatune.augment.transforms import validate_aug_config
+from msatune.models.checkpoint import PREDICTION_SPLITS, save_checkpoint, write_predictions
+from msatune.models.metrics import msa_metrics
+from msatune.models.training import EpochReport, TrainResult, predict, train_model
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS_FILE = "predictions.npz"
-EVAL_SPLITS = ("valid", "test")
 #: Evaluation/prediction batch: large (fewer steps, one trace for MOSI's 229 validation samples),
 #: small enough for MOSEI-sized splits on a GPU. Results do not depend on it.
 EVAL_BATCH_SIZE = 256
@@ -68,7 +65,7 @@ def predict_splits(
     validation pass), which are used instead of predicting that split again.
     """
     out: dict[str, np.ndarray] = {}
-    for split in EVAL_SPLITS:
+    for split in PREDICTION_SPLITS:
         if split not in datasets:
             continue
         labels = data.splits[split].labels
@@ -85,7 +82,7 @@ def predict_splits(
 def split_metrics(predictions: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
     return {
         split: msa_metrics(predictions[f"{split}_pred"], predictions[f"{split}_label"])
-        for split in EVAL_SPLITS
+        for split in PREDICTION_SPLITS
         if f"{split}_pred" in predictions
     }
 
@@ -98,7 +95,7 @@ def write_checkpoint(
     predictions: Mapping[str, np.ndarray],
     meta: Mapping[str, Any],
 ) -> Path:
-    """Weights + config + meta (via ``models.checkpoint``) + the predictions file."""
+    """Weights + config + meta + the predictions file (the :mod:`msatune.models.checkpoint` format)."""
     directory = Path(directory)
     save_checkpoint(
         directory,
@@ -107,15 +104,8 @@ def write_checkpoint(
         data.dims,
         {**meta, "seq_len": data.seq_len, "data_fingerprint": data.fingerprint},
     )
-    tmp = directory / (PREDICTIONS_FILE + ".tmp.npz")
-    np.savez(tmp, **predictions)
-    tmp.replace(directory / PREDICTIONS_FILE)
+    write_predictions(directory, predictions)
     return directory
-
-
-def load_predictions(directory: str | Path) -> dict[str, np.ndarray]:
-    with np.load(Path(directory) / PREDICTIONS_FILE, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
 
 
 def run_trial(

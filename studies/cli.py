@@ -20,7 +20,7 @@ import click
 
 from msatune import __version__
 from msatune.errors import UserError
-from studies.cli_context import DEFAULT_WORKSPACE, WORKSPACE_ENV, AppContext
+from msatune.studies.cli_context import DEFAULT_WORKSPACE, WORKSPACE_ENV, AppContext
 
 HELP = f"""msatune: hyperparameter search and ensembling for TF2 multimodal sentiment models.
 
@@ -72,18 +72,18 @@ def _register() -> None:
 
 # (module, click command object) pairs; order is the order in --help.
 COMMANDS: list[tuple[str, str]] = [
-    ("studies.cli_demo", "demo"),
-    ("studies.cli_data", "data"),
-    ("studies.cli_train", "train"),
-    ("studies.cli_analyze", "analyze"),
-    ("studies.cli_search", "launch"),
-    ("studies.cli_search", "resume"),
-    ("studies.cli_search", "studies_cmd"),
-    ("studies.cli_search", "show"),
-    ("studies.cli_ensemble", "ensemble"),
-    ("studies.cli_ensemble", "predict"),
-    ("studies.cli_dashboard", "dashboard"),
-    ("studies.cli_dashboard", "report"),
+    ("msatune.studies.cli_demo", "demo"),
+    ("msatune.studies.cli_data", "data"),
+    ("msatune.studies.cli_train", "train"),
+    ("msatune.studies.cli_analyze", "analyze"),
+    ("msatune.studies.cli_search", "launch"),
+    ("msatune.studies.cli_search", "resume"),
+    ("msatune.studies.cli_search", "studies_cmd"),
+    ("msatune.studies.cli_search", "show"),
+    ("msatune.studies.cli_ensemble", "ensemble"),
+    ("msatune.studies.cli_ensemble", "predict"),
+    ("msatune.studies.cli_dashboard", "dashboard"),
+    ("msatune.studies.cli_dashboard", "report"),
 ]
 
 _register()

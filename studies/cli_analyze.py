@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from studies.cli_context import console, echo_json
+from msatune.studies.cli_context import console, echo_json
 
 HELP = """Analyze a Keras CSVLogger training log (msa-tf2 columns).
 
@@ -40,7 +40,7 @@ def _verdict(passed: bool | None) -> str:
 @click.argument("log", metavar="LOG.csv", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 def analyze(log: Path, as_json: bool) -> None:
-    from models.log_analysis import STILL_IMPROVING_WINDOW, analyze_log
+    from msatune.models.log_analysis import STILL_IMPROVING_WINDOW, analyze_log
 
     result = analyze_log(log)
     if as_json:

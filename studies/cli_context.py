@@ -1,17 +1,18 @@
-"""What every ``msatune`` command shares: the application context and output helpers."""
+"""What every ``msatune`` command shares: the application context, the store option, JSON output."""
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
 from msatune.errors import UserError
-from studies.workspace import Workspace
+from msatune.json_values import json_default
+from msatune.studies.workspace import Workspace
 
 DEFAULT_WORKSPACE = "./msatune-runs"
 WORKSPACE_ENV = "MSATUNE_WORKSPACE"
@@ -24,7 +25,6 @@ class AppContext:
     workspace: Path
     debug: bool = False
     verbose: bool = False
-    extra: dict = field(default_factory=dict)
 
     def ensure_workspace(self) -> Path:
         """Create the workspace directory on first use and return it (absolute)."""
@@ -39,29 +39,32 @@ class AppContext:
 
     @property
     def ws(self) -> Workspace:
-        """The workspace layout (created on first use)."""
-        self.ensure_workspace()
+        """The workspace layout (nothing is created: whoever writes there creates what it needs)."""
         return Workspace(self.workspace)
+
+    def storage(self, url: str | None, *, read_only: bool = False) -> Any:
+        """The study store: ``--storage URL`` or the workspace's SQLite file (the workspace is
+        created for it unless ``read_only``: read-only commands never create a store)."""
+        from msatune.studies.store import open_storage
+
+        if url is None:
+            if not read_only:
+                self.ensure_workspace()
+            url = self.ws.storage_url
+        return open_storage(url, read_only=read_only)
 
 
 pass_app = click.make_pass_decorator(AppContext)
 
+storage_option = click.option(
+    "--storage", default=None, metavar="URL",
+    help="SQLAlchemy URL of the study store [default: sqlite:///WORKSPACE/studies.db].",
+)
+
 
 def echo_json(payload: Any) -> None:
     """Print one JSON document on stdout (for ``--json``)."""
-    sys.stdout.write(json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def _json_default(obj: Any) -> Any:
-    import numpy as np
-
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+    sys.stdout.write(json.dumps(payload, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
 def console():  # -> rich.console.Console

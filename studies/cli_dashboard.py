@@ -9,12 +9,7 @@ from typing import Any
 
 import click
 
-from studies.cli_context import AppContext, console, echo_json, pass_app
-
-storage_option = click.option(
-    "--storage", default=None, metavar="URL",
-    help="SQLAlchemy URL of the study store [default: sqlite:///WORKSPACE/studies.db].",
-)
+from msatune.studies.cli_context import AppContext, console, echo_json, pass_app, storage_option
 
 DASHBOARD_HELP = """Serve optuna-dashboard over the study store (history, learning curves, importances, trials).
 
@@ -46,7 +41,7 @@ Examples:
 @storage_option
 @pass_app
 def dashboard(app: AppContext, host: str, port: int, writable: bool, storage: str | None) -> None:
-    from studies.dashboard import DashboardServer, is_loopback
+    from msatune.studies.dashboard import DashboardServer, is_loopback
 
     url = storage or app.ws.storage_url
     server = DashboardServer(url, host=host, port=port, artifact_dir=app.ws.artifact_dir, writable=writable)
@@ -109,10 +104,9 @@ Examples:
 @pass_app
 def report(app: AppContext, name: str, out_dir: Path | None, top: int, attach: bool,
            storage: str | None, as_json: bool) -> None:
-    from studies.report import attach_report, build_report
-    from studies.store import open_storage
+    from msatune.studies.report import attach_report, build_report
 
-    store = open_storage(storage or app.ws.storage_url)
+    store = app.storage(storage)
     out = (out_dir or app.ws.study_dir(name) / "report").expanduser().resolve()
     rep = build_report(store, name, out, ws=app.ws, top=top)
     if attach:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from studies.cli_context import AppContext, console, echo_json, pass_app
+from msatune.studies.cli_context import AppContext, console, echo_json, pass_app
 
 LAYOUT = """\b
 The msa-tf2 layout: one directory, HDF5 files each holding one dataset 'd1':
@@ -67,7 +67,7 @@ Example:
 @pass_app
 def synth_cmd(app: AppContext, out: Path, preset: str, seed: int, overwrite: bool,
               as_json: bool) -> None:
-    from augment.synth import synthesize
+    from msatune.augment.synth import synthesize
 
     ds = synthesize(out, preset=preset, seed=seed, overwrite=overwrite)
     if as_json:
@@ -105,7 +105,7 @@ Examples:
               help="Clip labels outside [-3, 3] instead of rejecting the dataset.")
 @pass_app
 def info_cmd(app: AppContext, directory: Path, as_json: bool, clip_labels: bool) -> None:
-    from augment.dataset import load_dataset
+    from msatune.augment.dataset import load_dataset
 
     ds = load_dataset(directory, clip_labels=clip_labels)
     payload = ds.info()
@@ -168,7 +168,7 @@ Example:
 @pass_app
 def import_mmsa_cmd(app: AppContext, pkl: Path, out: Path, allow_pickle: bool, overwrite: bool,
                     clip_labels: bool) -> None:
-    from augment.mmsa import import_mmsa
+    from msatune.augment.mmsa import import_mmsa
 
     ds = import_mmsa(pkl, out, allow_pickle=allow_pickle, overwrite=overwrite,
                      clip_labels=clip_labels)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from studies.cli_context import AppContext, console, pass_app
+from msatune.studies.cli_context import AppContext, console, pass_app
 
 DEMO_HELP = """Run the whole product once on the embedded synthetic MOSI-like dataset.
 
@@ -31,35 +31,33 @@ Example:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the study.")
 @pass_app
 def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_trial: float, seed: int) -> None:
-    from augment.dataset import constant_mae, floor_mae, load_dataset
-    from studies.cli_search import _progress, _render_show
-    from studies.lifecycle import SearchOptions, launch
-    from studies.queries import show_study
-    from studies.store import open_storage, study_names
-    from studies.workspace import default_dataset
+    from msatune.augment.dataset import load_dataset
+    from msatune.search.settings import SearchSettings
+    from msatune.studies.cli_ensemble import build_and_render
+    from msatune.studies.cli_render import Progress, render_show
+    from msatune.studies.lifecycle import launch
+    from msatune.studies.queries import show_study
+    from msatune.studies.store import free_study_name
+    from msatune.studies.workspace import default_dataset
 
     con = console()
     ws = app.ws
     data_path = default_dataset(ws)
     data = load_dataset(data_path)
     valid = data.splits["valid"]
-    const = constant_mae(valid.labels)
-    floor = floor_mae(valid.labels, valid.oracle) if valid.oracle is not None else None
+    const, floor = valid.reference_maes()["constant_mae"], valid.reference_maes()["floor_mae"]
     con.print(f"[bold]1. data[/bold] {data_path}: train/valid/test {data.splits['train'].n}/{valid.n}/"
               f"{data.splits['test'].n}, valid constant-predictor MAE {const:.3f}"
               + (f", noise floor MAE {floor:.3f}" if floor is not None else ""))
 
-    store = open_storage(ws.storage_url)
-    taken = set(study_names(store))
-    study_name, k = name, 2
-    while study_name in taken:
-        study_name, k = f"{name}-{k}", k + 1
-    opts = SearchOptions(trials=trials, max_epochs=max_epochs, grace_period=min(3, max_epochs),
-                         reduction_factor=3, cpus_per_trial=cpus_per_trial, seed=seed, verbose=app.verbose)
+    store = app.storage(None)
+    study_name = free_study_name(store, name)
+    settings = SearchSettings(trials=trials, max_epochs=max_epochs, cpus_per_trial=cpus_per_trial, seed=seed,
+                              verbose=app.verbose)
     con.print(f"[bold]2. search[/bold] study {study_name!r}: {trials} trials x up to {max_epochs} epochs "
               f"(TPE + ASHA, {cpus_per_trial:g} CPU per trial)")
-    with _progress(False, study_name) as progress:
-        summary = launch(ws, store, study_name, opts, data_dir=data_path, progress=progress)
+    with Progress(False, study_name) as progress:
+        summary = launch(ws, store, study_name, settings, data_dir=data_path, progress=progress)
     con.print(f"   {summary['trials']} trials in {summary['wall_seconds']:.0f} s: {summary['complete']} complete, "
               f"{summary['pruned']} pruned, {summary['failed']} failed")
     if summary.get("interrupted"):
@@ -67,9 +65,9 @@ def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_tria
                   f"msatune --workspace {ws.root} resume {study_name}")
         raise click.exceptions.Exit(130)
 
-    shown = show_study(store, study_name, 5, ws)
+    shown = show_study(store, study_name, 5)
     con.print("[bold]3. best trials[/bold]")
-    _render_show({**shown, "next": []})
+    render_show(shown)
     best = shown["best"]
     if best is not None:
         line = f"   best val MAE {best['val_mae']:.4f} vs constant {const:.4f}"
@@ -80,7 +78,8 @@ def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_tria
             line += f", floor {floor:.4f}"
         con.print(line)
 
-    _demo_ensemble(app, store, study_name)
+    con.print("[bold]4. ensemble[/bold]")
+    build_and_render(app, store, study_name)
 
     con.print("[bold]5. next[/bold]")
     con.print(f"   dashboard: msatune --workspace {ws.root} dashboard   then open http://127.0.0.1:8080")
@@ -88,15 +87,3 @@ def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_tria
     con.print(f"   details:   msatune --workspace {ws.root} show {study_name}")
     con.print(f"   more:      msatune --workspace {ws.root} resume {study_name} --trials 20")
     con.print(f"   your data: msatune --workspace {ws.root} launch mystudy --data path/to/data --trials 50")
-
-
-def _demo_ensemble(app: AppContext, store: object, study_name: str) -> None:
-    """Step 4, when the ensemble package is available."""
-    con = console()
-    try:
-        from studies.cli_ensemble import build_and_render
-    except ImportError:
-        con.print("[bold]4. ensemble[/bold] (not available in this build)")
-        return
-    con.print("[bold]4. ensemble[/bold]")
-    build_and_render(app, store, study_name)

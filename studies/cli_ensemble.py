@@ -1,98 +1,18 @@
 """``msatune ensemble | predict``: combine a study's best trials into one model, and use models.
 
-:func:`run_study_ensemble` is the service side (read the study, fit on validation predictions,
-export, record the result on the study as ``msatune:ensemble:<method>``);
-:func:`build_and_render` is what ``msatune demo`` calls.
+The work is :func:`msatune.studies.ensembles.run_study_ensemble` and
+:func:`msatune.studies.predictions.predict_split`; this module parses and renders.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-from studies.cli_context import AppContext, console, echo_json, pass_app
-
-if TYPE_CHECKING:
-    from ensemble.evaluate import EnsembleOptions, EnsembleResult
-    from studies.workspace import Workspace
-
-METHOD_CHOICES = ("greedy", "mean", "weighted", "median")
-RECORD_PREFIX = "ensemble:"  # study user attr msatune:ensemble:<method>
-
-
-def default_out_dir(ws: Workspace, study: str, method: str) -> Path:
-    return ws.study_dir(study) / "ensembles" / method
-
-
-def _load_study_data(attrs: dict[str, Any], warnings: list[str]) -> Any | None:
-    """The study's dataset for the floor and the export check; None (with a warning) if gone."""
-    from augment.dataset import load_dataset
-    from msatune.errors import UserError
-
-    path = attrs.get("data_path")
-    if not path:
-        return None
-    if not Path(path).is_dir():
-        warnings.append(f"the study's dataset {path} is not there: no error floor, export not checked")
-        return None
-    try:
-        data = load_dataset(path)
-    except UserError as exc:
-        warnings.append(f"cannot read the study's dataset ({exc}): no error floor, export not checked")
-        return None
-    want = attrs.get("data_fingerprint")
-    if want and data.fingerprint != want:
-        warnings.append(f"the dataset at {path} changed since the study ran (fingerprint differs): "
-                        "no error floor, export not checked")
-        return None
-    return data
-
-
-def run_study_ensemble(
-    ws: Workspace,
-    storage: Any,
-    name: str,
-    options: EnsembleOptions,
-    *,
-    out_dir: Path | None = None,
-    export: bool = True,
-    saved_model: bool = True,
-) -> EnsembleResult:
-    """Fit, evaluate, export (unless ``export=False``) and record ``options.method`` on study ``name``.
-
-    ``storage`` is a store URL or an opened Optuna storage. A member whose weights cannot be
-    rebuilt at export time is dropped with a warning and the combiner is refitted without it.
-    """
-    from ensemble.evaluate import fit_ensemble
-    from ensemble.export import MemberLoadError, export_ensemble
-    from studies.store import load_study, open_storage, set_study_attr, study_attrs
-
-    options.validate()
-    store = open_storage(storage) if isinstance(storage, str) else storage
-    study = load_study(store, name)
-    attrs = study_attrs(study)
-    data_warnings: list[str] = []
-    data = _load_study_data(attrs, data_warnings)
-    trials = study.get_trials(deepcopy=False)
-    dropped: dict[int, str] = {}  # members whose weights failed to load at export
-    while True:
-        result = fit_ensemble(trials, options, study_name=name, data=data,
-                              expected_fingerprint=attrs.get("data_fingerprint"), skip=dropped)
-        result.warnings[:0] = data_warnings
-        if not export:
-            break
-        target = out_dir or default_out_dir(ws, name, options.method)
-        try:
-            export_ensemble(result, target, data=data, saved_model=saved_model)
-            break
-        except MemberLoadError as exc:
-            dropped[exc.trial] = exc.reason
-    set_study_attr(study, RECORD_PREFIX + options.method, result.record())
-    return result
-
+from msatune.ensemble.combiners import METHODS
+from msatune.studies.cli_context import AppContext, console, echo_json, pass_app, storage_option
 
 # ------------------------------------------------------------------------------------------------
 # rendering
@@ -171,7 +91,8 @@ def _messages(summary: dict[str, Any]) -> None:
 
 def build_and_render(app: AppContext, storage: Any, study_name: str) -> dict[str, Any]:
     """The demo's ensemble step: greedy with defaults, exported, rendered; returns the summary."""
-    from ensemble.evaluate import EnsembleOptions
+    from msatune.ensemble.evaluate import EnsembleOptions
+    from msatune.studies.ensembles import run_study_ensemble
 
     result = run_study_ensemble(app.ws, storage, study_name, EnsembleOptions())
     summary = result.summary()
@@ -207,7 +128,7 @@ Examples:
 
 @click.command("ensemble", help=ENSEMBLE_HELP)
 @click.argument("name")
-@click.option("--method", type=click.Choice(METHOD_CHOICES), default="greedy", show_default=True,
+@click.option("--method", type=click.Choice(METHODS), default="greedy", show_default=True,
               help="How to combine the candidates.")
 @click.option("--top-k", type=int, default=5, show_default=True, help="Members of mean/weighted/median.")
 @click.option("--rounds", type=int, default=25, show_default=True, help="Selection rounds of greedy.")
@@ -217,17 +138,17 @@ Examples:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output directory [default: WORKSPACE/studies/NAME/ensembles/METHOD].")
 @click.option("--no-export", is_flag=True, help="Fit and evaluate only; write no model.")
-@click.option("--storage", default=None, metavar="URL",
-              help="SQLAlchemy URL of the study store [default: sqlite:///WORKSPACE/studies.db].")
+@storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_app
 def ensemble(app: AppContext, name: str, method: str, top_k: int, rounds: int, max_candidates: int,
              cv_folds: int, out_dir: Path | None, no_export: bool, storage: str | None, as_json: bool) -> None:
-    from ensemble.evaluate import EnsembleOptions
+    from msatune.ensemble.evaluate import EnsembleOptions
+    from msatune.studies.ensembles import run_study_ensemble
 
     options = EnsembleOptions(method=method, top_k=top_k, rounds=rounds, max_candidates=max_candidates,
                               cv_folds=cv_folds).validate()
-    result = run_study_ensemble(app.ws, storage or app.ws.storage_url, name, options,
+    result = run_study_ensemble(app.ws, app.storage(storage), name, options,
                                 out_dir=out_dir, export=not no_export)
     summary = result.summary()
     _messages(summary)
@@ -264,55 +185,11 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @pass_app
 def predict(app: AppContext, model: Path, data_dir: Path, split: str, out_file: Path, as_json: bool) -> None:
-    from augment.dataset import load_dataset
-    from ensemble.export import load_predictor
+    from msatune.studies.predictions import predict_split
 
-    data = load_dataset(data_dir)
-    t0 = time.perf_counter()
-    predictor = load_predictor(model)
-    predictor.check_data(data.dims, data.seq_len, f"dataset {data_dir}")
-    s = data.splits[split]
-    pred = predictor.predict(s.inputs())
-    write_predictions_csv(out_file, pred, s.labels, s.ids)
-    import numpy as np
-
-    labels = np.asarray(s.labels, dtype=np.float64).reshape(-1)
-    mae = float(np.mean(np.abs(pred.astype(np.float64) - labels)))
-    payload = {"model": str(model), "kind": predictor.kind, "data": str(data_dir), "split": split,
-               "n": int(pred.shape[0]), "out": str(out_file), "mae": mae,
-               "seconds": round(time.perf_counter() - t0, 3)}
+    payload = predict_split(model, data_dir, split, out_file)
     if as_json:
         echo_json(payload)
         return
-    console().print(f"wrote {payload['n']} {split} predictions of {predictor.kind} {model} to {out_file} "
-                    f"(MAE vs labels {mae:.4f})")
-
-
-def write_predictions_csv(path: Path, pred: Any, labels: Any, ids: Any | None) -> None:
-    """One row per sample: ``index[,id],prediction,label``."""
-    import csv
-
-    import numpy as np
-
-    from msatune.errors import UserError
-
-    pred = np.asarray(pred).reshape(-1)
-    labels = None if labels is None else np.asarray(labels).reshape(-1)
-    header = ["index"] + (["id"] if ids is not None else []) + ["prediction"] + (["label"] if labels is not None else [])
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(header)
-            for i, p in enumerate(pred):
-                row: list[Any] = [i]
-                if ids is not None:
-                    row.append(str(ids[i]))
-                row.append(f"{float(p):.6f}")
-                if labels is not None:
-                    row.append(f"{float(labels[i]):.6f}")
-                w.writerow(row)
-        tmp.replace(path)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    console().print(f"wrote {payload['n']} {split} predictions of {payload['kind']} {model} to {out_file} "
+                    f"(MAE vs labels {payload['mae']:.4f})")

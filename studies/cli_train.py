@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import click
 
-from studies.cli_context import AppContext, console, echo_json, pass_app
+from msatune.studies.cli_context import AppContext, console, echo_json, pass_app
 
 TRAIN_HELP = """Train one configuration and keep its best epoch.
 
@@ -42,49 +40,10 @@ Examples:
 @pass_app
 def train(app: AppContext, data_dir: Path | None, preset: str, overrides: tuple[str, ...],
           epochs: int | None, out_dir: Path | None, clip_labels: bool, as_json: bool) -> None:
-    from search.config import resolve_config
+    from msatune.studies.training import train_one
 
-    config = resolve_config(preset, overrides, epochs)  # validate before any heavy work
-    from augment.dataset import constant_mae, floor_mae, load_dataset
-    from studies.workspace import default_dataset
-
-    ws = app.ws
-    data = load_dataset(data_dir if data_dir is not None else default_dataset(ws), clip_labels=clip_labels)
-    out = out_dir or ws.train_dir / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
-
-    from search.trial import run_trial
-
-    t0 = time.perf_counter()
-    outcome = run_trial(config, data, out_dir=out, verbose=2 if app.verbose else 0)
-    wall = time.perf_counter() - t0
-    result = outcome.result
-    reference = {
-        split: {
-            "constant_mae": constant_mae(data.splits[split].labels),
-            "floor_mae": (floor_mae(data.splits[split].labels, data.splits[split].oracle)
-                          if data.splits[split].oracle is not None else None),
-        }
-        for split in ("valid", "test")
-    }
-    best = result.best
-    payload = {
-        "preset": preset,
-        "out": str(out),
-        "checkpoint": str(outcome.checkpoint),
-        "data": str(data.path),
-        "data_fingerprint": data.fingerprint,
-        "epochs_trained": result.epochs_trained,
-        "best_epoch": result.best_epoch,
-        "stopped_early": result.stopped_early,
-        "train_mae_at_best": best["mae"],
-        "gap_at_best": best["gap"],
-        "wall_seconds": round(wall, 2),
-        "metrics": outcome.metrics,
-        "reference": reference,
-        "config": config,
-    }
-    (out / "metrics.json").write_text(json.dumps(payload, indent=2, default=str))
+    payload = train_one(app.ws, preset=preset, overrides=overrides, epochs=epochs, data_dir=data_dir,
+                        out_dir=out_dir, clip_labels=clip_labels, verbose=2 if app.verbose else 0)
     if as_json:
         echo_json(payload)
         return

@@ -2,14 +2,14 @@
 
 * **Read-only** unless ``writable``: SQLite is opened with a read-only connection
   (``sqlite:///file:/abs/x.db?mode=ro&uri=true``), and every request that is not GET/HEAD/OPTIONS
-  is refused with 403 before it reaches optuna-dashboard. The second guard matters: the dashboard's
+  is refused with 403 before it reaches optuna-dashboard (:func:`msatune.studies.store.open_storage`). The second guard matters: the dashboard's
   delete-study endpoint removes the study's artifact files *before* it asks the store, and other
   stores (PostgreSQL) have no read-only URL.
 * **Fast refresh**: the RDB storage is wrapped in Optuna's ``_CachedStorage``, which reads finished
   trials once and afterwards only new or unfinished ones (a poll of a 2,000-trial study goes from
   seconds to tens of milliseconds; see ``benchmarks/store_scale.py``).
 * **Safe beside a running study**: SQLite readers take short shared locks; the connection waits up
-  to :data:`studies.store.SQLITE_TIMEOUT_S` for a writer instead of failing, and the study's own
+  to :data:`msatune.studies.store.SQLITE_TIMEOUT_S` for a writer instead of failing, and the study's own
   connection (same timeout) waits for the dashboard's reads, so neither side sees
   "database is locked" (optuna-dashboard#545 was a default 5 s timeout on a busy store).
 * **No authentication**: bound to 127.0.0.1 unless the caller says otherwise.
@@ -34,7 +34,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 
 from msatune.errors import UserError
-from studies.store import SQLITE_TIMEOUT_S
+from msatune.studies.store import open_storage
 
 log = logging.getLogger(__name__)
 
@@ -45,64 +45,17 @@ READ_ONLY_REASON = (
 )
 
 
-def read_only_sqlite_url(url: str) -> str | None:
-    """The read-only URI form of a SQLite URL (``None`` for other databases).
-
-    Raises:
-        UserError: the URL is not a database URL, or names a SQLite file that does not exist.
-    """
-    import sqlalchemy
-
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        raise UserError(f"--storage {url!r} is not a database URL; use e.g. sqlite:////abs/path/studies.db") from None
-    if not parsed.drivername.startswith("sqlite"):
-        return None
-    db = parsed.database or ""
-    if db.startswith("file:"):  # already a URI: keep it, force read-only
-        path = db[len("file:"):]
-    else:
-        path = db
-    if not path or path == ":memory:":
-        raise UserError(f"--storage {url!r}: the dashboard needs a SQLite file, not an in-memory store")
-    abs_path = Path(path).expanduser().resolve()
-    if not abs_path.is_file():
-        raise UserError(
-            f"no study store at {abs_path}; launch a study first (msatune launch NAME) "
-            "or pass --workspace / --storage"
-        )
-    return f"{parsed.drivername}:///file:{abs_path}?mode=ro&uri=true"
-
-
 def open_dashboard_storage(url: str, *, writable: bool = False) -> optuna.storages.BaseStorage:
-    """The storage the dashboard serves: RDB (read-only SQLite unless ``writable``) behind a cache.
+    """The storage the dashboard serves: the store (read-only unless ``writable``; never created
+    here) behind Optuna's cache of finished trials.
 
     Raises:
         UserError: the URL is bad or the store cannot be opened.
     """
-    import sqlalchemy
     from optuna.storages._cached_storage import _CachedStorage
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ro_url = read_only_sqlite_url(url)
-    is_sqlite = ro_url is not None
-    target = url if (writable or not is_sqlite) else ro_url
-    if is_sqlite and writable:
-        read_only_sqlite_url(url)  # same existence check: never create an empty store here
-    engine_kwargs: dict[str, Any] = (
-        {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if is_sqlite else {"pool_pre_ping": True}
-    )
-    try:
-        backend = optuna.storages.RDBStorage(
-            target, engine_kwargs=engine_kwargs,
-            skip_compatibility_check=True, skip_table_creation=True,
-        )
-        backend.get_all_studies()  # fail here, in one line, rather than on the first request
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot open study store {url!r} for the dashboard: {first}") from None
-    log.debug("dashboard storage %s (%s)", target, "writable" if writable else "read-only")
+    backend = open_storage(url, read_only=not writable, create=False)
+    log.debug("dashboard storage %s (%s)", url, "writable" if writable else "read-only")
     return _CachedStorage(backend)
 
 

@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from msatune import __version__
-from msatune.errors import UserError
+from msatune.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -26,41 +26,88 @@ SQLITE_TIMEOUT_S = 60
 ATTR_PREFIX = "msatune:"
 
 
-def sqlite_url(path: Path) -> str:
-    return f"sqlite:///{Path(path).resolve()}"
+def read_only_sqlite_url(url: str) -> str | None:
+    """The read-only URI form of a SQLite URL (``None`` for other databases).
+
+    Raises:
+        UserError: the URL is not a database URL, or names a SQLite file that does not exist.
+    """
+    parsed = _parse_url(url)
+    if not parsed.drivername.startswith("sqlite"):
+        return None
+    db = parsed.database or ""
+    path = db[len("file:"):] if db.startswith("file:") else db  # already a URI: keep it, force ro
+    if not path or path == ":memory:":
+        raise UserError(f"--storage {url!r}: needs a SQLite file, not an in-memory store")
+    abs_path = Path(path).expanduser().resolve()
+    if not abs_path.is_file():
+        raise UserError(
+            f"no study store at {abs_path}; launch a study first (msatune launch NAME) "
+            "or pass --workspace / --storage"
+        )
+    return f"{parsed.drivername}:///file:{abs_path}?mode=ro&uri=true"
 
 
-def open_storage(url: str, *, read_only: bool = False) -> optuna.storages.RDBStorage:
-    """An RDBStorage for ``url``; a bad URL or unreachable database is a UserError."""
+def _parse_url(url: str) -> Any:
     import sqlalchemy
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        parsed = sqlalchemy.engine.make_url(url)
+        return sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError:
         raise UserError(
             f"--storage {url!r} is not a database URL; use e.g. sqlite:////abs/path/studies.db "
             "or postgresql://user@host/db"
         ) from None
+
+
+def open_storage(url: str, *, read_only: bool = False, create: bool = True) -> optuna.storages.RDBStorage:
+    """An RDBStorage for ``url``; a bad URL or unreachable database is a UserError.
+
+    ``read_only``: a SQLite store is opened through a read-only connection (writes fail in the
+    database itself) and must exist; tables are never created. ``create=False``: a SQLite file
+    that does not exist is a UserError instead of a new empty store.
+    """
+    import sqlalchemy
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    parsed = _parse_url(url)
+    target = url
     engine_kwargs: dict[str, Any] = {}
     if parsed.drivername.startswith("sqlite"):
         db = parsed.database
         if not db or db == ":memory:":
             raise UserError(f"--storage {url!r}: an in-memory SQLite store cannot hold a study; give a file path")
-        if not read_only and not Path(db).parent.exists():
+        if read_only or not create:
+            ro_url = read_only_sqlite_url(url)  # also: the file must exist
+            target = ro_url if read_only and ro_url else url
+        elif not Path(db).parent.exists():
             raise UserError(f"--storage {url!r}: directory {Path(db).parent} does not exist")
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
     else:
         engine_kwargs["pool_pre_ping"] = True
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        storage = optuna.storages.RDBStorage(
+            target, engine_kwargs=engine_kwargs,
+            skip_compatibility_check=read_only, skip_table_creation=read_only,
+        )
+        if read_only:
+            storage.get_all_studies()  # fail here, in one line, rather than on the first read
+        return storage
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot open study store {url!r}: {first}") from None
+        raise UserError(f"cannot open study store {url!r}: {first_line(exc)}") from None
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
     return [s.study_name for s in storage.get_all_studies()]
+
+
+def free_study_name(storage: optuna.storages.BaseStorage, name: str) -> str:
+    """``name``, or ``name-2``, ``name-3``, ... whichever is not taken in the store."""
+    taken = set(study_names(storage))
+    candidate, k = name, 2
+    while candidate in taken:
+        candidate, k = f"{name}-{k}", k + 1
+    return candidate
 
 
 def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:

@@ -56,7 +56,7 @@ def default_dataset(ws: Workspace) -> Path:
     """The embedded synthetic MOSI-like set, generated into the workspace on first use."""
     path = ws.synthetic_data
     if not (path / "y_train.h5").exists():
-        from augment.synth import synthesize
+        from msatune.augment.synth import synthesize
 
         ws.ensure()
         log.info("writing the synthetic mosi dataset to %s", path)

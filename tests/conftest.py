@@ -20,7 +20,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from augment.synth import synthesize
+    from msatune.augment.synth import synthesize
 
     out = tmp_path_factory.mktemp("data") / "tiny"
     synthesize(out, preset="tiny", seed=0)
@@ -29,7 +29,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def mosi_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from augment.synth import synthesize
+    from msatune.augment.synth import synthesize
 
     out = tmp_path_factory.mktemp("data") / "mosi"
     synthesize(out, preset="mosi", seed=1)
@@ -159,7 +159,7 @@ def ray_session():
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    from search.runner import WORKER_ENV
+    from msatune.search.ray_session import WORKER_ENV
 
     for key, value in WORKER_ENV.items():  # workers inherit the driver's environment
         os.environ.setdefault(key, value)
@@ -181,13 +181,14 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, tiny_s
     trials, the two presets, per-trial checkpoints with predictions. Read it, never write it.
     Keys: ``workspace`` (Path), ``storage_url``, ``name``, ``data`` (Path), ``summary``.
     """
-    from studies.lifecycle import SearchOptions, launch
-    from studies.store import open_storage
-    from studies.workspace import Workspace
+    from msatune.search.settings import SearchSettings
+    from msatune.studies.lifecycle import launch
+    from msatune.studies.store import open_storage
+    from msatune.studies.workspace import Workspace
 
     ws = Workspace(tmp_path_factory.mktemp("study-ws")).ensure()
     storage = open_storage(ws.storage_url)
-    opts = SearchOptions(trials=6, max_epochs=4, grace_period=1, reduction_factor=2,
+    opts = SearchSettings(trials=6, max_epochs=4, grace_period=1, reduction_factor=2,
                          cpus_per_trial=1.0, seed=0)
     summary = launch(ws, storage, "tiny", opts, data_dir=tiny_data, space_file=tiny_space_file)
     return {"workspace": ws.root, "storage_url": ws.storage_url, "name": "tiny", "data": tiny_data,

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from augment.dataset import (
+from msatune.augment.dataset import (
     MODALITIES,
     SPLITS,
     MSADataset,
@@ -17,8 +17,8 @@ from augment.dataset import (
     constant_mae,
     floor_mae,
     load_dataset,
-    write_dataset,
 )
+from msatune.augment.dataset_writer import write_dataset
 from msatune.errors import UserError
 
 INFO_SPLIT_KEYS = {
@@ -191,7 +191,7 @@ def test_clip_labels(tmp_path: Path, tiny_arrays, write_layout, caplog) -> None:
     root = write_layout(tmp_path / "d", tiny_arrays)
     with pytest.raises(UserError, match=r"2 label\(s\) outside"):
         load_dataset(root)
-    with caplog.at_level(logging.WARNING, logger="augment.dataset"):
+    with caplog.at_level(logging.WARNING, logger="msatune.augment.dataset"):
         ds = load_dataset(root, clip_labels=True)
     assert ds.train.labels[:3].tolist() == [3.0, -3.0, 3.0]
     assert "clipped 2 label(s)" in caplog.text

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from augment.dataset import SPLITS, load_dataset
-from augment.mmsa import import_mmsa
+from msatune.augment.dataset import SPLITS, load_dataset
+from msatune.augment.mmsa import import_mmsa
 from msatune.errors import UserError
 
 

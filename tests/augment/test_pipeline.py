@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from augment.pipeline import make_datasets
-from augment.transforms import AUG_DEFAULTS
+from msatune.augment.pipeline import make_datasets
+from msatune.augment.transforms import AUG_DEFAULTS
 from msatune.errors import UserError
 
 T = 6

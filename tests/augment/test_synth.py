@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from augment.dataset import SPLITS, constant_mae, floor_mae, load_dataset
-from augment.synth import PRESETS, generate, synthesize
+from msatune.augment.dataset import SPLITS, constant_mae, floor_mae, load_dataset
+from msatune.augment.synth import PRESETS, generate, synthesize
 from msatune.errors import UserError
 
 

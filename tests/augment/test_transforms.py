@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from augment.transforms import (
+from msatune.augment.transforms import (
     AUG_DEFAULTS,
     augment_batch,
     feature_drop,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ensemble.candidates import pool_from_predictions
-from ensemble.combiners import (
+from msatune.ensemble.candidates import pool_from_predictions
+from msatune.ensemble.combiners import (
     METHODS,
     cross_validate,
     fit,
@@ -17,7 +17,7 @@ from ensemble.combiners import (
     fold_indices,
     rank,
 )
-from ensemble.evaluate import EnsembleOptions, fit_pool
+from msatune.ensemble.evaluate import EnsembleOptions, fit_pool
 from msatune.errors import UserError
 
 

@@ -20,9 +20,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from ensemble.candidates import PREDICTIONS_FILE, select_candidates
-from ensemble.evaluate import EnsembleOptions, fit_ensemble
+from msatune.ensemble.candidates import select_candidates
+from msatune.ensemble.evaluate import EnsembleOptions, fit_ensemble
 from msatune.errors import UserError
+from msatune.models.checkpoint import PREDICTIONS_FILE
+from msatune.studies.ensembles import trial_refs
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 MSATUNE_PACKAGES = {"augment", "models", "search", "ensemble", "studies", "msatune"}
@@ -73,15 +75,15 @@ def synthetic_preds(seed: int, noise: float, n: int = 40) -> dict[str, np.ndarra
 
 
 def real_trials(tiny_study: dict) -> list:
-    from studies.store import load_study, open_storage
+    from msatune.studies.store import load_study, open_storage
 
     return load_study(open_storage(tiny_study["storage_url"]), tiny_study["name"]).get_trials()
 
 
 def tiny_result(tiny_study: dict, **opts: Any):
-    from augment.dataset import load_dataset
+    from msatune.augment.dataset import load_dataset
 
-    return fit_ensemble(real_trials(tiny_study), EnsembleOptions(**opts), study_name="tiny",
+    return fit_ensemble(trial_refs(real_trials(tiny_study)), EnsembleOptions(**opts), study_name="tiny",
                         data=load_dataset(tiny_study["data"]))
 
 
@@ -129,18 +131,18 @@ def test_the_test_split_never_influences_selection(tiny_study: dict, tmp_path: P
         entries.append({"value": t.value, "checkpoint": dst})
     _, copy = make_store(tmp_path / "store", "tiny", entries)
     for method in ("greedy", "mean", "weighted", "median"):
-        a = fit_ensemble(real_trials(tiny_study), EnsembleOptions(method=method, top_k=3))
-        b = fit_ensemble(copy.get_trials(), EnsembleOptions(method=method, top_k=3))
+        a = fit_ensemble(trial_refs(real_trials(tiny_study)), EnsembleOptions(method=method, top_k=3))
+        b = fit_ensemble(trial_refs(copy.get_trials()), EnsembleOptions(method=method, top_k=3))
         assert a.members == b.members, method
         assert a.cv == b.cv and a.metrics["valid"] == b.metrics["valid"]
         assert a.metrics["test"]["mae"] != b.metrics["test"]["mae"]
 
 
 def test_export_round_trips_in_fresh_processes(tiny_study: dict, tmp_path: Path) -> None:
-    """.keras with safe_mode=True after ``import models.networks``, and the SavedModel served with
+    """.keras with safe_mode=True after ``import msatune``, and the SavedModel served with
     plain TensorFlow (no msatune module imported) both equal the in-memory ensemble."""
-    from augment.dataset import load_dataset
-    from ensemble.export import combine_numpy, export_ensemble, load_member_models
+    from msatune.augment.dataset import load_dataset
+    from msatune.ensemble.export import combine_numpy, export_ensemble, load_member_models
 
     data = load_dataset(tiny_study["data"])
     res = tiny_result(tiny_study, method="weighted", top_k=3)
@@ -155,8 +157,7 @@ def test_export_round_trips_in_fresh_processes(tiny_study: dict, tmp_path: Path)
     x = {k: v for k, v in data.splits["test"].inputs().items()}
     np.savez(tmp_path / "x.npz", **x)
     keras_script = (
-        "import sys, numpy as np, keras\n"
-        "import models.networks\n"
+        "import sys, numpy as np, msatune, keras\n"
         "m = keras.saving.load_model(sys.argv[1], safe_mode=True)\n"
         "x = dict(np.load(sys.argv[2]))\n"
         "np.save(sys.argv[3], m.predict(x, verbose=0))\n"
@@ -198,8 +199,8 @@ def test_export_round_trips_in_fresh_processes(tiny_study: dict, tmp_path: Path)
 def test_median_ensemble_exports_as_a_model_computing_the_median(tiny_study: dict, tmp_path: Path) -> None:
     import keras
 
-    from augment.dataset import load_dataset
-    from ensemble.export import build_fused_model, load_member_models
+    from msatune.augment.dataset import load_dataset
+    from msatune.ensemble.export import build_fused_model, load_member_models
 
     res = tiny_result(tiny_study, method="median", top_k=3)
     members = load_member_models(res)
@@ -212,7 +213,7 @@ def test_median_ensemble_exports_as_a_model_computing_the_median(tiny_study: dic
     loaded = keras.saving.load_model(path, safe_mode=True)
     each = np.stack([m.predict(x, verbose=0).reshape(-1) for m in models], axis=1)
     assert np.max(np.abs(loaded.predict(x, verbose=0).reshape(-1) - np.median(each, axis=1))) <= 1e-5
-    from ensemble.layers import MemberMedian
+    from msatune.ensemble.layers import MemberMedian
 
     v = np.array([[1.0, 5.0, 2.0, 9.0], [4.0, 3.0, 2.0, 1.0]], dtype=np.float32)
     assert np.allclose(np.asarray(MemberMedian()(v)).reshape(-1), np.median(v, axis=1))
@@ -230,7 +231,7 @@ def test_candidates_rank_filter_and_cap(tmp_path: Path) -> None:
     entries.append({"state": TrialState.PRUNED, "checkpoint": fake_checkpoint(tmp_path / "p", synthetic_preds(9, 0.1))})
     entries.append({"state": TrialState.FAIL})
     _, study = make_store(tmp_path / "s", "s", entries)
-    pool = select_candidates(study.get_trials(), max_candidates=3, study_name="s")
+    pool = select_candidates(trial_refs(study.get_trials()), max_candidates=3, study_name="s")
     assert pool.n_complete == 5 and pool.n_usable == 5
     assert len(pool.trials) == 3 and 3 not in pool.trials and 5 not in pool.trials  # pruned never joins
     maes = [c.valid_mae for c in pool.candidates]
@@ -247,8 +248,8 @@ def test_candidates_with_different_dims_name_the_trials(tmp_path: Path) -> None:
     ]
     _, study = make_store(tmp_path / "s", "s", entries)
     with pytest.raises(UserError, match=r"differ in input dims .*trials 0, 1 take .*4/3/2.*trials 2 take .*300/74/47"):
-        select_candidates(study.get_trials(), study_name="s")
-    assert select_candidates(study.get_trials(), max_candidates=2).trials == [0, 1]
+        select_candidates(trial_refs(study.get_trials()), study_name="s")
+    assert select_candidates(trial_refs(study.get_trials()), max_candidates=2).trials == [0, 1]
 
 
 def test_missing_and_corrupt_checkpoints_are_skipped_with_warnings(tmp_path: Path) -> None:
@@ -265,7 +266,7 @@ def test_missing_and_corrupt_checkpoints_are_skipped_with_warnings(tmp_path: Pat
     entries += [{"value": 0.5, "checkpoint": good}, {"value": 0.3, "checkpoint": tmp_path / "gone"},
                 {"value": 0.3}]
     _, study = make_store(tmp_path / "s", "s", entries)
-    pool = select_candidates(study.get_trials(), study_name="s")
+    pool = select_candidates(trial_refs(study.get_trials()), study_name="s")
     assert pool.trials == [4]
     assert sorted(s["trial"] for s in pool.skipped) == [0, 1, 2, 3, 5, 6]
     text = " | ".join(pool.warnings)
@@ -276,17 +277,17 @@ def test_missing_and_corrupt_checkpoints_are_skipped_with_warnings(tmp_path: Pat
 
     _, broken = make_store(tmp_path / "s2", "s2", entries[:4])
     with pytest.raises(UserError, match="none of the 4 complete trials of study 's2' has a usable checkpoint"):
-        select_candidates(broken.get_trials(), study_name="s2")
+        select_candidates(trial_refs(broken.get_trials()), study_name="s2")
 
 
 def test_no_eligible_candidates_say_why(tmp_path: Path) -> None:
     _, empty = make_store(tmp_path / "a", "a", [{"state": TrialState.PRUNED}, {"state": TrialState.FAIL}])
     with pytest.raises(UserError, match=r"no COMPLETE trial .*1 fail, 1 pruned"):
-        select_candidates(empty.get_trials(), study_name="a")
+        select_candidates(trial_refs(empty.get_trials()), study_name="a")
     bad = [{"value": 2.0, "checkpoint": fake_checkpoint(tmp_path / f"w{i}", synthetic_preds(i, 4.0))} for i in range(2)]
     _, worse = make_store(tmp_path / "b", "b", bad)
     with pytest.raises(UserError, match=r"none of the 2 usable complete trials .* beats the constant predictor"):
-        select_candidates(worse.get_trials(), study_name="b")
+        select_candidates(trial_refs(worse.get_trials()), study_name="b")
 
 
 def test_trials_on_other_data(tmp_path: Path) -> None:
@@ -297,8 +298,8 @@ def test_trials_on_other_data(tmp_path: Path) -> None:
                {"value": 0.7, "checkpoint": fake_checkpoint(tmp_path / "c", synthetic_preds(2, 0.5), fingerprint="old")}]
     _, study = make_store(tmp_path / "s", "s", entries)
     with pytest.raises(UserError, match="evaluated on different data: trials 0, 2 .* trials 1 another"):
-        select_candidates(study.get_trials())
+        select_candidates(trial_refs(study.get_trials()))
     # with the study's fingerprint known, trials on older data are skipped with a warning
     _, study2 = make_store(tmp_path / "s2", "s2", [entries[0], entries[2]])
-    pool = select_candidates(study2.get_trials(), expected_fingerprint="fp")
+    pool = select_candidates(trial_refs(study2.get_trials()), expected_fingerprint="fp")
     assert pool.trials == [0] and "other data" in pool.warnings[0]

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from models.build import build_model
-from models.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from msatune.errors import UserError
+from msatune.models.build import build_model
+from msatune.models.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 
 DIMS = {"text": 6, "audio": 5, "video": 4}
 TINY = {"model_dim": 16, "num_heads": 2, "ff_dim": 32, "n_layers_mod": 1, "n_layers_fuse": 1}

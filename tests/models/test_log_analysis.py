@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.log_analysis import (
+from msatune.errors import UserError
+from msatune.models.log_analysis import (
     CRITERIA,
     STILL_IMPROVING_WINDOW,
     analyze_log,
     instability,
     read_training_log,
 )
-from msatune.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = REPO_ROOT / ".." / "shared" / "fixtures" / "msa-tf2-logs"

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from models.metrics import (
+from msatune.models.metrics import (
     METRIC_KEYS,
     constant_predictor_metrics,
     msa_metrics,
@@ -125,6 +125,6 @@ def test_shapes_are_flattened_and_checked() -> None:
 
 
 def test_module_does_not_import_tensorflow() -> None:
-    import models.metrics as mod
+    import msatune.models.metrics as mod
 
     assert "tensorflow" not in open(mod.__file__).read()

@@ -12,9 +12,9 @@ import keras
 import numpy as np
 import pytest
 
-from models.build import MODEL_DEFAULTS, build_model, resolve_model_config
-from models.networks import ImprovedMSAModel, MSAModel
 from msatune.errors import UserError
+from msatune.models.build import MODEL_DEFAULTS, build_model, resolve_model_config
+from msatune.models.networks import ImprovedMSAModel, MSAModel
 
 DIMS = {"text": 6, "audio": 5, "video": 4}
 TINY = {"model_dim": 16, "num_heads": 2, "ff_dim": 32, "n_layers_mod": 1, "n_layers_fuse": 1}
@@ -155,7 +155,7 @@ def test_models_compose_inside_a_functional_model_and_export(tmp_path):
 
 
 def test_layers_round_trip_their_config():
-    from models.layers import LearnedQueryAttentionPooling, TransformerEncoderLayer
+    from msatune.models.layers import LearnedQueryAttentionPooling, TransformerEncoderLayer
 
     enc = TransformerEncoderLayer(16, 2, 32, 0.2, l2=0.01, outer_residual=True, name="e")
     assert TransformerEncoderLayer.from_config(enc.get_config()).get_config() == enc.get_config()
@@ -174,8 +174,7 @@ def test_whole_model_keras_round_trip_in_fresh_process(tmp_path):
     script = textwrap.dedent(
         """
         import sys
-        import keras, numpy as np
-        import models.networks  # registers the custom objects
+        import msatune, keras, numpy as np  # import msatune registers the custom objects
         d = sys.argv[1]
         x = dict(np.load(d + "/x.npz"))
         for family in ("baseline", "improved"):

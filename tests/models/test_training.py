@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from augment.pipeline import make_datasets
-from models.training import predict, train_model
+from msatune.augment.pipeline import make_datasets
+from msatune.models.training import predict, train_model
 from tests.conftest import make_tiny_arrays
 
 DIMS = {"text": 4, "audio": 3, "video": 2}
@@ -45,7 +45,7 @@ def test_reported_validation_metrics_match_keras_evaluate(loss, l2):
 
 
 def test_predict_matches_keras_and_traces_once_for_all_batch_shapes():
-    from models.build import build_model
+    from msatune.models.build import build_model
 
     arrays = make_tiny_arrays(sizes=(4, 11, 9))
     model = build_model({"family": "improved", **SMALL}, DIMS)
@@ -71,7 +71,7 @@ def test_a_finished_training_leaves_no_train_graph_behind():
     import keras
     from tensorflow.python.framework.func_graph import FuncGraph
 
-    from models.graph_registry import custom_gradient_count
+    from msatune.models.graph_registry import custom_gradient_count
 
     def train_step_graphs() -> int:
         return sum(

@@ -11,15 +11,16 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from augment.dataset import load_dataset
-from studies.lifecycle import SearchOptions, launch
-from studies.store import open_storage
-from studies.workspace import Workspace
+from msatune.augment.dataset import load_dataset
+from msatune.search.settings import SearchSettings
+from msatune.studies.lifecycle import launch
+from msatune.studies.store import open_storage
+from msatune.studies.workspace import Workspace
 
 
 def faulty_trainable(config: dict, data=None, poisoned=None) -> None:
     """Trial 2 raises; trial 3 trains on features that overflow (a real NaN loss); others train."""
-    from search.trainable import train_trial
+    from msatune.search.trainable import train_trial
 
     if config["seed"] == 2:
         raise RuntimeError("injected failure for the test")
@@ -41,7 +42,7 @@ def test_a_raising_trial_and_a_nan_trial_fail_with_reasons_and_the_study_goes_on
     ws = Workspace(tmp_path).ensure()
     storage = open_storage(ws.storage_url)
     data = load_dataset(tiny_data)
-    opts = SearchOptions(trials=5, max_epochs=2, grace_period=2, reduction_factor=2,
+    opts = SearchSettings(trials=5, max_epochs=2, grace_period=2, reduction_factor=2,
                          cpus_per_trial=1.0, seed=0, max_failures=0)
     launch(ws, storage, "faults", opts, data_dir=tiny_data, space_file=tiny_space_file,
            trainable=partial(faulty_trainable, poisoned=poison(data)))
@@ -71,7 +72,7 @@ def run_gpu_study(tmp_path: Path, tiny_data: Path, tiny_space_file: Path, gpus: 
                   trials: int) -> list[optuna.trial.FrozenTrial]:
     ws = Workspace(tmp_path).ensure()
     storage = open_storage(ws.storage_url)
-    opts = SearchOptions(trials=trials, max_epochs=1, grace_period=1, cpus_per_trial=cpus,
+    opts = SearchSettings(trials=trials, max_epochs=1, grace_period=1, cpus_per_trial=cpus,
                          gpus_per_trial=gpus, seed=0)
     launch(ws, storage, "gpus", opts, data_dir=tiny_data, space_file=tiny_space_file, trainable=gpu_probe)
     return optuna.load_study(study_name="gpus", storage=ws.storage_url).trials
@@ -116,4 +117,4 @@ def test_bad_gpu_requests_are_user_errors(gpus: float) -> None:
     from msatune.errors import UserError
 
     with pytest.raises(UserError, match="--gpus-per-trial"):
-        SearchOptions(trials=1, gpus_per_trial=gpus).validate()
+        SearchSettings(trials=1, gpus_per_trial=gpus).validate()

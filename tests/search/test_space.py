@@ -8,8 +8,8 @@ import optuna
 import pytest
 
 from msatune.errors import UserError
-from search.config import PRESETS, parse_overrides, resolve_config, validate_config
-from search.space import default_space, load_space
+from msatune.search.config import PRESETS, parse_overrides, resolve_config, validate_config
+from msatune.search.space import default_space, load_space
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from search.trial import load_predictions
+from msatune.models.checkpoint import read_predictions
 
 
 def load(tiny_study: dict) -> optuna.Study:
@@ -56,7 +56,7 @@ def test_every_trial_records_its_ray_id_and_best_checkpoint(tiny_study: dict) ->
         assert (ckpt / "model.weights.h5").exists(), t.number
         config = json.loads((ckpt / "config.json").read_text())
         assert config["epochs"] == 4
-        preds = load_predictions(ckpt)
+        preds = read_predictions(ckpt)
         assert preds["valid_pred"].shape == preds["valid_label"].shape == (24,)
         assert preds["test_pred"].shape == (24,)
         if t.state == TrialState.COMPLETE:
@@ -84,7 +84,7 @@ def test_every_trial_dir_holds_its_own_training_log(tiny_study: dict) -> None:
 
 
 def test_study_records_what_it_is(tiny_study: dict) -> None:
-    from studies.store import study_attrs
+    from msatune.studies.store import study_attrs
 
     attrs = study_attrs(load(tiny_study))
     assert attrs["data_path"] == str(Path(tiny_study["data"]).resolve())

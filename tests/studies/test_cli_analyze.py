@@ -20,7 +20,7 @@ needs_fixtures = pytest.mark.skipif(
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "studies.cli", "analyze", *args],
+        [sys.executable, "-m", "msatune.studies.cli", "analyze", *args],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
@@ -59,7 +59,7 @@ def test_bad_file_is_one_line_exit_2(tmp_path: Path) -> None:
 
 @needs_fixtures
 def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
-    from studies.cli import main
+    from msatune.studies.cli import main
 
     assert main(["analyze", str(ADAPTIVE)]) == 0
     out = capsys.readouterr().out
@@ -67,7 +67,7 @@ def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
-    from studies.cli import main
+    from msatune.studies.cli import main
 
     assert main(["analyze", "--help"]) == 0
     out = capsys.readouterr().out

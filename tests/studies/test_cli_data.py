@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from studies.cli import main
+from msatune.studies.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "studies.cli", *map(str, args)],
+        [sys.executable, "-m", "msatune.studies.cli", *map(str, args)],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
     )
 

@@ -21,7 +21,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from studies.cli import main
+from msatune.studies.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -30,7 +30,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 def run_cli(ws: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run(
-        [sys.executable, "-m", "studies.cli", "--workspace", str(ws), *map(str, args)],
+        [sys.executable, "-m", "msatune.studies.cli", "--workspace", str(ws), *map(str, args)],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, env=env,
     )
 
@@ -173,7 +173,7 @@ def test_predict_bad_model(tmp_path: Path, tiny_data: Path) -> None:
 
 
 def test_predict_checks_the_dims(tmp_path: Path) -> None:
-    from ensemble.export import Predictor
+    from msatune.ensemble.export import Predictor
     from msatune.errors import UserError
 
     p = Predictor("keras", tmp_path / "m.keras", None, {"text": 16, "audio": 8, "video": 6}, 8)
@@ -208,7 +208,7 @@ def test_ensemble_then_predict_on_a_real_study(tiny_study: dict, tmp_path: Path)
     assert Path(res["saved_model_path"], "saved_model.pb").is_file()
     assert res["export_check"]["max_abs_diff_vs_members"] <= 1e-5
 
-    from studies.store import load_study, open_storage, study_attrs
+    from msatune.studies.store import load_study, open_storage, study_attrs
 
     recorded = study_attrs(load_study(open_storage(tiny_study["storage_url"]), tiny_study["name"]))
     assert recorded["ensemble:greedy"]["members"] == [{"trial": m["trial"], "weight": m["weight"]}
@@ -227,9 +227,9 @@ def test_ensemble_then_predict_on_a_real_study(tiny_study: dict, tmp_path: Path)
 
 
 def test_build_and_render_for_the_demo(tiny_study: dict, capsys: pytest.CaptureFixture[str]) -> None:
-    from studies.cli_context import AppContext
-    from studies.cli_ensemble import build_and_render
-    from studies.store import open_storage
+    from msatune.studies.cli_context import AppContext
+    from msatune.studies.cli_ensemble import build_and_render
+    from msatune.studies.store import open_storage
 
     app = AppContext(workspace=Path(tiny_study["workspace"]))
     summary = build_and_render(app, open_storage(tiny_study["storage_url"]), tiny_study["name"])

@@ -13,7 +13,7 @@ import pytest
 
 
 def run(ws: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "studies.cli", "--workspace", str(ws), *args],
+    return subprocess.run([sys.executable, "-m", "msatune.studies.cli", "--workspace", str(ws), *args],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -90,7 +90,7 @@ def test_bad_storage_url(tmp_path: Path, url: str, needle: str) -> None:
 
 def test_changed_data_fingerprint_refuses_resume_unless_forced(tiny_study: dict, tmp_path: Path) -> None:
     """Point a copy of the study at a copy of its data, change the data, try to resume."""
-    from studies.store import set_study_attr
+    from msatune.studies.store import set_study_attr
 
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -99,7 +99,7 @@ def test_changed_data_fingerprint_refuses_resume_unless_forced(tiny_study: dict,
     shutil.copytree(tiny_study["data"], data)
     url = f"sqlite:///{ws / 'studies.db'}"
     set_study_attr(optuna.load_study(study_name="tiny", storage=url), "data_path", str(data))
-    from augment.synth import synthesize
+    from msatune.augment.synth import synthesize
 
     synthesize(data, preset="tiny", seed=1, overwrite=True)  # same layout, different content
     before = digest(ws / "studies.db")

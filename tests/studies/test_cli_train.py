@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from studies.cli import main
+from msatune.studies.cli import main
 
 
 def test_train_improved_writes_checkpoint_log_and_metrics_that_rebuild_exactly(
@@ -32,13 +32,12 @@ def test_train_improved_writes_checkpoint_log_and_metrics_that_rebuild_exactly(
     assert len(rows) == 4
     assert json.loads((out / "metrics.json").read_text())["best_epoch"] == payload["best_epoch"]
 
-    from augment.dataset import load_dataset
-    from models.checkpoint import load_checkpoint
-    from search.trial import load_predictions
+    from msatune.augment.dataset import load_dataset
+    from msatune.models.checkpoint import load_checkpoint, read_predictions
 
     model, config, meta = load_checkpoint(out / "checkpoint")
     assert config["model_dim"] == 16 and meta["best_epoch"] == payload["best_epoch"]
-    saved = load_predictions(out / "checkpoint")
+    saved = read_predictions(out / "checkpoint")
     data = load_dataset(tiny_data)
     rebuilt = model.predict(data.splits["valid"].inputs(), verbose=0).reshape(-1)
     np.testing.assert_allclose(rebuilt, saved["valid_pred"], atol=1e-5)
@@ -54,9 +53,9 @@ def test_train_improved_writes_checkpoint_log_and_metrics_that_rebuild_exactly(
     (["--data", "/no/such/data"], "/no/such/data"),
 ])
 def test_bad_train_input_is_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "studies.cli", "--workspace", str(tmp_path / "ws"), "train",
+    proc = subprocess.run([sys.executable, "-m", "msatune.studies.cli", "--workspace", str(tmp_path / "ws"), "train",
                            "--data", str(tmp_path / "missing"), *args] if "--data" not in args else
-                          [sys.executable, "-m", "studies.cli", "--workspace", str(tmp_path / "ws"), "train", *args],
+                          [sys.executable, "-m", "msatune.studies.cli", "--workspace", str(tmp_path / "ws"), "train", *args],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from msatune.errors import UserError
-from studies.cli import main
+from msatune.studies.cli import main
 
 
 def free_port() -> int:
@@ -53,7 +53,7 @@ class Dashboard:
         self.err = workspace / f"dashboard-{self.port}.err"
         with self.out.open("w") as out, self.err.open("w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "studies.cli", "--workspace", str(workspace), "dashboard",
+                [sys.executable, "-m", "msatune.studies.cli", "--workspace", str(workspace), "dashboard",
                  "--port", str(self.port), *extra],
                 stdout=out, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
@@ -87,7 +87,7 @@ def sha256(path: Path) -> str:
 def test_dashboard_serves_the_study_and_refuses_writes(tiny_study: dict) -> None:
     import optuna
 
-    from studies.store import open_storage
+    from msatune.studies.store import open_storage
 
     ws = Path(tiny_study["workspace"])
     store_file = ws / "studies.db"
@@ -158,7 +158,8 @@ def test_writable_dashboard_changes_a_copy_of_the_store(tiny_study: dict, tmp_pa
 
 def test_read_only_storage_refuses_writes_itself(tiny_study: dict, tmp_path: Path) -> None:
     """Defense in depth: even past the HTTP guard, the SQLite connection cannot write."""
-    from studies.dashboard import open_dashboard_storage, read_only_sqlite_url
+    from msatune.studies.dashboard import open_dashboard_storage
+    from msatune.studies.store import read_only_sqlite_url
 
     db = tmp_path / "copy.db"
     shutil.copy(Path(tiny_study["workspace"]) / "studies.db", db)
@@ -183,7 +184,7 @@ def test_dashboard_without_a_store_is_a_one_line_error(tmp_path: Path, capsys: p
     assert rc == 2
     assert err.startswith("msatune: error: no study store at") and err.count("\n") == 1
     with pytest.raises(UserError, match="not a database URL"):
-        from studies.dashboard import read_only_sqlite_url
+        from msatune.studies.store import read_only_sqlite_url
 
         read_only_sqlite_url("not a url")
 
@@ -194,9 +195,10 @@ def test_dashboard_polling_while_a_study_writes(tiny_data: Path, tiny_space_file
     """The dashboard polls the store as fast as it can while a real study writes to it."""
     from optuna.trial import TrialState
 
-    from studies.lifecycle import SearchOptions, launch
-    from studies.store import open_storage
-    from studies.workspace import Workspace
+    from msatune.search.settings import SearchSettings
+    from msatune.studies.lifecycle import launch
+    from msatune.studies.store import open_storage
+    from msatune.studies.workspace import Workspace
 
     ws = Workspace(tmp_path / "ws").ensure()
     storage = open_storage(ws.storage_url)  # creates the store, so the read-only dashboard can open it
@@ -224,7 +226,7 @@ def test_dashboard_polling_while_a_study_writes(tiny_data: Path, tiny_space_file
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
     try:
-        opts = SearchOptions(trials=3, max_epochs=2, grace_period=1, reduction_factor=2,
+        opts = SearchSettings(trials=3, max_epochs=2, grace_period=1, reduction_factor=2,
                              cpus_per_trial=1.0, seed=3)
         summary = launch(ws, storage, "live", opts, data_dir=tiny_data, space_file=tiny_space_file)
         time.sleep(0.5)

@@ -13,16 +13,12 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from studies.cli import main
-from studies.report import (
-    attach_report,
-    build_report,
-    ensemble_records,
-    read_event_scalars,
-    tensorboard_hint,
-)
-from studies.store import open_storage
-from studies.workspace import Workspace
+from msatune.studies.cli import main
+from msatune.studies.ensembles import ensemble_records
+from msatune.studies.report import attach_report, build_report, tensorboard_hint
+from msatune.studies.store import open_storage
+from msatune.studies.workspace import Workspace
+from tests.studies.tensorboard_events import read_event_scalars
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -22,13 +22,13 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from search.runner import RAY_PIDS_FILE, _alive, _session_processes
+from msatune.search.ray_session import RAY_PIDS_FILE, alive, session_processes
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def msatune(ws: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "studies.cli", "--workspace", str(ws), *args]
+    return [sys.executable, "-m", "msatune.studies.cli", "--workspace", str(ws), *args]
 
 
 def env() -> dict[str, str]:
@@ -79,8 +79,8 @@ def test_kill_9_then_resume_meets_the_budget_and_keeps_finished_trials(
         if driver.poll() is None:
             driver.kill()
     time.sleep(1.0)
-    orphans = set(ray_info["pids"]) | set(_session_processes(ray_info["session_dir"]))
-    assert any(_alive(p) for p in orphans), "expected Ray processes to outlive the killed driver"
+    orphans = set(ray_info["pids"]) | set(session_processes(ray_info["session_dir"]))
+    assert any(alive(p) for p in orphans), "expected Ray processes to outlive the killed driver"
 
     study = optuna.load_study(study_name="k9", storage=url)
     assert TrialState.RUNNING in [t.state for t in study.trials]
@@ -103,8 +103,8 @@ def test_kill_9_then_resume_meets_the_budget_and_keeps_finished_trials(
     requeued_from = {t.user_attrs.get("requeued_from") for t in study.trials} - {None}
     assert requeued_from == {t.number for t in failed}  # every orphan ran again
     time.sleep(0.5)
-    assert not [p for p in ray_info["pids"] if _alive(p)]
-    assert not _session_processes(ray_info["session_dir"])
+    assert not [p for p in ray_info["pids"] if alive(p)]
+    assert not session_processes(ray_info["session_dir"])
 
 
 def free_port() -> int:
@@ -151,7 +151,7 @@ def test_a_study_runs_on_an_existing_ray_head_via_address(
             os.killpg(head.pid, signal.SIGKILL)
         # the head's raylet and workers run in their own sessions: end them by their session dir
         for session in temp_dir.glob("session_2*"):
-            for pid in _session_processes(str(session)):
+            for pid in session_processes(str(session)):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:

@@ -1,0 +1,109 @@
+"""How a study searches and where it runs: one settings type, one set of defaults, one validation.
+
+The CLI fills :class:`SearchSettings` from its options (its defaults are these), ``launch``
+records the study-level part on the study, ``resume`` rebuilds it from the study and takes only
+the where-it-runs fields from the command line, and the runner reads one per run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from msatune.errors import UserError
+
+#: Epochs before ASHA may stop a trial, unless a study says otherwise (at most ``max_epochs``).
+DEFAULT_GRACE_PERIOD = 3
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """A study's search (``trials`` .. ``seed``) and where a run of it goes (the rest)."""
+
+    trials: int = 20  # the study's budget; for one run of the runner, that run's trial count
+    max_epochs: int = 30  # epoch budget of one trial (ASHA's max_t)
+    grace_period: int | None = None  # None: DEFAULT_GRACE_PERIOD, at most max_epochs
+    reduction_factor: int = 3
+    seed: int = 0  # the study's seed; the runner gets a per-run sampler seed (see for_run)
+    n_startup_trials: int | None = None  # TPE's random start-up; None: min(10, max(3, trials // 3))
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    concurrency: int | None = None  # None: as many as the cluster's resources allow
+    address: str | None = None  # an existing Ray cluster; None: a local instance of our own
+    max_failures: int = 1
+    verbose: bool = False
+
+    @property
+    def grace(self) -> int:
+        """The grace period in effect."""
+        if self.grace_period is not None:
+            return int(self.grace_period)
+        return max(1, min(DEFAULT_GRACE_PERIOD, int(self.max_epochs)))
+
+    @property
+    def startup_trials(self) -> int:
+        """TPE's random start-up trials (Optuna's 10 would be a whole small study)."""
+        if self.n_startup_trials is not None:
+            return int(self.n_startup_trials)
+        return min(10, max(3, int(self.trials) // 3))
+
+    def validate(self) -> SearchSettings:
+        """Self, or a UserError naming the option (as the CLI spells it) and its allowed range."""
+        def number(value: Any) -> bool:
+            return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value))
+
+        if not number(self.trials) or self.trials <= 0:
+            raise UserError(f"--trials must be > 0 (got {self.trials})")
+        if not number(self.max_epochs) or self.max_epochs <= 0:
+            raise UserError(f"--max-epochs must be > 0 (got {self.max_epochs})")
+        if self.grace_period is not None and not 1 <= self.grace_period <= self.max_epochs:
+            raise UserError(f"--grace-period must be between 1 and --max-epochs ({self.max_epochs}), "
+                            f"got {self.grace_period}")
+        if self.reduction_factor < 2:
+            raise UserError(f"--reduction-factor must be >= 2 (got {self.reduction_factor})")
+        if not number(self.cpus_per_trial) or self.cpus_per_trial <= 0:
+            raise UserError(f"--cpus-per-trial must be > 0 (got {self.cpus_per_trial})")
+        if not number(self.gpus_per_trial) or self.gpus_per_trial < 0:
+            raise UserError(f"--gpus-per-trial must be >= 0 (got {self.gpus_per_trial})")
+        if self.gpus_per_trial > 1 and not float(self.gpus_per_trial).is_integer():
+            raise UserError(f"--gpus-per-trial above 1 must be a whole number (got {self.gpus_per_trial})")
+        if self.concurrency is not None and self.concurrency <= 0:
+            raise UserError(f"--concurrency must be > 0 (got {self.concurrency})")
+        if self.max_failures < 0:
+            raise UserError(f"--max-failures must be >= 0 (got {self.max_failures})")
+        return self
+
+    def for_run(self, trials: int, run_index: int) -> SearchSettings:
+        """The settings of one run of a study: its trial count and its own sampler seed (the
+        same seed in every run would repeat the same parameters, optuna#3255)."""
+        return replace(self, trials=int(trials), seed=int(self.seed) + 7919 * int(run_index))
+
+    def study_record(self) -> dict[str, Any]:
+        """What a study records of its search (``from_study`` reads it back)."""
+        return {
+            "budget": int(self.trials),
+            "max_epochs": int(self.max_epochs),
+            "asha": {"grace_period": self.grace, "reduction_factor": int(self.reduction_factor)},
+            "seed": int(self.seed),
+            "resources": {"cpus_per_trial": float(self.cpus_per_trial),
+                          "gpus_per_trial": float(self.gpus_per_trial)},
+        }
+
+    @classmethod
+    def from_study(cls, attrs: dict[str, Any], **where: Any) -> SearchSettings:
+        """A study's recorded search, run where ``where`` says (cpus/gpus per trial,
+        concurrency, address, verbose; ``None`` keeps the recorded value or the default)."""
+        resources = attrs.get("resources", {})
+        runs_on = {k: v for k, v in where.items() if v is not None}
+        return cls(
+            trials=int(attrs["budget"]),
+            max_epochs=int(attrs["max_epochs"]),
+            grace_period=int(attrs["asha"]["grace_period"]),
+            reduction_factor=int(attrs["asha"]["reduction_factor"]),
+            seed=int(attrs["seed"]),
+            cpus_per_trial=float(runs_on.pop("cpus_per_trial", resources.get("cpus_per_trial", 1.0))),
+            gpus_per_trial=float(runs_on.pop("gpus_per_trial", resources.get("gpus_per_trial", 0.0))),
+            **runs_on,
+        )

@@ -1,0 +1,57 @@
+"""Predictions of a dataset split by any msatune model, written as CSV (``msatune predict``)."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msatune.errors import UserError
+
+
+def predict_split(model: Path, data_dir: Path, split: str, out_file: Path) -> dict[str, Any]:
+    """Predict ``split`` of the dataset at ``data_dir`` with ``model`` (a trial checkpoint, an
+    ensemble directory or a ``.keras`` file), write the CSV, return what was done (with the MAE
+    against the split's labels)."""
+    from msatune.augment.dataset import load_dataset
+    from msatune.ensemble.export import load_predictor
+
+    data = load_dataset(data_dir)
+    t0 = time.perf_counter()
+    predictor = load_predictor(model)
+    predictor.check_data(data.dims, data.seq_len, f"dataset {data_dir}")
+    s = data.splits[split]
+    pred = predictor.predict(s.inputs())
+    write_predictions_csv(out_file, pred, s.labels, s.ids)
+    labels = np.asarray(s.labels, dtype=np.float64).reshape(-1)
+    mae = float(np.mean(np.abs(pred.astype(np.float64) - labels)))
+    return {"model": str(model), "kind": predictor.kind, "data": str(data_dir), "split": split,
+            "n": int(pred.shape[0]), "out": str(out_file), "mae": mae,
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def write_predictions_csv(path: Path, pred: Any, labels: Any, ids: Any | None) -> None:
+    """One row per sample: ``index[,id],prediction,label``."""
+    pred = np.asarray(pred).reshape(-1)
+    labels = None if labels is None else np.asarray(labels).reshape(-1)
+    header = ["index"] + (["id"] if ids is not None else []) + ["prediction"] + (["label"] if labels is not None else [])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(header)
+            for i, p in enumerate(pred):
+                row: list[Any] = [i]
+                if ids is not None:
+                    row.append(str(ids[i]))
+                row.append(f"{float(p):.6f}")
+                if labels is not None:
+                    row.append(f"{float(labels[i]):.6f}")
+                w.writerow(row)
+        tmp.replace(path)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc
