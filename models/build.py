@@ -28,11 +28,18 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "dropout": 0.1,
     "l2": 0.0,
     "adaptive_fusion": True,
-    "head_units": 64,
-    "head_units2": 32,
+    # The keys below default to msa-tf2's architecture; other values are msatune's variants.
+    "key_dim": 0,  # per-head attention size of the encoders; 0 = model_dim (msa-tf2)
+    "l2_scope": "theirs",  # "theirs": msa-tf2's regularized kernels; "all": + FFN and gate output
+    "gate_units": 64,  # improved: adaptive-fusion gate's hidden width; 0 = model_dim
+    "head_units": 128,  # improved: the head's first hidden Dense
+    "head_units2": 64,  # improved: the head's second hidden Dense
 }
 
 FAMILIES = ("baseline", "improved")
+
+#: String-valued model keys and their allowed values.
+MODEL_CHOICES: dict[str, tuple[str, ...]] = {"family": FAMILIES, "l2_scope": ("theirs", "all")}
 
 
 def _where(key: str) -> str:
@@ -87,13 +94,15 @@ def resolve_model_config(config: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"family": family}
     for key in ("model_dim", "num_heads", "ff_dim", "head_units", "head_units2"):
         out[key] = _as_int(key, merged[key], 1)
-    for key in ("n_layers_mod", "n_layers_fuse"):
+    for key in ("n_layers_mod", "n_layers_fuse", "key_dim", "gate_units"):
         out[key] = _as_int(key, merged[key], 0)
-    if out["model_dim"] % out["num_heads"]:
+    scope = merged["l2_scope"]
+    if scope not in MODEL_CHOICES["l2_scope"]:
         raise UserError(
-            f"model config key 'num_heads' = {out['num_heads']}: allowed values divide "
-            f"model_dim ({out['model_dim']})"
+            f"model config key 'l2_scope' = {scope!r}: allowed values are "
+            f"{', '.join(MODEL_CHOICES['l2_scope'])}"
         )
+    out["l2_scope"] = scope
     out["dropout"] = _as_float("dropout", merged["dropout"], 0.0, 1.0, "numbers in [0, 1)")
     out["l2"] = _as_float("l2", merged["l2"], 0.0, None, "numbers >= 0")
     out["adaptive_fusion"] = _as_bool("adaptive_fusion", merged["adaptive_fusion"])
@@ -138,10 +147,15 @@ def build_model(
         dropout=resolved["dropout"],
         l2=resolved["l2"],
         adaptive_fusion=resolved["adaptive_fusion"],
+        key_dim=resolved["key_dim"],
+        l2_scope=resolved["l2_scope"],
         seq_len=seq_len,
     )
     if resolved["family"] == "baseline":
         return MSAModel(**common)
     return ImprovedMSAModel(
-        head_units=resolved["head_units"], head_units2=resolved["head_units2"], **common
+        gate_units=resolved["gate_units"],
+        head_units=resolved["head_units"],
+        head_units2=resolved["head_units2"],
+        **common,
     )

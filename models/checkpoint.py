@@ -16,6 +16,7 @@ file under the final name.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -164,8 +165,8 @@ def load_checkpoint(directory: str | os.PathLike[str]) -> tuple[keras.Model, dic
 
 
 def _check_weights_file(weights: Path, model: keras.Model) -> None:
-    """Raise UserError unless ``weights`` is a readable HDF5 file holding as many arrays and
-    values as ``model`` has weights (Keras itself only warns on a structural mismatch)."""
+    """Raise UserError unless ``weights`` is a readable HDF5 file holding arrays of exactly the
+    shapes of ``model``'s weights (Keras itself only warns on a structural mismatch)."""
     import h5py
 
     try:
@@ -183,16 +184,35 @@ def _check_weights_file(weights: Path, model: keras.Model) -> None:
                 )
     except Exception as exc:  # OSError for truncated/foreign files, others for damaged ones
         raise UserError(f"checkpoint weights {weights} are corrupt: {first_line(exc)}") from exc
-    arrays = len(found)
+    wanted = [tuple(int(d) for d in w.shape) for w in model.weights]
+    found = [tuple(int(d) for d in shape) for shape in found]
+    if sorted(found) == sorted(wanted):
+        return
     values = int(sum(int(np.prod(shape)) for shape in found))
-    want_arrays = len(model.weights)
-    want_values = int(sum(int(np.prod(w.shape)) for w in model.weights))
-    if (arrays, values) != (want_arrays, want_values):
-        raise UserError(
-            f"checkpoint weights {weights} do not match config.json and checkpoint.json: the file "
-            f"holds {arrays} arrays ({values} values), the configured model has {want_arrays} "
-            f"({want_values} values)"
+    want_values = int(sum(int(np.prod(shape)) for shape in wanted))
+    extra = collections.Counter(found) - collections.Counter(wanted)
+    missing = collections.Counter(wanted) - collections.Counter(found)
+    detail = "; ".join(
+        part
+        for part in (
+            f"shapes only in the file: {_shapes(extra)}" if extra else "",
+            f"only in the model: {_shapes(missing)}" if missing else "",
         )
+        if part
+    )
+    raise UserError(
+        f"checkpoint weights {weights} do not match config.json and checkpoint.json: the file "
+        f"holds {len(found)} arrays ({values} values), the configured model has {len(wanted)} "
+        f"({want_values} values); {detail} (a checkpoint of an earlier msatune model family "
+        "does not load into today's models: retrain it)"
+    )
+
+
+def _shapes(counts: collections.Counter, limit: int = 4) -> str:
+    """``(16, 2, 8) x14, (2, 8) x14 and 2 more``: the distinct shapes, most frequent first."""
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    text = ", ".join(f"{shape} x{n}" for shape, n in items[:limit])
+    return text + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 # --- predictions.npz ----------------------------------------------------------------------------

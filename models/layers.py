@@ -26,10 +26,13 @@ class TransformerEncoderLayer(keras.layers.Layer):
     """A post-norm transformer encoder layer (the msa-tf2 ``TransformerEncoder``).
 
     ``x1 = LN(x + Dropout(MHA(x, x)))``; ``y = LN(x1 + Dropout(FFN(x1)))`` with
-    ``FFN = Dense(ff_dim, relu) -> Dense(model_dim)``. With ``outer_residual`` the layer returns
-    ``x + y`` (the improved model's residual connection around every encoder layer).
-    Attention uses ``num_heads`` heads of size ``model_dim // num_heads``. ``l2`` regularizes
-    the FFN kernels.
+    ``FFN = Dense(ff_dim, relu) -> Dense(model_dim)`` and both LayerNorms at epsilon 1e-6. With
+    ``outer_residual`` the layer returns ``x + y`` (the improved model's residual connection
+    around every encoder layer). Attention has ``num_heads`` heads of size ``key_dim`` each
+    (query, key and value projections ``model_dim -> num_heads x key_dim``, output projection
+    back to ``model_dim``, no attention dropout); ``key_dim`` 0 means ``model_dim``, as msa-tf2's
+    ``MultiHeadAttention(num_heads, key_dim=model_dim)``. ``l2`` (> 0) regularizes the two FFN
+    kernels (msa-tf2 never does; the models pass it only for ``l2_scope="all"``).
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class TransformerEncoderLayer(keras.layers.Layer):
         dropout: float = 0.1,
         l2: float = 0.0,
         outer_residual: bool = False,
+        key_dim: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -49,8 +53,9 @@ class TransformerEncoderLayer(keras.layers.Layer):
         self.dropout = float(dropout)
         self.l2 = float(l2)
         self.outer_residual = bool(outer_residual)
+        self.key_dim = int(key_dim)
         self.mha = keras.layers.MultiHeadAttention(
-            num_heads=self.num_heads, key_dim=self.model_dim // self.num_heads, name="mha"
+            num_heads=self.num_heads, key_dim=self.key_dim or self.model_dim, name="mha"
         )
         self.ffn1 = keras.layers.Dense(
             self.ff_dim,
@@ -92,6 +97,7 @@ class TransformerEncoderLayer(keras.layers.Layer):
             dropout=self.dropout,
             l2=self.l2,
             outer_residual=self.outer_residual,
+            key_dim=self.key_dim,
         )
         return config
 
@@ -100,8 +106,11 @@ class TransformerEncoderLayer(keras.layers.Layer):
 class LearnedQueryAttentionPooling(keras.layers.Layer):
     """Pools ``(B, T, D)`` to ``(B, D)``: a learned ``(1, D)`` query attends over the T axis.
 
-    One single-head ``MultiHeadAttention`` (key size ``model_dim``), as in the msa-tf2 improved
-    model. Works for any T (the query is broadcast to the batch, never tiled over time).
+    ``MHA(query, x, x)`` with one head of key size ``model_dim`` (query/key/value/output
+    projections with biases, no attention dropout) and the query initialized from
+    ``RandomNormal(stddev=0.05)`` (Keras' ``"random_normal"``), as the msa-tf2 improved model's
+    ``attention_pool`` with its ``pool_query``. Works for any T (the query is broadcast to the
+    batch, never tiled over time).
     """
 
     def __init__(self, model_dim: int, **kwargs: Any) -> None:

@@ -10,11 +10,14 @@ Inputs: a dict ``{"text": (B, T, Dt), "audio": (B, T, Da), "video": (B, T, Dv)}`
 ``None`` in the input spec unless ``seq_len`` is given. Output: ``(B, 1)`` float32 (the output
 layer is float32 even under a mixed-precision policy).
 
-Faithful to the msa-tf2 code: modality vectors are stacked as tokens in the order text, video,
-audio; the baseline's adaptive fusion computes its softmax weights from the mean of the *fused*
-tokens and applies them to the *pre-fusion* modality vectors (as msa-tf2 ``MSAModel`` does); the
-improved model pools with one learned-query attention layer shared by the three modalities and
-the fusion tokens, and weights the fused tokens.
+With their defaults (``key_dim=0``, ``l2_scope="theirs"``, and for the improved model
+``gate_units=64``, ``head_units=128``, ``head_units2=64``) the models compute what msa-tf2's
+``models/msamodel.py`` ``MSAModel`` and ``models/improved_msamodel.py`` ``ImprovedMSAModel``
+compute, weight for weight (same variables and shapes, so the same parameter counts: 725,380 and
+763,716 at model_dim 64, 4 heads, ff 256, 2 + 1 layers, dims 300/74/47). Modality vectors are
+stacked as fusion tokens in the order text, video, audio; adaptive fusion weights the *fused*
+tokens (the fusion encoders' output), in both families. The other values of those keys are
+msatune's own variants, for the search space.
 """
 
 from __future__ import annotations
@@ -69,15 +72,30 @@ class _MSABase(keras.Model):
         return self._cfg_seq_len
 
 
+L2_SCOPES = ("theirs", "all")
+
+
+def _scoped(reg: float, scope: str, wanted: str) -> float:
+    """``reg`` for a kernel in L2 group ``wanted`` ("theirs": msa-tf2 regularizes it; "all":
+    only ``l2_scope="all"`` does), else 0."""
+    return reg if wanted == "theirs" or scope == "all" else 0.0
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class MSAModel(_MSABase):
     """The msa-tf2 baseline: per-modality encoders, cross-modal fusion, optional adaptive fusion.
 
-    ``Dense(model_dim)`` projection per modality -> ``n_layers_mod`` post-norm encoder layers ->
-    average over time; the three vectors as tokens -> ``n_layers_fuse`` fusion encoder layers;
-    adaptive fusion: ``Dense(3, softmax)`` on the mean fused token, weighted sum of the modality
-    vectors; otherwise the mean fused token; ``Dense(1)``. ``l2`` (> 0) regularizes the
-    projection, feed-forward and gate kernels.
+    Per modality m: ``h_m = mean_t(Enc_m(Dense(model_dim)(x_m)))`` with ``n_layers_mod``
+    post-norm encoder layers (:class:`TransformerEncoderLayer`, dropout ``dropout``, no outer
+    residual). Fusion: ``F = Enc_fuse(stack(h_text, h_video, h_audio))``, ``(B, 3, model_dim)``,
+    through ``n_layers_fuse`` encoder layers. Adaptive fusion: ``w = softmax(Dense(3)(mean_k
+    F_k))`` and ``r = sum_k w_k F_k`` (the weights multiply the *fused* tokens); otherwise
+    ``r = mean_k F_k``. Output ``Dense(1)(r)``.
+
+    ``key_dim``: per-head attention size of the encoders, 0 = ``model_dim`` (msa-tf2).
+    ``l2`` (> 0; msa-tf2's baseline has none) regularizes with ``l2_scope="theirs"`` the
+    projection kernels (the layers the improved model regularizes), with ``"all"`` also the
+    encoders' feed-forward kernels and the fusion-weight kernel.
     """
 
     _config_keys = (
@@ -92,6 +110,8 @@ class MSAModel(_MSABase):
         "dropout",
         "l2",
         "adaptive_fusion",
+        "key_dim",
+        "l2_scope",
         "seq_len",
     )
 
@@ -108,6 +128,8 @@ class MSAModel(_MSABase):
         dropout: float = 0.1,
         l2: float = 0.0,
         adaptive_fusion: bool = True,
+        key_dim: int = 0,
+        l2_scope: str = "theirs",
         seq_len: int | None = None,
         name: str | None = None,
         **kwargs: Any,
@@ -124,28 +146,37 @@ class MSAModel(_MSABase):
             dropout=float(dropout),
             l2=float(l2),
             adaptive_fusion=bool(adaptive_fusion),
+            key_dim=int(key_dim),
+            l2_scope=str(l2_scope),
             seq_len=None if seq_len is None else int(seq_len),
         )
         v = values
         inputs = _inputs(v["text_dim"], v["audio_dim"], v["video_dim"], v["seq_len"])
-        reg = v["l2"]
+        reg, scope = v["l2"], v["l2_scope"]
 
         def encoder(layer_name: str) -> TransformerEncoderLayer:
             return TransformerEncoderLayer(
-                v["model_dim"], v["num_heads"], v["ff_dim"], v["dropout"], l2=reg, name=layer_name
+                v["model_dim"],
+                v["num_heads"],
+                v["ff_dim"],
+                v["dropout"],
+                l2=_scoped(reg, scope, "all"),
+                key_dim=v["key_dim"],
+                name=layer_name,
             )
 
         vectors = {}
         for m in MODALITIES:
             x = keras.layers.Dense(
-                v["model_dim"], kernel_regularizer=l2_regularizer(reg), name=f"{m}_proj"
+                v["model_dim"],
+                kernel_regularizer=l2_regularizer(_scoped(reg, scope, "theirs")),
+                name=f"{m}_proj",
             )(inputs[m])
             for i in range(v["n_layers_mod"]):
                 x = encoder(f"{m}_enc_{i}")(x)
             vectors[m] = keras.layers.GlobalAveragePooling1D(name=f"{m}_pool")(x)
 
-        tokens = StackModalities(name="stack_modal")([vectors[m] for m in FUSION_ORDER])
-        fused = tokens
+        fused = StackModalities(name="stack_modal")([vectors[m] for m in FUSION_ORDER])
         for i in range(v["n_layers_fuse"]):
             fused = encoder(f"fuse_enc_{i}")(fused)
         fused_mean = keras.layers.GlobalAveragePooling1D(name="fuse_pool")(fused)
@@ -153,10 +184,10 @@ class MSAModel(_MSABase):
             weights = keras.layers.Dense(
                 len(FUSION_ORDER),
                 activation="softmax",
-                kernel_regularizer=l2_regularizer(reg),
+                kernel_regularizer=l2_regularizer(_scoped(reg, scope, "all")),
                 name="fusion_weights",
             )(fused_mean)
-            rep = WeightedTokenSum(name="adaptive_sum")([tokens, weights])
+            rep = WeightedTokenSum(name="adaptive_sum")([fused, weights])
         else:
             rep = fused_mean
         output = keras.layers.Dense(1, dtype="float32", name="output_dense")(rep)
@@ -168,16 +199,25 @@ class MSAModel(_MSABase):
 class ImprovedMSAModel(_MSABase):
     """The msa-tf2 improved model.
 
-    Projection ``Dense -> LayerNorm -> Dropout`` per modality; encoder layers with a residual
-    connection around each (modality and fusion); learned-query attention pooling (one layer,
-    shared by the modalities and the fusion tokens) instead of averaging; adaptive fusion with an
-    MLP gate ``Dense(model_dim, relu) -> Dropout -> Dense(3, softmax)`` on the pooled fused tokens,
-    weighted sum of the fused tokens (else the pooled fused tokens); head ``Dense(head_units,
-    relu) -> BatchNorm -> Dropout -> Dense(head_units2, relu) -> Dropout -> Dense(1)``. ``l2``
-    regularizes every Dense kernel except the output layer (attention projections excluded).
+    Per modality m: ``x = Dropout(LayerNorm(Dense(model_dim)(x_m)))`` (LayerNorm at Keras'
+    default epsilon 1e-3), then ``n_layers_mod`` encoder layers each with a residual around it
+    (``x = x + Enc(x)``, encoder dropout ``dropout``), then ``h_m = Pool(x)``: one learned-query
+    attention pooling layer (:class:`LearnedQueryAttentionPooling`, one head of size
+    ``model_dim``) whose weights are shared by the three modalities and the fusion stage.
+    Fusion: ``F = stack(h_text, h_video, h_audio)`` through ``n_layers_fuse`` residual encoder
+    layers. Adaptive fusion: ``w = softmax(Dense(3)(Dropout(relu(Dense(gate_units)(Pool(F))))))``
+    and ``r = sum_k w_k F_k`` (the fused tokens); otherwise ``r = Pool(F)``. Head: ``Dense(
+    head_units, relu) -> BatchNorm -> Dropout -> Dense(head_units2, relu) -> Dropout ->
+    Dense(1)``. Every Dropout has rate ``dropout`` (msa-tf2's ``dropout_rate``).
+
+    ``l2`` (msa-tf2's ``l2_reg``) with ``l2_scope="theirs"`` regularizes exactly msa-tf2's
+    kernels: the three projections, the gate's hidden Dense and the head's two hidden Dense
+    layers; ``"all"`` adds the encoders' feed-forward kernels and the gate's output kernel.
+    ``key_dim``: per-head size of the encoders' attention, 0 = ``model_dim`` (msa-tf2).
+    ``gate_units``: the gate's hidden width, 0 = ``model_dim`` (msa-tf2: a fixed 64).
     """
 
-    _config_keys = MSAModel._config_keys + ("head_units", "head_units2")
+    _config_keys = MSAModel._config_keys + ("gate_units", "head_units", "head_units2")
 
     def __init__(
         self,
@@ -189,11 +229,14 @@ class ImprovedMSAModel(_MSABase):
         ff_dim: int = 256,
         n_layers_mod: int = 2,
         n_layers_fuse: int = 1,
-        dropout: float = 0.4,
+        dropout: float = 0.3,
         l2: float = 0.01,
         adaptive_fusion: bool = True,
-        head_units: int = 64,
-        head_units2: int = 32,
+        key_dim: int = 0,
+        l2_scope: str = "theirs",
+        gate_units: int = 64,
+        head_units: int = 128,
+        head_units2: int = 64,
         seq_len: int | None = None,
         name: str | None = None,
         **kwargs: Any,
@@ -210,14 +253,18 @@ class ImprovedMSAModel(_MSABase):
             dropout=float(dropout),
             l2=float(l2),
             adaptive_fusion=bool(adaptive_fusion),
+            key_dim=int(key_dim),
+            l2_scope=str(l2_scope),
+            gate_units=int(gate_units),
             head_units=int(head_units),
             head_units2=int(head_units2),
             seq_len=None if seq_len is None else int(seq_len),
         )
         v = values
         inputs = _inputs(v["text_dim"], v["audio_dim"], v["video_dim"], v["seq_len"])
-        reg = v["l2"]
+        reg, scope = v["l2"], v["l2_scope"]
         rate = v["dropout"]
+        theirs = l2_regularizer(_scoped(reg, scope, "theirs"))
 
         def encoder(layer_name: str) -> TransformerEncoderLayer:
             return TransformerEncoderLayer(
@@ -225,18 +272,19 @@ class ImprovedMSAModel(_MSABase):
                 v["num_heads"],
                 v["ff_dim"],
                 rate,
-                l2=reg,
+                l2=_scoped(reg, scope, "all"),
                 outer_residual=True,
+                key_dim=v["key_dim"],
                 name=layer_name,
             )
 
         pool = LearnedQueryAttentionPooling(v["model_dim"], name="attention_pool")
         vectors = {}
         for m in MODALITIES:
-            x = keras.layers.Dense(
-                v["model_dim"], kernel_regularizer=l2_regularizer(reg), name=f"{m}_proj"
-            )(inputs[m])
-            x = keras.layers.LayerNormalization(epsilon=1e-6, name=f"{m}_proj_norm")(x)
+            x = keras.layers.Dense(v["model_dim"], kernel_regularizer=theirs, name=f"{m}_proj")(
+                inputs[m]
+            )
+            x = keras.layers.LayerNormalization(epsilon=1e-3, name=f"{m}_proj_norm")(x)
             x = keras.layers.Dropout(rate, name=f"{m}_proj_drop")(x)
             for i in range(v["n_layers_mod"]):
                 x = encoder(f"{m}_enc_{i}")(x)
@@ -248,34 +296,28 @@ class ImprovedMSAModel(_MSABase):
         pooled = pool(fused)
         if v["adaptive_fusion"]:
             g = keras.layers.Dense(
-                v["model_dim"],
+                v["gate_units"] or v["model_dim"],
                 activation="relu",
-                kernel_regularizer=l2_regularizer(reg),
+                kernel_regularizer=theirs,
                 name="fusion_gate_hidden",
             )(pooled)
             g = keras.layers.Dropout(rate, name="fusion_gate_drop")(g)
             weights = keras.layers.Dense(
                 len(FUSION_ORDER),
                 activation="softmax",
-                kernel_regularizer=l2_regularizer(reg),
+                kernel_regularizer=l2_regularizer(_scoped(reg, scope, "all")),
                 name="fusion_weights",
             )(g)
             rep = WeightedTokenSum(name="adaptive_sum")([fused, weights])
         else:
             rep = pooled
         h = keras.layers.Dense(
-            v["head_units"],
-            activation="relu",
-            kernel_regularizer=l2_regularizer(reg),
-            name="head_dense1",
+            v["head_units"], activation="relu", kernel_regularizer=theirs, name="head_dense1"
         )(rep)
         h = keras.layers.BatchNormalization(name="head_bn")(h)
         h = keras.layers.Dropout(rate, name="head_drop1")(h)
         h = keras.layers.Dense(
-            v["head_units2"],
-            activation="relu",
-            kernel_regularizer=l2_regularizer(reg),
-            name="head_dense2",
+            v["head_units2"], activation="relu", kernel_regularizer=theirs, name="head_dense2"
         )(h)
         h = keras.layers.Dropout(rate, name="head_drop2")(h)
         output = keras.layers.Dense(1, dtype="float32", name="output_dense")(h)

@@ -1,10 +1,28 @@
 """The training recipe: one configuration trained to its best epoch, driven by a flat config dict.
 
 ``train_model`` builds the model, the optimizer (adam | adamw), the loss (mae | huber), the LR
-schedule (constant | plateau | cosine with linear warm-up), fits with early stopping on val MAE,
-keeps the best-epoch weights, writes a CSV log in the msa-tf2 columns and calls ``on_epoch`` after
-every epoch (the search reports through it). The input pipelines are built by the caller (see
+schedule (constant | plateau | cosine with linear warm-up), fits with early stopping, keeps the
+best-val-MAE weights, writes a CSV log in the msa-tf2 columns and calls ``on_epoch`` after every
+epoch (the search reports through it). The input pipelines are built by the caller (see
 ``search.trial``), so this module only sees ``tf.data`` datasets.
+
+The rules are those of the Keras callbacks msa-tf2's scripts register, evaluated the way Keras
+evaluates them (``train.py``: EarlyStopping and ReduceLROnPlateau on val_mae; ``improved_train.py``:
+EarlyStopping on val_loss, LearningRateScheduler, ReduceLROnPlateau on val_loss):
+
+* early stopping (``EarlyStopping(monitor, patience, min_delta=0, restore_best_weights=True)``):
+  an epoch improves when its ``early_stop_metric`` is strictly below the best so far; training
+  stops after ``patience`` epochs in a row without improvement (0 = never).
+* ``lr_schedule="plateau"`` (``ReduceLROnPlateau(plateau_metric, plateau_factor,
+  plateau_patience, min_delta=1e-4, cooldown=0, min_lr)``): an epoch improves when the metric is
+  more than 1e-4 below the best so far; after ``plateau_patience`` epochs without, the rate is
+  multiplied by ``plateau_factor`` (never below ``min_lr``; nothing happens once it is there) and
+  the count restarts. The new rate applies from the next epoch.
+* ``lr_schedule="cosine"`` (``LearningRateScheduler``): the rate of each epoch is set when the
+  epoch begins (:func:`epoch_learning_rate`). A ReduceLROnPlateau registered beside it, as in
+  ``improved_train.py``, lowers the rate at an epoch's end and the scheduler overwrites it when
+  the next epoch begins (its schedule ignores the current rate), so it never changes a rate that
+  any epoch trains with: under ``cosine`` the plateau keys have no effect, as in Keras.
 """
 
 from __future__ import annotations
@@ -38,11 +56,15 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "huber_delta": 1.0,
     "lr_schedule": "cosine",
     "warmup_epochs": 5,
+    "cosine_epochs": 50,  # the cosine's horizon (msa-tf2: 50); 0 = the run's ``epochs``
+    "plateau_metric": "val_loss",
     "plateau_factor": 0.5,
     "plateau_patience": 5,
+    "min_lr": 1e-6,  # the plateau schedule's floor
     "batch_size": 16,
     "epochs": 50,
-    "patience": 8,  # early stopping on val MAE; 0 = off
+    "early_stop_metric": "val_loss",
+    "patience": 8,  # early stopping on early_stop_metric; 0 = off
     "seed": 0,
     "jit_compile": False,
     "mixed_precision": False,
@@ -52,7 +74,12 @@ TRAIN_CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("adam", "adamw"),
     "loss": ("mae", "huber"),
     "lr_schedule": ("constant", "plateau", "cosine"),
+    "early_stop_metric": ("val_loss", "val_mae"),
+    "plateau_metric": ("val_loss", "val_mae"),
 }
+
+#: Keras' ReduceLROnPlateau default ``min_delta`` (msa-tf2 keeps it): the least improvement.
+PLATEAU_MIN_DELTA = 1e-4
 
 #: The msa-tf2 CSV log columns (the users' own tools read these).
 CSV_COLUMNS = ("epoch", "learning_rate", "loss", "mae", "mse", "val_loss", "val_mae", "val_mse")
@@ -81,14 +108,17 @@ class EpochReport:
 
 @dataclass
 class TrainResult:
-    model: keras.Model  # holds the best-epoch weights
+    model: keras.Model  # holds the best-val-MAE epoch's weights (the trial's checkpoint)
     history: list[dict[str, float]]
-    best_epoch: int
+    best_epoch: int  # of the best val MAE
     best_val_mae: float
     epochs_trained: int
     stopped_early: bool
     train_seconds: float  # time inside epochs (the harness overhead is wall time minus this)
     config: dict[str, Any] = field(default_factory=dict)
+    #: The epoch of the best ``early_stop_metric``: the weights Keras' EarlyStopping
+    #: (restore_best_weights=True) leaves in the model. Equals ``best_epoch`` for val_mae.
+    early_stop_best_epoch: int = -1
 
     @property
     def best(self) -> dict[str, float]:
@@ -105,13 +135,20 @@ def training_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     for key in positive:
         if not _is_number(out[key]) or out[key] <= 0:
             raise UserError(f"{key}={out[key]!r} must be a number > 0")
-    non_negative = ("weight_decay", "clipnorm", "warmup_epochs", "patience", "plateau_patience")
+    non_negative = (
+        "weight_decay", "clipnorm", "warmup_epochs", "cosine_epochs", "patience",
+        "plateau_patience", "min_lr",
+    )
     for key in non_negative:
         if not _is_number(out[key]) or out[key] < 0:
             raise UserError(f"{key}={out[key]!r} must be a number >= 0")
     if not (_is_number(out["plateau_factor"]) and 0 < out["plateau_factor"] < 1):
         raise UserError(f"plateau_factor={out['plateau_factor']!r} must be in (0, 1)")
-    for key in ("batch_size", "epochs", "warmup_epochs", "patience", "plateau_patience", "seed"):
+    integers = (
+        "batch_size", "epochs", "warmup_epochs", "cosine_epochs", "patience", "plateau_patience",
+        "seed",
+    )
+    for key in integers:
         if float(out[key]) != int(out[key]):
             raise UserError(f"{key}={out[key]!r} must be an integer")
         out[key] = int(out[key])
@@ -123,19 +160,24 @@ def _is_number(value: Any) -> bool:
 
 
 def epoch_learning_rate(settings: Mapping[str, Any], epoch: int) -> float:
-    """The cosine schedule's learning rate for ``epoch`` (0-based), as in the users' recipe.
+    """The cosine schedule's learning rate for ``epoch`` (0-based, as Keras' LearningRateScheduler
+    passes it), msa-tf2's ``cosine_decay_with_warmup``.
 
-    Linear warm-up from ``lr / 5`` over ``warmup_epochs`` epochs (their log: 1e-4, 1.8e-4, 2.6e-4
-    ... for lr 5e-4 and 5 warm-up epochs), then cosine decay towards 0 over the remaining epochs.
+    With ``lr`` = ``learning_rate``, ``w`` = ``warmup_epochs`` and ``H`` = ``cosine_epochs`` (0:
+    ``epochs``): ``lr/5 + (lr - lr/5) * epoch / w`` while ``epoch < w``, then
+    ``lr * 0.5 * (1 + cos(pi * (epoch - w) / (H - w)))``. msa-tf2 (lr 5e-4, w 5, H 50): 1e-4,
+    1.8e-4, 2.6e-4, 3.4e-4, 4.2e-4, then 5e-4 at epoch 5 and 2.07e-4 at epoch 30. Past the horizon
+    the rate stays at 0 (their formula would rise again; their 50-epoch run never gets there).
     The rate changes once per epoch: a per-step schedule object makes Keras rebuild the schedule
     for every variable in the traced training step (~9 s more tracing per trial on CPU).
     """
     lr = float(settings["learning_rate"])
     warmup = int(settings["warmup_epochs"])
-    epochs = int(settings["epochs"])
+    horizon = int(settings["cosine_epochs"]) or int(settings["epochs"])
     if epoch < warmup:
-        return lr * (0.2 + 0.8 * epoch / warmup)
-    span = max(1, epochs - warmup)
+        start = lr / 5
+        return start + (lr - start) * epoch / warmup
+    span = max(1, horizon - warmup)
     progress = min(1.0, (epoch - warmup) / span)
     return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -164,6 +206,54 @@ def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
     return float(keras.ops.convert_to_numpy(lr))
 
 
+@dataclass
+class EarlyStopRule:
+    """Keras' ``EarlyStopping(monitor, mode="min", patience, min_delta=0)`` decision, per epoch.
+
+    ``update(epoch, value)`` returns True when training stops after this epoch. ``best_epoch``
+    is the epoch whose weights ``restore_best_weights=True`` restores. ``patience`` 0 = never
+    stop (Keras would stop at the first epoch without improvement).
+    """
+
+    patience: int
+    best: float | None = None
+    best_epoch: int = -1
+    wait: int = 0
+
+    def update(self, epoch: int, value: float) -> bool:
+        self.wait += 1
+        if self.best is None or value < self.best:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            return False
+        return self.patience > 0 and self.wait >= self.patience and epoch > 0
+
+
+@dataclass
+class PlateauRule:
+    """Keras' ``ReduceLROnPlateau(monitor, mode="min", factor, patience, min_delta=1e-4,
+    cooldown=0, min_lr)`` decision, per epoch.
+
+    ``update(value, lr)`` returns the new learning rate, or None to leave it.
+    """
+
+    factor: float
+    patience: int
+    min_lr: float
+    min_delta: float = PLATEAU_MIN_DELTA
+    best: float | None = None
+    wait: int = 0
+
+    def update(self, value: float, lr: float) -> float | None:
+        if self.best is None or value + self.min_delta < self.best:
+            self.best, self.wait = value, 0
+            return None
+        self.wait += 1
+        if self.wait < self.patience or not lr > float(np.float32(self.min_lr)):
+            return None  # at the floor Keras leaves the rate and the count as they are
+        self.wait = 0
+        return max(lr * self.factor, self.min_lr)
+
+
 class _EpochDriver(keras.callbacks.Callback):
     """Per-epoch bookkeeping: CSV row, best weights, early stopping, NaN guard, caller hook."""
 
@@ -184,14 +274,17 @@ class _EpochDriver(keras.callbacks.Callback):
         self.best_val = math.inf
         self.best_epoch = -1
         self.best_weights: list[np.ndarray] | None = None
-        self.wait = 0
+        self.stopper = EarlyStopRule(int(settings["patience"]))
+        self.plateau = PlateauRule(
+            float(settings["plateau_factor"]),
+            int(settings["plateau_patience"]),
+            float(settings["min_lr"]),
+        )
         self.stopped_early = False
         self.train_seconds = 0.0
         self._t0 = 0.0
         self._csv_file = None
         self._csv = None
-        # The plateau schedule lives here so that its LR change shows in the next epoch's row.
-        self.plateau_wait = 0
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         if self.csv_path is not None:
@@ -241,22 +334,16 @@ class _EpochDriver(keras.callbacks.Callback):
             self.best_val = row["val_mae"]
             self.best_epoch = epoch
             self.best_weights = [np.copy(w) for w in self.model.get_weights()]
-            self.wait = 0
-            self.plateau_wait = 0
-        else:
-            self.wait += 1
-            self.plateau_wait += 1
-        patience = int(self.settings["patience"])
-        stop = patience > 0 and self.wait >= patience
+        stop = self.stopper.update(epoch, row[self.settings["early_stop_metric"]])
         last = stop or epoch + 1 >= int(self.settings["epochs"])
         if self.on_epoch is not None:
             self.on_epoch(EpochReport(epoch, dict(row), improved, self.model, seconds, last, valid_pred,
                                       started=self._t0, validation_seconds=t_end - t_valid))
-        if self.settings["lr_schedule"] == "plateau" and self.plateau_wait >= self.settings["plateau_patience"]:
+        if self.settings["lr_schedule"] == "plateau":
             opt = self.model.optimizer
-            new_lr = max(current_learning_rate(opt) * float(self.settings["plateau_factor"]), 1e-7)
-            opt.learning_rate = new_lr
-            self.plateau_wait = 0
+            new_lr = self.plateau.update(row[self.settings["plateau_metric"]], current_learning_rate(opt))
+            if new_lr is not None:
+                opt.learning_rate = new_lr
         if stop:
             self.stopped_early = True
             self.model.stop_training = True
@@ -341,7 +428,13 @@ def train_model(
     csv_path: str | Path | None = None,
     verbose: int = 0,
 ) -> TrainResult:
-    """Train one configuration to its best epoch.
+    """Train one configuration to its best epoch (the best val MAE: its weights are returned).
+
+    Early stopping decides when training ends (see the module doc); with ``early_stop_metric``
+    val_mae the returned weights are exactly the ones Keras' ``restore_best_weights`` restores,
+    with val_loss they are the separately kept best-val-MAE ones (msa-tf2 ``improved_train.py``
+    keeps both: its val_mae checkpoint is the one these weights match) and
+    ``early_stop_best_epoch`` says which epoch Keras would have restored.
 
     ``datasets`` must hold ``train`` and ``valid`` (batched ``({text,audio,video}, labels)``).
     Raises :class:`TrainingDiverged` when the loss goes NaN, ``UserError`` for a bad config.
@@ -387,6 +480,7 @@ def train_model(
         stopped_early=driver.stopped_early,
         train_seconds=driver.train_seconds,
         config=dict(config),
+        early_stop_best_epoch=driver.stopper.best_epoch,
     )
 
 

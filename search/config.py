@@ -13,63 +13,81 @@ from typing import Any
 
 from msatune.augment.transforms import AUG_DEFAULTS, validate_aug_config
 from msatune.errors import UserError
-from msatune.models.build import FAMILIES, MODEL_DEFAULTS, resolve_model_config
+from msatune.models.build import MODEL_CHOICES, MODEL_DEFAULTS, resolve_model_config
 from msatune.models.training import TRAIN_CHOICES, TRAIN_DEFAULTS, training_settings
 
 TRIAL_DEFAULTS: dict[str, Any] = {**MODEL_DEFAULTS, **TRAIN_DEFAULTS, **AUG_DEFAULTS}
 
-CHOICES: dict[str, tuple[str, ...]] = {"family": FAMILIES, **TRAIN_CHOICES}
+CHOICES: dict[str, tuple[str, ...]] = {**MODEL_CHOICES, **TRAIN_CHOICES}
 
 _NO_AUGMENTATION = {k: 0.0 for k in AUG_DEFAULTS}
 
-#: The users' two hand-made recipes (msa-tf2), as complete trial configs.
+#: msa-tf2's architecture (``models/msamodel.py``, ``models/improved_msamodel.py``) at the sizes
+#: their ``train.py`` and ``improved_train.py`` build.
+_THEIR_ARCHITECTURE = {
+    "model_dim": 64,
+    "num_heads": 4,
+    "ff_dim": 256,
+    "n_layers_mod": 2,
+    "n_layers_fuse": 1,
+    "adaptive_fusion": True,
+    "key_dim": 0,
+    "l2_scope": "theirs",
+    "gate_units": 64,
+    "head_units": 128,
+    "head_units2": 64,
+}
+
+#: The users' two hand-made recipes (msa-tf2), as complete trial configs: ``train.py`` and
+#: ``improved_train.py``, every number as their scripts (and the Keras defaults they keep) set it.
 PRESETS: dict[str, dict[str, Any]] = {
     "baseline": {
         **TRIAL_DEFAULTS,
+        **_THEIR_ARCHITECTURE,
         "family": "baseline",
-        "model_dim": 64,
-        "num_heads": 4,
-        "ff_dim": 256,
-        "n_layers_mod": 2,
-        "n_layers_fuse": 1,
-        "adaptive_fusion": True,
-        "dropout": 0.1,
+        "dropout": 0.1,  # TransformerEncoder's default; MSAModel takes no dropout
         "l2": 0.0,
-        "optimizer": "adam",
+        "optimizer": "adam",  # Adam(1e-3, beta_1 0.9, beta_2 0.999)
         "learning_rate": 1e-3,
         "weight_decay": 0.0,
         "clipnorm": 0.0,
         "loss": "mae",
-        "lr_schedule": "plateau",
+        "lr_schedule": "plateau",  # ReduceLROnPlateau(val_mae, 0.5, patience 8, min_lr 1e-6)
+        "plateau_metric": "val_mae",
         "plateau_factor": 0.5,
-        "plateau_patience": 5,
+        "plateau_patience": 8,
+        "min_lr": 1e-6,
         "warmup_epochs": 0,
         "batch_size": 4,
         "epochs": 100,
+        "early_stop_metric": "val_mae",  # EarlyStopping(val_mae, patience 15, restore best)
         "patience": 15,
         **_NO_AUGMENTATION,
     },
     "improved": {
         **TRIAL_DEFAULTS,
+        **_THEIR_ARCHITECTURE,
         "family": "improved",
-        "model_dim": 64,
-        "num_heads": 4,
-        "ff_dim": 256,
-        "n_layers_mod": 2,
-        "n_layers_fuse": 1,
-        "adaptive_fusion": True,
-        "dropout": 0.4,
+        "dropout": 0.4,  # improved_train.py's dropout_rate (the class default is 0.3)
         "l2": 0.01,
-        "optimizer": "adamw",
+        "optimizer": "adamw",  # AdamW(5e-4, weight_decay 0.01, clipnorm 1.0)
         "learning_rate": 5e-4,
         "weight_decay": 0.01,
         "clipnorm": 1.0,
         "loss": "huber",
         "huber_delta": 1.0,
-        "lr_schedule": "cosine",
+        "lr_schedule": "cosine",  # LearningRateScheduler(cosine_decay_with_warmup)
         "warmup_epochs": 5,
+        "cosine_epochs": 50,
+        # ReduceLROnPlateau(val_loss, 0.5, patience 5, min_lr 1e-6) is registered too; the
+        # per-epoch scheduler overwrites what it sets (see models.training), so it changes nothing.
+        "plateau_metric": "val_loss",
+        "plateau_factor": 0.5,
+        "plateau_patience": 5,
+        "min_lr": 1e-6,
         "batch_size": 16,
-        "epochs": 100,
+        "epochs": 50,
+        "early_stop_metric": "val_loss",  # EarlyStopping(val_loss, patience 8, restore best)
         "patience": 8,
         **_NO_AUGMENTATION,
     },

@@ -16,6 +16,11 @@ and every augmentation strength (0 included). A TOML file (``--space FILE``) nar
 
 Conditional keys: ``weight_decay`` is sampled only with ``optimizer = "adamw"`` and
 ``huber_delta`` only with ``loss = "huber"``.
+
+Not in the default space, searchable from a file: msatune's architecture variants (``key_dim``,
+``l2_scope``, ``gate_units``, ``head_units``, ``head_units2``; their defaults are msa-tf2's) and
+the recipe's rules (``early_stop_metric``, ``patience``, ``cosine_epochs``, ``plateau_*``,
+``min_lr``), e.g. ``[l2_scope]`` with ``choices = ["theirs", "all"]``.
 """
 
 from __future__ import annotations

@@ -41,7 +41,15 @@ class TrialOutcome:
 
 
 def build_pipelines(config: Mapping[str, Any], data: MSADataset) -> dict:
-    """The train/valid/test ``tf.data`` pipelines of one trial config."""
+    """The train/valid/test ``tf.data`` pipelines of one trial config.
+
+    TensorFlow derives a dataset's shuffle seeds from the global seed *and* the op seed: the
+    trial's seed is made global first, so a trial shuffles the same whether or not another
+    trial ran before it in this process (a reused Ray actor, ``msatune train`` after a study).
+    """
+    import keras
+
+    keras.utils.set_random_seed(int(config["seed"]))
     splits = {name: split.arrays() for name, split in data.splits.items()}
     return make_datasets(
         splits,

@@ -11,8 +11,9 @@ from msatune.studies.cli_context import AppContext, console, echo_json, pass_app
 TRAIN_HELP = """Train one configuration and keep its best epoch.
 
 \b
-Starts from a preset (the users' msa-tf2 recipes), changes keys with --set, trains with early
-stopping on validation MAE, and writes under --out (default WORKSPACE/train/<preset>-<time>/):
+Starts from a preset (the users' msa-tf2 recipes: model, optimizer, schedule and early stopping
+as their train.py / improved_train.py), changes keys with --set, keeps the epoch of the best
+validation MAE, and writes under --out (default WORKSPACE/train/<preset>-<time>/):
   checkpoint/           model.weights.h5, config.json, checkpoint.json, predictions.npz
   training_log.csv      msa-tf2 columns: epoch,learning_rate,loss,mae,mse,val_loss,val_mae,val_mse
   metrics.json          MMSA metrics on valid and test, constant predictor, floor
@@ -56,7 +57,7 @@ def _render(payload: dict) -> None:
     con = console()
     table = Table(title=f"{payload['preset']}: best epoch {payload['best_epoch']} of "
                         f"{payload['epochs_trained']} (train MAE {payload['train_mae_at_best']:.3f}, "
-                        f"gap {payload['gap_at_best']:.3f})")
+                        f"gap {payload['gap_at_best']:.3f}; {payload['params']:,} parameters)")
     table.add_column("metric")
     for split in ("valid", "test"):
         table.add_column(split, justify="right")

@@ -59,6 +59,7 @@ def train_one(
         "epochs_trained": result.epochs_trained,
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
+        "early_stop_best_epoch": result.early_stop_best_epoch,
         "train_mae_at_best": best["mae"],
         "gap_at_best": best["gap"],
         "wall_seconds": round(wall, 2),

@@ -147,3 +147,32 @@ def test_corrupt_json_and_bad_config_raise_user_error(tmp_path, saved):
     (bad / "config.json").write_text(json.dumps({**config, "family": "nope"}))
     with pytest.raises(UserError, match="family"):
         load_checkpoint(bad)
+
+
+@pytest.mark.parametrize("family", ["baseline", "improved"])
+def test_checkpoint_of_the_old_model_family_fails_with_one_line(tmp_path, family):
+    """Before the msa-tf2-exact models, attention heads were model_dim / num_heads wide, the
+    improved gate followed model_dim and its head was 64/32 (written into every config). Such
+    a checkpoint's config (no key_dim/gate_units/l2_scope keys) now builds theirs: no fit."""
+    old_config = {"family": family, **TINY, "head_units": 64, "head_units2": 32, "dropout": 0.1}
+    old_shapes = {"key_dim": TINY["model_dim"] // TINY["num_heads"], "gate_units": 0}
+    old_model = build_model({**old_config, **old_shapes}, DIMS)
+    path = save_checkpoint(tmp_path / "old", old_model, old_config, DIMS, {"epoch": 3})
+    with pytest.raises(UserError, match="do not match") as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path / "model.weights.h5") in message
+    assert "(16, 2, 8)" in message and "(16, 2, 16)" in message  # the attention kernels
+    assert "earlier msatune model family" in message
+
+
+def test_same_sizes_in_other_shapes_do_not_load(tmp_path):
+    # 2 heads of 8 and 1 head of 16 hold as many arrays and values: the shapes tell them apart.
+    config = {"family": "baseline", **TINY, "num_heads": 2, "key_dim": 8}
+    path = save_checkpoint(tmp_path / "c", build_model(config, DIMS), config, DIMS)
+    (path / "config.json").write_text(json.dumps({**config, "num_heads": 1, "key_dim": 16}))
+    with pytest.raises(UserError, match=r"do not match.*74 arrays.*has 74 ") as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "only in the file: (2, 8) x12, (16, 2, 8) x12" in message
+    assert "only in the model: (1, 16) x12, (16, 1, 16) x12" in message

@@ -100,3 +100,30 @@ def test_define_by_run_keeps_presets_exact() -> None:
         assert ("weight_decay" in t.params) == (c["optimizer"] == "adamw")
         assert ("huber_delta" in t.params) == (c["loss"] == "huber")
         validate_config(c)
+
+
+def test_new_model_and_rule_keys_are_typed_searchable_and_validated(tmp_path: Path) -> None:
+    assert parse_overrides(["l2_scope=all", "key_dim=16", "early_stop_metric=val_mae",
+                            "cosine_epochs=0", "min_lr=1e-5"]) == {
+        "l2_scope": "all", "key_dim": 16, "early_stop_metric": "val_mae", "cosine_epochs": 0,
+        "min_lr": 1e-5}
+    with pytest.raises(UserError, match="l2_scope='most'.*theirs, all"):
+        parse_overrides(["l2_scope=most"])
+    with pytest.raises(UserError, match="key_dim"):  # model values are checked before training
+        resolve_config("improved", ["key_dim=-4"])
+    space = load_space(write(tmp_path, """
+[l2_scope]
+choices = ["theirs", "all"]
+[key_dim]
+choices = [0, 8]
+[early_stop_metric]
+choices = ["val_loss", "val_mae"]
+[cosine_epochs]
+value = 0
+"""))
+    assert list(space.distributions["l2_scope"].choices) == ["theirs", "all"]
+    assert list(space.distributions["key_dim"].choices) == [0, 8]
+    assert space.base["cosine_epochs"] == 0
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        validate_config(space.sample(study.ask()))

@@ -23,6 +23,8 @@ def test_train_improved_writes_checkpoint_log_and_metrics_that_rebuild_exactly(
     assert rc == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["epochs_trained"] == 3 and 0 <= payload["best_epoch"] < 3
+    assert 0 <= payload["early_stop_best_epoch"] < 3  # improved: early stopping on val_loss
+    assert payload["params"] > 0
     assert set(payload["metrics"]) == {"valid", "test"} and "mae" in payload["metrics"]["test"]
     assert payload["reference"]["valid"]["floor_mae"] is not None  # synthetic data has an oracle
 
