@@ -1,0 +1,109 @@
+"""msatune as users install it: a regular wheel, used from inside a project with its own packages.
+
+The users' own project (msa-tf2) has top-level ``models/`` and ``utils/`` packages, and Ray's
+workers put the launch directory first on their path. So the wheel must install nothing but
+``msatune``, and everything (CLI, Ray trial workers, ``.keras`` loading) must import msatune's
+own parts, never the user's. One wheel is built per test session; it goes into a fresh venv that
+borrows the test venv's dependencies (a ``.pth`` line: their ``.pth`` files, among them the
+editable install's finder, are not processed there) and has no msatune but the wheel's.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+USER_PACKAGES = ("models", "search", "utils")
+#: Small fast-learning models: on the tiny set, 4 epochs put trials ahead of the constant
+#: predictor, so there is something to ensemble.
+FAST_SPACE = """
+replace = true
+[learning_rate]
+low = 5e-3
+high = 2e-2
+log = true
+[dropout]
+low = 0.0
+high = 0.3
+[model_dim]
+value = 16
+[ff_dim]
+value = 32
+[num_heads]
+value = 2
+[n_layers_mod]
+value = 1
+[n_layers_fuse]
+value = 1
+[batch_size]
+value = 8
+"""
+
+
+def _run(cmd: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": "", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with msatune installed from a regular (non-editable) wheel of this checkout."""
+    import sysconfig
+
+    root = tmp_path_factory.mktemp("wheel")
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(root / "dist"), str(REPO)], cwd=root)
+    wheels = list((root / "dist").glob("msatune-*.whl"))
+    assert len(wheels) == 1, wheels
+    venv = root / "venv"
+    _run([sys.executable, "-m", "venv", str(venv)], cwd=root)
+    python = venv / "bin" / "python"
+    site = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=root)
+    Path(site.stdout.strip(), "test-venv-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    _run([str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheels[0])], cwd=root)
+    return venv
+
+
+@pytest.mark.slow
+def test_wheel_installs_only_msatune(wheel_venv: Path, tmp_path: Path) -> None:
+    python = str(wheel_venv / "bin" / "python")
+    files = _run([python, "-m", "pip", "show", "-f", "msatune"], cwd=tmp_path).stdout
+    listed = [ln.strip() for ln in files.split("Files:", 1)[1].splitlines() if ln.strip()]
+    modules = [f for f in listed if f.endswith(".py")]
+    assert modules and all(f.startswith("msatune/") for f in modules), modules
+    for sub in ("augment", "models", "search", "ensemble", "studies"):
+        assert f"msatune/{sub}/__init__.py" in listed, sub
+    for name in ("models", "search", "studies", "augment", "ensemble"):
+        proc = subprocess.run([python, "-c", f"import {name}"], cwd=tmp_path, capture_output=True, text=True)
+        assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr, name
+
+
+@pytest.mark.slow
+def test_a_study_beside_the_users_own_packages(wheel_venv: Path, tmp_path: Path) -> None:
+    """launch (Ray workers included), ensemble, predict and a bare .keras load, run from a
+    directory whose own models/, search/ and utils/ packages would shadow a top-level install."""
+    project = tmp_path / "user-project"
+    for pkg in USER_PACKAGES:
+        (project / pkg).mkdir(parents=True)
+        (project / pkg / "__init__.py").write_text(f"raise ImportError('the user project\\'s own {pkg} was imported')\n")
+    msatune = str(wheel_venv / "bin" / "msatune")
+    python = str(wheel_venv / "bin" / "python")
+    ws = ["--workspace", str(project / "runs")]
+    (project / "space.toml").write_text(FAST_SPACE)
+    _run([msatune, "data", "synth", "data", "--preset", "tiny"], cwd=project)
+    _run([msatune, *ws, "launch", "t", "--data", "data", "--trials", "3", "--max-epochs", "4",
+          "--grace-period", "4", "--space", "space.toml", "--json"], cwd=project)
+    _run([msatune, *ws, "ensemble", "t", "--json"], cwd=project)
+    ens = project / "runs" / "studies" / "t" / "ensembles" / "greedy"
+    _run([msatune, *ws, "predict", str(ens), "--data", "data", "--out", "p.csv"], cwd=project)
+    lines = (project / "p.csv").read_text().splitlines()
+    assert lines[0].startswith("index") and len(lines) > 1
+    loaded = _run([python, "-c", "import sys, msatune, keras; m = keras.saving.load_model(sys.argv[1]); "
+                   "print(type(m).__name__, len(m.inputs))", str(ens / "ensemble.keras")], cwd=project)
+    assert loaded.stdout.split()[-2:] == ["Functional", "3"], loaded.stdout
