@@ -1,0 +1,101 @@
+"""The two presets (the users' msa-tf2 recipes) trained to early stopping on synthetic mosi.
+
+Each preset runs as ``msatune train --preset NAME --json`` in its own process, one after the
+other (never side by side), on the workspace's synthetic mosi set (seed 0). The result keeps
+the previous committed numbers under ``previous`` so a re-run shows old vs new::
+
+    python benchmarks/presets.py                      # both presets, full recipes (~10-15 min here)
+    python benchmarks/presets.py --presets improved   # one preset
+    python benchmarks/presets.py --smoke --out /tmp/p.json   # tiny data, 2 epochs (tests)
+
+Columns: valid/test MAE of the best-val-MAE epoch, that epoch (1-based), epochs trained, the
+parameter count, wall seconds of the ``train`` command. Never asserts anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import REPO, base_doc, loadavg, mode_of, print_table, result_path, write_json  # noqa: E402
+
+NAMES = ("baseline", "improved")
+
+
+def train(ws: Path, preset: str, extra: list[str]) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "msatune.studies.cli", "--workspace", str(ws), "train", "--preset", preset,
+           "--json", "--out", str(ws / "train" / preset), *extra]
+    load = loadavg()
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{preset} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    payload = json.loads(proc.stdout)
+    return {
+        "command": " ".join(cmd[1:]),
+        "valid_mae": payload["metrics"]["valid"]["mae"],
+        "test_mae": payload["metrics"]["test"]["mae"],
+        "best_epoch": payload["best_epoch"] + 1,  # 1-based, like the users' logs
+        "epochs_trained": payload["epochs_trained"],
+        "stopped_early": payload["stopped_early"],
+        "early_stop_best_epoch": payload.get("early_stop_best_epoch"),
+        "params": payload.get("params"),
+        "train_mae_at_best": payload["train_mae_at_best"],
+        "gap_at_best": payload["gap_at_best"],
+        "wall_seconds": payload["wall_seconds"],
+        "process_wall_seconds": round(time.perf_counter() - t0, 3),
+        "loadavg_before": load,
+        "metrics": payload["metrics"],
+        "reference": payload["reference"],
+        "config": payload["config"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", choices=NAMES, default=list(NAMES))
+    ap.add_argument("--smoke", action="store_true", help="tiny data, 2 epochs (what the tests run)")
+    ap.add_argument("--workspace", type=Path, default=None, help="workspace (default: a temp dir)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON to write")
+    args = ap.parse_args(argv)
+    mode = mode_of(args)
+    out = result_path("presets_mosi", mode, args.out)
+    ws = args.workspace or Path(tempfile.mkdtemp(prefix="msatune-presets-"))
+    extra: list[str] = []
+    if mode == "smoke":
+        subprocess.run([sys.executable, "-m", "msatune.studies.cli", "data", "synth", str(ws / "tiny"),
+                        "--preset", "tiny"], check=True, capture_output=True, cwd=REPO)
+        extra = ["--data", str(ws / "tiny"), "--epochs", "2"]
+    doc = base_doc("presets", mode, {"data": 0, "model": 0})
+    doc["data"] = "tiny (smoke)" if mode == "smoke" else "the workspace's synthetic mosi set (seed 0)"
+    previous = json.loads(out.read_text()) if out.is_file() else None
+    doc["presets"] = {name: train(ws, name, extra) for name in args.presets}
+    if previous:
+        zero_based = "benchmark" not in previous  # the first, hand-made record counted epochs from 0
+        doc["previous"] = {name: {k: rec.get(k) for k in ("valid_mae", "test_mae", "best_epoch", "epochs_trained",
+                                                          "params", "wall_seconds")}
+                           for name, rec in previous.get("presets", {}).items()}
+        for rec in doc["previous"].values():
+            if zero_based and rec.get("best_epoch") is not None:
+                rec["best_epoch"] += 1
+        doc["previous"]["timestamp"] = previous.get("timestamp")
+    write_json(out, doc)
+    rows = [{"preset": n, **r} for n, r in doc["presets"].items()]
+    rows += [{"preset": f"{n} (previous)", **r} for n, r in (doc.get("previous") or {}).items() if isinstance(r, dict)]
+    print_table(rows, [("preset", "preset", 0), ("valid_mae", "valid MAE", 4), ("test_mae", "test MAE", 4),
+                       ("best_epoch", "best ep", 0), ("epochs_trained", "epochs", 0), ("params", "params", 0),
+                       ("wall_seconds", "wall s", 1)])
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
