@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     # their best epoch) admitted as candidates too. Still chosen on validation only.
     try:
         wide = select_candidates(trial_refs(study.get_trials()), study_name=name, include_pruned=True,
-                                 expected_fingerprint=attrs.get("data_fingerprint"))
+                                 expected_fingerprint=attrs.get("data_fingerprint"), data=data)
         res = fit_pool(wide, EnsembleOptions(method="greedy", rounds=args.rounds, seed=args.seed), data=data)
         s = res.summary()
         record["greedy_with_pruned"] = {

@@ -9,7 +9,10 @@ A trial whose checkpoint is missing or damaged (no ``checkpoint`` attr, an unrea
 ``checkpoint.json`` / ``config.json``, a missing or non-HDF5 ``model.weights.h5``, a bad
 ``predictions.npz``) is skipped with a warning that names it; only when no trial is usable is that
 an error. Everything here reads the recorded validation/test predictions with numpy: no model is
-built and TensorFlow is not imported.
+built and TensorFlow is not imported, except for a checkpoint that lacks some predictions (a
+search predicts test once, at a trial's last epoch: a trial the scheduler stopped has valid
+only) when the study's dataset is given: those are predicted from its weights, once, and added
+to the checkpoint.
 
 Trials come in as :class:`TrialRef` records (number, state, value, checkpoint directory), which
 ``msatune.studies`` builds from the store: this package never reads Optuna trials.
@@ -26,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from msatune.augment.dataset import constant_mae
+from msatune.augment.dataset import MSADataset, constant_mae
 from msatune.errors import UserError, first_line
 from msatune.models.checkpoint import (
     PREDICTION_SPLITS,
     WEIGHTS_FILE,
+    fill_predictions,
     read_checkpoint_meta,
     read_predictions,
 )
@@ -126,14 +130,20 @@ def _finite(value: Any) -> bool:
         return False
 
 
-def load_candidate(trial: TrialRef) -> Candidate:
-    """Read one trial's checkpoint metadata and predictions; a UserError says what is wrong."""
+def load_candidate(trial: TrialRef, data: MSADataset | None = None) -> Candidate:
+    """Read one trial's checkpoint metadata and predictions; a UserError says what is wrong.
+
+    With ``data`` (the study's dataset), predictions the checkpoint lacks are made from its
+    weights and added to it first (:func:`msatune.models.checkpoint.fill_predictions`).
+    """
     number = int(trial.number)
     if trial.checkpoint is None:
         raise UserError("no checkpoint recorded")
     directory = Path(trial.checkpoint)
     config, meta = read_checkpoint_meta(directory)  # UserError on a missing/corrupt file
     _check_weights(directory / WEIGHTS_FILE)
+    if data is not None:
+        fill_predictions(directory, data.splits)
     predictions = read_predictions(directory)
     dims = {str(k): int(v) for k, v in meta["dims"].items()}
     seq_len = meta.get("seq_len")
@@ -198,13 +208,16 @@ def select_candidates(
     expected_fingerprint: str | None = None,
     skip: Mapping[int, str] | None = None,
     include_pruned: bool = False,
+    data: MSADataset | None = None,
 ) -> CandidatePool:
     """Rank a study's usable COMPLETE trials and keep the ``max_candidates`` best.
 
     ``expected_fingerprint`` (the study's dataset fingerprint): trials trained on other data are
     skipped with a warning; ``skip`` maps trial numbers to a reason to leave them out (e.g. weights
     that failed to load at export). ``include_pruned`` (not the product's default; for experiments)
-    also admits PRUNED trials with a recorded value and checkpoint. Raises UserError when no candidate remains (saying why: no complete
+    also admits PRUNED trials with a recorded value and checkpoint; their checkpoints hold
+    validation predictions only until ``data`` (the study's dataset) is given to predict test
+    from their weights (:func:`load_candidate`). Raises UserError when no candidate remains (saying why: no complete
     trial, no usable checkpoint, none beats the constant predictor) or when the candidates
     differ in input dims (naming the trials).
     """
@@ -232,7 +245,7 @@ def select_candidates(
         try:
             if skip and int(t.number) in skip:
                 raise UserError(skip[int(t.number)])
-            cand = load_candidate(t)
+            cand = load_candidate(t, data)
         except UserError as exc:
             reason = str(exc)
             skipped.append({"trial": int(t.number), "reason": reason})

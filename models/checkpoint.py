@@ -7,7 +7,10 @@ A checkpoint directory rebuilds its model without the study::
     checkpoint.json    feature dims, seq_len, msatune version, format number, extra metadata
                        (best epoch, val MAE, data fingerprint, metrics)
     predictions.npz    {split}_pred, {split}_label, {split}_index (and {split}_id when the data
-                       has ids) for split in valid, test: what ensembles and reports read
+                       has ids) for split in valid, test: what ensembles and reports read.
+                       A search writes test once, at a trial's last epoch: the checkpoint of
+                       a trial the scheduler stopped holds valid only until
+                       :func:`fill_predictions` predicts the rest from its weights.
 
 ``search`` writes checkpoints, ``ensemble`` and ``studies`` read them: all through this module.
 Files are written to a temporary name and renamed, so a killed writer never leaves a half-written
@@ -272,3 +275,56 @@ def prediction_mae(directory: str | os.PathLike[str], split: str) -> float:
     arrays = read_predictions(directory, (split,))
     err = arrays[f"{split}_pred"].astype(np.float64) - arrays[f"{split}_label"].astype(np.float64)
     return float(np.mean(np.abs(err)))
+
+
+def missing_predictions(directory: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The :data:`PREDICTION_SPLITS` whose predictions the checkpoint's file lacks (all when
+    there is no file); readable files only, damage is :func:`read_predictions`' to report."""
+    path = Path(directory) / PREDICTIONS_FILE
+    if not path.is_file():
+        return PREDICTION_SPLITS
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            present = set(f.files)
+    except Exception:  # noqa: BLE001 - a damaged file: read_predictions says what is wrong
+        return ()
+    return tuple(s for s in PREDICTION_SPLITS if f"{s}_pred" not in present or f"{s}_label" not in present)
+
+
+def fill_predictions(directory: str | os.PathLike[str], splits: Mapping[str, Any]) -> tuple[str, ...]:
+    """Predict, from the checkpoint's weights, the splits its predictions file lacks, and add them.
+
+    ``splits`` maps a split name to its data: an object with ``inputs()`` (modality -> ``(N, T,
+    D)`` array), ``labels`` (``(N,)``) and ``ids`` (``(N,)`` or None), as
+    ``augment.dataset.SplitData``. Returns the splits it added (none when nothing was missing);
+    a split that is missing and not in ``splits`` is a UserError.
+    """
+    path = Path(directory)
+    missing = missing_predictions(path)
+    if not missing:
+        return ()
+    absent = [s for s in missing if s not in splits]
+    if absent:
+        raise UserError(f"checkpoint {path} lacks {', '.join(absent)} predictions and no data was given to make them")
+    import tensorflow as tf
+
+    from msatune.models.training import predict
+
+    model, _, _ = load_checkpoint(path)
+    arrays: dict[str, np.ndarray] = {}
+    if (path / PREDICTIONS_FILE).is_file():
+        with np.load(path / PREDICTIONS_FILE, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    for split in missing:
+        part = splits[split]
+        labels = np.asarray(part.labels, np.float32).reshape(-1)
+        inputs = {k: np.asarray(v, np.float32) for k, v in part.inputs().items()}
+        dataset = tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(256)
+        arrays[f"{split}_pred"] = predict(model, dataset)
+        arrays[f"{split}_label"] = labels
+        arrays[f"{split}_index"] = np.arange(labels.shape[0], dtype=np.int64)
+        if getattr(part, "ids", None) is not None:
+            arrays[f"{split}_id"] = np.asarray(part.ids).astype(str)
+    write_predictions(path, arrays)
+    log.info("checkpoint %s: predicted %s from its weights", path, ", ".join(missing))
+    return missing

@@ -61,7 +61,7 @@ class EpochReport:
     epoch: int  # 0-based, like Keras' CSV logs
     metrics: dict[str, float]  # loss, mae, mse, val_loss, val_mae, val_mse, learning_rate, gap
     improved: bool  # val MAE is the best so far (the model holds these weights right now)
-    model: keras.Model
+    model: keras.Model  # on the last epoch: holds the best epoch's weights (restored before the hook)
     seconds: float  # wall time of this epoch (train + validation)
     last: bool = False  # no epoch follows (budget reached or early stopping)
     valid_predictions: np.ndarray | None = None  # this epoch's validation predictions (flat)
@@ -170,6 +170,10 @@ class _EpochDriver(keras.callbacks.Callback):
             self.best_weights = [np.copy(w) for w in self.model.get_weights()]
         stop = self.stopper.update(epoch, row[self.settings["early_stop_metric"]])
         last = stop or epoch + 1 >= int(self.settings["epochs"])
+        if last and not improved and self.best_weights is not None:
+            # Nothing trains after this epoch: the best weights go back now (train_model would
+            # restore them after fit), so the last hook sees the model the trial returns.
+            self.model.set_weights(self.best_weights)
         if self.on_epoch is not None:
             self.on_epoch(EpochReport(epoch, dict(row), improved, self.model, seconds, last, valid_pred,
                                       started=self._t0, validation_seconds=t_end - t_valid))

@@ -206,9 +206,12 @@ def run_search(
             run_config=tune.RunConfig(
                 name=run_name,
                 storage_path=str(ray_dir),
+                # best_val_mae, not val_mae: a trial's last report carries its best epoch's
+                # checkpoint again, completed with test predictions (search.trial); on a tie
+                # Ray keeps the later one and deletes the earlier.
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=1,
-                    checkpoint_score_attribute="val_mae",
+                    checkpoint_score_attribute="best_val_mae",
                     checkpoint_score_order="min",
                 ),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),

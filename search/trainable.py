@@ -4,8 +4,10 @@ The driver loads the dataset once and hands it over through the object store
 (``tune.with_parameters``). Inside the trial: TensorFlow threads follow the trial's CPUs, memory
 growth is set on visible GPUs before any op, one ``ray.tune.report`` per epoch carries
 ``val_mae, train_mae, gap, learning_rate, epoch, best_val_mae`` (and ``final`` on the last epoch), and a
-checkpoint (weights, config, valid/test predictions) goes with the report only when val MAE
-improved. A NaN loss ends the trial with a ``diverged`` reason (the searcher stores it as FAIL).
+checkpoint goes with the report when val MAE improved (weights, config, valid predictions) and
+with the last epoch's report (the best weights again, with valid and test predictions; see
+``search.trial.run_trial``). A NaN loss ends the trial with a ``diverged`` reason (the searcher
+stores it as FAIL).
 """
 
 from __future__ import annotations

@@ -66,14 +66,16 @@ def predict_splits(
     datasets: Mapping[str, Any],
     data: MSADataset,
     known: Mapping[str, np.ndarray | None] | None = None,
+    splits: tuple[str, ...] = PREDICTION_SPLITS,
 ) -> dict[str, np.ndarray]:
-    """Predictions on valid and test with their labels and sample indices (ids when known).
+    """Predictions on ``splits`` (valid and test) with their labels and sample indices (ids
+    when known).
 
     ``known`` maps a split to predictions already made with these weights (the epoch's
     validation pass), which are used instead of predicting that split again.
     """
     out: dict[str, np.ndarray] = {}
-    for split in PREDICTION_SPLITS:
+    for split in splits:
         if split not in datasets:
             continue
         labels = data.splits[split].labels
@@ -129,30 +131,38 @@ def run_trial(
     """Train ``config`` on ``data``; write the best checkpoint (and CSV log) under ``out_dir``.
 
     ``on_epoch(report, extra)`` is called after every epoch; with ``checkpoint_every_improvement``
-    the checkpoint is rewritten whenever val MAE improves (before the hook runs) and ``extra``
-    carries ``checkpoint`` (the directory) on those epochs: the search reports it to Ray Tune.
+    the checkpoint is rewritten whenever val MAE improves and once more on the last epoch (before
+    the hook runs), and ``extra`` carries ``checkpoint`` (the directory) on those epochs: the
+    search reports it to Ray Tune. An improving epoch's checkpoint holds the weights and the
+    validation predictions (which the epoch's validation made anyway); the last epoch's holds
+    the best epoch's weights with the validation *and* test predictions. So a trial that runs
+    to its end (COMPLETE) leaves a checkpoint with every prediction, predicting test once instead
+    of on every improvement; a trial the scheduler stops leaves weights and validation
+    predictions, and :func:`msatune.models.checkpoint.fill_predictions` adds test when asked.
     ``checkpoint_dir`` puts the checkpoint elsewhere than ``out_dir/checkpoint``.
     """
     datasets = build_pipelines(config, data)
     out = Path(out_dir) if out_dir is not None else None
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else (out / "checkpoint" if out is not None else None)
+    reporting = checkpoint_every_improvement and ckpt_dir is not None
 
-    # Predictions of the latest checkpoint: the best epoch's, which the returned model holds too.
+    # The best epoch so far (its validation predictions), and the predictions of the last
+    # checkpoint written: the best epoch's, which the returned model holds too.
+    best: dict[str, Any] = {}
     checkpointed: dict[str, Mapping[str, np.ndarray]] = {}
 
     def hook(report: EpochReport) -> None:
         extra: dict[str, Any] = {}
-        if report.improved and checkpoint_every_improvement and ckpt_dir is not None:
-            preds = predict_splits(report.model, datasets, data, {"valid": report.valid_predictions})
-            checkpointed["best"] = preds
-            write_checkpoint(
-                ckpt_dir,
-                report.model,
-                config,
-                data,
-                preds,
-                {"best_epoch": report.epoch, "val_mae": report.metrics["val_mae"]},
-            )
+        if report.improved:
+            best.update(epoch=report.epoch, val_mae=report.metrics["val_mae"], valid=report.valid_predictions)
+        if reporting and (report.improved or report.last) and best:
+            # The last epoch's model holds the best weights (models.training restores them).
+            splits = PREDICTION_SPLITS if report.last else ("valid",)
+            preds = predict_splits(report.model, datasets, data, {"valid": best["valid"]}, splits=splits)
+            write_checkpoint(ckpt_dir, report.model, config, data, preds,
+                             {"best_epoch": best["epoch"], "val_mae": best["val_mae"]})
+            if report.last:
+                checkpointed["best"] = preds
             extra["checkpoint"] = ckpt_dir
         if on_epoch is not None:
             on_epoch(report, extra)
@@ -166,9 +176,10 @@ def run_trial(
         csv_path=(out / "training_log.csv") if out is not None else None,
         verbose=verbose,
     )
-    # The study path already predicted with the best weights when it wrote their checkpoint.
+    # The study path already predicted with the best weights when it wrote the last checkpoint.
     best_preds = checkpointed.get("best")
-    predictions = dict(best_preds) if best_preds is not None else predict_splits(result.model, datasets, data)
+    known = {"valid": best.get("valid")}
+    predictions = dict(best_preds) if best_preds is not None else predict_splits(result.model, datasets, data, known)
     metrics = split_metrics(predictions)
     if ckpt_dir is not None and not checkpoint_every_improvement:
         write_checkpoint(

@@ -9,7 +9,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from msatune.models.checkpoint import read_predictions
+from msatune.models.checkpoint import missing_predictions, read_predictions
 
 
 def load(tiny_study: dict) -> optuna.Study:
@@ -56,13 +56,50 @@ def test_every_trial_records_its_ray_id_and_best_checkpoint(tiny_study: dict) ->
         assert (ckpt / "model.weights.h5").exists(), t.number
         config = json.loads((ckpt / "config.json").read_text())
         assert config["epochs"] == 4
-        preds = read_predictions(ckpt)
-        assert preds["valid_pred"].shape == preds["valid_label"].shape == (24,)
-        assert preds["test_pred"].shape == (24,)
+        # One checkpoint per trial: the last report's replaced the improving epochs' ones.
+        assert [p.name for p in ckpt.parent.glob("checkpoint_*")] == [ckpt.name], t.number
         if t.state == TrialState.COMPLETE:
+            # test is predicted once, at the last epoch, with the best epoch's weights
+            assert missing_predictions(ckpt) == (), t.number
+            preds = read_predictions(ckpt)
+            assert preds["valid_pred"].shape == preds["valid_label"].shape == (24,)
+            assert preds["test_pred"].shape == (24,)
             # the checkpoint holds the best epoch: its valid MAE is the trial's value
             mae = float(np.mean(np.abs(preds["valid_pred"] - preds["valid_label"])))
             assert abs(mae - t.value) < 1e-4
+        else:  # stopped by ASHA: weights and validation predictions; test is made when needed
+            assert missing_predictions(ckpt) == ("test",), t.number
+            assert read_predictions(ckpt, ("valid",))["valid_pred"].shape == (24,)
+
+
+def test_a_pruned_trials_checkpoint_still_gives_an_ensemble_its_predictions(tiny_study: dict, tmp_path: Path) -> None:
+    """ASHA stops a trial at a report and no end of trial runs after it: its checkpoint holds
+    weights and validation predictions; an ensemble that admits it predicts test from them."""
+    import shutil
+
+    import tensorflow as tf
+
+    from msatune.augment.dataset import load_dataset
+    from msatune.ensemble.candidates import TrialRef, load_candidate
+    from msatune.models.checkpoint import load_checkpoint
+    from msatune.models.training import predict
+
+    study = load(tiny_study)
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned
+    data = load_dataset(tiny_study["data"])
+    for t in pruned:
+        ckpt = tmp_path / str(t.number)  # a copy: the study fixture is read-only
+        shutil.copytree(t.user_attrs["checkpoint"], ckpt)
+        assert missing_predictions(ckpt) == ("test",)
+        before = read_predictions(ckpt, ("valid",))
+        cand = load_candidate(TrialRef(t.number, "PRUNED", t.value, ckpt), data)
+        assert missing_predictions(ckpt) == ()  # written once, into the checkpoint
+        model, _, _ = load_checkpoint(ckpt)
+        ds = tf.data.Dataset.from_tensor_slices((data.test.inputs(), data.test.labels)).batch(7)
+        np.testing.assert_allclose(cand.pred("test"), predict(model, ds), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(cand.pred("valid"), before["valid_pred"])
+        np.testing.assert_array_equal(cand.predictions["test_label"], data.test.labels.reshape(-1))
 
 
 def test_every_trial_dir_holds_its_own_training_log(tiny_study: dict) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -22,3 +23,55 @@ def test_a_trial_trains_the_same_whether_or_not_another_ran_before_it(tiny_data:
     run_trial({**config, "seed": 7}, data)
     again = [h["val_mae"] for h in run_trial(config, data).result.history]
     assert again == first
+
+
+@pytest.mark.slow
+def test_a_search_trial_checkpoints_weights_on_improvement_and_predicts_test_once(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """The checkpoint reported on an improving epoch holds weights + validation predictions;
+    the last epoch's report carries the best epoch's weights again with test predicted once."""
+    from msatune.augment.dataset import load_dataset
+    from msatune.models.checkpoint import (
+        load_checkpoint,
+        missing_predictions,
+        read_checkpoint_meta,
+        read_predictions,
+    )
+    from msatune.models.training import predict
+    from msatune.search.config import resolve_config
+    from msatune.search.trial import build_pipelines, run_trial
+
+    data = load_dataset(tiny_data)
+    small = ["model_dim=16", "ff_dim=32", "num_heads=2", "n_layers_mod=1", "batch_size=8", "patience=0",
+             "lr_schedule=constant", "learning_rate=0.003"]
+    config = resolve_config("improved", small, epochs=4)
+    seen = []
+
+    def on_epoch(report, extra):
+        ckpt = extra.get("checkpoint")
+        seen.append((report.epoch, report.improved, report.last,
+                     missing_predictions(ckpt) if ckpt else None, report.valid_predictions))
+
+    outcome = run_trial(config, data, on_epoch=on_epoch, checkpoint_every_improvement=True,
+                        checkpoint_dir=tmp_path / "ckpt")
+    best = outcome.result.best_epoch
+    for epoch, improved, last, missing, _ in seen:
+        if last:
+            assert missing == ()
+        elif improved:
+            assert missing == ("test",), epoch
+        else:
+            assert missing is None, epoch  # nothing written, nothing reported
+    assert seen[-1][2]
+    ckpt = tmp_path / "ckpt"
+    _, meta = read_checkpoint_meta(ckpt)
+    assert meta["best_epoch"] == best
+    preds = read_predictions(ckpt)
+    # the best epoch's validation pass, and test predicted with the same (best) weights
+    np.testing.assert_array_equal(preds["valid_pred"], seen[best][4])
+    model, _, _ = load_checkpoint(ckpt)
+    datasets = build_pipelines(config, data)
+    np.testing.assert_allclose(preds["valid_pred"], predict(model, datasets["valid"]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(preds["test_pred"], predict(model, datasets["test"]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(outcome.predictions["test_pred"], preds["test_pred"])
