@@ -255,7 +255,8 @@ def timed_trainable(config: dict[str, Any], data: Any = None, events: str | None
         now = time.time()
         metrics = {**metrics, "bench_t": now, "bench_rss_mb": rss_mb(), "bench_pid": pid}
         log("epoch", epoch=metrics.get("epoch"), epoch_seconds=metrics.get("epoch_seconds"),
-            val_mae=metrics.get("val_mae"), final=bool(metrics.get("final")))
+            validation_seconds=metrics.get("validation_seconds"), val_mae=metrics.get("val_mae"),
+            final=bool(metrics.get("final")))
         return original(metrics, *args, **kwargs)
 
     log("start", seed=config.get("seed"))
@@ -272,7 +273,7 @@ def trial_timeline(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     trials: dict[str, dict[str, Any]] = {}
     for e in events:
         t = trials.setdefault(e["trial_id"], {"trial_id": e["trial_id"], "epochs": 0, "epoch_seconds": 0.0,
-                                               "epoch_ends": [], "epoch_secs": []})
+                                               "epoch_ends": [], "epoch_secs": [], "valid_secs": []})
         if e["kind"] == "start":
             t.update(start=e["t"], pid=e["pid"], rss_start_mb=e["rss_mb"], seed=e.get("seed"))
         elif e["kind"] == "epoch":
@@ -280,6 +281,8 @@ def trial_timeline(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             t["epoch_seconds"] += float(e.get("epoch_seconds") or 0.0)
             t["epoch_ends"].append(e["t"])
             t["epoch_secs"].append(float(e.get("epoch_seconds") or 0.0))
+            v = e.get("validation_seconds")
+            t["valid_secs"].append(None if v is None else float(v))
         elif e["kind"] == "end":
             t.update(end=e["t"], rss_end_mb=e["rss_mb"], max_rss_mb=e["max_rss_mb"])
     return sorted((t for t in trials.values() if "start" in t), key=lambda t: t["start"])
@@ -298,4 +301,26 @@ def overheads(timeline: list[dict[str, Any]], run_end: float | None = None) -> l
         out.append({"trial_id": t["trial_id"], "startup_s": startup, "gap_s": gap,
                     "overhead_s": startup + gap if gap is not None else None,
                     "last": i + 1 == len(timeline)})
+    return out
+
+
+def first_epoch_extra(t: dict[str, Any]) -> float | None:
+    """Start -> first epoch end, minus the trial's steady epoch (median of its epochs 2..)."""
+    if len(t["epoch_ends"]) < 2:
+        return None
+    return t["epoch_ends"][0] - t["start"] - median(t["epoch_secs"][1:])
+
+
+def steady_train_secs(t: dict[str, Any]) -> list[float]:
+    """The training part (epoch minus validation) of a trial's epochs 2.., where recorded."""
+    return [e - v for e, v in zip(t["epoch_secs"][1:], t.get("valid_secs", [])[1:], strict=False)
+            if v is not None]
+
+
+def trial_slices(timeline: list[dict[str, Any]], run_end: float) -> list[tuple[float, bool]]:
+    """Per trial on one slot: (its start -> the next trial's start or ``run_end``, is-last)."""
+    out = []
+    for i, t in enumerate(timeline):
+        nxt = timeline[i + 1]["start"] if i + 1 < len(timeline) else run_end
+        out.append((nxt - t["start"], i + 1 == len(timeline)))
     return out

@@ -16,7 +16,8 @@ Variants (``--variants``; any mix, each ``name[:key=value,...]``):
 * ``users``: msa-tf2's loop, ``model.fit`` on numpy arrays with Keras' validation, 1 + 1 threads;
 * ``service``: ``models.training.train_model`` on ``search.trial.build_pipelines``; options
   ``intra``/``inter`` (threads), ``spe`` (steps_per_execution), ``jit`` (0/1), ``grappler``
-  (a preset name from :data:`GRAPPLER`), ``aug`` (a noise strength, to see the augmentation map).
+  (a preset name from :data:`GRAPPLER`), ``aug`` (a noise strength, to see the augmentation map),
+  ``fused`` (0: Keras' own Adam/AdamW), ``onednn`` (``TF_ENABLE_ONEDNN_OPTS``).
 
 Prints a table, writes JSON (``--out``, default ``benchmarks/results/profile_trial.json``);
 never asserts times. Hold the machine lock: ``/work/locks/exclusive python benchmarks/profile_trial.py``.
@@ -89,6 +90,13 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         tf.config.optimizer.set_experimental_options(GRAPPLER[v["grappler"]])
     import keras
     from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    if v.get("fused") == "0":  # Keras' own Adam/AdamW (models.optimizers' fused ones are the default)
+        import msatune.models.recipe as recipe
+        import msatune.models.training as training
+
+        stock = recipe.make_optimizer
+        training.make_optimizer = lambda settings, **_: stock(settings, fused=False)
 
     from msatune.augment.dataset import load_dataset
     from msatune.search.config import resolve_config
@@ -180,6 +188,14 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def keras_optimizer(settings: dict[str, Any], make_optimizer: Any) -> Any:
+    """The recipe's optimizer as Keras ships it (the users' own), not msatune's fused one."""
+    try:
+        return make_optimizer(settings, fused=False)
+    except TypeError:  # an msatune before models.optimizers (old-vs-new runs)
+        return make_optimizer(settings)
+
+
 def _users(config: dict[str, Any], data: Any, epochs: list[dict], phases: dict) -> dict[str, Any]:
     import keras
     import numpy as np
@@ -205,7 +221,7 @@ def _users(config: dict[str, Any], data: Any, epochs: list[dict], phases: dict) 
     t = time.perf_counter()
     model = build_model(config, data.dims, data.seq_len)
     phases["build_s"] = time.perf_counter() - t
-    model.compile(optimizer=make_optimizer(settings), loss=make_loss(settings), metrics=["mae", "mse"])
+    model.compile(optimizer=keras_optimizer(settings, make_optimizer), loss=make_loss(settings), metrics=["mae", "mse"])
     x, y = data.train.inputs(), np.asarray(data.train.labels, np.float32).reshape(-1, 1)
     xv, yv = data.valid.inputs(), np.asarray(data.valid.labels, np.float32).reshape(-1, 1)
     batch = int(config["batch_size"])
@@ -255,7 +271,8 @@ def _service(config: dict[str, Any], data: Any, epochs: list[dict], phases: dict
 def run_variant(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     load = [round(x, 2) for x in os.getloadavg()]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    env.update(spec.get("env") or {})
+    if "onednn" in spec["variant"]:  # read by TensorFlow when it loads: the worker's environment
+        env["TF_ENABLE_ONEDNN_OPTS"] = spec["variant"]["onednn"]
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)

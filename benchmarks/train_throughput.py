@@ -139,6 +139,14 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def keras_optimizer(settings: dict[str, Any], make_optimizer: Any) -> Any:
+    """The recipe's optimizer as Keras ships it (the users' own), not msatune's fused one."""
+    try:
+        return make_optimizer(settings, fused=False)
+    except TypeError:  # an msatune before models.optimizers (old-vs-new runs)
+        return make_optimizer(settings)
+
+
 def _run_users(config: dict[str, Any], data: Any, epochs: int, mark: Any) -> dict[str, Any]:
     """The users' msa-tf2 loop: build, compile, ``model.fit`` on numpy arrays."""
     import keras
@@ -166,7 +174,7 @@ def _run_users(config: dict[str, Any], data: Any, epochs: int, mark: Any) -> dic
     settings = training_settings(config)
     keras.utils.set_random_seed(MODEL_SEED)
     model = build_model(config, data.dims, data.seq_len)
-    model.compile(optimizer=make_optimizer(settings), loss=make_loss(settings), metrics=["mae", "mse"])
+    model.compile(optimizer=keras_optimizer(settings, make_optimizer), loss=make_loss(settings), metrics=["mae", "mse"])
     train, valid = data.train, data.valid
     x = train.inputs()
     y = np.asarray(train.labels, np.float32).reshape(-1, 1)

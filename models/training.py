@@ -44,6 +44,10 @@ from msatune.models.recipe import (  # noqa: F401 - re-exported: the recipe's pu
 
 log = logging.getLogger(__name__)
 
+#: Default training steps per call of the traced train function (one call per epoch at MOSI's
+#: sizes from batch 16 up): Keras' per-step Python work and callback dispatch are paid per call.
+MAX_STEPS_PER_EXECUTION = 128
+
 #: The msa-tf2 CSV log columns (the users' own tools read these).
 CSV_COLUMNS = ("epoch", "learning_rate", "loss", "mae", "mse", "val_loss", "val_mae", "val_mse")
 
@@ -265,6 +269,7 @@ def train_model(
     on_epoch: EpochCallback | None = None,
     csv_path: str | Path | None = None,
     verbose: int = 0,
+    steps_per_execution: int | None = None,
 ) -> TrainResult:
     """Train one configuration to its best epoch (the best val MAE: its weights are returned).
 
@@ -273,6 +278,11 @@ def train_model(
     with val_loss they are the separately kept best-val-MAE ones (msa-tf2 ``improved_train.py``
     keeps both: its val_mae checkpoint is the one these weights match) and
     ``early_stop_best_epoch`` says which epoch Keras would have restored.
+
+    ``steps_per_execution``: training steps per call into the traced graph (Keras' option; the
+    same steps in the same order, so the same results); default: a whole epoch, up to
+    :data:`MAX_STEPS_PER_EXECUTION` (Python's per-step share of a small-batch step goes; nothing
+    here needs per-batch callbacks).
 
     ``datasets`` must hold ``train`` and ``valid`` (batched ``({text,audio,video}, labels)``).
     Raises :class:`TrainingDiverged` when the loss goes NaN, ``UserError`` for a bad config.
@@ -294,6 +304,7 @@ def train_model(
             loss=make_loss(settings),
             metrics=["mae", "mse"],
             jit_compile=bool(settings["jit_compile"]),
+            steps_per_execution=steps_per_execution if steps_per_execution else min(steps, MAX_STEPS_PER_EXECUTION),
         )
         _prebuild(model, datasets["train"])
         driver = _EpochDriver(settings, on_epoch, Path(csv_path) if csv_path else None, datasets["valid"])

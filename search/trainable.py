@@ -114,6 +114,7 @@ def train_trial(config: dict[str, Any], data: MSADataset | None = None) -> None:
             "epoch": report.epoch + 1,
             "best_val_mae": state["best"],
             "epoch_seconds": report.seconds,
+            "validation_seconds": report.validation_seconds,
             "final": bool(report.last),
             "cuda_visible_devices": devices,
         }

@@ -60,12 +60,21 @@ def test_predict_matches_keras_and_traces_once_for_all_batch_shapes():
     assert model._msatune_forward.experimental_get_tracing_count() == 1
 
 
-def test_a_finished_training_leaves_no_train_graph_behind():
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_finished_training_leaves_no_train_graph_behind(fused, monkeypatch):
     """Trials run one after another in a reused Ray worker: each must free its traced train step.
 
     TensorFlow's custom-gradient registry used to pin every train step's graph (~75 MB per
-    improved-model trial, growing without bound on a long study).
+    improved-model trial, growing without bound on a long study): Keras' own optimizer registers
+    one per step trace (its gradient all-reduce), which models.graph_registry releases; the fused
+    one (models.optimizers, the default) registers none.
     """
+    import msatune.models.recipe as recipe
+    import msatune.models.training as training
+
+    if not fused:
+        stock = recipe.make_optimizer
+        monkeypatch.setattr(training, "make_optimizer", lambda settings: stock(settings, fused=False))
     import gc
 
     import keras
@@ -96,5 +105,48 @@ def test_a_finished_training_leaves_no_train_graph_behind():
     gc.collect()
     assert custom_gradient_count() == registered_before
     assert train_step_graphs() == graphs_before
-    # The checks above are not vacuous: training does register custom gradients.
-    assert min(registered_while_training) > registered_before
+    if fused:
+        assert max(registered_while_training) == registered_before
+    else:  # the checks above are not vacuous: Keras' optimizer does register custom gradients
+        assert min(registered_while_training) > registered_before
+
+
+def _graphs(name: str) -> int:
+    import gc
+
+    from tensorflow.python.framework.func_graph import FuncGraph
+
+    return sum(1 for o in gc.get_objects() if isinstance(o, FuncGraph) and o.name == name)
+
+
+def test_steps_per_execution_leaves_results_equal_and_each_graph_is_traced_once():
+    """Running several steps per call of the traced function runs the same steps in the same
+    order: identical history and weights, every step taken, one train and one predict trace."""
+    import keras
+
+    arrays = make_tiny_arrays(sizes=(40, 11, 9))
+    config = {"family": "improved", **SMALL, "epochs": 3, "patience": 0, "warmup_epochs": 1,
+              "batch_size": 8, "learning_rate": 0.01}
+    runs = {}
+    for spe in (1, 2, None):  # 5 steps per epoch: 2 does not divide it; None = a whole epoch
+        import gc
+
+        keras.backend.clear_session()
+        gc.collect()
+        before = _graphs("one_step_on_data")
+        datasets = make_datasets(arrays, batch_size=8, seed=0, eval_batch_size=4, drop_last_partial=True)
+        traces: list[tuple[int, int]] = []
+
+        def on_epoch(report, traces=traces, before=before):
+            forward = report.model._msatune_forward.experimental_get_tracing_count()
+            traces.append((_graphs("one_step_on_data") - before, forward))
+
+        result = train_model(config, datasets, DIMS, steps_per_execution=spe, on_epoch=on_epoch)
+        assert int(result.model.optimizer.iterations.numpy()) == 3 * 5
+        assert result.model.steps_per_execution == (spe or 5)
+        assert traces == [(1, 1)] * 3  # one train-step graph, one forward graph, for all epochs
+        runs[spe] = result
+    for spe in (2, None):
+        assert runs[spe].history == runs[1].history
+        for a, b in zip(runs[spe].model.get_weights(), runs[1].model.get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)
