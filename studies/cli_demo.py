@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import click
 
 from msatune.studies.cli_context import AppContext, console, pass_app
@@ -40,6 +42,7 @@ def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_tria
     from msatune.studies.store import free_study_name
     from msatune.studies.workspace import default_dataset
 
+    t0 = time.perf_counter()
     con = console()
     ws = app.ws
     data_path = default_dataset(ws)
@@ -70,13 +73,15 @@ def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_tria
     render_show(shown)
     best = shown["best"]
     if best is not None:
-        line = f"   best val MAE {best['val_mae']:.4f} vs constant {const:.4f}"
-        for preset, rec in sorted(shown["presets"].items()):
-            if rec["val_mae"] is not None:
-                line += f", {preset} preset {rec['val_mae']:.4f} ({rec['state']})"
+        line = f"   best val MAE {best['val_mae']:.4f} (trial {best['number']}) vs constant {const:.4f}"
         if floor is not None:
             line += f", floor {floor:.4f}"
         con.print(line)
+    for preset, rec in sorted(shown["presets"].items()):
+        if rec["val_mae"] is not None:
+            took = f", {rec['duration_s']:.0f} s" if rec.get("duration_s") is not None else ""
+            con.print(f"   your {preset} recipe (trial {rec['number']}): val MAE {rec['val_mae']:.4f} "
+                      f"({rec['state'].lower()}, {rec['epochs']} epochs{took})")
 
     con.print("[bold]4. ensemble[/bold]")
     build_and_render(app, store, study_name)
@@ -87,3 +92,4 @@ def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_tria
     con.print(f"   details:   msatune --workspace {ws.root} show {study_name}")
     con.print(f"   more:      msatune --workspace {ws.root} resume {study_name} --trials 20")
     con.print(f"   your data: msatune --workspace {ws.root} launch mystudy --data path/to/data --trials 50")
+    con.print(f"demo done in {time.perf_counter() - t0:.0f} s")

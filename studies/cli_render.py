@@ -52,8 +52,20 @@ def render_show(payload: dict, steps: list[str] | None = None) -> None:
     if payload["best"]:
         con.print(f"best: trial {payload['best']['number']} val MAE {payload['best']['val_mae']:.4f}; "
                   f"checkpoint {payload['best']['checkpoint']}")
+        preset_note = best_is_preset_line(payload)
+        if preset_note:
+            con.print(preset_note)
     for line in steps or []:
         con.print(line)
+
+
+def best_is_preset_line(payload: dict) -> str | None:
+    """The plain line a study whose best trial is one of the users' own recipes deserves."""
+    best = payload.get("best") or {}
+    if not best.get("preset"):
+        return None
+    return (f"no searched configuration beat your {best['preset']} recipe yet: run more trials with "
+            f"`msatune resume {payload['name']} --trials N`")
 
 
 class Progress:

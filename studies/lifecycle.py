@@ -56,9 +56,9 @@ def launch(
 
     settings.validate()
     if space_file:
-        space = load_space(space_file, settings.max_epochs, settings.seed)
+        space = load_space(space_file, settings.max_epochs, settings.seed, settings.first_rung)
     else:
-        space = default_space(settings.max_epochs, settings.seed)
+        space = default_space(settings.max_epochs, settings.seed, settings.first_rung)
     data = load_dataset(Path(data_dir) if data_dir is not None else default_dataset(ws))
     study = create_search_study(storage, name, settings, data, space, presets=presets)
     return _run(ws, study, space, data, settings, settings.trials, progress, trainable, sampler)

@@ -1,7 +1,9 @@
 """One trial's learning curve and test score, from the store and the trial's Ray files.
 
-* validation MAE per epoch: the trial's intermediate values in the store (step = epoch, 1-based);
-  a trial's value is its best validation MAE, so its best epoch is the step holding that value;
+* validation MAE per epoch: the trial's Ray files (as training MAE below). The store's
+  intermediate values are the best validation MAE *so far* at each epoch (what TPE and ASHA rank
+  on), so they serve only when the files are gone; a trial's value is its best validation MAE,
+  so its best epoch is the first step holding that value;
 * training MAE per epoch: Ray's ``progress.csv`` in the trial's directory (the parent of its
   ``checkpoint`` dir), else the msa-tf2 CSV log ``work/training_log.csv`` (``mae`` column);
 * test MAE: the predictions recorded in the trial's best checkpoint.
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrialCurve:
-    """One trial's learning curve: validation MAE (store) and training MAE (Ray files) per epoch."""
+    """One trial's learning curve: validation and training MAE per epoch (Ray files)."""
 
     number: int
     state: str
@@ -66,16 +68,23 @@ def _float(cell: str | None) -> float | None:
 
 
 def read_train_mae(trial: FrozenTrial) -> tuple[dict[int, float], str | None]:
-    """``({epoch: train MAE}, source file name)`` from the trial's Ray files ({} when absent).
+    """``({epoch: train MAE}, source file name)`` from the trial's Ray files ({} when absent)."""
+    return _read_epochs(trial, "train_mae", "mae")
 
-    ``progress.csv`` (columns ``epoch``, ``train_mae``) first; else ``work/training_log.csv``
-    (0-based ``epoch``, ``mae``). A retried trial's later rows win.
-    """
+
+def read_val_mae(trial: FrozenTrial) -> tuple[dict[int, float], str | None]:
+    """``({epoch: validation MAE}, source file name)`` from the trial's Ray files ({} when absent)."""
+    return _read_epochs(trial, "val_mae", "val_mae")
+
+
+def _read_epochs(trial: FrozenTrial, progress_col: str, log_col: str) -> tuple[dict[int, float], str | None]:
+    """``progress.csv`` (1-based ``epoch``, ``progress_col``) first; else ``work/training_log.csv``
+    (0-based ``epoch``, ``log_col``). A retried trial's later rows win."""
     d = trial_dir(trial)
     if d is None:
         return {}, None
-    for name, epoch_col, mae_col, offset in (("progress.csv", "epoch", "train_mae", 0),
-                                             ("work/training_log.csv", "epoch", "mae", 1)):
+    for name, epoch_col, mae_col, offset in (("progress.csv", "epoch", progress_col, 0),
+                                             ("work/training_log.csv", "epoch", log_col, 1)):
         path = d / name
         if not path.is_file():
             continue
@@ -107,7 +116,9 @@ def best_epoch(trial: FrozenTrial) -> int | None:
 
 
 def trial_curve(trial: FrozenTrial) -> TrialCurve:
-    iv = {int(k): float(v) for k, v in trial.intermediate_values.items()}
+    iv, _ = read_val_mae(trial)
+    if not iv:  # the trial's files are gone: the store's best-so-far values
+        iv = {int(k): float(v) for k, v in trial.intermediate_values.items()}
     epochs = sorted(iv)
     train, source = read_train_mae(trial)
     return TrialCurve(

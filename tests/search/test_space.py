@@ -127,3 +127,33 @@ value = 0
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(5):
         validate_config(space.sample(study.ask()))
+
+
+def test_no_searched_trial_is_still_warming_up_at_the_first_rung(tmp_path: Path) -> None:
+    """ASHA compares trials at its first rung; a trial whose learning rate is still ramping up
+    there is judged at a rate it never trains at. The default space's warm-ups (and the base
+    config's) end before the first rung; a space file that asks for longer ones is refused."""
+    from msatune.search.settings import SearchSettings
+
+    settings = SearchSettings(max_epochs=27, grace_period=3)
+    space = default_space(settings.max_epochs, 0, settings.first_rung)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    warmups = {space.sample(study.ask())["warmup_epochs"] for _ in range(40)}
+    assert max(warmups) < settings.first_rung and len(warmups) > 1
+    narrow = load_space(write(tmp_path, "replace = true\n[dropout]\nlow = 0.1\nhigh = 0.3\n"),
+                        27, 0, settings.first_rung)
+    assert narrow.base["warmup_epochs"] < settings.first_rung  # the improved preset's 5 is cut
+    with pytest.raises(UserError, match="warm-up of up to 5 epochs does not end before ASHA's first rung"):
+        load_space(write(tmp_path, "[warmup_epochs]\nlow = 0\nhigh = 5\n"), 27, 0, settings.first_rung)
+    # without early stopping (grace = budget) there is no rung to protect
+    assert SearchSettings(max_epochs=9, grace_period=9).first_rung is None
+    assert default_space(9, 0, None).distributions["warmup_epochs"].high == 5
+
+
+def test_searched_trials_anneal_over_the_study_budget() -> None:
+    """The improved recipe's cosine runs over msa-tf2's 50 epochs; a searched trial's over the
+    study's epoch budget, so it ends annealed whatever --max-epochs is. The presets stay theirs."""
+    space = default_space(12, 0)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    assert space.sample(study.ask())["cosine_epochs"] == 0
+    assert PRESETS["improved"]["cosine_epochs"] == 50
