@@ -31,6 +31,8 @@ Example:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the study.")
 @pass_app
 def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_trial: float, seed: int) -> None:
+    import time
+
     from msatune.augment.dataset import load_dataset
     from msatune.search.settings import SearchSettings
     from msatune.studies.cli_ensemble import build_and_render
@@ -40,9 +42,10 @@ def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_tria
     from msatune.studies.store import free_study_name
     from msatune.studies.workspace import default_dataset
 
+    t0 = time.monotonic()
     con = console()
     ws = app.ws
-    data_path = default_dataset(ws)
+    data_path = default_dataset(ws.ensure())
     data = load_dataset(data_path)
     valid = data.splits["valid"]
     const, floor = valid.reference_maes()["constant_mae"], valid.reference_maes()["floor_mae"]
@@ -56,7 +59,7 @@ def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_tria
                               verbose=app.verbose)
     con.print(f"[bold]2. search[/bold] study {study_name!r}: {trials} trials x up to {max_epochs} epochs "
               f"(TPE + ASHA, {cpus_per_trial:g} CPU per trial)")
-    with Progress(False, study_name) as progress:
+    with Progress(study_name) as progress:
         summary = launch(ws, store, study_name, settings, data_dir=data_path, progress=progress)
     con.print(f"   {summary['trials']} trials in {summary['wall_seconds']:.0f} s: {summary['complete']} complete, "
               f"{summary['pruned']} pruned, {summary['failed']} failed")
@@ -77,6 +80,9 @@ def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_tria
         if floor is not None:
             line += f", floor {floor:.4f}"
         con.print(line)
+    for preset, rec in sorted(shown["presets"].items()):
+        if rec.get("duration_s") is not None:
+            con.print(f"   {preset} preset: trained {rec['epochs'] or '?'} epochs in {rec['duration_s']:.0f} s")
 
     con.print("[bold]4. ensemble[/bold]")
     build_and_render(app, store, study_name)
@@ -87,3 +93,4 @@ def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_tria
     con.print(f"   details:   msatune --workspace {ws.root} show {study_name}")
     con.print(f"   more:      msatune --workspace {ws.root} resume {study_name} --trials 20")
     con.print(f"   your data: msatune --workspace {ws.root} launch mystudy --data path/to/data --trials 50")
+    con.print(f"demo done in {time.monotonic() - t0:.0f} s")
