@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from msatune.errors import UserError
 from msatune.studies.cli_context import AppContext, console, pass_app
 
 DEMO_HELP = """Run the whole product once on the embedded synthetic MOSI-like dataset.
@@ -85,7 +86,10 @@ def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_tria
             con.print(f"   {preset} preset: trained {rec['epochs'] or '?'} epochs in {rec['duration_s']:.0f} s")
 
     con.print("[bold]4. ensemble[/bold]")
-    build_and_render(app, store, study_name)
+    try:
+        build_and_render(app, store, study_name)
+    except UserError as exc:  # e.g. no trial beats the constant predictor: say so, go on
+        con.print(f"   no ensemble: {exc}")
 
     con.print("[bold]5. next[/bold]")
     con.print(f"   dashboard: msatune --workspace {ws.root} dashboard   then open http://127.0.0.1:8080")

@@ -140,9 +140,10 @@ def plot_importance(importance: dict[str, float], name: str, n_trials: int, path
 
 
 def plot_ensembles(records: dict[str, dict[str, Any]], name: str, path: Path,
-                   reference: dict[str, dict[str, Any]] | None = None) -> None:
+                   reference: dict[str, dict[str, Any]] | None = None) -> tuple[float, float]:
     """Best single vs each ensemble on valid and test; the y-axis spans the data (not from 0), so
-    a 0.02 gain is visible, and each ensemble bar is labelled with its change vs the best single."""
+    a 0.02 gain is visible, and each ensemble bar is labelled with its change vs the best single.
+    Returns the y-axis limits."""
     fig = _figure(8, 4.5)
     ax = fig.add_subplot()
     splits = ("valid", "test")
@@ -184,3 +185,4 @@ def plot_ensembles(records: dict[str, dict[str, Any]], name: str, path: Path,
     fig.legend(fontsize=9, loc="outside lower center", ncols=len(bars))
     ax.grid(axis="y", alpha=0.3)
     fig.savefig(path)
+    return ax.get_ylim()

@@ -127,3 +127,48 @@ value = 0
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(5):
         validate_config(space.sample(study.ask()))
+
+
+def test_preset_values_outside_the_space_are_recorded_on_the_trial() -> None:
+    """The baseline's batch size 4 and l2 0 are no params (outside the distributions): the trial
+    records them, so the dashboard and `msatune export` show what it trained with."""
+    import optuna
+
+    from msatune.search.config import PRESETS
+    from msatune.search.space import CONSTANTS_ATTR, STUDY_KEYS, default_space
+
+    study = optuna.create_study()
+    study.enqueue_trial({k: v for k, v in PRESETS["baseline"].items() if k not in STUDY_KEYS},
+                        user_attrs={"preset": "baseline"})
+    trial = study.ask()
+    config = default_space(4, 0).sample(trial)
+    assert config["batch_size"] == 4 and config["l2"] == 0.0
+    assert "batch_size" not in trial.params and "l2" not in trial.params
+    assert trial.user_attrs[CONSTANTS_ATTR] == {"batch_size": 4, "l2": 0.0}
+
+
+def test_the_example_space_file_reads_back_as_the_default_space(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from msatune.search.space import default_distributions, load_space
+
+    proc = subprocess.run([sys.executable, "-m", "msatune.studies.cli", "space", "--example"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    path = tmp_path / "space.toml"
+    path.write_text(proc.stdout)
+    assert load_space(path).distributions == default_distributions()
+    check = subprocess.run([sys.executable, "-m", "msatune.studies.cli", "space", "--check", str(path)],
+                           capture_output=True, text=True, timeout=120, env={**__import__("os").environ,
+                                                                              "COLUMNS": "200"})
+    assert check.returncode == 0, check.stderr
+    assert f"{len(default_distributions())} searched keys" in check.stdout
+
+
+def test_launch_help_documents_the_space_format(capsys) -> None:
+    from msatune.studies.cli import main
+
+    assert main(["launch", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "[learning_rate]" in text and "choices = [16, 32]" in text and "msatune space --example" in text
