@@ -5,8 +5,9 @@ Reads a ``keras.callbacks.CSVLogger`` file with the msa-tf2 columns
 work out by hand:
 
 - ``best_val_mae`` and ``best_epoch``: the lowest validation MAE and the epoch where it was
-  reached, 1-based (the n-th epoch of the log, as Keras prints "Epoch n/N"; Keras' CSVLogger
-  writes that epoch as n-1 in its ``epoch`` column); the first one on ties.
+  reached, 1-based as Keras prints "Epoch n/N" (Keras' CSVLogger writes that epoch as n-1 in
+  its 0-based ``epoch`` column, so ``best_epoch`` is that column's value + 1; without the column,
+  the row's position); the first one on ties.
 - ``min_train_mae``: the lowest training MAE over all epochs.
 - ``gap_at_best`` / ``gap_at_end``: ``val_mae - mae`` (validation minus training) at the best
   epoch and at the last epoch; a large positive gap means overfitting.
@@ -212,9 +213,16 @@ def analyze_log(columns_or_path: Mapping[str, object] | str | Path) -> LogAnalys
     train = columns.get("mae")
     train_arr = None if train is None else np.asarray(train, dtype=np.float64).reshape(-1)
 
+    epoch_col = columns.get("epoch")
+    epochs = (
+        np.arange(n, dtype=np.float64)
+        if epoch_col is None
+        else np.asarray(epoch_col, dtype=np.float64).reshape(-1)
+    )
     best_idx = int(np.nanargmin(val))
     best_val = float(val[best_idx])
-    best_epoch = best_idx + 1  # 1-based: the n-th epoch of the log
+    # 1-based, as Keras prints it: the CSV's 0-based epoch + 1 (the row's position without one)
+    best_epoch = (int(epochs[best_idx]) if np.isfinite(epochs[best_idx]) else best_idx) + 1
 
     min_train: float | None = None
     gap_best: float | None = None

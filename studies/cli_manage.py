@@ -80,12 +80,12 @@ def export(app: AppContext, name: str, out_file: Path, storage: str | None) -> N
     click.echo(f"wrote {len(rows)} trials of study {name!r} to {path}")
 
 
-SPACE_HELP = """Print the default search space as a --space file, or check one.
-
-\b
-The format (TOML, one table per trial config key):
+#: The ``--space`` file format, as ``launch --help`` and ``space --help`` teach it.
+SPACE_FORMAT = """\b
+--space FILE is TOML, one table per trial config key (`msatune space --example` prints the
+default space to start from; `msatune space --check FILE` checks one):
   replace = false        # true: search only the keys in this file
-  [learning_rate]        # a range; log = true samples on a log scale, step = 0.05 a grid
+  [learning_rate]        # a range (log = true samples on a log scale; step = 0.05 a grid)
   low = 1e-4
   high = 3e-3
   log = true
@@ -93,7 +93,11 @@ The format (TOML, one table per trial config key):
   choices = [16, 32]
   [dropout]              # a fixed value, not searched
   value = 0.3
-Bounds, choices and values are checked against each key's legal range.
+Bounds, choices and values must lie in the key's legal range (e.g. dropout in [0, 1))."""
+
+SPACE_HELP = f"""Print the default search space as a --space file, or check one.
+
+{SPACE_FORMAT}
 
 \b
 Examples:

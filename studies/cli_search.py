@@ -9,6 +9,7 @@ import click
 
 from msatune.search.settings import SearchSettings
 from msatune.studies.cli_context import AppContext, console, echo_json, pass_app, storage_option
+from msatune.studies.cli_manage import SPACE_FORMAT
 from msatune.studies.cli_render import (
     Progress,
     budget_used_message,
@@ -35,7 +36,7 @@ def _resource_options(f: Any) -> Any:
     return f
 
 
-LAUNCH_HELP = """Launch a new study: Optuna TPE picks configurations, Ray Tune runs them, ASHA stops poor ones.
+LAUNCH_HELP = f"""Launch a new study: Optuna TPE picks configurations, Ray Tune runs them, ASHA stops poor ones.
 
 \b
 The first two trials are the users' `baseline` and `improved` recipes, so every study shows
@@ -49,19 +50,7 @@ Checks come first and cost seconds: the name, the options, the data and the --sp
 validated before Ray starts, and the requested CPUs/GPUs are checked against the cluster before
 the study is created. A run that is stopped (Ctrl-C) exits with status 130.
 
-\b
---space FILE is TOML, one table per config key (`msatune space --example` prints the default
-space to start from; `msatune space --check FILE` checks one):
-  replace = false        # true: search only the keys in this file
-  [learning_rate]        # a range (log = true samples on a log scale; step = 0.05 a grid)
-  low = 1e-4
-  high = 3e-3
-  log = true
-  [batch_size]           # a choice
-  choices = [16, 32]
-  [dropout]              # a fixed value, not searched
-  value = 0.3
-Bounds, choices and values must lie in the key's legal range (e.g. dropout in [0, 1)).
+{SPACE_FORMAT}
 
 \b
 Examples:
@@ -165,7 +154,7 @@ def studies_cmd(app: AppContext, storage: str | None, as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(title="studies")
-    for col in ("name", "complete", "pruned", "failed", "interrupted (re-run)", "running", "best val MAE",
+    for col in ("name", "complete", "pruned", "failed", "interrupted", "running", "best val MAE",
                 "best trial", "created"):
         table.add_column(col)
     for r in rows:

@@ -95,7 +95,7 @@ def export_trials(storage: optuna.storages.BaseStorage, name: str) -> list[dict[
             "value": t.value,
             "best_val_mae": trial_value(t),
             "epochs": t.user_attrs.get("epochs"),
-            "duration_s": round(t.duration.total_seconds(), 3) if t.duration else None,
+            "duration_s": round(t.duration.total_seconds(), 3) if t.duration is not None else None,
             "preset": t.user_attrs.get("preset"),
             "fail_reason": t.user_attrs.get(FAIL_REASON_ATTR),
             "requeued": bool(t.user_attrs.get(REQUEUED_ATTR, False)),

@@ -37,33 +37,24 @@ def tree(path: Path) -> dict[str, str]:
             for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture
-def study_ws(tiny_study: dict, tmp_path: Path) -> Path:
-    """A private copy of the finished tiny study's store (budget used)."""
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    shutil.copy(Path(tiny_study["workspace"]) / "studies.db", ws / "studies.db")
-    return ws
-
-
-def test_launch_with_an_existing_name_fails_before_ray(study_ws: Path, tiny_data: Path, tmp_path: Path) -> None:
+def test_launch_with_an_existing_name_fails_before_ray(study_copy: Path, tiny_data: Path, tmp_path: Path) -> None:
     ray_tmp = tmp_path / "raytmp"
     ray_tmp.mkdir()
-    before = tree(study_ws)
-    one_line_error(run(study_ws, "launch", "tiny", "--data", str(tiny_data), ray_tmp=ray_tmp),
+    before = tree(study_copy)
+    one_line_error(run(study_copy, "launch", "tiny", "--data", str(tiny_data), ray_tmp=ray_tmp),
                    "already exists", "msatune resume tiny")
     assert list(ray_tmp.iterdir()) == []  # no Ray session was started
-    assert tree(study_ws) == before
+    assert tree(study_copy) == before
 
 
-def test_resume_of_a_used_budget_answers_without_ray(study_ws: Path, tmp_path: Path) -> None:
+def test_resume_of_a_used_budget_answers_without_ray(study_copy: Path, tmp_path: Path) -> None:
     ray_tmp = tmp_path / "raytmp"
     ray_tmp.mkdir()
-    before = tree(study_ws)
-    proc = run(study_ws, "resume", "tiny", "--json", ray_tmp=ray_tmp)
+    before = tree(study_copy)
+    proc = run(study_copy, "resume", "tiny", "--json", ray_tmp=ray_tmp)
     assert proc.returncode == 0, proc.stderr
     assert "used its budget of 6 trials" in json.loads(proc.stdout)["message"]
-    assert list(ray_tmp.iterdir()) == [] and tree(study_ws) == before
+    assert list(ray_tmp.iterdir()) == [] and tree(study_copy) == before
 
 
 BAD_SPACES = [
@@ -111,14 +102,14 @@ def test_bad_launch_options_create_nothing(tmp_path: Path, tiny_data: Path, args
     assert not ws.exists()
 
 
-def test_resume_with_a_bad_address_changes_nothing(study_ws: Path) -> None:
-    pid_file = study_ws / "studies" / "tiny" / "ray" / "ray-processes.json"
+def test_resume_with_a_bad_address_changes_nothing(study_copy: Path) -> None:
+    pid_file = study_copy / "studies" / "tiny" / "ray" / "ray-processes.json"
     pid_file.parent.mkdir(parents=True)
     pid_file.write_text(json.dumps({"driver_pid": 999999999, "session_dir": None, "pids": []}))
-    before = tree(study_ws)
-    one_line_error(run(study_ws, "resume", "tiny", "--trials", "2", "--address", "not_a_host::99"),
+    before = tree(study_copy)
+    one_line_error(run(study_copy, "resume", "tiny", "--trials", "2", "--address", "not_a_host::99"),
                    "is not a Ray address")
-    assert tree(study_ws) == before  # budget not rewritten, pid file still there
+    assert tree(study_copy) == before  # budget not rewritten, pid file still there
 
 
 def test_an_unreachable_cluster_fails_within_the_stated_timeout(tmp_path: Path, tiny_data: Path) -> None:
