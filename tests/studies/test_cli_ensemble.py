@@ -227,17 +227,11 @@ def test_ensemble_then_predict_on_a_real_study(tiny_study: dict, tmp_path: Path)
     label = np.array([float(r["label"]) for r in rows])
     assert np.mean(np.abs(pred - label)) == pytest.approx(res["test"]["mae"], abs=1e-4)
 
-    # the .keras file itself: `msatune predict` and the documented one-liner, from another directory
+    # the .keras file itself (the documented one-liner is tested on the installed wheel)
     proc = run_cli(ws, "predict", out_dir / "ensemble.keras", "--data", tiny_study["data"],
                    "--out", tmp_path / "k.csv", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["mae"] == pytest.approx(res["test"]["mae"], abs=1e-4)
-    one_liner = subprocess.run(
-        [sys.executable, "-c", "import sys, msatune, keras; m = keras.saving.load_model(sys.argv[1]); "
-         "print(type(m).__name__)", str(out_dir / "ensemble.keras")],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert one_liner.returncode == 0 and "Functional" in one_liner.stdout, one_liner.stderr[-2000:]
 
 
 def test_build_and_render_for_the_demo(tiny_study: dict, capsys: pytest.CaptureFixture[str]) -> None:
