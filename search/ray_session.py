@@ -197,6 +197,7 @@ class RaySession:
 
         if not ray.is_initialized():
             check_address(self.address)
+            quiet_ray_environment()
             self.started = start_ray(address=self.address, verbose=self.verbose,
                                      work_dir=self.work_dir, record=False)
         try:
