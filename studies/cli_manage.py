@@ -126,7 +126,8 @@ def space(example: bool, check_file: Path | None) -> None:
     from msatune.search.space import load_space
 
     loaded = load_space(check_file)
-    table = Table(title=f"{check_file}: {len(loaded.distributions)} searched keys")
+    click.echo(f"{check_file}: valid; {len(loaded.distributions)} searched keys")
+    table = Table()
     table.add_column("key")
     table.add_column("searched as")
     for key, dist in loaded.distributions.items():

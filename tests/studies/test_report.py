@@ -187,7 +187,8 @@ def synthetic_study(tmp_path: Path) -> dict:
 def test_report_criteria_and_ensemble_on_a_synthetic_study(synthetic_study: dict, tmp_path: Path) -> None:
     rep = build_report(synthetic_study["storage"], "syn", tmp_path / "r", ws=synthetic_study["ws"], top=2)
     cr = rep.payload["criteria"]
-    assert cr["best_val_mae"] == {"value": 1.05, "pass": True, "threshold": 1.2, "trial": 1, "epoch": 3}
+    assert {k: cr["best_val_mae"][k] for k in ("value", "pass", "threshold", "trial", "epoch", "beats_constant")} == {
+        "value": 1.05, "pass": True, "threshold": 1.2, "trial": 1, "epoch": 3, "beats_constant": True}
     assert cr["gap"]["value"] == pytest.approx(1.05 - 0.90) and cr["gap"]["pass"] is True
     before = float(np.std(np.diff([1.60, 1.30, 1.55, 1.35])))
     after = float(np.std(np.diff([1.40, 1.10, 1.05, 1.07])))
@@ -293,8 +294,9 @@ def _worse_than_constant(tmp_path: Path) -> dict:
     return {"ws": ws, "storage": storage}
 
 
-def test_a_model_no_better_than_the_constant_predictor_never_passes(tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture) -> None:
+def test_a_model_no_better_than_the_constant_predictor_never_passes(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # rich would wrap the table's cells at 80 columns
     s = _worse_than_constant(tmp_path)
     rep = build_report(s["storage"], "t1", tmp_path / "r", ws=s["ws"])
     cr = rep.payload["criteria"]
