@@ -70,22 +70,23 @@ SIZES: dict[str, dict[str, Any]] = {
               "slots": 2, "startup": 2, "batches": [8, 16]},
     "quick": {"preset": "mosi", "trials": 8, "epochs": 4, "grace": 1, "rf": 2, "seeds": [0],
               "slots": 2, "startup": 3, "batches": [32, 64]},
-    # 24 trials x 15 epochs x 3 methods x 3 seeds is about 40 min on 2 cores; startup None =
-    # msatune's own rule (min(10, max(3, budget // 3)) = 8 here).
-    "full": {"preset": "mosi", "trials": 24, "epochs": 15, "grace": 1, "rf": 3, "seeds": [0, 1, 2],
-             "slots": 2, "startup": None, "batches": [32, 64]},
+    # 24 trials x 15 epochs x 3 methods x 5 seeds is about 70 min on 2 cores; startup None =
+    # msatune's own rule (min(10, max(3, budget // 3)) = 8 here); grace/rf None = msatune's defaults.
+    "full": {"preset": "mosi", "trials": 24, "epochs": 15, "grace": None, "rf": None,
+             "seeds": [0, 1, 2, 3, 4], "slots": 2, "startup": None, "batches": [32, 64]},
 }
 
 #: Searched: the default space minus capacity (the small model keeps mosi epochs to seconds).
 CAPACITY_KEYS = ("model_dim", "num_heads", "ff_dim", "n_layers_mod", "n_layers_fuse", "batch_size")
 
 
-def make_space(epochs: int, batches: list[int]) -> Any:
+def make_space(epochs: int, batches: list[int], first_rung: int | None) -> Any:
+    """The same space for every method: the one a study with ASHA's first rung gets."""
     from optuna.distributions import CategoricalDistribution
 
     from msatune.search.space import default_space
 
-    space = default_space(epochs)
+    space = default_space(epochs, None, first_rung)
     for key in CAPACITY_KEYS:
         space.distributions.pop(key, None)
     space.distributions["model_dim"] = CategoricalDistribution([16, 32])
@@ -107,7 +108,7 @@ def run_one(method: str, seed: int, size: dict[str, Any], ws: Path, data_path: P
     epochs = int(size["epochs"])
     grace = int(size["grace"]) if method in ASHA_METHODS else epochs  # grace = max_t: no early stops
     n_trials = int(size["trials"]) * MORE_TRIALS.get(method, 1)
-    space = make_space(epochs, size["batches"])
+    space = make_space(epochs, size["batches"], size["grace"] if size["grace"] < epochs else None)
     name = f"{method}-s{seed}"
     settings = SearchSettings(trials=n_trials, max_epochs=epochs, grace_period=grace,
                               reduction_factor=int(size["rf"]), cpus_per_trial=1.0,
@@ -184,6 +185,35 @@ def compare(runs: list[dict[str, Any]], seeds: list[int], method: str = "tpe_ash
     }
 
 
+def goals(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Issue 14's goals: TPE + ASHA's median best val MAE <= random's with <= 0.5 of its epochs;
+    random's final best reached within <= 1/4 of random's epochs in >= 3 of 5 seeds; with 3x the
+    trials (random's compute) ahead of TPE alone in median."""
+    def med(method: str, key: str) -> float | None:
+        return median(r[key] for r in runs if r["method"] == method)
+
+    out: dict[str, Any] = {"lines": []}
+    rnd_best, asha_best = med("random", "best_val_mae"), med("tpe_asha", "best_val_mae")
+    rnd_ep, asha_ep = med("random", "epochs"), med("tpe_asha", "epochs")
+    if None not in (rnd_best, asha_best, rnd_ep, asha_ep):
+        out["median_best_no_worse"] = asha_best <= rnd_best
+        out["epoch_fraction"] = asha_ep / rnd_ep
+        out["lines"].append(f"TPE+ASHA median best val MAE {asha_best:.4f} vs random {rnd_best:.4f} "
+                            f"({'met' if asha_best <= rnd_best else 'missed'}) with {asha_ep / rnd_ep:.2f} of "
+                            f"its epochs (goal <= 0.5: {'met' if asha_ep / rnd_ep <= 0.5 else 'missed'})")
+    reached = compare(runs, seeds)["per_seed"]
+    quick = sum(1 for s in reached if s["fraction"] is not None and s["fraction"] <= GOAL_EPOCH_FRACTION)
+    out["seeds_reaching_random_within_quarter"] = quick
+    out["lines"].append(f"reached random's final best within 1/4 of its epochs in {quick} of {len(reached)} seeds "
+                        f"(goal >= 3 of 5)")
+    more, tpe = med("tpe_asha_3x", "best_val_mae"), med("tpe", "best_val_mae")
+    if more is not None and tpe is not None:
+        out["equal_compute_ahead_of_tpe"] = more < tpe
+        out["lines"].append(f"TPE+ASHA at equal compute {more:.4f} vs TPE alone {tpe:.4f} "
+                            f"({'ahead' if more < tpe else 'not ahead'})")
+    return out
+
+
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for method in ALL_METHODS:
@@ -240,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=list(METHODS),
                    help=f"searches to run (default: {' '.join(METHODS)}; tpe_asha_3x: 3x the trials)")
     p.add_argument("--random-from", type=Path, default=None,
-                   help="a results JSON whose random runs (same size and seeds) are compared with")
+                   help="a results JSON whose runs of the methods not run now (same size and seeds) are compared with")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
     args = p.parse_args(argv)
 
@@ -251,7 +281,11 @@ def main(argv: list[str] | None = None) -> int:
                      ("slots", args.slots), ("grace", args.grace), ("rf", args.rf)):
         if val is not None:
             size[key] = val
-    size["grace"] = min(size["grace"], size["epochs"])
+    from msatune.search.settings import SearchSettings
+
+    defaults = SearchSettings(max_epochs=size["epochs"])
+    size["grace"] = min(size["grace"] if size["grace"] is not None else defaults.grace, size["epochs"])
+    size["rf"] = size["rf"] if size["rf"] is not None else defaults.reduction_factor
 
     t_all = time.time()
     load_before = os.getloadavg()
@@ -274,9 +308,10 @@ def main(argv: list[str] | None = None) -> int:
         import json
 
         earlier = json.loads(args.random_from.read_text())
-        runs = [r for r in earlier["runs"] if r["method"] == "random" and r["seed"] in size["seeds"]] + [
-            r for r in runs if r["method"] != "random"]
+        # the earlier file's runs of every method not run now (random, tpe, ...), same seeds
+        runs = [r for r in earlier["runs"] if r["method"] not in args.methods and r["seed"] in size["seeds"]] + runs
     rows = summarize(runs)
+    goal = goals(runs, size["seeds"])
     cmp = compare(runs, size["seeds"])
     cmp_more = {m: compare(runs, size["seeds"], m) for m in MORE_TRIALS if m in args.methods}
     seeds_txt = f"seed {size['seeds'][0]}" if len(size["seeds"]) == 1 else f"median of {len(size['seeds'])} seeds"
@@ -295,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{'met' if c['fraction_goal_met'] else 'missed'}; "
               f"ends no worse than random: {'yes' if c['no_worse_goal_met'] else 'no'}")
 
+    for line in goal["lines"]:
+        print(line)
+
     png = out_path.with_suffix(".png")
     plot(runs, png, f"Anytime best val MAE: {title}")
     print(f"curves: {png}")
@@ -304,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     doc.update({
         "data": {"synthetic_preset": size["preset"], "seed": DATA_SEED},
         "size": size,
-        "space": {"searched": sorted(make_space(size["epochs"], size["batches"]).distributions),
+        "space": {"searched": sorted(make_space(size["epochs"], size["batches"], None).distributions),
                   "fixed": {k: v for k, v in SMALL_MODEL.items() if k != "model_dim"} | {"ff_dim": 64}},
         "methods": {
             "random": "optuna RandomSampler(seed), grace_period = max_epochs (no early stops by the scheduler)",
@@ -320,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": rows,
         "comparison": cmp,
         "comparison_more_trials": cmp_more,
+        "goals": goal,
         "runs": runs,
         "plot": png.name,
         "total_s": time.time() - t_all,

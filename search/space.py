@@ -62,7 +62,13 @@ CONSTANTS_ATTR = "constants"
 STUDY_KEYS = ("epochs", "seed")
 
 
-def default_distributions() -> dict[str, BaseDistribution]:
+#: The longest warm-up the default space searches (when the first ASHA rung allows it).
+MAX_WARMUP = 5
+
+
+def default_distributions(first_rung: int | None = None) -> dict[str, BaseDistribution]:
+    """The default space. Its warm-up ends before ``first_rung`` (the first epoch ASHA compares
+    trials at), so no trial is compared while its learning rate is still ramping up."""
     return {
         "learning_rate": FloatDistribution(1e-4, 3e-3, log=True),
         "optimizer": CategoricalDistribution(["adam", "adamw"]),
@@ -70,9 +76,9 @@ def default_distributions() -> dict[str, BaseDistribution]:
         "batch_size": CategoricalDistribution([8, 16, 32, 64]),
         "loss": CategoricalDistribution(["mae", "huber"]),
         "huber_delta": FloatDistribution(0.25, 2.0),
-        "warmup_epochs": IntDistribution(0, 5),
+        "warmup_epochs": IntDistribution(0, warmup_limit(first_rung) if first_rung else MAX_WARMUP),
         "model_dim": CategoricalDistribution([32, 64, 128]),
-        "num_heads": CategoricalDistribution([2, 4, 8]),
+        "num_heads": CategoricalDistribution([1, 2, 4]),  # msa-tf2 heads are model_dim wide
         "ff_dim": CategoricalDistribution([64, 128, 256]),
         "n_layers_mod": IntDistribution(1, 3),
         "n_layers_fuse": IntDistribution(1, 2),
@@ -88,12 +94,24 @@ def default_distributions() -> dict[str, BaseDistribution]:
     }
 
 
+def warmup_limit(first_rung: int) -> int:
+    """The longest warm-up (epochs) that ends before the first rung: at most ``first_rung - 1``."""
+    return max(0, min(MAX_WARMUP, int(first_rung) - 1))
+
+
+def default_base() -> dict[str, Any]:
+    """What a searched trial starts from: the improved recipe, its cosine decay spread over the
+    study's epoch budget (``cosine_epochs = 0``) rather than msa-tf2's fixed 50 epochs, so every
+    trial anneals by the end of the budget whatever the budget is."""
+    return {**PRESETS["improved"], "cosine_epochs": 0}
+
+
 @dataclass
 class SearchSpace:
     """Distributions to sample + the base config every trial starts from."""
 
     distributions: dict[str, BaseDistribution]
-    base: dict[str, Any] = field(default_factory=lambda: dict(PRESETS["improved"]))
+    base: dict[str, Any] = field(default_factory=default_base)
 
     def to_json(self) -> dict[str, Any]:
         """JSON form, stored in the study's user attrs (``from_json`` reads it back). The epoch
@@ -132,13 +150,17 @@ class SearchSpace:
             raise UserError(f"{where}: {exc}") from None
         return self
 
-    def for_study(self, max_epochs: int | None, seed: int | None = None) -> SearchSpace:
+    def for_study(self, max_epochs: int | None, seed: int | None = None,
+                  first_rung: int | None = None) -> SearchSpace:
         """Set the study-level keys of every trial: the epoch budget and the seed trials offset
-        (trial *i* trains with seed + i). ``None`` leaves a key as it is. Returns self."""
+        (trial *i* trains with seed + i); ``None`` leaves a key as it is. With ``first_rung``
+        (ASHA's first rung), the base warm-up is cut to end before it. Returns self."""
         if max_epochs is not None:
             self.base["epochs"] = int(max_epochs)
         if seed is not None:
             self.base["seed"] = int(seed)
+        if first_rung is not None:
+            self.base["warmup_epochs"] = min(int(self.base.get("warmup_epochs", 0)), warmup_limit(first_rung))
         return self
 
     def sample(self, trial: Any) -> dict[str, Any]:
@@ -188,12 +210,18 @@ def _suggest(trial: Any, name: str, dist: BaseDistribution) -> Any:
     raise TypeError(f"unsupported distribution {dist!r}")  # pragma: no cover
 
 
-def default_space(max_epochs: int | None = None, seed: int | None = None) -> SearchSpace:
-    return SearchSpace(default_distributions()).for_study(max_epochs, seed)
+def default_space(max_epochs: int | None = None, seed: int | None = None,
+                  first_rung: int | None = None) -> SearchSpace:
+    """The default space for a study (``first_rung``: the first epoch ASHA compares trials at)."""
+    return SearchSpace(default_distributions(first_rung)).for_study(max_epochs, seed, first_rung)
 
 
-def load_space(path: str | Path, max_epochs: int | None = None, seed: int | None = None) -> SearchSpace:
-    """Read a TOML space file; every mistake is a UserError naming the file and the key."""
+def load_space(path: str | Path, max_epochs: int | None = None, seed: int | None = None,
+               first_rung: int | None = None) -> SearchSpace:
+    """Read a TOML space file; every mistake is a UserError naming the file and the key.
+
+    ``first_rung``: ASHA's first rung; a warm-up the file sets must end before it.
+    """
     path = Path(path)
     try:
         payload = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -211,7 +239,7 @@ def load_space(path: str | Path, max_epochs: int | None = None, seed: int | None
     replace = payload.pop("replace", False)
     if not isinstance(replace, bool):
         raise UserError(f"space file {path}: 'replace' must be true or false")
-    space = SearchSpace({} if replace else default_distributions())
+    space = SearchSpace({} if replace else default_distributions(first_rung))
     for key, spec in payload.items():
         where = f"space file {path}, key {key!r}"
         if key not in TRIAL_DEFAULTS:
@@ -235,7 +263,9 @@ def load_space(path: str | Path, max_epochs: int | None = None, seed: int | None
             space.distributions[key] = _range(key, spec, where)
         else:
             raise UserError(f"{where}: give low/high, choices or value")
-    space.for_study(max_epochs, seed)
+    if first_rung is not None and "warmup_epochs" in payload:
+        _check_warmup(space, first_rung, f"space file {path}, key 'warmup_epochs'")
+    space.for_study(max_epochs, seed, first_rung)
     if not space.distributions:
         raise UserError(f"space file {path} leaves nothing to search (every key is fixed)")
     return space.validate(f"space file {path}")
@@ -247,6 +277,23 @@ def _check_legal(key: str, value: Any, where: str) -> None:
         validate_config({key: value})
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from None
+
+
+def _check_warmup(space: SearchSpace, first_rung: int, where: str) -> None:
+    dist = space.distributions.get("warmup_epochs")
+    if isinstance(dist, IntDistribution):
+        longest = dist.high
+    elif isinstance(dist, CategoricalDistribution):
+        longest = max(int(c) for c in dist.choices)
+    else:
+        longest = int(space.base.get("warmup_epochs", 0))
+    limit = warmup_limit(first_rung)
+    if longest > limit:
+        raise UserError(
+            f"{where}: a warm-up of up to {longest} epochs does not end before ASHA's first rung "
+            f"(epoch {first_rung}), where trials would be compared while their learning rate still "
+            f"ramps up; use warm-ups of at most {limit} epochs or raise --grace-period above {longest}"
+        )
 
 
 def _only(spec: Mapping[str, Any], allowed: set[str], where: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import click
 
 from msatune.errors import UserError
@@ -33,8 +35,6 @@ Example:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the study.")
 @pass_app
 def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_trial: float, seed: int) -> None:
-    import time
-
     from msatune.augment.dataset import load_dataset
     from msatune.search.settings import SearchSettings
     from msatune.studies.cli_ensemble import build_and_render
@@ -75,16 +75,15 @@ def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_tria
     render_show(shown)
     best = shown["best"]
     if best is not None:
-        line = f"   best val MAE {best['val_mae']:.4f} vs constant {const:.4f}"
-        for preset, rec in sorted(shown["presets"].items()):
-            if rec["val_mae"] is not None:
-                line += f", {preset} preset {rec['val_mae']:.4f} ({rec['state']})"
+        line = f"   best val MAE {best['val_mae']:.4f} (trial {best['number']}) vs constant {const:.4f}"
         if floor is not None:
             line += f", floor {floor:.4f}"
         con.print(line)
     for preset, rec in sorted(shown["presets"].items()):
-        if rec.get("duration_s") is not None:
-            con.print(f"   {preset} preset: trained {rec['epochs'] or '?'} epochs in {rec['duration_s']:.0f} s")
+        if rec["val_mae"] is not None:
+            took = f", {rec['duration_s']:.0f} s" if rec.get("duration_s") is not None else ""
+            con.print(f"   your {preset} recipe (trial {rec['number']}): val MAE {rec['val_mae']:.4f} "
+                      f"({rec['state'].lower()}, {rec['epochs']} epochs{took})")
 
     con.print("[bold]4. ensemble[/bold]")
     try:

@@ -123,10 +123,13 @@ def space(example: bool, check_file: Path | None) -> None:
         return
     from rich.table import Table
 
+    from msatune.search.settings import SearchSettings
     from msatune.search.space import load_space
 
-    loaded = load_space(check_file)
-    click.echo(f"{check_file}: valid; {len(loaded.distributions)} searched keys")
+    defaults = SearchSettings()
+    loaded = load_space(check_file, first_rung=defaults.first_rung)
+    click.echo(f"{check_file}: valid; {len(loaded.distributions)} searched keys "
+               f"(with the default --grace-period {defaults.grace})")
     table = Table()
     table.add_column("key")
     table.add_column("searched as")

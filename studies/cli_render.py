@@ -74,6 +74,9 @@ def render_show(payload: dict, steps: list[str] | None = None) -> None:
         preset = f" (the {best['preset']} preset)" if best.get("preset") else ""
         con.print(f"best: trial {best['number']}{preset} val MAE {best['val_mae']:.4f}; "
                   f"checkpoint {best['checkpoint']}")
+        preset_note = best_is_preset_line(payload)
+        if preset_note:
+            con.print(preset_note)
     ref = reference_line(payload.get("reference"))
     if ref:
         con.print(f"reference: {ref}" + (
@@ -87,6 +90,13 @@ def render_show(payload: dict, steps: list[str] | None = None) -> None:
 
 def _clock(seconds: float) -> str:
     return time.strftime("%H:%M:%S" if seconds >= 3600 else "%M:%S", time.gmtime(seconds))
+def best_is_preset_line(payload: dict) -> str | None:
+    """The plain line a study whose best trial is one of the users' own recipes deserves."""
+    best = payload.get("best") or {}
+    if not best.get("preset"):
+        return None
+    return (f"no searched configuration beat your {best['preset']} recipe yet: run more trials with "
+            f"`msatune resume {payload['name']} --trials N`")
 
 
 class Progress:

@@ -40,10 +40,14 @@ LAUNCH_HELP = f"""Launch a new study: Optuna TPE picks configurations, Ray Tune 
 
 \b
 The first two trials are the users' `baseline` and `improved` recipes, so every study shows
-what the search gained over both. Trials report validation MAE every epoch; ASHA stops a trial
-at a rung (grace period × reduction factor^k epochs) when it is not in the best 1/R there.
-Everything is stored in the study store; Ctrl-C stops cleanly and `msatune resume NAME`
-continues. The test split is never used to choose anything.
+what the search gained over both. Trials report validation MAE every epoch; a trial's value is
+its best validation MAE. ASHA stops a trial at a rung (grace period × reduction factor^k epochs:
+3, 9, 27 by default) when it is not in the best 1/R there, ranked on the mean of its best
+validation MAE so far and its training MAE (measured to rank configurations by their final
+result far better than the epoch's validation MAE alone; benchmarks/README.md). Searched trials
+warm up before the first rung and anneal over --max-epochs. Everything is stored in the study
+store; Ctrl-C stops cleanly and `msatune resume NAME` continues. The test split is never used
+to choose anything.
 
 \b
 Checks come first and cost seconds: the name, the options, the data and the --space file are
@@ -54,7 +58,7 @@ the study is created. A run that is stopped (Ctrl-C) exits with status 130.
 
 \b
 Examples:
-  msatune launch demo1 --trials 20 --max-epochs 30
+  msatune launch demo1 --trials 20 --max-epochs 27
   msatune launch mosi-a --data data/mosi --trials 100 --gpus-per-trial 0.5
   msatune launch narrow --space space.toml --trials 40
   msatune launch raw --data data/mmsa --clip-labels      (labels outside [-3, 3] clipped)

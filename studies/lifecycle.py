@@ -112,8 +112,8 @@ def _space(space_file: Path | None, settings: SearchSettings) -> Any:
     from msatune.search.space import default_space, load_space
 
     if space_file:
-        return load_space(space_file, settings.max_epochs, settings.seed)
-    return default_space(settings.max_epochs, settings.seed)
+        return load_space(space_file, settings.max_epochs, settings.seed, settings.first_rung)
+    return default_space(settings.max_epochs, settings.seed, settings.first_rung)
 
 
 def _ray(ws: Workspace, name: str, settings: SearchSettings) -> RaySession:

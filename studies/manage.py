@@ -186,8 +186,10 @@ def _toml_value(value: Any) -> str:
 def example_space_toml() -> str:
     """The default search space as a ``--space`` file: every searched key with its range or
     choices, in the format :func:`msatune.search.space.load_space` reads (it reads back equal)."""
+    from msatune.search.settings import DEFAULT_GRACE_PERIOD, SearchSettings
     from msatune.search.space import CONDITIONS, default_distributions
 
+    first_rung = SearchSettings().first_rung
     lines = [
         "# msatune search space (msatune launch NAME --space FILE). Edit, remove or add tables:",
         "#   [key] low = .. / high = .. (log = true: log scale; step = ..: a grid)  a range",
@@ -195,9 +197,11 @@ def example_space_toml() -> str:
         "#   [key] value = ..                                                      fixed, not searched",
         "# Keys not listed keep the default space's distribution, or with replace = true the",
         "# 'improved' preset's value. Any trial config key works (msatune train --set lists them).",
+        f"# Warm-ups must end before ASHA's first rung: at most {DEFAULT_GRACE_PERIOD - 1} epochs with the",
+        f"# default --grace-period {DEFAULT_GRACE_PERIOD} (longer with a larger --grace-period).",
         "replace = false",
     ]
-    for key, dist in default_distributions().items():
+    for key, dist in default_distributions(first_rung).items():
         lines.append("")
         cond = CONDITIONS.get(key)
         if cond is not None:

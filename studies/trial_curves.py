@@ -4,7 +4,7 @@
   (the parent of its ``checkpoint`` dir), else the msa-tf2 CSV log ``work/training_log.csv``
   (0-based ``epoch``; ``val_mae``, ``mae``); the raw per-epoch values. Without those files the
   validation MAE comes from the trial's intermediate values in the store (step = epoch), which
-  the searcher may report as the best so far;
+  are the best validation MAE *so far* at each epoch (what TPE and ASHA rank on);
 * the best epoch: the epoch of the lowest raw validation MAE (a trial's value is its best
   validation MAE);
 * test MAE: the predictions recorded in the trial's best checkpoint.
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrialCurve:
-    """One trial's learning curve: validation MAE (store) and training MAE (Ray files) per epoch."""
+    """One trial's learning curve: validation and training MAE per epoch (Ray files)."""
 
     number: int
     state: str

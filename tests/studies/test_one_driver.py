@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -132,5 +133,6 @@ def test_the_demo_writes_progress_to_a_log_while_it_runs(tmp_path: Path, tiny_da
             demo.kill()
     assert rc == 0, err.read_text()[-3000:]
     text = out.read_text()
-    assert "baseline preset: trained" in text and "improved preset: trained" in text
+    for preset in ("baseline", "improved"):  # each preset's score and how long it took
+        assert re.search(rf"your {preset} recipe \(trial \d+\): val MAE [0-9.]+ \(\w+, 1 epochs, \d+ s\)", text), text
     assert "demo done in" in text

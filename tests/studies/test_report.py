@@ -24,7 +24,14 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _steps(trial: optuna.trial.FrozenTrial) -> list[tuple[int, float]]:
-    return sorted((int(k), float(v)) for k, v in trial.intermediate_values.items())
+    """The trial's validation MAE per epoch, from its Ray progress.csv (the store holds the best
+    so far at each epoch, which must be the running minimum of these)."""
+    path = Path(trial.user_attrs["checkpoint"]).parent / "progress.csv"
+    with path.open(newline="") as fh:
+        steps = sorted((int(float(r["epoch"])), float(r["val_mae"])) for r in csv.DictReader(fh))
+    running = np.minimum.accumulate([v for _, v in steps]).tolist()
+    assert running == pytest.approx([trial.intermediate_values[e] for e, _ in steps])
+    return steps
 
 
 def _progress_train_mae(trial: optuna.trial.FrozenTrial) -> dict[int, float]:
