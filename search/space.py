@@ -25,6 +25,7 @@ the recipe's rules (``early_stop_metric``, ``patience``, ``cosine_epochs``, ``pl
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from optuna.distributions import (
 )
 
 from msatune.errors import UserError
-from msatune.search.config import CHOICES, PRESETS, TRIAL_DEFAULTS, coerce_value
+from msatune.search.config import CHOICES, PRESETS, TRIAL_DEFAULTS, coerce_value, validate_config
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,6 +56,8 @@ CONDITIONS: dict[str, tuple[str, Any]] = {
 
 #: Keys a study fixes itself; a space may not search them.
 RESERVED = ("epochs", "seed", "family", "lr_schedule", "jit_compile", "mixed_precision")
+#: Trial user attr: the enqueued values of searched keys that lie outside their distributions.
+CONSTANTS_ATTR = "constants"
 #: Keys whose one home is the study's own record (``max_epochs``, ``seed``), not the stored space.
 STUDY_KEYS = ("epochs", "seed")
 
@@ -127,6 +130,26 @@ class SearchSpace:
             dict(payload["base"]),
         ).for_study(max_epochs, seed)
 
+    def validate(self, where: str) -> SearchSpace:
+        """Self, or a UserError (naming ``where`` and the key) for a bound, choice or fixed value
+        outside its key's legal range, or a non-finite bound: what a trial would fail on."""
+        for key, dist in self.distributions.items():
+            if isinstance(dist, CategoricalDistribution):
+                for choice in dist.choices:
+                    _check_legal(key, choice, f"{where}, key {key!r}")
+                continue
+            for name in ("low", "high"):
+                bound = getattr(dist, name)
+                if not math.isfinite(bound):
+                    raise UserError(f"{where}, key {key!r}: {name} must be a finite number, got {bound}")
+                _check_legal(key, bound, f"{where}, key {key!r}")
+        fixed = {k: v for k, v in self.base.items() if not k.startswith("_") and k in TRIAL_DEFAULTS}
+        try:
+            validate_config(fixed)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        return self
+
     def for_study(self, max_epochs: int | None, seed: int | None = None,
                   first_rung: int | None = None) -> SearchSpace:
         """Set the study-level keys of every trial: the epoch budget and the seed trials offset
@@ -150,13 +173,19 @@ class SearchSpace:
         # Optuna keeps an enqueued trial's values in ``Trial._fixed_params`` (no public accessor).
         fixed = dict(getattr(trial, "_fixed_params", None) or {})
         config = {**self.base, **fixed}
+        constants: dict[str, Any] = {}
         for name, dist in self.distributions.items():
             cond = CONDITIONS.get(name)
             if cond is not None and config.get(cond[0]) != cond[1]:
                 continue
             if name in fixed and not _contains(dist, fixed[name]):
-                continue  # a preset value outside the space: a constant of this trial
+                constants[name] = fixed[name]  # a preset value outside the space: a constant
+                continue
             config[name] = _suggest(trial, name, dist)
+        if constants and callable(getattr(trial, "set_user_attr", None)):
+            # not params (outside their distributions): recorded so the dashboard and
+            # `msatune export` show what the trial trained with (e.g. the baseline's batch size 4)
+            trial.set_user_attr(CONSTANTS_ATTR, constants)
         config["seed"] = int(config.get("seed", 0)) + int(trial.number)
         preset = (getattr(trial, "user_attrs", None) or {}).get("preset")
         if preset:
@@ -195,11 +224,16 @@ def load_space(path: str | Path, max_epochs: int | None = None, seed: int | None
     """
     path = Path(path)
     try:
-        payload = tomllib.loads(path.read_text())
+        payload = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"space file {path} does not exist") from None
     except IsADirectoryError:
         raise UserError(f"space file {path} is a directory, expected a TOML file") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"space file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 "
+                        "TOML (see msatune space --example)") from None
+    except OSError as exc:
+        raise UserError(f"cannot read space file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"space file {path} is not valid TOML: {exc}") from None
     replace = payload.pop("replace", False)
@@ -234,7 +268,15 @@ def load_space(path: str | Path, max_epochs: int | None = None, seed: int | None
     space.for_study(max_epochs, seed, first_rung)
     if not space.distributions:
         raise UserError(f"space file {path} leaves nothing to search (every key is fixed)")
-    return space
+    return space.validate(f"space file {path}")
+
+
+def _check_legal(key: str, value: Any, where: str) -> None:
+    """A UserError at ``where`` when ``key = value`` is outside the key's legal range."""
+    try:
+        validate_config({key: value})
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
 
 
 def _check_warmup(space: SearchSpace, first_rung: int, where: str) -> None:
@@ -267,15 +309,20 @@ def _typed_choice(key: str, value: Any, where: str) -> Any:
         raise UserError(f"{where}: {exc}") from None
 
 
+def _number(value: Any, name: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{where}: {name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise UserError(f"{where}: {name} must be a finite number, got {value!r}")
+    return value
+
+
 def _range(key: str, spec: Mapping[str, Any], where: str) -> BaseDistribution:
     if key in CHOICES or isinstance(TRIAL_DEFAULTS[key], bool):
         raise UserError(f"{where}: {key} is categorical; use choices = [...]")
     if "low" not in spec or "high" not in spec:
         raise UserError(f"{where}: a range needs both low and high")
-    low, high = spec["low"], spec["high"]
-    for name, v in (("low", low), ("high", high)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise UserError(f"{where}: {name} must be a number, got {v!r}")
+    low, high = _number(spec["low"], "low", where), _number(spec["high"], "high", where)
     if low > high:
         raise UserError(f"{where}: low ({low}) > high ({high})")
     log = spec.get("log", False)
@@ -284,10 +331,16 @@ def _range(key: str, spec: Mapping[str, Any], where: str) -> BaseDistribution:
     if log and low <= 0:
         raise UserError(f"{where}: a log range needs low > 0 (got {low})")
     step = spec.get("step")
+    if step is not None:
+        step = _number(step, "step", where)
+        if step <= 0:
+            raise UserError(f"{where}: step must be > 0 (got {step})")
+        if log:
+            raise UserError(f"{where}: step and log cannot be combined")
     if isinstance(TRIAL_DEFAULTS[key], int):
         if float(low) != int(low) or float(high) != int(high):
             raise UserError(f"{where}: {key} is an integer; low and high must be integers")
+        if step is not None and float(step) != int(step):
+            raise UserError(f"{where}: {key} is an integer; step must be a whole number (got {step})")
         return IntDistribution(int(low), int(high), log=log, step=int(step or 1))
-    if step is not None and log:
-        raise UserError(f"{where}: step and log cannot be combined")
     return FloatDistribution(float(low), float(high), log=log, step=float(step) if step else None)

@@ -93,6 +93,30 @@ def _artifact_dir() -> Path:
         return Path(tempfile.mkdtemp(prefix="msatune-trial-"))
 
 
+#: Under the study's Ray directory: the trials' working copies of their checkpoints (swept by the
+#: next run of the study, so a killed trial leaves nothing behind for long).
+TMP_DIR_NAME = "tmp"
+
+
+def _checkpoint_work_dir() -> Path:
+    """A fresh directory for the trial's working checkpoint, inside the workspace when the run's
+    storage is on this node's disk (``<study>/ray/tmp``), else in the system temp dir."""
+    parent: Path | None = None
+    try:
+        from ray.train._internal.session import get_session
+
+        session = get_session()
+        if session is not None:
+            experiment = Path(session.storage.experiment_fs_path)
+            if experiment.parent.is_dir():
+                parent = experiment.parent / TMP_DIR_NAME
+                parent.mkdir(exist_ok=True)
+    except Exception as exc:  # noqa: BLE001 - Ray internals moved, or remote storage
+        log.debug("checkpoint working dir in the system temp dir: %s", exc)
+        parent = None
+    return Path(tempfile.mkdtemp(prefix="msatune-ckpt-", dir=parent))
+
+
 def train_trial(config: dict[str, Any], data: MSADataset | None = None) -> None:
     """Ray Tune function trainable (wrap with ``tune.with_parameters(train_trial, data=...)``)."""
     import ray.tune as tune
@@ -112,7 +136,7 @@ def train_trial(config: dict[str, Any], data: MSADataset | None = None) -> None:
     work = trial_dir / "work"  # Ray syncs it to the trial's storage dir (at the latest when it ends)
     # The working copy of the checkpoint lives outside the synced dir: Ray copies each reported
     # checkpoint itself, and a stopped trial deletes its copy while the final sync may be running.
-    ckpt_work = Path(tempfile.mkdtemp(prefix="msatune-ckpt-"))
+    ckpt_work = _checkpoint_work_dir()
     state = {"best": math.inf}
     devices = os.environ.get("CUDA_VISIBLE_DEVICES", "")
 

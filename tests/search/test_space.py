@@ -129,6 +129,57 @@ value = 0
         validate_config(space.sample(study.ask()))
 
 
+def test_preset_values_outside_the_space_are_recorded_on_the_trial() -> None:
+    """The baseline's batch size 4 and l2 0 are no params (outside the distributions): the trial
+    records them, so the dashboard and `msatune export` show what it trained with."""
+    import optuna
+
+    from msatune.search.config import PRESETS
+    from msatune.search.space import CONSTANTS_ATTR, STUDY_KEYS, default_space
+
+    study = optuna.create_study()
+    study.enqueue_trial({k: v for k, v in PRESETS["baseline"].items() if k not in STUDY_KEYS},
+                        user_attrs={"preset": "baseline"})
+    trial = study.ask()
+    config = default_space(4, 0).sample(trial)
+    assert config["batch_size"] == 4 and config["l2"] == 0.0
+    assert "batch_size" not in trial.params and "l2" not in trial.params
+    assert trial.user_attrs[CONSTANTS_ATTR] == {"batch_size": 4, "l2": 0.0}
+
+
+def test_the_example_space_file_reads_back_as_the_default_space(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from msatune.search.settings import SearchSettings
+    from msatune.search.space import default_distributions, load_space
+
+    proc = subprocess.run([sys.executable, "-m", "msatune.studies.cli", "space", "--example"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    path = tmp_path / "space.toml"
+    path.write_text(proc.stdout)
+    first_rung = SearchSettings().first_rung  # the example's warm-ups end before the default rung
+    assert load_space(path, first_rung=first_rung).distributions == default_distributions(first_rung)
+    check = subprocess.run([sys.executable, "-m", "msatune.studies.cli", "space", "--check", str(path)],
+                           capture_output=True, text=True, timeout=120, env={**__import__("os").environ,
+                                                                              "COLUMNS": "200"})
+    assert check.returncode == 0, check.stderr
+    assert f"{len(default_distributions())} searched keys" in check.stdout
+    # a warm-up the default first rung would compare mid-ramp is refused by --check too
+    long = tmp_path / "long.toml"
+    long.write_text("[warmup_epochs]\nlow = 0\nhigh = 5\n")
+    bad = subprocess.run([sys.executable, "-m", "msatune.studies.cli", "space", "--check", str(long)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "does not end before ASHA's first rung" in bad.stderr, bad.stderr
+
+
+def test_launch_help_documents_the_space_format(capsys) -> None:
+    from msatune.studies.cli import main
+
+    assert main(["launch", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "[learning_rate]" in text and "choices = [16, 32]" in text and "msatune space --example" in text
 def test_no_searched_trial_is_still_warming_up_at_the_first_rung(tmp_path: Path) -> None:
     """ASHA compares trials at its first rung; a trial whose learning rate is still ramping up
     there is judged at a rate it never trains at. The default space's warm-ups (and the base
