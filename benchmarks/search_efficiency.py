@@ -97,13 +97,9 @@ def make_space(epochs: int, batches: list[int], first_rung: int | None) -> Any:
 
 
 def run_one(method: str, seed: int, size: dict[str, Any], ws: Path, data_path: Path) -> dict[str, Any]:
-    import numpy as np
-
     from msatune.augment.dataset import load_dataset
-    from msatune.models.checkpoint import read_predictions
     from msatune.search.runner import run_search
     from msatune.search.settings import SearchSettings
-    from msatune.studies.store import best_complete
 
     epochs = int(size["epochs"])
     grace = int(size["grace"]) if method in ASHA_METHODS else epochs  # grace = max_t: no early stops
@@ -124,6 +120,18 @@ def run_one(method: str, seed: int, size: dict[str, Any], ws: Path, data_path: P
     summary = run_search(study, space, data, settings, ray_dir=ws / "ray" / name, run_name="run0",
                          sampler=sampler, trainable=partial(timed_trainable, events=str(events_path)))
     wall = time.time() - t0
+    counts = {"complete": summary.complete, "pruned": summary.pruned, "failed": summary.failed}
+    return collect_run(method, seed, study, events_path, t0, wall, counts)
+
+
+def collect_run(method: str, seed: int, study: Any, events_path: Path, t0: float, wall: float,
+                counts: dict[str, int]) -> dict[str, Any]:
+    """One search's record from its study and its trainable's events (``t0``: when it began)."""
+    import numpy as np
+
+    from msatune.models.checkpoint import read_predictions
+    from msatune.studies.store import best_complete
+
     epochs_ev = [e for e in read_events(events_path)
                  if e["kind"] == "epoch" and e.get("val_mae") is not None and math.isfinite(e["val_mae"])]
     curve, best = [], math.inf
@@ -137,8 +145,7 @@ def run_one(method: str, seed: int, size: dict[str, Any], ws: Path, data_path: P
         preds = read_predictions(top.user_attrs["checkpoint"])
         test_mae = float(np.mean(np.abs(preds["test_pred"] - preds["test_label"])))
     return {
-        "method": method, "seed": seed, "trials": len(trials), "complete": summary.complete,
-        "pruned": summary.pruned, "failed": summary.failed, "epochs": len(epochs_ev),
+        "method": method, "seed": seed, "trials": len(trials), **counts, "epochs": len(epochs_ev),
         "wall_s": wall, "best_val_mae": top.value if top is not None else None,
         "best_trial": top.number if top is not None else None,
         "best_trial_params": top.params if top is not None else None,
@@ -209,8 +216,25 @@ def goals(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     more, tpe = med("tpe_asha_3x", "best_val_mae"), med("tpe", "best_val_mae")
     if more is not None and tpe is not None:
         out["equal_compute_ahead_of_tpe"] = more < tpe
-        out["lines"].append(f"TPE+ASHA at equal compute {more:.4f} vs TPE alone {tpe:.4f} "
+        out["lines"].append(f"TPE+ASHA with 3x the trials {more:.4f} vs TPE alone {tpe:.4f} "
                             f"({'ahead' if more < tpe else 'not ahead'})")
+    # equal compute, exactly: the 3x search's best val MAE so far when it had trained as many
+    # epochs as TPE alone did (3x the trials at grace 3 costs about twice TPE's epochs)
+    pairs = []
+    for seed in seeds:
+        x = next((r for r in runs if r["method"] == "tpe_asha_3x" and r["seed"] == seed), None)
+        t = next((r for r in runs if r["method"] == "tpe" and r["seed"] == seed), None)
+        within = [c[1] for c in x["curve"] if c[0] <= t["epochs"]] if x and t else []
+        if within:
+            pairs.append((within[-1], t["best_val_mae"]))
+    if pairs:
+        m3, mt = median([a for a, _ in pairs]), median([b for _, b in pairs])
+        ahead = sum(a < b for a, b in pairs)
+        out["equal_epochs"] = {"tpe_asha_3x_best": m3, "tpe_best": mt, "ahead_in_seeds": ahead,
+                               "seeds": len(pairs), "ahead": m3 < mt}
+        out["lines"].append(f"TPE+ASHA (3x trials) at TPE's own epoch count: median best {m3:.4f} vs TPE "
+                            f"alone {mt:.4f} ({'ahead' if m3 < mt else 'not ahead'}; ahead in {ahead} of "
+                            f"{len(pairs)} seeds)")
     return out
 
 
@@ -272,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random-from", type=Path, default=None,
                    help="a results JSON whose runs of the methods not run now (same size and seeds) are compared with")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
+    p.add_argument("--from-workspace", type=Path, default=None,
+                   help="rebuild the records of the searches that finished in an interrupted run's "
+                        "workspace (its temp dir's ws/, kept when the run was killed) instead of running")
     args = p.parse_args(argv)
 
     mode = mode_of(args)
@@ -289,6 +316,42 @@ def main(argv: list[str] | None = None) -> int:
 
     t_all = time.time()
     load_before = os.getloadavg()
+    if args.from_workspace is not None:
+        runs, ray_init_s = recover_runs(args.from_workspace, args.methods, size), None
+    else:
+        runs, ray_init_s = run_all(args.methods, size)
+    finish(args, mode, out_path, size, runs, ray_init_s, t_all, load_before)
+    return 0
+
+
+def recover_runs(ws: Path, methods: list[str], size: dict[str, Any]) -> list[dict[str, Any]]:
+    """The searches of ``methods`` x seeds that ran all their trials in workspace ``ws``; the
+    wall time is from the first to the last event of the search (Ray's start excluded)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    runs = []
+    storage = f"sqlite:///{ws / 'studies.db'}"
+    names = set(optuna.get_all_study_names(storage))
+    for seed in size["seeds"]:
+        for method in [m for m in ALL_METHODS if m in methods]:
+            name, events_path = f"{method}-s{seed}", ws / f"events-{method}-s{seed}.jsonl"
+            if name not in names or not events_path.is_file():
+                continue
+            study = optuna.load_study(study_name=name, storage=storage)
+            states = [t.state for t in study.trials]
+            if len(states) < int(size["trials"]) * MORE_TRIALS.get(method, 1) or any(
+                    s in (TrialState.RUNNING, TrialState.WAITING) for s in states):
+                print(f"{name}: unfinished, left out", file=sys.stderr)
+                continue
+            times = [e["t"] for e in read_events(events_path)]
+            counts = {"complete": states.count(TrialState.COMPLETE), "pruned": states.count(TrialState.PRUNED),
+                      "failed": states.count(TrialState.FAIL)}
+            runs.append(collect_run(method, seed, study, events_path, min(times), max(times) - min(times), counts))
+    return runs
+
+
+def run_all(methods: list[str], size: dict[str, Any]) -> tuple[list[dict[str, Any]], float]:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="msatune-searcheff-") as tmp:
         root = Path(tmp)
@@ -298,12 +361,20 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             for seed in size["seeds"]:
-                for method in [m for m in ALL_METHODS if m in args.methods]:  # back to back per seed
+                for method in [m for m in ALL_METHODS if m in methods]:  # back to back per seed
                     print(f"{method} seed {seed} ...", file=sys.stderr, flush=True)
                     runs.append(run_one(method, seed, size, root / "ws", data))
         finally:
             ray.shutdown()
+    return runs, ray_init_s
 
+
+def finish(args: argparse.Namespace, mode: str, out_path: Path, size: dict[str, Any],
+           runs: list[dict[str, Any]], ray_init_s: float | None, t_all: float,
+           load_before: tuple[float, float, float]) -> None:
+    """Compare, print, plot and write the results of ``runs``."""
+    seeds = sorted({r["seed"] for r in runs}) if args.from_workspace is not None else size["seeds"]
+    size = {**size, "seeds": seeds}
     if args.random_from is not None:
         import json
 
@@ -363,8 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         "plot": png.name,
         "total_s": time.time() - t_all,
     })
+    if args.from_workspace is not None:
+        doc["recovered_from_workspace"] = str(args.from_workspace)
     write_json(out_path, doc)
-    return 0
 
 
 if __name__ == "__main__":
