@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import msatune
-from msatune.errors import UserError
+from msatune.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,10 @@ def start_ray(*, address: str | None, verbose: bool, work_dir: Path, record: boo
         try:
             ray.init(**kwargs)
         except (ConnectionError, TimeoutError, ValueError) as exc:
+            if not address:
+                raise UserError(f"cannot start Ray on this machine: {first_line(exc)}") from None
             raise UserError(
-                f"cannot connect to the Ray cluster at {address}: {str(exc).splitlines()[0] if str(exc) else exc}; "
+                f"cannot connect to the Ray cluster at {address}: {first_line(exc)}; "
                 "check the address (ray start --head prints it) and that this machine can reach it"
             ) from None
     if not address and record:
@@ -249,7 +251,14 @@ def stop_ray(work_dir: Path) -> None:
     import ray
 
     ray.shutdown()
-    (Path(work_dir) / RAY_PIDS_FILE).unlink(missing_ok=True)
+    pid_file = Path(work_dir) / RAY_PIDS_FILE
+    try:
+        info = json.loads(pid_file.read_text())
+    except (OSError, ValueError):
+        info = {}
+    # a driver that took the study over after this one released its lease may own the file now
+    if int(info.get("driver_pid", os.getpid())) == os.getpid():
+        pid_file.unlink(missing_ok=True)
 
 
 def _enable_token_auth_if_available() -> None:

@@ -153,9 +153,6 @@ class Progress:
                 self._plain(f"{self.name}: trial {done}/{state.budget} finished ({kind}) | {status}")
         self.seen = now
 
-    # the runner calls ``update``; kept as the name older callers use
-    update = __call__
-
     def __exit__(self, *exc: Any) -> None:
         if self.live is not None:
             self.live.__exit__(*exc)

@@ -151,6 +151,13 @@ class StudyLease:
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
+                lease = read_lease(self.study._storage, self.study._study_id)
+                if lease is not None and lease.driver != self.driver:
+                    # a driver that stalled past the timeout was taken over: never take it back
+                    log.error("study %s was taken over by %s (pid %d on %s) while this driver "
+                              "stalled; no longer renewing its lease", self.study.study_name,
+                              lease.command, lease.pid, lease.host)
+                    return
                 self._write()
             except Exception as exc:  # noqa: BLE001 - a missed heartbeat must not end the run
                 log.warning("could not renew the lease of study %s: %s", self.study.study_name, exc)
@@ -163,5 +170,7 @@ class StudyLease:
             lease = read_lease(self.study._storage, self.study._study_id)
             if lease is not None and lease.driver == self.driver:
                 self.study._storage.set_study_user_attr(self.study._study_id, LEASE_KEY, None)
+        except KeyError:
+            pass  # the study itself was deleted under the lease (msatune delete)
         except Exception as exc:  # noqa: BLE001 - the lease goes stale by itself
             log.warning("could not release the lease of study %s: %s", self.study.study_name, exc)

@@ -23,7 +23,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from msatune.errors import UserError
 from msatune.json_values import jsonable
 from msatune.search.reconcile import FAIL_REASON_ATTR, REQUEUED_ATTR
-from msatune.studies.lease import check_free
+from msatune.studies.lease import StudyLease
 from msatune.studies.queries import trial_kind, trial_value
 from msatune.studies.store import load_study, study_attrs
 from msatune.studies.workspace import Workspace
@@ -42,16 +42,23 @@ def delete_study(ws: Workspace, storage: optuna.storages.BaseStorage, name: str,
     from msatune.search.ray_session import end_orphans
 
     study = load_study(storage, name)
-    check_free(study, "delete")
     n_trials = len(storage.get_all_trials(study._study_id, deepcopy=False))
     artifact_ids = _artifact_ids(storage, study._study_id)
-    optuna.delete_study(study_name=name, storage=storage)
+    # held while deleting, so a launch/resume cannot start on it meanwhile (its release then
+    # finds no study: a logged warning)
+    with StudyLease(study, "delete"):
+        optuna.delete_study(study_name=name, storage=storage)
     removed: list[str] = []
     if files:
         study_dir = ws.study_dir(name)
         if study_dir.is_dir():
             end_orphans(study_dir / "ray")  # what a killed driver of it left running
-            shutil.rmtree(study_dir)
+            try:
+                shutil.rmtree(study_dir)
+            except OSError as exc:
+                raise UserError(f"study {name!r} was deleted from the store, but its directory "
+                                f"{study_dir} could not be removed ({exc.strerror or exc}); remove it "
+                                "by hand") from None
             removed.append(str(study_dir))
         for artifact_id in artifact_ids:
             path = ws.artifact_dir / artifact_id

@@ -55,24 +55,27 @@ def postgres_url() -> Iterator[str]:
     pytest.importorskip("psycopg", reason="the PostgreSQL driver: pip install 'msatune[postgres]'")
     bindir = require_server()
     as_user: list[str] = []
-    root = Path(tempfile.mkdtemp(prefix="msat-pg-", dir="/tmp"))
+    owner = None
     if os.geteuid() == 0:
         try:
-            user = pwd.getpwnam("postgres")
+            owner = pwd.getpwnam("postgres")
         except KeyError:
             pytest.skip("running as root and there is no 'postgres' user to run the server as")
         as_user = ["runuser", "-u", "postgres", "--"]
-        os.chown(root, user.pw_uid, user.pw_gid)
+    root = Path(tempfile.mkdtemp(prefix="msat-pg-", dir="/tmp"))
     data, log = root / "data", root / "server.log"
-    port = _free_port()
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                    "-E", "UTF8", "--no-sync"], check=True, capture_output=True, timeout=120)
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log),
-                    "-w", "-t", "60", "start"], check=True, capture_output=True, timeout=120)
-    try:
+    try:  # a failed initdb or start leaves no directory and no half-started server behind
+        if owner is not None:
+            os.chown(root, owner.pw_uid, owner.pw_gid)
+        port = _free_port()
+        subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True, timeout=120)
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log),
+                        "-w", "-t", "60", "start"], check=True, capture_output=True, timeout=120)
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                       capture_output=True, timeout=60)
+        if (data / "postmaster.pid").exists():
+            subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                           capture_output=True, timeout=60)
         shutil.rmtree(root, ignore_errors=True)

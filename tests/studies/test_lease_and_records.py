@@ -70,6 +70,22 @@ def test_another_hosts_lease_holds_until_its_heartbeat_is_stale(tmp_path: Path, 
         assert study._storage.get_study_user_attrs(study._study_id)[LEASE_KEY]["host"] == socket.gethostname()
 
 
+def test_a_stalled_driver_that_was_taken_over_never_takes_the_lease_back(tmp_path: Path, monkeypatch) -> None:
+    """Across hosts a driver that stalls past the timeout is taken over; when it wakes, its
+    heartbeat must see the new holder and stop, or two drivers would run one study."""
+    import msatune.studies.lease as lease_module
+
+    monkeypatch.setattr(lease_module, "HEARTBEAT_S", 0.05)
+    study = new_study(tmp_path)
+    with StudyLease(study, "launch") as mine:
+        put_lease(study, driver="taker", host="another-host.example", pid=1, command="resume")
+        time.sleep(0.5)  # several heartbeats
+        holder = study._storage.get_study_user_attrs(study._study_id)[LEASE_KEY]
+        assert holder["driver"] == "taker" and mine.driver != "taker"
+    # leaving does not release someone else's lease either
+    assert study._storage.get_study_user_attrs(study._study_id)[LEASE_KEY]["driver"] == "taker"
+
+
 def test_a_trial_without_params_is_failed_not_requeued(tmp_path: Path) -> None:
     """The poison trial: sampling crashed in the driver, the trial was left RUNNING, empty."""
     study = new_study(tmp_path)
@@ -168,5 +184,6 @@ def test_delete_asks_refuses_a_live_driver_and_removes(mixed_ws: Path) -> None:
     (mixed_ws / "studies" / "mix" / "ray").mkdir(parents=True)
     done = run(mixed_ws, "delete", "mix", "--yes", "--files")
     assert done.returncode == 0, done.stderr
+    assert "lease" not in done.stderr  # deleted under its own lease, released without a warning
     assert optuna.get_all_study_names(f"sqlite:///{mixed_ws / 'studies.db'}") == []
     assert not (mixed_ws / "studies" / "mix").exists()
