@@ -24,8 +24,8 @@ from msatune.errors import UserError
 from msatune.json_values import jsonable
 from msatune.search.reconcile import FAIL_REASON_ATTR, REQUEUED_ATTR
 from msatune.studies.lease import StudyLease
-from msatune.studies.queries import trial_kind, trial_value
-from msatune.studies.store import load_study, study_attrs
+from msatune.studies.queries import trial_value
+from msatune.studies.store import load_study, study_attrs, trial_kind
 from msatune.studies.workspace import Workspace
 
 log = logging.getLogger(__name__)

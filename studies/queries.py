@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from msatune.search.reconcile import FAIL_REASON_ATTR, REQUEUED_ATTR
 from msatune.studies import store_sql
-from msatune.studies.store import INTERRUPTED, load_study, state_counts, study_attrs
+from msatune.studies.store import INTERRUPTED, load_study, state_counts, study_attrs, trial_kind
 
 #: What a trial's value is (shown by ``show`` and the report): one rule for every state.
 VALUE_RULE = ("a trial's value is its best validation MAE over the epochs it trained (a pruned "
@@ -28,13 +28,6 @@ STATE_FILTERS: dict[str, tuple[str, ...]] = {
     "interrupted": (INTERRUPTED,), "running": ("RUNNING",), "waiting": ("WAITING",),
 }
 DEFAULT_STATES: tuple[str, ...] = ("complete", "pruned", "fail")
-
-
-def trial_kind(t: optuna.trial.FrozenTrial) -> str:
-    """The trial's state name, ``INTERRUPTED`` for a FAIL that was re-queued."""
-    if t.state == TrialState.FAIL and t.user_attrs.get(REQUEUED_ATTR):
-        return INTERRUPTED
-    return t.state.name
 
 
 def trial_value(t: optuna.trial.FrozenTrial) -> float | None:

@@ -203,15 +203,19 @@ def set_study_attr(study: optuna.Study, key: str, value: Any) -> None:
     study.set_user_attr(ATTR_PREFIX + key, value)
 
 
+def trial_kind(t: optuna.trial.FrozenTrial) -> str:
+    """The trial's state name, ``INTERRUPTED`` for a FAIL that was re-queued."""
+    if t.state == TrialState.FAIL and t.user_attrs.get(REQUEUED_ATTR):
+        return INTERRUPTED
+    return t.state.name
+
+
 def state_counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
-    """Trials per state name, with the re-queued FAILs counted apart as ``INTERRUPTED``."""
+    """Trials per :func:`trial_kind` (state names, and ``INTERRUPTED``)."""
     counts = {s.name: 0 for s in TrialState}
     counts[INTERRUPTED] = 0
     for t in trials:
-        if t.state == TrialState.FAIL and t.user_attrs.get(REQUEUED_ATTR):
-            counts[INTERRUPTED] += 1
-        else:
-            counts[t.state.name] += 1
+        counts[trial_kind(t)] += 1
     return counts
 
 
