@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,18 +137,22 @@ def export_ensemble(
     *,
     data: Any | None = None,
     saved_model: bool = True,
+    on_step: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Write the fused model (``.keras`` and SavedModel), ``ensemble.json`` and the ensemble's
     predictions into ``out_dir`` (replaced as a whole); fill ``result.export`` and return it.
 
     ``data`` (the study's MSADataset) enables the self-check on the validation inputs.
+    ``on_step(text)`` is told what the export does next (its steps take seconds each).
     """
+    step = on_step or (lambda text: None)
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory for the ensemble")
     if out.is_dir() and any(out.iterdir()) and not (out / ENSEMBLE_FILE).is_file():
         raise UserError(f"--out {out} is a non-empty directory that holds no ensemble; "
                         "give a new or empty directory (an ensemble directory is replaced)")
+    step(f"loading the {len(result.members)} member checkpoint(s) and building one Keras model")
     members = load_member_models(result)
     trials = [t for t, _, _ in members]
     weights = [w for _, w, _ in members]
@@ -158,6 +162,7 @@ def export_ensemble(
 
     check: dict[str, Any] | None = None
     if data is not None and "valid" in getattr(data, "splits", {}):
+        step("checking the exported model against the members on the validation inputs")
         idx = result.pool.index("valid")
         x = split_inputs(data, "valid", idx)
         each = np.stack([_predict_eager(m, x) for _, _, m in members], axis=1)
@@ -184,6 +189,7 @@ def export_ensemble(
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
+        step(f"saving {MODEL_FILE}" + (" and the TensorFlow SavedModel" if saved_model else ""))
         fused.save(tmp / MODEL_FILE)
         if saved_model:
             fused.export(str(tmp / SAVED_MODEL_DIR), verbose=False)

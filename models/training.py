@@ -4,10 +4,8 @@
 schedule (constant | plateau | cosine with linear warm-up), fits with early stopping, keeps the
 best-val-MAE weights, writes a CSV log in the msa-tf2 columns and calls ``on_epoch`` after every
 epoch (the search reports through it). The input pipelines are built by the caller (see
-``search.trial``), so this module only sees ``tf.data`` datasets.
-
-The rules (early stopping, plateau, cosine with warm-up: msa-tf2's Keras callbacks as Keras
-evaluates them) live in :mod:`msatune.models.recipe`; this module runs them.
+``search.trial``), so this module only sees ``tf.data`` datasets. The recipe's settings and rules
+(learning rate per epoch, plateau, early stopping) are :mod:`msatune.models.recipe`'s.
 """
 
 from __future__ import annotations
@@ -29,10 +27,7 @@ import tensorflow as tf
 from msatune.errors import UserError
 from msatune.models.build import build_model
 from msatune.models.graph_registry import released_custom_gradients
-from msatune.models.recipe import (  # noqa: F401 - re-exported: the recipe's public names
-    PLATEAU_MIN_DELTA,
-    TRAIN_CHOICES,
-    TRAIN_DEFAULTS,
+from msatune.models.recipe import (
     EarlyStopRule,
     PlateauRule,
     current_learning_rate,
