@@ -127,3 +127,25 @@ value = 0
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(5):
         validate_config(space.sample(study.ask()))
+
+
+def test_the_model_family_is_searchable_and_builds_both_architectures(tmp_path: Path) -> None:
+    """A space may search ``family``: sampled trials build MSAModel or ImprovedMSAModel, and the
+    baseline preset keeps its family as a fixed param."""
+    from msatune.models.build import build_model
+
+    space = load_space(write(tmp_path, '[family]\nchoices = ["baseline", "improved"]\n'), max_epochs=3)
+    assert list(space.distributions["family"].choices) == ["baseline", "improved"]
+    with pytest.raises(UserError, match="family.*'resnet' is not allowed"):
+        load_space(write(tmp_path, '[family]\nchoices = ["baseline", "resnet"]\n'))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial({k: v for k, v in PRESETS["baseline"].items() if k not in ("epochs", "seed")})
+    assert space.sample(study.ask())["family"] == "baseline"
+    seen = {}
+    small = {"model_dim": 8, "ff_dim": 8, "num_heads": 2, "n_layers_mod": 1, "n_layers_fuse": 1}
+    for _ in range(12):
+        trial = study.ask()
+        config = validate_config({**space.sample(trial), **small})
+        assert trial.params["family"] == config["family"]
+        seen[config["family"]] = type(build_model(config, {"text": 4, "audio": 3, "video": 2})).__name__
+    assert seen == {"baseline": "MSAModel", "improved": "ImprovedMSAModel"}
