@@ -33,7 +33,8 @@ Start here:
   msatune analyze LOG.csv               the overfitting story of a Keras CSV log
   msatune launch NAME --data DIR        run a search (Ray Tune + Optuna TPE + ASHA)
   msatune resume NAME                   continue after a crash or Ctrl-C
-  msatune ensemble NAME                 combine the best trials into one model
+  msatune refit NAME --top-k K          retrain the best trials on k folds of train+valid
+  msatune ensemble NAME                 combine the best trials into one model (--from refit: bagged)
   msatune dashboard                     open optuna-dashboard over the study store
 
 Everything a study writes (store, checkpoints, Ray results, ensembles, reports) goes under the
@@ -80,6 +81,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("msatune.studies.cli_search", "resume"),
     ("msatune.studies.cli_search", "studies_cmd"),
     ("msatune.studies.cli_search", "show"),
+    ("msatune.studies.cli_refit", "refit"),
     ("msatune.studies.cli_ensemble", "ensemble"),
     ("msatune.studies.cli_ensemble", "predict"),
     ("msatune.studies.cli_dashboard", "dashboard"),

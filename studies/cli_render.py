@@ -49,6 +49,10 @@ def render_show(payload: dict, steps: list[str] | None = None) -> None:
         table.add_row(str(t["number"]), t["state"], fmt(t["val_mae"]), str(t["epochs"] or "-"),
                       t.get("preset") or "", key)
     con.print(table)
+    if payload.get("refit"):
+        from msatune.studies.cli_refit import render_refit_table
+
+        render_refit_table(payload["refit"])
     if payload["best"]:
         con.print(f"best: trial {payload['best']['number']} val MAE {payload['best']['val_mae']:.4f}; "
                   f"checkpoint {payload['best']['checkpoint']}")
