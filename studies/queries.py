@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from msatune.search.reconcile import FAIL_REASON_ATTR, REQUEUED_ATTR
 from msatune.studies import store_sql
-from msatune.studies.refits import REFIT_SUFFIX, SPEC_KEY, refit_table
+from msatune.studies.refit_records import REFIT_SUFFIX, SPEC_KEY, refit_table
 from msatune.studies.store import load_study, state_counts, study_attrs
 
 

@@ -45,7 +45,7 @@ from msatune.ensemble.evaluate import (
 from msatune.errors import UserError
 from msatune.json_values import jsonable
 from msatune.studies.ensembles import RECORD_PREFIX, default_out_dir, trial_refs
-from msatune.studies.refits import bagged_configs
+from msatune.studies.refit_records import bagged_configs
 from msatune.studies.store import load_study, open_storage, set_study_attr, study_attrs
 from msatune.studies.workspace import Workspace
 

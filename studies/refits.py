@@ -20,8 +20,8 @@ processes, then trains only the tasks without a COMPLETE record whose checkpoint
 a finished fold is never trained again. Other folds, repeats or seed than the recorded ones are
 refused unless ``replace`` (which discards the old refit).
 
-:func:`refit_table` reads a refit back (the ``show``/report table: validation MAE vs OOF MAE and
-the rank change); :func:`bagged_configs` gives the fold models for ``ensemble --from refit``.
+:mod:`msatune.studies.refit_records` reads a refit back (the ``show``/report table, the fold
+models for ``ensemble --from refit``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from msatune.augment.folds import (
@@ -48,22 +47,24 @@ from msatune.augment.folds import (
     pool_splits,
     stratified_folds,
 )
-from msatune.ensemble.bagging import BaggedConfig, FoldModel, assemble_oof, oof_scores, rankdata
+from msatune.ensemble.bagging import FoldModel, assemble_oof
 from msatune.errors import UserError
 from msatune.json_values import jsonable
 from msatune.search.reconcile import FAIL_REASON_ATTR
+from msatune.studies.refit_records import (
+    FOLD_PARAMS,
+    RUNS_KEY,
+    SCHEME_KEYS,
+    SPEC_KEY,
+    fold_models,
+    fold_records,
+    refit_study_name,
+    refit_table,
+)
 from msatune.studies.store import ATTR_PREFIX, load_study, state_counts, study_attrs, study_names
 from msatune.studies.workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-REFIT_SUFFIX = ":refit"
-SPEC_KEY = "refit"
-RUNS_KEY = "refit_runs"
-FOLD_PARAMS = {"trial": IntDistribution(0, 2**31 - 1), "repeat": IntDistribution(0, 10_000),
-               "fold": IntDistribution(0, 10_000)}
-#: What must match between a refit and a rerun of it (else the folds would differ).
-SCHEME_KEYS = ("folds", "repeats", "seed", "binning", "data_fingerprint", "assignment")
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,6 @@ class Chosen:
     val_mae: float
     config: dict[str, Any]
     preset: str | None
-
-
-def refit_study_name(name: str) -> str:
-    return name + REFIT_SUFFIX
 
 
 def refit_dir(ws: Workspace, name: str) -> Path:
@@ -158,35 +155,37 @@ def _live_driver(directory: Path) -> int | None:
     return pid if pid != os.getpid() and pid > 0 and alive(pid) else None
 
 
-def fold_records(refit_study: optuna.Study) -> dict[tuple[int, int, int], optuna.trial.FrozenTrial]:
-    """(trial, repeat, fold) -> the latest COMPLETE fold record whose checkpoint still exists."""
-    out: dict[tuple[int, int, int], optuna.trial.FrozenTrial] = {}
-    for t in refit_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        ckpt = t.user_attrs.get("checkpoint")
-        if not ckpt or not Path(ckpt).is_dir():
-            continue
-        out[(int(t.params["trial"]), int(t.params["repeat"]), int(t.params["fold"]))] = t
-    return out
+def _existing_spec(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any] | None:
+    rname = refit_study_name(name)
+    if rname not in study_names(storage):
+        return None
+    return study_attrs(optuna.load_study(study_name=rname, storage=storage)).get(SPEC_KEY) or {}
+
+
+def _check_scheme(spec: dict[str, Any] | None, name: str, scheme: dict[str, Any], replace: bool) -> None:
+    """UserError when study ``name`` has a refit of another scheme and ``replace`` is not given."""
+    if spec is None or replace:
+        return
+    differs = [k for k in SCHEME_KEYS if spec.get(k) != scheme[k]]
+    if not differs:
+        return
+    if "data_fingerprint" in differs:
+        why = "the study's data changed since it was refit"
+    else:
+        why = f"it was refit with --folds {spec.get('folds')} --repeats {spec.get('repeats')} --seed {spec.get('seed')}"
+    raise UserError(f"study {name!r} already has a refit and {why}; rerun with the same folds, repeats and "
+                    "seed to continue it, or pass --replace to discard it")
 
 
 def _open_refit_study(storage: optuna.storages.BaseStorage, name: str, scheme: dict[str, Any],
-                      replace: bool, directory: Path) -> tuple[optuna.Study, dict[str, Any]]:
-    """The refit study (created, continued, or replaced); refuses a rerun with another scheme."""
+                      directory: Path) -> tuple[optuna.Study, dict[str, Any]]:
+    """The refit study: continued when its scheme is ``scheme``, else (``--replace``) deleted with
+    its files and created anew."""
     rname = refit_study_name(name)
-    if rname in study_names(storage):
-        study = optuna.load_study(study_name=rname, storage=storage)
-        spec = study_attrs(study).get(SPEC_KEY) or {}
-        differs = [k for k in SCHEME_KEYS if spec.get(k) != scheme[k]]
-        if differs and not replace:
-            if "data_fingerprint" in differs:
-                why = "the study's data changed since it was refit"
-            else:
-                why = (f"it was refit with --folds {spec.get('folds')} --repeats {spec.get('repeats')} "
-                       f"--seed {spec.get('seed')}")
-            raise UserError(f"study {name!r} already has a refit and {why}; rerun with the same folds, "
-                            "repeats and seed to continue it, or pass --replace to discard it")
-        if not differs:
-            return study, spec
+    spec = _existing_spec(storage, name)
+    if spec is not None and all(spec.get(k) == scheme[k] for k in SCHEME_KEYS):
+        return optuna.load_study(study_name=rname, storage=storage), spec
+    if spec is not None:
         optuna.delete_study(study_name=rname, storage=storage)
         shutil.rmtree(directory, ignore_errors=True)
     study = optuna.create_study(study_name=rname, storage=storage, direction="minimize")
@@ -236,7 +235,7 @@ def run_refit(
     options.validate()
     study = load_study(storage, name)
     attrs = study_attrs(study)
-    if "data_path" not in attrs or "data_fingerprint" not in attrs:
+    if not {"data_path", "data_fingerprint", "space"} <= set(attrs):
         raise UserError(f"study {name!r} was not created by msatune launch; it cannot be refit")
     chosen, warnings = choose_configs(study, options.top_k)
     data = load_dataset(attrs["data_path"])
@@ -254,10 +253,11 @@ def run_refit(
     scheme = {"folds": options.folds, "repeats": options.repeats, "seed": options.seed,
               "binning": BINNING, "data_fingerprint": data.fingerprint,
               "assignment": assignment_digest(assignment)}
+    _check_scheme(_existing_spec(storage, name), name, scheme, options.replace)
 
     # --- checks done: from here on the store and the workspace change
     ended = end_orphans(directory)
-    rstudy, spec = _open_refit_study(storage, name, scheme, options.replace, directory)
+    rstudy, spec = _open_refit_study(storage, name, scheme, directory)
     known = {int(e["trial"]) for e in spec.get("trials", [])}
     spec["trials"] = [*spec.get("trials", []), *({"trial": c.trial, "val_mae": c.val_mae, "preset": c.preset}
                                                 for c in chosen if c.trial not in known)]
@@ -286,7 +286,7 @@ def run_refit(
         rstudy.set_user_attr(ATTR_PREFIX + RUNS_KEY, [*runs, record])
     table = refit_table(storage, name, trials=[c.trial for c in chosen])
     records = fold_records(rstudy)
-    finished = {c.trial: _fold_models(records, c.trial, options.folds, options.repeats) for c in chosen}
+    finished = {c.trial: fold_models(records, c.trial, options.folds, options.repeats) for c in chosen}
     finished = {t: m for t, m in finished.items() if len(m) == options.folds * options.repeats}
     try:
         oof_files = write_oof_files(directory / "oof", finished, options.repeats, assignment, data)
@@ -308,61 +308,6 @@ def run_refit(
     })
 
 
-def _fold_models(records: dict, trial: int, folds: int, repeats: int) -> list[FoldModel]:
-    return [FoldModel(r, f, Path(records[(trial, r, f)].user_attrs["checkpoint"]), records[(trial, r, f)].value)
-            for r in range(repeats) for f in range(folds) if (trial, r, f) in records]
-
-
-def _load_refit(storage: optuna.storages.BaseStorage, name: str) -> tuple[optuna.Study, dict] | None:
-    rname = refit_study_name(name)
-    if rname not in study_names(storage):
-        return None
-    rstudy = optuna.load_study(study_name=rname, storage=storage)
-    spec = study_attrs(rstudy).get(SPEC_KEY)
-    return (rstudy, spec) if isinstance(spec, dict) and spec.get("folds") else None
-
-
-def refit_table(storage: optuna.storages.BaseStorage, name: str,
-                trials: list[int] | None = None) -> dict[str, Any] | None:
-    """The refit of study ``name`` as a table (None when it has none): per configuration its
-    validation MAE, folds done, OOF MAE (mean/std over repeats), held-out fold MAE (mean/std),
-    and both ranks (1 = best) with the change (positive: the refit ranks it higher). Configs are
-    ``trials`` (default: every configuration refit so far), ordered by OOF MAE, unfinished last."""
-    loaded = _load_refit(storage, name)
-    if loaded is None:
-        return None
-    rstudy, spec = loaded
-    folds, repeats, n_pool = int(spec["folds"]), int(spec["repeats"]), int(spec.get("pool", {}).get("total", 0))
-    records = fold_records(rstudy)
-    entries = {int(e["trial"]): e for e in spec.get("trials", [])}
-    wanted = trials if trials is not None else list(entries)
-    rows = []
-    for trial in wanted:
-        entry = entries.get(trial, {"val_mae": None, "preset": None})
-        models = _fold_models(records, trial, folds, repeats)
-        row: dict[str, Any] = {"trial": trial, "val_mae": entry.get("val_mae"), "preset": entry.get("preset"),
-                               "folds_done": len(models), "folds_total": folds * repeats, "oof_mae": None,
-                               "problem": None, "checkpoints": [str(m.checkpoint) for m in models]}
-        if len(models) == folds * repeats and n_pool:
-            try:
-                oof, labels = assemble_oof(models, n_pool, repeats)
-                row.update(oof_scores(oof, labels, models))
-            except UserError as exc:
-                row["problem"] = str(exc)
-        rows.append(row)
-    ranked = [r for r in rows if r["oof_mae"] is not None and r["val_mae"] is not None]
-    if ranked:
-        by_val = rankdata([r["val_mae"] for r in ranked])
-        by_oof = rankdata([r["oof_mae"] for r in ranked])
-        for r, rv, ro in zip(ranked, by_val, by_oof, strict=True):
-            r.update(rank_val=float(rv), rank_oof=float(ro), rank_change=float(rv - ro))
-    rows.sort(key=lambda r: (r["oof_mae"] is None, r["oof_mae"] if r["oof_mae"] is not None else 0.0, r["trial"]))
-    failed = len(rstudy.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
-    return jsonable({"study": name, "refit_study": rstudy.study_name, "folds": folds, "repeats": repeats,
-                     "seed": spec.get("seed"), "pool": spec.get("pool"), "failed_folds": failed,
-                     "configs": rows})
-
-
 def write_oof_files(out: Path, models: dict[int, list[FoldModel]], repeats: int, assignment: np.ndarray,
                     data: Any) -> dict[str, str]:
     """One ``trial_<n>.npz`` per configuration in ``models`` (all folds trained): ``oof``
@@ -373,8 +318,8 @@ def write_oof_files(out: Path, models: dict[int, list[FoldModel]], repeats: int,
     position = np.concatenate([np.arange(data.train.n), np.arange(data.valid.n)])
     ids = [s.ids for s in (data.train, data.valid)]
     files = {}
-    for trial, fold_models in models.items():
-        oof, labels = assemble_oof(fold_models, split.size, repeats)
+    for trial, trained in models.items():
+        oof, labels = assemble_oof(trained, split.size, repeats)
         arrays = {"oof": oof, "oof_mean": oof.mean(axis=0), "label": labels, "fold": assignment,
                   "pool_split": split, "pool_position": position}
         if all(i is not None for i in ids):
@@ -388,37 +333,3 @@ def write_oof_files(out: Path, models: dict[int, list[FoldModel]], repeats: int,
     return files
 
 
-def bagged_configs(storage: optuna.storages.BaseStorage, name: str) -> tuple[dict[str, Any], list[BaggedConfig], list[str]]:
-    """``(spec, configs, warnings)``: every refit configuration of study ``name`` whose folds are all
-    trained, with its fold models and OOF predictions. UserError when there is no refit or no
-    configuration is finished."""
-    from msatune.models.checkpoint import read_checkpoint_meta
-
-    loaded = _load_refit(storage, name)
-    if loaded is None:
-        raise UserError(f"study {name!r} has no refit yet; run: msatune refit {name} --top-k K --folds F")
-    rstudy, spec = loaded
-    folds, repeats, n_pool = int(spec["folds"]), int(spec["repeats"]), int(spec["pool"]["total"])
-    records = fold_records(rstudy)
-    configs, warnings = [], []
-    for entry in spec.get("trials", []):
-        trial = int(entry["trial"])
-        models = _fold_models(records, trial, folds, repeats)
-        if len(models) < folds * repeats:
-            warnings.append(f"trial {trial}: {len(models)} of {folds * repeats} folds trained; left out "
-                            f"(finish it with msatune refit {name})")
-            continue
-        try:
-            oof, _ = assemble_oof(models, n_pool, repeats)
-            config, meta = read_checkpoint_meta(models[0].checkpoint)
-        except UserError as exc:
-            warnings.append(f"trial {trial}: {exc}; left out")
-            continue
-        seq_len = meta.get("seq_len")
-        configs.append(BaggedConfig(trial=trial, val_mae=entry.get("val_mae"), folds=models, oof=oof,
-                                    config=config, dims={k: int(v) for k, v in meta["dims"].items()},
-                                    seq_len=None if seq_len is None else int(seq_len)))
-    if not configs:
-        raise UserError(f"no configuration of the refit of study {name!r} has all its folds trained "
-                        f"({'; '.join(warnings[:2]) or 'no fold finished'}); continue it with: msatune refit {name}")
-    return spec, configs, warnings

@@ -33,7 +33,7 @@ from msatune.errors import UserError
 from msatune.json_values import jsonable
 from msatune.studies.criteria import compute_criteria, criteria_rows
 from msatune.studies.ensembles import ensemble_records
-from msatune.studies.refits import refit_table
+from msatune.studies.refit_records import refit_table
 from msatune.studies.report_page import note_markdown, render_html
 from msatune.studies.report_plots import plot_curves, plot_ensembles, plot_history, plot_importance
 from msatune.studies.store import best_complete, load_study, state_counts, study_attrs
