@@ -10,7 +10,8 @@ One directory per dataset; every file is HDF5 with a single dataset named ``d1``
     id_{split}.h5         (N,)             optional: sample ids, UTF-8 strings (MMSA import)
 
 for split in ``train``, ``valid``, ``test``. Non-finite feature values (real COVAREP/Facet files
-hold NaN and -inf) are replaced by 0 and counted. Every user mistake is a one-line
+hold NaN and -inf, and float64 values beyond float32's range overflow to inf) are replaced by 0
+and counted. Every user mistake is a one-line
 :class:`msatune.errors.UserError` naming the file, the dataset and the shapes.
 
 This module must not import TensorFlow: ``msatune data ...`` stays fast.
@@ -212,7 +213,8 @@ def _features(arr: np.ndarray, where: str) -> tuple[np.ndarray, int]:
             f"{where}: shape {tuple(arr.shape)} has {arr.ndim} dimension(s); "
             "expected 3-D features (N samples, T time steps, D features)"
         )
-    out = np.asarray(arr, dtype=np.float32)  # float64 beyond float32 range becomes inf here
+    with np.errstate(over="ignore", invalid="ignore"):  # counted below, not warned about
+        out = np.asarray(arr, dtype=np.float32)  # float64 beyond float32 range becomes inf here
     bad = ~np.isfinite(out)
     count = int(bad.sum())
     if count:
@@ -226,7 +228,8 @@ def _vector(arr: np.ndarray, where: str, what: str) -> np.ndarray:
     _check_numeric(arr, where)
     if not (arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] == 1)):
         raise UserError(f"{where}: {what} have shape {tuple(arr.shape)}; expected (N,) or (N, 1)")
-    out = np.asarray(arr, dtype=np.float32).reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, in one line
+        out = np.asarray(arr, dtype=np.float32).reshape(-1)
     bad = ~np.isfinite(out)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])

@@ -47,8 +47,9 @@ def write_dataset(
 
     The arrays are validated in memory first (nothing is written when they are wrong), then written
     into a temporary directory next to ``out``, read back and renamed into place. A non-empty
-    existing ``out`` is refused unless ``overwrite``. Features are written as given (NaN included);
-    labels as (N, 1) float32, oracle as (N,) float32, ids as UTF-8 strings. ``describe(split,
+    existing ``out`` is refused unless ``overwrite``. Features are written as float32 with every
+    non-finite value (NaN, +-inf: MMSA's audio holds -inf) replaced by 0, as msa-tf2's own loader
+    only zeroes NaN; the returned splits' ``nan_count`` says how many were replaced. Labels as (N, 1) float32, oracle as (N,) float32, ids as UTF-8 strings. ``describe(split,
     kind)`` names an array's source in error messages (default: the file it would be written to)."""
     target = Path(out).expanduser()
     check_output_dir(target, overwrite)
@@ -75,13 +76,13 @@ def write_dataset(
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would become the dataset's mode
     except OSError as exc:
         raise UserError(f"cannot write dataset {target}: {exc.strerror or exc}") from exc
     try:
         for split in SPLITS:
-            raw = splits[split]
-            for m in MODALITIES:
-                _write_h5(tmp / file_name(m, split), np.asarray(raw[m], dtype=np.float32))
+            for m in MODALITIES:  # finite values only: non-finite ones were replaced by 0 (counted)
+                _write_h5(tmp / file_name(m, split), getattr(checked[split], m))
             _write_h5(tmp / file_name("labels", split), checked[split].labels.reshape(-1, 1))
             if checked[split].oracle is not None:
                 _write_h5(tmp / file_name("oracle", split), checked[split].oracle)
@@ -93,7 +94,15 @@ def write_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("wrote dataset %s (fingerprint %s)", target, loaded.fingerprint[:12])
-    return MSADataset(path=target.resolve(), splits=loaded.splits, fingerprint=loaded.fingerprint)
+    # The splits as written; their ``nan_count`` is how many non-finite feature values the
+    # writer replaced by 0 (a reader of the files finds none).
+    return MSADataset(path=target.resolve(), splits=checked, fingerprint=loaded.fingerprint)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_output_dir(target: Path, overwrite: bool = False) -> None:

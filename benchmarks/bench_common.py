@@ -268,7 +268,8 @@ def timed_trainable(config: dict[str, Any], data: Any = None, events: str | None
 
 
 def trial_timeline(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per trial (by start time): start, first/last epoch end, end, epochs, epoch seconds, RSS."""
+    """Per trial (by start time): start, first/last epoch end, end, epochs, epoch seconds, RSS
+    (at the trial's end event, else at its last report)."""
     trials: dict[str, dict[str, Any]] = {}
     for e in events:
         t = trials.setdefault(e["trial_id"], {"trial_id": e["trial_id"], "epochs": 0, "epoch_seconds": 0.0,
@@ -280,7 +281,13 @@ def trial_timeline(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             t["epoch_seconds"] += float(e.get("epoch_seconds") or 0.0)
             t["epoch_ends"].append(e["t"])
             t["epoch_secs"].append(float(e.get("epoch_seconds") or 0.0))
+            # Ray may stop a trial at its last report (ASHA at max_t) before the trainable's own
+            # end event is written: the last report's RSS stands in until that event comes
+            t.setdefault("end_event", False)
+            if not t["end_event"]:
+                t.update(rss_end_mb=e["rss_mb"], max_rss_mb=e["max_rss_mb"])
         elif e["kind"] == "end":
+            t["end_event"] = True
             t.update(end=e["t"], rss_end_mb=e["rss_mb"], max_rss_mb=e["max_rss_mb"])
     return sorted((t for t in trials.values() if "start" in t), key=lambda t: t["start"])
 

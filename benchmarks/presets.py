@@ -43,7 +43,7 @@ def train(ws: Path, preset: str, extra: list[str]) -> dict[str, Any]:
         "command": " ".join(cmd[1:]),
         "valid_mae": payload["metrics"]["valid"]["mae"],
         "test_mae": payload["metrics"]["test"]["mae"],
-        "best_epoch": payload["best_epoch"] + 1,  # 1-based, like the users' logs
+        "best_epoch": payload["best_epoch"],  # msatune train reports it 1-based, like the users' logs
         "epochs_trained": payload["epochs_trained"],
         "stopped_early": payload["stopped_early"],
         "early_stop_best_epoch": payload.get("early_stop_best_epoch"),

@@ -70,22 +70,23 @@ SIZES: dict[str, dict[str, Any]] = {
               "slots": 2, "startup": 2, "batches": [8, 16]},
     "quick": {"preset": "mosi", "trials": 8, "epochs": 4, "grace": 1, "rf": 2, "seeds": [0],
               "slots": 2, "startup": 3, "batches": [32, 64]},
-    # 24 trials x 15 epochs x 3 methods x 3 seeds is about 40 min on 2 cores; startup None =
-    # msatune's own rule (min(10, max(3, budget // 3)) = 8 here).
-    "full": {"preset": "mosi", "trials": 24, "epochs": 15, "grace": 1, "rf": 3, "seeds": [0, 1, 2],
-             "slots": 2, "startup": None, "batches": [32, 64]},
+    # 24 trials x 15 epochs x 3 methods x 5 seeds is about 70 min on 2 cores; startup None =
+    # msatune's own rule (min(10, max(3, budget // 3)) = 8 here); grace/rf None = msatune's defaults.
+    "full": {"preset": "mosi", "trials": 24, "epochs": 15, "grace": None, "rf": None,
+             "seeds": [0, 1, 2, 3, 4], "slots": 2, "startup": None, "batches": [32, 64]},
 }
 
 #: Searched: the default space minus capacity (the small model keeps mosi epochs to seconds).
 CAPACITY_KEYS = ("model_dim", "num_heads", "ff_dim", "n_layers_mod", "n_layers_fuse", "batch_size")
 
 
-def make_space(epochs: int, batches: list[int]) -> Any:
+def make_space(epochs: int, batches: list[int], first_rung: int | None) -> Any:
+    """The same space for every method: the one a study with ASHA's first rung gets."""
     from optuna.distributions import CategoricalDistribution
 
     from msatune.search.space import default_space
 
-    space = default_space(epochs)
+    space = default_space(epochs, None, first_rung)
     for key in CAPACITY_KEYS:
         space.distributions.pop(key, None)
     space.distributions["model_dim"] = CategoricalDistribution([16, 32])
@@ -96,18 +97,14 @@ def make_space(epochs: int, batches: list[int]) -> Any:
 
 
 def run_one(method: str, seed: int, size: dict[str, Any], ws: Path, data_path: Path) -> dict[str, Any]:
-    import numpy as np
-
     from msatune.augment.dataset import load_dataset
-    from msatune.models.checkpoint import read_predictions
     from msatune.search.runner import run_search
     from msatune.search.settings import SearchSettings
-    from msatune.studies.store import best_complete
 
     epochs = int(size["epochs"])
     grace = int(size["grace"]) if method in ASHA_METHODS else epochs  # grace = max_t: no early stops
     n_trials = int(size["trials"]) * MORE_TRIALS.get(method, 1)
-    space = make_space(epochs, size["batches"])
+    space = make_space(epochs, size["batches"], size["grace"] if size["grace"] < epochs else None)
     name = f"{method}-s{seed}"
     settings = SearchSettings(trials=n_trials, max_epochs=epochs, grace_period=grace,
                               reduction_factor=int(size["rf"]), cpus_per_trial=1.0,
@@ -123,6 +120,18 @@ def run_one(method: str, seed: int, size: dict[str, Any], ws: Path, data_path: P
     summary = run_search(study, space, data, settings, ray_dir=ws / "ray" / name, run_name="run0",
                          sampler=sampler, trainable=partial(timed_trainable, events=str(events_path)))
     wall = time.time() - t0
+    counts = {"complete": summary.complete, "pruned": summary.pruned, "failed": summary.failed}
+    return collect_run(method, seed, study, events_path, t0, wall, counts)
+
+
+def collect_run(method: str, seed: int, study: Any, events_path: Path, t0: float, wall: float,
+                counts: dict[str, int]) -> dict[str, Any]:
+    """One search's record from its study and its trainable's events (``t0``: when it began)."""
+    import numpy as np
+
+    from msatune.models.checkpoint import read_predictions
+    from msatune.studies.store import best_complete
+
     epochs_ev = [e for e in read_events(events_path)
                  if e["kind"] == "epoch" and e.get("val_mae") is not None and math.isfinite(e["val_mae"])]
     curve, best = [], math.inf
@@ -136,8 +145,7 @@ def run_one(method: str, seed: int, size: dict[str, Any], ws: Path, data_path: P
         preds = read_predictions(top.user_attrs["checkpoint"])
         test_mae = float(np.mean(np.abs(preds["test_pred"] - preds["test_label"])))
     return {
-        "method": method, "seed": seed, "trials": len(trials), "complete": summary.complete,
-        "pruned": summary.pruned, "failed": summary.failed, "epochs": len(epochs_ev),
+        "method": method, "seed": seed, "trials": len(trials), **counts, "epochs": len(epochs_ev),
         "wall_s": wall, "best_val_mae": top.value if top is not None else None,
         "best_trial": top.number if top is not None else None,
         "best_trial_params": top.params if top is not None else None,
@@ -182,6 +190,52 @@ def compare(runs: list[dict[str, Any]], seeds: list[int], method: str = "tpe_ash
         "fraction_goal_met": frac is not None and frac <= GOAL_EPOCH_FRACTION,
         "no_worse_goal_met": bool(per_seed) and sum(s["tpe_asha_no_worse"] for s in per_seed) * 2 > len(per_seed),
     }
+
+
+def goals(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Issue 14's goals: TPE + ASHA's median best val MAE <= random's with <= 0.5 of its epochs;
+    random's final best reached within <= 1/4 of random's epochs in >= 3 of 5 seeds; with 3x the
+    trials (random's compute) ahead of TPE alone in median."""
+    def med(method: str, key: str) -> float | None:
+        return median(r[key] for r in runs if r["method"] == method)
+
+    out: dict[str, Any] = {"lines": []}
+    rnd_best, asha_best = med("random", "best_val_mae"), med("tpe_asha", "best_val_mae")
+    rnd_ep, asha_ep = med("random", "epochs"), med("tpe_asha", "epochs")
+    if None not in (rnd_best, asha_best, rnd_ep, asha_ep):
+        out["median_best_no_worse"] = asha_best <= rnd_best
+        out["epoch_fraction"] = asha_ep / rnd_ep
+        out["lines"].append(f"TPE+ASHA median best val MAE {asha_best:.4f} vs random {rnd_best:.4f} "
+                            f"({'met' if asha_best <= rnd_best else 'missed'}) with {asha_ep / rnd_ep:.2f} of "
+                            f"its epochs (goal <= 0.5: {'met' if asha_ep / rnd_ep <= 0.5 else 'missed'})")
+    reached = compare(runs, seeds)["per_seed"]
+    quick = sum(1 for s in reached if s["fraction"] is not None and s["fraction"] <= GOAL_EPOCH_FRACTION)
+    out["seeds_reaching_random_within_quarter"] = quick
+    out["lines"].append(f"reached random's final best within 1/4 of its epochs in {quick} of {len(reached)} seeds "
+                        f"(goal >= 3 of 5)")
+    more, tpe = med("tpe_asha_3x", "best_val_mae"), med("tpe", "best_val_mae")
+    if more is not None and tpe is not None:
+        out["equal_compute_ahead_of_tpe"] = more < tpe
+        out["lines"].append(f"TPE+ASHA with 3x the trials {more:.4f} vs TPE alone {tpe:.4f} "
+                            f"({'ahead' if more < tpe else 'not ahead'})")
+    # equal compute, exactly: the 3x search's best val MAE so far when it had trained as many
+    # epochs as TPE alone did (3x the trials at grace 3 costs about twice TPE's epochs)
+    pairs = []
+    for seed in seeds:
+        x = next((r for r in runs if r["method"] == "tpe_asha_3x" and r["seed"] == seed), None)
+        t = next((r for r in runs if r["method"] == "tpe" and r["seed"] == seed), None)
+        within = [c[1] for c in x["curve"] if c[0] <= t["epochs"]] if x and t else []
+        if within:
+            pairs.append((within[-1], t["best_val_mae"]))
+    if pairs:
+        m3, mt = median([a for a, _ in pairs]), median([b for _, b in pairs])
+        ahead = sum(a < b for a, b in pairs)
+        out["equal_epochs"] = {"tpe_asha_3x_best": m3, "tpe_best": mt, "ahead_in_seeds": ahead,
+                               "seeds": len(pairs), "ahead": m3 < mt}
+        out["lines"].append(f"TPE+ASHA (3x trials) at TPE's own epoch count: median best {m3:.4f} vs TPE "
+                            f"alone {mt:.4f} ({'ahead' if m3 < mt else 'not ahead'}; ahead in {ahead} of "
+                            f"{len(pairs)} seeds)")
+    return out
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -240,8 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=list(METHODS),
                    help=f"searches to run (default: {' '.join(METHODS)}; tpe_asha_3x: 3x the trials)")
     p.add_argument("--random-from", type=Path, default=None,
-                   help="a results JSON whose random runs (same size and seeds) are compared with")
+                   help="a results JSON whose runs of the methods not run now (same size and seeds) are compared with")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
+    p.add_argument("--from-workspace", type=Path, default=None,
+                   help="rebuild the records of the searches that finished in an interrupted run's "
+                        "workspace (its temp dir's ws/, kept when the run was killed) instead of running")
     args = p.parse_args(argv)
 
     mode = mode_of(args)
@@ -251,10 +308,50 @@ def main(argv: list[str] | None = None) -> int:
                      ("slots", args.slots), ("grace", args.grace), ("rf", args.rf)):
         if val is not None:
             size[key] = val
-    size["grace"] = min(size["grace"], size["epochs"])
+    from msatune.search.settings import SearchSettings
+
+    defaults = SearchSettings(max_epochs=size["epochs"])
+    size["grace"] = min(size["grace"] if size["grace"] is not None else defaults.grace, size["epochs"])
+    size["rf"] = size["rf"] if size["rf"] is not None else defaults.reduction_factor
 
     t_all = time.time()
     load_before = os.getloadavg()
+    if args.from_workspace is not None:
+        runs, ray_init_s = recover_runs(args.from_workspace, args.methods, size), None
+    else:
+        runs, ray_init_s = run_all(args.methods, size)
+    finish(args, mode, out_path, size, runs, ray_init_s, t_all, load_before)
+    return 0
+
+
+def recover_runs(ws: Path, methods: list[str], size: dict[str, Any]) -> list[dict[str, Any]]:
+    """The searches of ``methods`` x seeds that ran all their trials in workspace ``ws``; the
+    wall time is from the first to the last event of the search (Ray's start excluded)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    runs = []
+    storage = f"sqlite:///{ws / 'studies.db'}"
+    names = set(optuna.get_all_study_names(storage))
+    for seed in size["seeds"]:
+        for method in [m for m in ALL_METHODS if m in methods]:
+            name, events_path = f"{method}-s{seed}", ws / f"events-{method}-s{seed}.jsonl"
+            if name not in names or not events_path.is_file():
+                continue
+            study = optuna.load_study(study_name=name, storage=storage)
+            states = [t.state for t in study.trials]
+            if len(states) < int(size["trials"]) * MORE_TRIALS.get(method, 1) or any(
+                    s in (TrialState.RUNNING, TrialState.WAITING) for s in states):
+                print(f"{name}: unfinished, left out", file=sys.stderr)
+                continue
+            times = [e["t"] for e in read_events(events_path)]
+            counts = {"complete": states.count(TrialState.COMPLETE), "pruned": states.count(TrialState.PRUNED),
+                      "failed": states.count(TrialState.FAIL)}
+            runs.append(collect_run(method, seed, study, events_path, min(times), max(times) - min(times), counts))
+    return runs
+
+
+def run_all(methods: list[str], size: dict[str, Any]) -> tuple[list[dict[str, Any]], float]:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="msatune-searcheff-") as tmp:
         root = Path(tmp)
@@ -264,19 +361,28 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             for seed in size["seeds"]:
-                for method in [m for m in ALL_METHODS if m in args.methods]:  # back to back per seed
+                for method in [m for m in ALL_METHODS if m in methods]:  # back to back per seed
                     print(f"{method} seed {seed} ...", file=sys.stderr, flush=True)
                     runs.append(run_one(method, seed, size, root / "ws", data))
         finally:
             ray.shutdown()
+    return runs, ray_init_s
 
+
+def finish(args: argparse.Namespace, mode: str, out_path: Path, size: dict[str, Any],
+           runs: list[dict[str, Any]], ray_init_s: float | None, t_all: float,
+           load_before: tuple[float, float, float]) -> None:
+    """Compare, print, plot and write the results of ``runs``."""
+    seeds = sorted({r["seed"] for r in runs}) if args.from_workspace is not None else size["seeds"]
+    size = {**size, "seeds": seeds}
     if args.random_from is not None:
         import json
 
         earlier = json.loads(args.random_from.read_text())
-        runs = [r for r in earlier["runs"] if r["method"] == "random" and r["seed"] in size["seeds"]] + [
-            r for r in runs if r["method"] != "random"]
+        # the earlier file's runs of every method not run now (random, tpe, ...), same seeds
+        runs = [r for r in earlier["runs"] if r["method"] not in args.methods and r["seed"] in size["seeds"]] + runs
     rows = summarize(runs)
+    goal = goals(runs, size["seeds"])
     cmp = compare(runs, size["seeds"])
     cmp_more = {m: compare(runs, size["seeds"], m) for m in MORE_TRIALS if m in args.methods}
     seeds_txt = f"seed {size['seeds'][0]}" if len(size["seeds"]) == 1 else f"median of {len(size['seeds'])} seeds"
@@ -295,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{'met' if c['fraction_goal_met'] else 'missed'}; "
               f"ends no worse than random: {'yes' if c['no_worse_goal_met'] else 'no'}")
 
+    for line in goal["lines"]:
+        print(line)
+
     png = out_path.with_suffix(".png")
     plot(runs, png, f"Anytime best val MAE: {title}")
     print(f"curves: {png}")
@@ -304,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     doc.update({
         "data": {"synthetic_preset": size["preset"], "seed": DATA_SEED},
         "size": size,
-        "space": {"searched": sorted(make_space(size["epochs"], size["batches"]).distributions),
+        "space": {"searched": sorted(make_space(size["epochs"], size["batches"], None).distributions),
                   "fixed": {k: v for k, v in SMALL_MODEL.items() if k != "model_dim"} | {"ff_dim": 64}},
         "methods": {
             "random": "optuna RandomSampler(seed), grace_period = max_epochs (no early stops by the scheduler)",
@@ -320,12 +429,14 @@ def main(argv: list[str] | None = None) -> int:
         "summary": rows,
         "comparison": cmp,
         "comparison_more_trials": cmp_more,
+        "goals": goal,
         "runs": runs,
         "plot": png.name,
         "total_s": time.time() - t_all,
     })
+    if args.from_workspace is not None:
+        doc["recovered_from_workspace"] = str(args.from_workspace)
     write_json(out_path, doc)
-    return 0
 
 
 if __name__ == "__main__":

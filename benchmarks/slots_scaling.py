@@ -75,7 +75,7 @@ def sleeping_trainable(config: dict[str, Any], data: Any = None, epochs: int = 4
         time.sleep(epoch_s)
         val = value + 1.0 / epoch
         best = min(best, val)
-        tune.report({"val_mae": val, "best_val_mae": best, "epoch": epoch, "epoch_seconds": epoch_s,
+        tune.report({"val_mae": val, "best_val_mae": best, "rung_mae": best, "epoch": epoch, "epoch_seconds": epoch_s,
                      "final": epoch == epochs})
 
 

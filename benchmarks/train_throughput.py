@@ -145,7 +145,7 @@ def _run_users(config: dict[str, Any], data: Any, epochs: int, mark: Any) -> dic
     import numpy as np
 
     from msatune.models.build import build_model
-    from msatune.models.training import make_loss, make_optimizer, training_settings
+    from msatune.models.recipe import make_loss, make_optimizer, training_settings
 
     class Clock(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):

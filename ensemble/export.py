@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -139,6 +139,7 @@ def export_ensemble(
     saved_model: bool = True,
     members: list[tuple[int, float, keras.Model]] | None = None,
     check_split: str = "valid",
+    on_step: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Write the fused model (``.keras`` and SavedModel), ``ensemble.json`` and the ensemble's
     predictions into ``out_dir`` (replaced as a whole); fill ``result.export`` and return it.
@@ -147,14 +148,21 @@ def export_ensemble(
     ``members`` (``(trial, weight, model)``, default: each member's trial checkpoint) lets a
     caller fuse other member models, e.g. bagged fold models (:mod:`msatune.ensemble.bagging`),
     whose recorded ``check_split`` predictions are what the fused model must reproduce.
+    ``on_step(text)`` is told what the export does next (its steps take seconds each).
     """
+    step = on_step or (lambda text: None)
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory for the ensemble")
     if out.is_dir() and any(out.iterdir()) and not (out / ENSEMBLE_FILE).is_file():
         raise UserError(f"--out {out} is a non-empty directory that holds no ensemble; "
                         "give a new or empty directory (an ensemble directory is replaced)")
-    members = load_member_models(result) if members is None else list(members)
+    if members is None:
+        step(f"loading the {len(result.members)} member checkpoint(s) and building one Keras model")
+        members = load_member_models(result)
+    else:
+        members = list(members)
+        step(f"building one Keras model from {len(members)} member model(s)")
     trials = [t for t, _, _ in members]
     weights = [w for _, w, _ in members]
     method = result.combination.method
@@ -163,6 +171,7 @@ def export_ensemble(
 
     check: dict[str, Any] | None = None
     if data is not None and check_split in getattr(data, "splits", {}):
+        step(f"checking the exported model against the members on the {check_split} inputs")
         idx = result.pool.index(check_split)
         x = split_inputs(data, check_split, idx)
         each = np.stack([_predict_eager(m, x) for _, _, m in members], axis=1)
@@ -189,6 +198,7 @@ def export_ensemble(
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
+        step(f"saving {MODEL_FILE}" + (" and the TensorFlow SavedModel" if saved_model else ""))
         fused.save(tmp / MODEL_FILE)
         if saved_model:
             fused.export(str(tmp / SAVED_MODEL_DIR), verbose=False)

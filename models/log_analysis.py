@@ -4,23 +4,26 @@ Reads a ``keras.callbacks.CSVLogger`` file with the msa-tf2 columns
 ``epoch,learning_rate,loss,mae,mse,val_loss,val_mae,val_mse`` and reports what the users used to
 work out by hand:
 
-- ``best_val_mae`` and ``best_epoch``: the lowest validation MAE and the epoch (the ``epoch``
-  column's value; the first one on ties) where it was reached.
+- ``best_val_mae`` and ``best_epoch``: the lowest validation MAE and the epoch where it was
+  reached, 1-based as Keras prints "Epoch n/N" (Keras' CSVLogger writes that epoch as n-1 in
+  its 0-based ``epoch`` column, so ``best_epoch`` is that column's value + 1; without the column,
+  the row's position); the first one on ties.
 - ``min_train_mae``: the lowest training MAE over all epochs.
 - ``gap_at_best`` / ``gap_at_end``: ``val_mae - mae`` (validation minus training) at the best
   epoch and at the last epoch; a large positive gap means overfitting.
 - ``instability``: the population standard deviation (ddof=0) of the epoch-to-epoch changes of the
   validation MAE, ``np.std(np.diff(val_mae))``; 0.0 with fewer than two epochs.
-- ``still_improving``: the best validation MAE was reached within the last
-  :data:`STILL_IMPROVING_WINDOW` (3) epochs of the log, i.e. training stopped while val MAE was
-  still going down and more epochs might help.
+- ``still_improving``: validation MAE reached a new best (lower than every earlier epoch) within
+  the last :data:`STILL_IMPROVING_WINDOW` (3) epochs of the log, i.e. training stopped while val
+  MAE was still going down and more epochs might help. The first epoch is no improvement: a log
+  whose best is its first epoch (1.516, 1.818, 1.829) is not improving.
 - ``criteria``: the users' success criteria (:data:`CRITERIA`): best val MAE < 1.2 and the gap at
   the best epoch < 0.3, each as ``{"value", "threshold", "pass"}``.
 
 Only ``val_mae`` is required. Without ``mae`` the train MAE and gaps are ``None`` and the gap
-criterion's ``pass`` is ``None``; without ``epoch`` the rows are numbered 0..n-1. Extra columns are
-ignored. Empty cells and ``NA``/``nan`` (what CSVLogger writes for a missing value) read as nan and
-are skipped.
+criterion's ``pass`` is ``None``. Extra columns are ignored. Empty cells and ``NA``/``nan`` (what
+CSVLogger writes for a missing value) read as nan and are skipped; an infinite ``val_mae`` or
+``mae`` is an error (a diverged run is not a result), and so is a column named twice.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ CRITERIA: dict[str, float] = {"val_mae": 1.2, "gap": 0.3}
 """The users' success criteria: best val MAE below 1.2, train/val gap at the best epoch below 0.3."""
 
 STILL_IMPROVING_WINDOW = 3
-"""``still_improving`` is true when the best val MAE is in the last this-many epochs."""
+"""``still_improving`` is true when val MAE reached a new best in the last this-many epochs."""
 
 KNOWN_COLUMNS: tuple[str, ...] = (
     "epoch",
@@ -54,6 +57,8 @@ KNOWN_COLUMNS: tuple[str, ...] = (
     "val_mse",
 )
 _MISSING_CELLS = {"", "na", "nan", "none"}
+#: Columns whose values the analysis uses: an infinite value there is an error, not a result.
+ANALYZED_COLUMNS = ("val_mae", "mae")
 
 
 @dataclass
@@ -115,6 +120,10 @@ def read_training_log(path: str | Path) -> dict[str, np.ndarray]:
             "'epoch,learning_rate,loss,mae,mse,val_loss,val_mae,val_mse' and one row per epoch"
         )
     header = [name.strip() for name in rows[0]]
+    twice = sorted({name for name in header if name and header.count(name) > 1})
+    if twice:
+        raise UserError(f"training log {p} names column(s) {', '.join(twice)} more than once; "
+                        "keep one column of each name")
     if "val_mae" not in header:
         raise UserError(
             f"training log {p} has no 'val_mae' column (columns: {','.join(header)}); "
@@ -136,6 +145,11 @@ def read_training_log(path: str | Path) -> dict[str, np.ndarray]:
             if name in dropped:
                 continue
             number = _parse_cell(cell)
+            if number is not None and math.isinf(number) and name in ANALYZED_COLUMNS:
+                raise UserError(
+                    f"training log {p} line {row_no}, column '{name}': {cell.strip()} is not a "
+                    "finite MAE (the run diverged there); analyze a log of finite values"
+                )
             if number is None:
                 if name in KNOWN_COLUMNS:
                     raise UserError(
@@ -192,20 +206,23 @@ def analyze_log(columns_or_path: Mapping[str, object] | str | Path) -> LogAnalys
 
     val = np.asarray(columns["val_mae"], dtype=np.float64).reshape(-1)
     n = int(val.size)
+    if np.any(np.isinf(val)):
+        raise UserError(f"{where}: val_mae holds an infinite value; analyze a log of finite values")
     if n == 0 or not np.any(np.isfinite(val)):
         raise UserError(f"{where} has no finite val_mae value")
+    train = columns.get("mae")
+    train_arr = None if train is None else np.asarray(train, dtype=np.float64).reshape(-1)
+
     epoch_col = columns.get("epoch")
     epochs = (
         np.arange(n, dtype=np.float64)
         if epoch_col is None
         else np.asarray(epoch_col, dtype=np.float64).reshape(-1)
     )
-    train = columns.get("mae")
-    train_arr = None if train is None else np.asarray(train, dtype=np.float64).reshape(-1)
-
     best_idx = int(np.nanargmin(val))
     best_val = float(val[best_idx])
-    best_epoch = int(epochs[best_idx]) if np.isfinite(epochs[best_idx]) else best_idx
+    # 1-based, as Keras prints it: the CSV's 0-based epoch + 1 (the row's position without one)
+    best_epoch = (int(epochs[best_idx]) if np.isfinite(epochs[best_idx]) else best_idx) + 1
 
     min_train: float | None = None
     gap_best: float | None = None
@@ -226,7 +243,7 @@ def analyze_log(columns_or_path: Mapping[str, object] | str | Path) -> LogAnalys
         gap_at_best=gap_best,
         gap_at_end=gap_end,
         instability=instability(val),
-        still_improving=bool(n - 1 - best_idx < STILL_IMPROVING_WINDOW),
+        still_improving=bool(best_idx > 0 and n - 1 - best_idx < STILL_IMPROVING_WINDOW),
         epochs=n,
         criteria=criteria,
         path=path,

@@ -14,7 +14,7 @@ from typing import Any
 from msatune.augment.transforms import AUG_DEFAULTS, validate_aug_config
 from msatune.errors import UserError
 from msatune.models.build import MODEL_CHOICES, MODEL_DEFAULTS, resolve_model_config
-from msatune.models.training import TRAIN_CHOICES, TRAIN_DEFAULTS, training_settings
+from msatune.models.recipe import TRAIN_CHOICES, TRAIN_DEFAULTS, training_settings
 
 TRIAL_DEFAULTS: dict[str, Any] = {**MODEL_DEFAULTS, **TRAIN_DEFAULTS, **AUG_DEFAULTS}
 

@@ -13,15 +13,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import os
 import shutil
 import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import msatune
-from msatune.errors import UserError
+from msatune.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +62,13 @@ def package_for_workers(staging: Path) -> Path:
     return target
 
 
-def start_ray(*, address: str | None, verbose: bool, work_dir: Path) -> bool:
+def start_ray(*, address: str | None, verbose: bool, work_dir: Path, record: bool = True) -> bool:
     """Start a local Ray instance owned by this driver, or join ``address``, unless Ray is
     already initialised in this process. True if this call started or joined it.
 
-    ``work_dir`` holds the pid file (local) or the staged package (cluster).
+    ``work_dir`` holds the pid file of a local instance (unless ``record=False``: then
+    :func:`record_ray_processes` is the caller's to call). Nothing else is written there: the
+    package shipped to a cluster is staged in a temporary directory, uploaded by ``ray.init``.
     """
     import ray
 
@@ -73,25 +80,170 @@ def start_ray(*, address: str | None, verbose: bool, work_dir: Path) -> bool:
         "logging_level": logging.INFO if verbose else logging.WARNING,
         "configure_logging": True,
     }
-    if address:
-        kwargs["address"] = address
-        shipped = package_for_workers(Path(work_dir) / "code")
-        kwargs["runtime_env"] = {"py_modules": [str(shipped)], "env_vars": dict(WORKER_ENV)}
-        _enable_token_auth_if_available()
-    else:
-        # "local": always a new instance owned by this driver. Without it ray.init() joins any
-        # cluster that `ray start` left on this machine, and its processes are not ours to end.
-        kwargs["address"] = "local"
-    try:
-        ray.init(**kwargs)
-    except ConnectionError as exc:
-        raise UserError(
-            f"cannot connect to the Ray cluster at {address}: {exc}; check the address "
-            "(ray start --head prints it) and that this machine can reach it"
-        ) from None
-    if not address:
+    with tempfile.TemporaryDirectory(prefix="msatune-code-") as staging:
+        if address:
+            kwargs["address"] = address
+            shipped = package_for_workers(Path(staging))
+            kwargs["runtime_env"] = {"py_modules": [str(shipped)], "env_vars": dict(WORKER_ENV)}
+            _enable_token_auth_if_available()
+        else:
+            # "local": always a new instance owned by this driver. Without it ray.init() joins any
+            # cluster that `ray start` left on this machine, and its processes are not ours to end.
+            kwargs["address"] = "local"
+        try:
+            ray.init(**kwargs)
+        except (ConnectionError, TimeoutError, ValueError) as exc:
+            if not address:
+                raise UserError(f"cannot start Ray on this machine: {first_line(exc)}") from None
+            raise UserError(
+                f"cannot connect to the Ray cluster at {address}: {first_line(exc)}; "
+                "check the address (ray start --head prints it) and that this machine can reach it"
+            ) from None
+    if not address and record:
         record_ray_processes(Path(work_dir))
     return True
+
+
+#: How long ``check_address`` keeps trying to reach a cluster's head (``$MSATUNE_CONNECT_TIMEOUT_S``).
+CONNECT_TIMEOUT_ENV = "MSATUNE_CONNECT_TIMEOUT_S"
+
+
+def parse_address(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a Ray address (``HOST:PORT``, ``[IPv6]:PORT``, ``ray://HOST:PORT``);
+    ``None`` for ``auto``. Raises a UserError naming the expected form."""
+    text = address.strip()
+    if text == "auto":
+        return None
+    bare = text.split("://", 1)[1] if "://" in text else text
+    host, sep, port = bare.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or (
+            ":" in host and not bare.startswith("[")):
+        raise UserError(f"--address {address!r} is not a Ray address; use HOST:PORT as printed by "
+                        "`ray start --head` (e.g. 10.0.0.5:6379), or auto")
+    return host, int(port)
+
+
+def check_address(address: str | None, timeout_s: float | None = None) -> None:
+    """Fail in one line, within ``timeout_s`` (default ``$MSATUNE_CONNECT_TIMEOUT_S`` or 30 s),
+    when the head of the cluster at ``address`` cannot be reached: a name that does not resolve,
+    or a port that refuses or does not answer (retried until the timeout: a head may be starting)."""
+    if not address:
+        return
+    target = parse_address(address)
+    if target is None:
+        return
+    host, port = target
+    if timeout_s is None:
+        try:
+            timeout_s = float(os.environ.get(CONNECT_TIMEOUT_ENV, "30"))
+        except ValueError:
+            timeout_s = 30.0
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UserError(f"--address {address!r}: host {host!r} does not resolve ({exc}); "
+                        "check the address (ray start --head prints it)") from None
+    deadline = time.monotonic() + timeout_s
+    last: OSError | None = None
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(5.0, max(0.5, timeout_s))):
+                return
+        except OSError as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    reason = last.strerror if last is not None and last.strerror else str(last)
+    raise UserError(f"cannot reach the Ray cluster at {address} within {timeout_s:g} s ({reason}); "
+                    f"check that `ray start --head` runs there and the port is open "
+                    f"(${CONNECT_TIMEOUT_ENV} sets the wait)")
+
+
+def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> dict[str, float]:
+    """Refuse (one UserError line) a trial that no node of the running Ray cluster can hold, instead
+    of waiting forever for resources; returns the largest node's ``{"CPU", "GPU"}``."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive", True)]
+    cpu = max((float(n.get("CPU", 0)) for n in nodes), default=0.0)
+    gpu = max((float(n.get("GPU", 0)) for n in nodes), default=0.0)
+    total_gpu = sum(float(n.get("GPU", 0)) for n in nodes)
+    if gpus_per_trial > 0 and gpu + 1e-9 < gpus_per_trial:
+        where = f"its largest node has {gpu:g}" if len(nodes) > 1 else f"it has {total_gpu:g}"
+        raise UserError(f"--gpus-per-trial {gpus_per_trial:g} asks for more GPUs than Ray sees: {where} "
+                        "GPU(s); lower --gpus-per-trial (0 trains on CPUs) or add GPU nodes")
+    if cpus_per_trial > 0 and cpu + 1e-9 < cpus_per_trial:
+        raise UserError(f"--cpus-per-trial {cpus_per_trial:g} asks for more CPUs than any Ray node has "
+                        f"({math.floor(cpu)}); lower --cpus-per-trial")
+    return {"CPU": cpu, "GPU": gpu}
+
+
+class RaySession:
+    """The Ray a run uses, for a ``with`` block: reach the cluster (bounded), start or join Ray,
+    check that a trial fits on a node; ``own()`` then records a local instance's processes and
+    starts a watchdog that ends them if the driver dies; leaving the block stops what it started.
+    Nothing is written before ``own()``.
+    """
+
+    def __init__(self, *, address: str | None, verbose: bool, work_dir: Path,
+                 cpus_per_trial: float, gpus_per_trial: float) -> None:
+        self.address, self.verbose, self.work_dir = address, verbose, Path(work_dir)
+        self.cpus_per_trial, self.gpus_per_trial = cpus_per_trial, gpus_per_trial
+        self.started = False
+
+    def __enter__(self) -> RaySession:
+        import ray
+
+        if not ray.is_initialized():
+            check_address(self.address)
+            quiet_ray_environment()
+            self.started = start_ray(address=self.address, verbose=self.verbose,
+                                     work_dir=self.work_dir, record=False)
+        try:
+            check_resources(self.cpus_per_trial, self.gpus_per_trial)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def own(self) -> None:
+        """Record the processes of the local instance this session started (pid file) and watch
+        the driver: if it dies (``kill -9``), a small watchdog process ends them."""
+        if self.started and not self.address:
+            record_ray_processes(self.work_dir)
+            start_watchdog(self.work_dir)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.started:
+            self.started = False
+            stop_ray(self.work_dir)
+
+
+def start_watchdog(pid_dir: Path) -> subprocess.Popen | None:
+    """A detached process that waits for this driver to end and then ends the Ray processes its
+    pid file lists (nothing when the driver stopped Ray itself: the pid file is gone)."""
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "msatune.search.ray_session", str(Path(pid_dir) / RAY_PIDS_FILE),
+             str(os.getpid())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, close_fds=True,
+        )
+    except OSError as exc:  # the driver still works; `msatune resume` ends orphans instead
+        log.warning("no watchdog for the Ray processes of this driver: %s", exc)
+        return None
+
+
+def watch(pid_file: Path, driver_pid: int, poll_s: float = 1.0) -> None:
+    """The watchdog's loop: end the pid file's processes once ``driver_pid`` is gone."""
+    while alive(driver_pid):
+        if not pid_file.exists():
+            return
+        time.sleep(poll_s)
+    end_orphans(pid_file.parent)
 
 
 def stop_ray(work_dir: Path) -> None:
@@ -99,7 +251,14 @@ def stop_ray(work_dir: Path) -> None:
     import ray
 
     ray.shutdown()
-    (Path(work_dir) / RAY_PIDS_FILE).unlink(missing_ok=True)
+    pid_file = Path(work_dir) / RAY_PIDS_FILE
+    try:
+        info = json.loads(pid_file.read_text())
+    except (OSError, ValueError):
+        info = {}
+    # a driver that took the study over after this one released its lease may own the file now
+    if int(info.get("driver_pid", os.getpid())) == os.getpid():
+        pid_file.unlink(missing_ok=True)
 
 
 def _enable_token_auth_if_available() -> None:
@@ -229,3 +388,7 @@ class _DropMessages(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         return not any(n in message for n in self.needles)
+
+
+if __name__ == "__main__":  # the watchdog (start_watchdog): PID_FILE DRIVER_PID
+    watch(Path(sys.argv[1]), int(sys.argv[2]))

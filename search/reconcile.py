@@ -26,29 +26,42 @@ def requeue_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     return dict(fixed) if fixed else dict(trial.params)
 
 
-def fail_and_requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> None:
-    """FAIL a RUNNING trial with ``reason`` and put its configuration back in the queue."""
+def fail_and_requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> bool:
+    """FAIL a RUNNING trial with ``reason`` and put its configuration back in the queue.
+
+    A trial without parameters never got its configuration (its sampling failed in the driver,
+    e.g. on a broken search space): it is failed as a real error and not re-queued, since running
+    "it" again would only sample again, and a poison configuration would crash every resume.
+    """
     storage = study._storage
     trial_id = trial._trial_id
+    if not requeue_params(trial):
+        try:
+            storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR,
+                                        f"{reason}; it had no parameters yet, so it is not run again")
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.info("trial %d finished meanwhile; left as is", trial.number)
+        return False
     try:
         storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
         storage.set_trial_user_attr(trial_id, REQUEUED_ATTR, True)
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         log.info("trial %d finished meanwhile; left as is", trial.number)
-        return
+        return False
     user_attrs = {k: v for k, v in trial.user_attrs.items() if k in ("preset",)}
     user_attrs["requeued_from"] = trial.number
     study.enqueue_trial(requeue_params(trial), user_attrs=user_attrs)
     log.info("trial %d: %s; re-queued", trial.number, reason)
+    return True
 
 
 def reconcile(study: optuna.Study, reason: str = "driver stopped while the trial was running") -> list[int]:
-    """FAIL + re-queue every RUNNING trial of ``study``; returns their numbers."""
+    """FAIL every RUNNING trial of ``study`` and re-queue those that had parameters; returns the
+    numbers of the re-queued ones."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for trial in running:
-        fail_and_requeue(study, trial, reason)
-    return [t.number for t in running]
+    return [t.number for t in running if fail_and_requeue(study, t, reason)]
 
 
 def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:

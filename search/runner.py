@@ -25,6 +25,7 @@ from msatune.search.reconcile import reconcile
 from msatune.search.searcher import SearchCounters, StoreCallback, StoreTruthfulOptunaSearch
 from msatune.search.settings import SearchSettings
 from msatune.search.space import SearchSpace
+from msatune.search.trainable import RUNG_METRIC
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def run_search(
         concurrency = settings.concurrency or default_concurrency(settings)
         scheduler = make_scheduler(ASHAScheduler)(
             time_attr="training_iteration",
-            metric="val_mae",
+            metric=RUNG_METRIC,  # best val MAE so far and train MAE (search/trainable.rung_score)
             mode="min",
             max_t=settings.max_epochs,
             grace_period=settings.grace,

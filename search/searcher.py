@@ -4,8 +4,14 @@ Stock OptunaSearch (ray 2.60) stores scheduler-stopped trials as COMPLETE with t
 value, never reports the result that triggered the stop, can leave NaN trials RUNNING, and crashes
 on trials the store already finished. This subclass:
 
+- reports the **best-so-far** validation MAE as each epoch's intermediate value, so that every
+  trial's value is its best val MAE: Optuna stores a PRUNED trial's last intermediate value as its
+  value, and TPE ranks pruned trials by the value at their deepest step (optuna 5.0,
+  ``_get_pruned_trial_score``): with best-so-far values that is their best val MAE at the deepest
+  rung they reached, not the noise of the epoch they were stopped in. The raw per-epoch val MAE
+  stays in each trial's ``work/training_log.csv`` and Ray ``progress.csv``;
 - tells PRUNED for trials the scheduler stopped, after reporting their last step;
-- tells COMPLETE with the trial's *best* val MAE when the trainable finished on its own;
+- tells COMPLETE with the trial's best val MAE when the trainable finished on its own;
 - tells FAIL with a ``fail_reason`` user attr for errors (reason from Ray's error file) and NaN;
 - records ``ray_trial_id``, ``epochs``, ``best_val_mae`` and ``checkpoint`` user attrs while the
   trial is RUNNING (a finished trial accepts no user attrs);
@@ -30,7 +36,16 @@ from msatune.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
-METRIC = "val_mae"
+#: What trials are ranked on, by the searcher and ASHA alike: the best validation MAE so far.
+METRIC = "best_val_mae"
+#: The validation MAE of the epoch itself (every result has it; a fallback for old trainables).
+EPOCH_METRIC = "val_mae"
+
+
+def ranked_value(result: dict) -> float | None:
+    """The value a result ranks its trial by (best val MAE so far), None if it has none."""
+    value = result.get(METRIC, result.get(EPOCH_METRIC))
+    return None if value is None else float(value)
 
 
 @dataclass
@@ -68,7 +83,7 @@ class StoreTruthfulOptunaSearch(OptunaSearch):
         self._last_result[trial_id] = result
         if result.get("diverged"):
             return
-        value = result.get(METRIC)
+        value = ranked_value(result)
         if value is None or not math.isfinite(value):
             return
         ot_trial = self._ot_trials[trial_id]
@@ -95,9 +110,8 @@ class StoreTruthfulOptunaSearch(OptunaSearch):
             # The scheduler sees the last result first and may stop the trial on it, in which
             # case ``on_trial_result`` never ran for it: report that step here.
             self._report_last(trial_id, result)
-            best = float(result.get("best_val_mae", result.get(METRIC)))
-            self._finish(trial_id, TrialState.COMPLETE, value=best)
-        elif result and result.get(METRIC) is not None:
+            self._finish(trial_id, TrialState.COMPLETE, value=ranked_value(result))
+        elif result and ranked_value(result) is not None:
             step = self._report_last(trial_id, result)
             self._set_attr(trial_id, "pruned_at_epoch", step)
             self._finish(trial_id, TrialState.PRUNED)
@@ -131,9 +145,9 @@ class StoreTruthfulOptunaSearch(OptunaSearch):
     def _report_last(self, trial_id: str, result: dict) -> int:
         """Report ``result``'s step unless it was reported; record the epochs; return the step."""
         step = int(result.get("training_iteration", 0))
-        value = result.get(METRIC)
+        value = ranked_value(result)
         if (step not in self._reported_steps.get(trial_id, set()) and value is not None
-                and math.isfinite(float(value))):
+                and math.isfinite(value)):
             self._ot_trials[trial_id].report(float(value), step)
             self._reported_steps.setdefault(trial_id, set()).add(step)
         self._set_attr(trial_id, "epochs", step)

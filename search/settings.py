@@ -22,7 +22,9 @@ class SearchSettings:
     """A study's search (``trials`` .. ``seed``) and where a run of it goes (the rest)."""
 
     trials: int = 20  # the study's budget; for one run of the runner, that run's trial count
-    max_epochs: int = 30  # epoch budget of one trial (ASHA's max_t)
+    # Epoch budget of one trial (ASHA's max_t): 27 = 3 x 3^2 puts ASHA's top rung on the budget
+    # itself (rungs 3, 9, 27); with 30 a trial could be cut at epoch 27 of 30 and end PRUNED.
+    max_epochs: int = 27
     grace_period: int | None = None  # None: DEFAULT_GRACE_PERIOD, at most max_epochs
     reduction_factor: int = 3
     seed: int = 0  # the study's seed; the runner gets a per-run sampler seed (see for_run)
@@ -40,6 +42,11 @@ class SearchSettings:
         if self.grace_period is not None:
             return int(self.grace_period)
         return max(1, min(DEFAULT_GRACE_PERIOD, int(self.max_epochs)))
+
+    @property
+    def first_rung(self) -> int | None:
+        """The first epoch ASHA compares trials at; None when ASHA never stops a trial."""
+        return self.grace if self.grace < int(self.max_epochs) else None
 
     @property
     def startup_trials(self) -> int:

@@ -29,6 +29,7 @@ the recipe's rules (``early_stop_metric``, ``patience``, ``cosine_epochs``, ``pl
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from optuna.distributions import (
 )
 
 from msatune.errors import UserError
-from msatune.search.config import CHOICES, PRESETS, TRIAL_DEFAULTS, coerce_value
+from msatune.search.config import CHOICES, PRESETS, TRIAL_DEFAULTS, coerce_value, validate_config
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -59,11 +60,19 @@ CONDITIONS: dict[str, tuple[str, Any]] = {
 
 #: Keys a study fixes itself; a space may not search them.
 RESERVED = ("epochs", "seed", "lr_schedule", "jit_compile", "mixed_precision")
+#: Trial user attr: the enqueued values of searched keys that lie outside their distributions.
+CONSTANTS_ATTR = "constants"
 #: Keys whose one home is the study's own record (``max_epochs``, ``seed``), not the stored space.
 STUDY_KEYS = ("epochs", "seed")
 
 
-def default_distributions() -> dict[str, BaseDistribution]:
+#: The longest warm-up the default space searches (when the first ASHA rung allows it).
+MAX_WARMUP = 5
+
+
+def default_distributions(first_rung: int | None = None) -> dict[str, BaseDistribution]:
+    """The default space. Its warm-up ends before ``first_rung`` (the first epoch ASHA compares
+    trials at), so no trial is compared while its learning rate is still ramping up."""
     return {
         "learning_rate": FloatDistribution(1e-4, 3e-3, log=True),
         "optimizer": CategoricalDistribution(["adam", "adamw"]),
@@ -71,9 +80,9 @@ def default_distributions() -> dict[str, BaseDistribution]:
         "batch_size": CategoricalDistribution([8, 16, 32, 64]),
         "loss": CategoricalDistribution(["mae", "huber"]),
         "huber_delta": FloatDistribution(0.25, 2.0),
-        "warmup_epochs": IntDistribution(0, 5),
+        "warmup_epochs": IntDistribution(0, warmup_limit(first_rung) if first_rung else MAX_WARMUP),
         "model_dim": CategoricalDistribution([32, 64, 128]),
-        "num_heads": CategoricalDistribution([2, 4, 8]),
+        "num_heads": CategoricalDistribution([1, 2, 4]),  # msa-tf2 heads are model_dim wide
         "ff_dim": CategoricalDistribution([64, 128, 256]),
         "n_layers_mod": IntDistribution(1, 3),
         "n_layers_fuse": IntDistribution(1, 2),
@@ -89,12 +98,24 @@ def default_distributions() -> dict[str, BaseDistribution]:
     }
 
 
+def warmup_limit(first_rung: int) -> int:
+    """The longest warm-up (epochs) that ends before the first rung: at most ``first_rung - 1``."""
+    return max(0, min(MAX_WARMUP, int(first_rung) - 1))
+
+
+def default_base() -> dict[str, Any]:
+    """What a searched trial starts from: the improved recipe, its cosine decay spread over the
+    study's epoch budget (``cosine_epochs = 0``) rather than msa-tf2's fixed 50 epochs, so every
+    trial anneals by the end of the budget whatever the budget is."""
+    return {**PRESETS["improved"], "cosine_epochs": 0}
+
+
 @dataclass
 class SearchSpace:
     """Distributions to sample + the base config every trial starts from."""
 
     distributions: dict[str, BaseDistribution]
-    base: dict[str, Any] = field(default_factory=lambda: dict(PRESETS["improved"]))
+    base: dict[str, Any] = field(default_factory=default_base)
 
     def to_json(self) -> dict[str, Any]:
         """JSON form, stored in the study's user attrs (``from_json`` reads it back). The epoch
@@ -113,13 +134,37 @@ class SearchSpace:
             dict(payload["base"]),
         ).for_study(max_epochs, seed)
 
-    def for_study(self, max_epochs: int | None, seed: int | None = None) -> SearchSpace:
+    def validate(self, where: str) -> SearchSpace:
+        """Self, or a UserError (naming ``where`` and the key) for a bound, choice or fixed value
+        outside its key's legal range, or a non-finite bound: what a trial would fail on."""
+        for key, dist in self.distributions.items():
+            if isinstance(dist, CategoricalDistribution):
+                for choice in dist.choices:
+                    _check_legal(key, choice, f"{where}, key {key!r}")
+                continue
+            for name in ("low", "high"):
+                bound = getattr(dist, name)
+                if not math.isfinite(bound):
+                    raise UserError(f"{where}, key {key!r}: {name} must be a finite number, got {bound}")
+                _check_legal(key, bound, f"{where}, key {key!r}")
+        fixed = {k: v for k, v in self.base.items() if not k.startswith("_") and k in TRIAL_DEFAULTS}
+        try:
+            validate_config(fixed)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        return self
+
+    def for_study(self, max_epochs: int | None, seed: int | None = None,
+                  first_rung: int | None = None) -> SearchSpace:
         """Set the study-level keys of every trial: the epoch budget and the seed trials offset
-        (trial *i* trains with seed + i). ``None`` leaves a key as it is. Returns self."""
+        (trial *i* trains with seed + i); ``None`` leaves a key as it is. With ``first_rung``
+        (ASHA's first rung), the base warm-up is cut to end before it. Returns self."""
         if max_epochs is not None:
             self.base["epochs"] = int(max_epochs)
         if seed is not None:
             self.base["seed"] = int(seed)
+        if first_rung is not None:
+            self.base["warmup_epochs"] = min(int(self.base.get("warmup_epochs", 0)), warmup_limit(first_rung))
         return self
 
     def sample(self, trial: Any) -> dict[str, Any]:
@@ -132,13 +177,19 @@ class SearchSpace:
         # Optuna keeps an enqueued trial's values in ``Trial._fixed_params`` (no public accessor).
         fixed = dict(getattr(trial, "_fixed_params", None) or {})
         config = {**self.base, **fixed}
+        constants: dict[str, Any] = {}
         for name, dist in self.distributions.items():
             cond = CONDITIONS.get(name)
             if cond is not None and config.get(cond[0]) != cond[1]:
                 continue
             if name in fixed and not _contains(dist, fixed[name]):
-                continue  # a preset value outside the space: a constant of this trial
+                constants[name] = fixed[name]  # a preset value outside the space: a constant
+                continue
             config[name] = _suggest(trial, name, dist)
+        if constants and callable(getattr(trial, "set_user_attr", None)):
+            # not params (outside their distributions): recorded so the dashboard and
+            # `msatune export` show what the trial trained with (e.g. the baseline's batch size 4)
+            trial.set_user_attr(CONSTANTS_ATTR, constants)
         config["seed"] = int(config.get("seed", 0)) + int(trial.number)
         preset = (getattr(trial, "user_attrs", None) or {}).get("preset")
         if preset:
@@ -163,25 +214,36 @@ def _suggest(trial: Any, name: str, dist: BaseDistribution) -> Any:
     raise TypeError(f"unsupported distribution {dist!r}")  # pragma: no cover
 
 
-def default_space(max_epochs: int | None = None, seed: int | None = None) -> SearchSpace:
-    return SearchSpace(default_distributions()).for_study(max_epochs, seed)
+def default_space(max_epochs: int | None = None, seed: int | None = None,
+                  first_rung: int | None = None) -> SearchSpace:
+    """The default space for a study (``first_rung``: the first epoch ASHA compares trials at)."""
+    return SearchSpace(default_distributions(first_rung)).for_study(max_epochs, seed, first_rung)
 
 
-def load_space(path: str | Path, max_epochs: int | None = None, seed: int | None = None) -> SearchSpace:
-    """Read a TOML space file; every mistake is a UserError naming the file and the key."""
+def load_space(path: str | Path, max_epochs: int | None = None, seed: int | None = None,
+               first_rung: int | None = None) -> SearchSpace:
+    """Read a TOML space file; every mistake is a UserError naming the file and the key.
+
+    ``first_rung``: ASHA's first rung; a warm-up the file sets must end before it.
+    """
     path = Path(path)
     try:
-        payload = tomllib.loads(path.read_text())
+        payload = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"space file {path} does not exist") from None
     except IsADirectoryError:
         raise UserError(f"space file {path} is a directory, expected a TOML file") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"space file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 "
+                        "TOML (see msatune space --example)") from None
+    except OSError as exc:
+        raise UserError(f"cannot read space file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"space file {path} is not valid TOML: {exc}") from None
     replace = payload.pop("replace", False)
     if not isinstance(replace, bool):
         raise UserError(f"space file {path}: 'replace' must be true or false")
-    space = SearchSpace({} if replace else default_distributions())
+    space = SearchSpace({} if replace else default_distributions(first_rung))
     for key, spec in payload.items():
         where = f"space file {path}, key {key!r}"
         if key not in TRIAL_DEFAULTS:
@@ -205,10 +267,37 @@ def load_space(path: str | Path, max_epochs: int | None = None, seed: int | None
             space.distributions[key] = _range(key, spec, where)
         else:
             raise UserError(f"{where}: give low/high, choices or value")
-    space.for_study(max_epochs, seed)
+    if first_rung is not None and "warmup_epochs" in payload:
+        _check_warmup(space, first_rung, f"space file {path}, key 'warmup_epochs'")
+    space.for_study(max_epochs, seed, first_rung)
     if not space.distributions:
         raise UserError(f"space file {path} leaves nothing to search (every key is fixed)")
-    return space
+    return space.validate(f"space file {path}")
+
+
+def _check_legal(key: str, value: Any, where: str) -> None:
+    """A UserError at ``where`` when ``key = value`` is outside the key's legal range."""
+    try:
+        validate_config({key: value})
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
+def _check_warmup(space: SearchSpace, first_rung: int, where: str) -> None:
+    dist = space.distributions.get("warmup_epochs")
+    if isinstance(dist, IntDistribution):
+        longest = dist.high
+    elif isinstance(dist, CategoricalDistribution):
+        longest = max(int(c) for c in dist.choices)
+    else:
+        longest = int(space.base.get("warmup_epochs", 0))
+    limit = warmup_limit(first_rung)
+    if longest > limit:
+        raise UserError(
+            f"{where}: a warm-up of up to {longest} epochs does not end before ASHA's first rung "
+            f"(epoch {first_rung}), where trials would be compared while their learning rate still "
+            f"ramps up; use warm-ups of at most {limit} epochs or raise --grace-period above {longest}"
+        )
 
 
 def _only(spec: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -224,15 +313,20 @@ def _typed_choice(key: str, value: Any, where: str) -> Any:
         raise UserError(f"{where}: {exc}") from None
 
 
+def _number(value: Any, name: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{where}: {name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise UserError(f"{where}: {name} must be a finite number, got {value!r}")
+    return value
+
+
 def _range(key: str, spec: Mapping[str, Any], where: str) -> BaseDistribution:
     if key in CHOICES or isinstance(TRIAL_DEFAULTS[key], bool):
         raise UserError(f"{where}: {key} is categorical; use choices = [...]")
     if "low" not in spec or "high" not in spec:
         raise UserError(f"{where}: a range needs both low and high")
-    low, high = spec["low"], spec["high"]
-    for name, v in (("low", low), ("high", high)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise UserError(f"{where}: {name} must be a number, got {v!r}")
+    low, high = _number(spec["low"], "low", where), _number(spec["high"], "high", where)
     if low > high:
         raise UserError(f"{where}: low ({low}) > high ({high})")
     log = spec.get("log", False)
@@ -241,10 +335,16 @@ def _range(key: str, spec: Mapping[str, Any], where: str) -> BaseDistribution:
     if log and low <= 0:
         raise UserError(f"{where}: a log range needs low > 0 (got {low})")
     step = spec.get("step")
+    if step is not None:
+        step = _number(step, "step", where)
+        if step <= 0:
+            raise UserError(f"{where}: step must be > 0 (got {step})")
+        if log:
+            raise UserError(f"{where}: step and log cannot be combined")
     if isinstance(TRIAL_DEFAULTS[key], int):
         if float(low) != int(low) or float(high) != int(high):
             raise UserError(f"{where}: {key} is an integer; low and high must be integers")
+        if step is not None and float(step) != int(step):
+            raise UserError(f"{where}: {key} is an integer; step must be a whole number (got {step})")
         return IntDistribution(int(low), int(high), log=log, step=int(step or 1))
-    if step is not None and log:
-        raise UserError(f"{where}: step and log cannot be combined")
     return FloatDistribution(float(low), float(high), log=log, step=float(step) if step else None)

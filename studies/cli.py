@@ -34,8 +34,13 @@ Start here:
   msatune launch NAME --data DIR        run a search (Ray Tune + Optuna TPE + ASHA)
   msatune resume NAME                   continue after a crash or Ctrl-C
   msatune refit NAME --top-k K          retrain the best trials on k folds of train+valid
+  msatune show NAME                     a study's trials (--state fail: failures and why)
   msatune ensemble NAME                 combine the best trials into one model (--from refit: bagged)
+  msatune report NAME                   report.html: criteria, history, curves, importance
   msatune dashboard                     open optuna-dashboard over the study store
+  msatune export NAME --out F.csv       every trial with its full config
+  msatune delete NAME                   remove a study (--files: its directory too)
+  msatune space --example               the default search space as a --space file
 
 Everything a study writes (store, checkpoints, Ray results, ensembles, reports) goes under the
 workspace: --workspace DIR, or ${WORKSPACE_ENV}, default {DEFAULT_WORKSPACE}.
@@ -82,6 +87,9 @@ COMMANDS: list[tuple[str, str]] = [
     ("msatune.studies.cli_search", "studies_cmd"),
     ("msatune.studies.cli_search", "show"),
     ("msatune.studies.cli_refit", "refit"),
+    ("msatune.studies.cli_manage", "export"),
+    ("msatune.studies.cli_manage", "delete"),
+    ("msatune.studies.cli_manage", "space"),
     ("msatune.studies.cli_ensemble", "ensemble"),
     ("msatune.studies.cli_ensemble", "predict"),
     ("msatune.studies.cli_dashboard", "dashboard"),

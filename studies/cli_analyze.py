@@ -13,10 +13,12 @@ HELP = """Analyze a Keras CSVLogger training log (msa-tf2 columns).
 \b
 LOG is a CSV with the columns epoch,learning_rate,loss,mae,mse,val_loss,val_mae,val_mse
 (only val_mae is required; extra columns are ignored). Reported:
-  best val MAE and its epoch, min train MAE,
+  best val MAE and its epoch (1-based: the n-th epoch, as Keras prints "Epoch n/N";
+  the CSV's epoch column counts from 0), min train MAE,
   the train/val gap (val_mae - mae) at the best epoch and at the end,
   instability (std of the epoch-to-epoch val MAE changes),
-  still improving (best val MAE within the last 3 epochs),
+  still improving (a new best val MAE within the last 3 epochs; the first epoch is no
+  improvement),
   and the success criteria as pass/fail: best val MAE < 1.2, gap at best epoch < 0.3.
 
 \b
@@ -60,7 +62,7 @@ def analyze(log: Path, as_json: bool) -> None:
         _fmt(result.best_val_mae),
         f"< {crit[val_key]['threshold']}: {_verdict(crit[val_key]['pass'])}",
     )
-    table.add_row("best epoch", str(result.best_epoch), "")
+    table.add_row("best epoch (1-based)", f"{result.best_epoch} of {result.epochs}", "")
     table.add_row("min train MAE", _fmt(result.min_train_mae), "")
     table.add_row(
         "gap at best (val - train)",
@@ -70,7 +72,7 @@ def analyze(log: Path, as_json: bool) -> None:
     table.add_row("gap at end", _fmt(result.gap_at_end), "")
     table.add_row("instability (std of val MAE changes)", _fmt(result.instability), "")
     table.add_row(
-        f"still improving (best in last {STILL_IMPROVING_WINDOW})",
+        f"still improving (new best in last {STILL_IMPROVING_WINDOW})",
         "yes" if result.still_improving else "no",
         "",
     )

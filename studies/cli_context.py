@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from msatune.errors import UserError
-from msatune.json_values import json_default
+from msatune.json_values import json_default, jsonable
 from msatune.studies.workspace import Workspace
 
 DEFAULT_WORKSPACE = "./msatune-runs"
@@ -42,16 +42,28 @@ class AppContext:
         """The workspace layout (nothing is created: whoever writes there creates what it needs)."""
         return Workspace(self.workspace)
 
-    def storage(self, url: str | None, *, read_only: bool = False) -> Any:
+    def storage_url(self, url: str | None) -> str:
+        """``--storage URL`` or the workspace's SQLite file (nothing is opened or created)."""
+        return url if url is not None else self.ws.storage_url
+
+    def reader(self, url: str | None) -> Any:
+        """The store opened read-only, for commands that only look: never created, never
+        written (a missing store is a one-line error naming the path)."""
+        from msatune.studies.store import open_storage
+
+        return open_storage(self.storage_url(url), read_only=True)
+
+    def storage(self, url: str | None, *, read_only: bool = False, create: bool = True) -> Any:
         """The study store: ``--storage URL`` or the workspace's SQLite file (the workspace is
-        created for it unless ``read_only``: read-only commands never create a store)."""
+        created for it unless ``read_only`` or ``create=False``: then a missing store is a one-line
+        error and nothing is created)."""
         from msatune.studies.store import open_storage
 
         if url is None:
-            if not read_only:
+            if create and not read_only:
                 self.ensure_workspace()
             url = self.ws.storage_url
-        return open_storage(url, read_only=read_only)
+        return open_storage(url, read_only=read_only, create=create)
 
 
 pass_app = click.make_pass_decorator(AppContext)
@@ -63,8 +75,9 @@ storage_option = click.option(
 
 
 def echo_json(payload: Any) -> None:
-    """Print one JSON document on stdout (for ``--json``)."""
-    sys.stdout.write(json.dumps(payload, indent=2, sort_keys=False, default=json_default) + "\n")
+    """Print one strict JSON document on stdout (for ``--json``): NaN and infinities are null."""
+    sys.stdout.write(json.dumps(jsonable(payload), indent=2, sort_keys=False, default=json_default,
+                                allow_nan=False) + "\n")
 
 
 def console():  # -> rich.console.Console

@@ -80,7 +80,10 @@ Contents: optimization history (best-so-far line), learning curves (train and va
 per epoch) of the top trials and of the baseline/improved presets, hyperparameter importance
 (PED-ANOVA), ensemble vs best single (when `msatune ensemble` recorded one), and the success
 criteria with numbers: best val MAE < 1.2, train/val gap < 0.3 at the best epoch, stability
-(std of epoch-to-epoch val MAE changes, baseline vs best), test MAE improvement over baseline.
+(std of epoch-to-epoch val MAE changes, baseline vs best), test MAE improvement over the better
+of the baseline trial and the constant predictor. Every criterion shows the constant predictor
+(median of the labels) and the noise floor (when known) beside its numbers, and none passes while
+the best trial is no better than the constant predictor. Importance needs 20 complete trials.
 criteria.json and report.json hold the same numbers.
 
 \b
@@ -106,7 +109,7 @@ def report(app: AppContext, name: str, out_dir: Path | None, top: int, attach: b
            storage: str | None, as_json: bool) -> None:
     from msatune.studies.report import attach_report, build_report
 
-    store = app.storage(storage)
+    store = app.storage(storage, create=False) if attach else app.reader(storage)
     out = (out_dir or app.ws.study_dir(name) / "report").expanduser().resolve()
     rep = build_report(store, name, out, ws=app.ws, top=top)
     if attach:
@@ -126,6 +129,12 @@ def report(app: AppContext, name: str, out_dir: Path | None, top: int, attach: b
         color = colors.get(row["result"], "dim")
         table.add_row(row["criterion"], row["numbers"], f"[{color}]{row['result']}[/{color}]")
     con.print(table)
+    from msatune.studies.cli_render import reference_line
+
+    for split in ("valid", "test"):
+        line = reference_line(rep.payload.get("reference"), split)
+        if line:
+            con.print(f"yardstick: {line}")
     for note in rep.payload["notes"]:
         con.print(f"note: {note}")
     con.print(f"report: {rep.html}")

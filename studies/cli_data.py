@@ -147,7 +147,8 @@ def _render_info(payload: dict) -> None:
 
 MMSA (thuiar/MMSA) ships a pickle of {train, valid, test} -> {text, audio, vision,
 regression_labels, id, ...}. The import writes text/audio/video/y files per split and keeps the
-sample ids (id_{split}.h5). Unaligned pickles (different T per modality) are refused: msa-tf2
+sample ids (id_{split}.h5). Non-finite feature values (MMSA's audio holds -inf) are written as 0
+and counted, as MMSA's own loader does. Unaligned pickles (different T per modality) are refused: msa-tf2
 needs aligned sequences, so use aligned_50.pkl.
 
 Loading a pickle runs any code stored in it: the import refuses unless you pass --allow-pickle,
@@ -173,6 +174,11 @@ def import_mmsa_cmd(app: AppContext, pkl: Path, out: Path, allow_pickle: bool, o
     ds = import_mmsa(pkl, out, allow_pickle=allow_pickle, overwrite=overwrite,
                      clip_labels=clip_labels)
     sizes = "/".join(str(s.n) for s in ds.splits.values())
+    replaced = {name: s.nan_count for name, s in ds.splits.items() if s.nan_count}
+    if replaced:
+        per_split = ", ".join(f"{n} in {name}" for name, n in replaced.items())
+        click.echo(f"replaced {sum(replaced.values())} non-finite feature values (NaN, -inf) by 0: "
+                   f"{per_split}; the written files hold finite values only")
     click.echo(
         f"wrote {ds.path}: {sizes} samples, T={ds.seq_len}, "
         f"dims {ds.dims['text']}/{ds.dims['audio']}/{ds.dims['video']}, "

@@ -6,6 +6,8 @@ The work is :func:`msatune.studies.ensembles.run_study_ensemble` and
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,19 @@ def render_result(summary: dict[str, Any]) -> None:
         con.print(f"predictions: msatune predict {summary['out_dir']} --data DIR --split test --out preds.csv")
 
 
+def step_printer(app: AppContext) -> Callable[[str], None] | None:
+    """What a slow command (tens of seconds: TensorFlow loads models) does now, one line per step
+    on stderr, when stderr is a terminal or with --verbose. Off a terminal the steps stay out of
+    stderr, where a failure must be one line."""
+    if not (app.verbose or sys.stderr.isatty()):
+        return None
+
+    def say(text: str) -> None:
+        click.echo(f"msatune: {text} ...", err=True)
+
+    return say
+
+
 def _messages(summary: dict[str, Any]) -> None:
     for w in summary.get("warnings", []):
         click.echo(f"msatune: warning: {w}", err=True)
@@ -94,7 +109,7 @@ def build_and_render(app: AppContext, storage: Any, study_name: str) -> dict[str
     from msatune.ensemble.evaluate import EnsembleOptions
     from msatune.studies.ensembles import run_study_ensemble
 
-    result = run_study_ensemble(app.ws, storage, study_name, EnsembleOptions())
+    result = run_study_ensemble(app.ws, storage, study_name, EnsembleOptions(), on_step=step_printer(app))
     summary = result.summary()
     _messages(summary)
     render_result(summary)
@@ -102,6 +117,10 @@ def build_and_render(app: AppContext, storage: Any, study_name: str) -> dict[str
 
 
 ENSEMBLE_HELP = """Combine a study's best trials into one model and score it against the best single trial.
+
+\b
+In a terminal (or with -v) it says what it does while it works: the export loads every member
+with TensorFlow, checks the fused model and saves it (tens of seconds).
 
 \b
 Candidates: COMPLETE trials whose checkpoint beats the constant predictor on validation (at most
@@ -162,16 +181,16 @@ def ensemble(app: AppContext, name: str, method: str, top_k: int, rounds: int, m
         from msatune.studies.cli_refit import render_bagged
         from msatune.studies.refit_ensemble import run_refit_ensemble
 
-        bagged = run_refit_ensemble(app.ws, app.storage(storage), name, options, out_dir=out_dir,
-                                    export=not no_export).summary()
+        bagged = run_refit_ensemble(app.ws, app.storage(storage, create=False), name, options, out_dir=out_dir,
+                                    export=not no_export, on_step=step_printer(app)).summary()
         _messages(bagged)
         if as_json:
             echo_json(bagged)
         else:
             render_bagged(bagged)
         return
-    result = run_study_ensemble(app.ws, app.storage(storage), name, options,
-                                out_dir=out_dir, export=not no_export)
+    result = run_study_ensemble(app.ws, app.storage(storage, create=False), name, options,
+                                out_dir=out_dir, export=not no_export, on_step=step_printer(app))
     summary = result.summary()
     _messages(summary)
     if as_json:
@@ -209,7 +228,7 @@ Examples:
 def predict(app: AppContext, model: Path, data_dir: Path, split: str, out_file: Path, as_json: bool) -> None:
     from msatune.studies.predictions import predict_split
 
-    payload = predict_split(model, data_dir, split, out_file)
+    payload = predict_split(model, data_dir, split, out_file, on_step=step_printer(app))
     if as_json:
         echo_json(payload)
         return

@@ -6,6 +6,7 @@ functions turn it into text.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -31,69 +32,134 @@ def next_steps(ws: Workspace, name: str) -> list[str]:
     ]
 
 
+def reference_line(reference: dict | None, split: str = "valid") -> str | None:
+    """``constant predictor valid MAE 1.2778, floor 0.5101`` from a study's recorded references."""
+    ref = (reference or {}).get(split) or {}
+    if ref.get("constant_mae") is None:
+        return None
+    line = f"constant predictor {split} MAE {ref['constant_mae']:.4f}"
+    if ref.get("floor_mae") is not None:
+        line += f", noise floor {ref['floor_mae']:.4f}"
+    return line
+
+
+def counts_line(c: dict) -> str:
+    """``3 complete, 2 pruned, 0 failed, 1 interrupted (re-run), 0 running, 0 queued``."""
+    return (f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, "
+            f"{c.get('INTERRUPTED', 0)} interrupted (re-run), {c['RUNNING']} running, "
+            f"{c['WAITING']} queued")
+
+
 def render_show(payload: dict, steps: list[str] | None = None) -> None:
-    """A study's counts, its best trials as a table, the best checkpoint, then ``steps``."""
+    """A study's counts, its trials as a table (failures with their reason), the best
+    checkpoint, the constant predictor and the value rule, then ``steps``."""
     from rich.table import Table
 
     con = console()
-    c = payload["counts"]
-    con.print(f"[bold]{payload['name']}[/bold]: {c['COMPLETE']} complete, {c['PRUNED']} pruned, "
-              f"{c['FAIL']} failed, {c['RUNNING']} running, {c['WAITING']} queued "
+    con.print(f"[bold]{payload['name']}[/bold]: {counts_line(payload['counts'])} "
               f"(budget {payload.get('budget', '?')})")
-    table = Table()
-    for col in ("#", "state", "val MAE", "epochs", "preset", "key params"):
+    table = Table(title=f"trials: {', '.join(payload.get('states') or ['complete'])}, best first")
+    for col in ("#", "state", "val MAE", "epochs", "preset", "key params / reason"):
         table.add_column(col)
     for t in payload["trials"]:
         p = t["params"]
         key = ", ".join(f"{k}={short(p[k])}" for k in ("learning_rate", "dropout", "model_dim", "batch_size", "loss") if k in p)
+        if t.get("fail_reason") and t["state"] in ("FAIL", "INTERRUPTED"):
+            key = t["fail_reason"][:160]
         table.add_row(str(t["number"]), t["state"], fmt(t["val_mae"]), str(t["epochs"] or "-"),
-                      t.get("preset") or "", key)
+                      t.get("preset") or "", key, style="dim" if t["state"] != "COMPLETE" else None)
     con.print(table)
     if payload.get("refit"):
         from msatune.studies.cli_refit import render_refit_table
 
         render_refit_table(payload["refit"])
-    if payload["best"]:
-        con.print(f"best: trial {payload['best']['number']} val MAE {payload['best']['val_mae']:.4f}; "
-                  f"checkpoint {payload['best']['checkpoint']}")
+    best = payload["best"]
+    if best:
+        preset = f" (the {best['preset']} preset)" if best.get("preset") else ""
+        con.print(f"best: trial {best['number']}{preset} val MAE {best['val_mae']:.4f}; "
+                  f"checkpoint {best['checkpoint']}")
+        preset_note = best_is_preset_line(payload)
+        if preset_note:
+            con.print(preset_note)
+    ref = reference_line(payload.get("reference"))
+    if ref:
+        con.print(f"reference: {ref}" + (
+            "  [bold red]the best trial is no better than the constant predictor[/bold red]"
+            if best and best["val_mae"] >= payload["reference"]["valid"]["constant_mae"] else ""))
+    if payload.get("value_rule"):
+        con.print(f"note: {payload['value_rule']}")
     for line in steps or []:
         con.print(line)
 
 
+def _clock(seconds: float) -> str:
+    return time.strftime("%H:%M:%S" if seconds >= 3600 else "%M:%S", time.gmtime(seconds))
+def best_is_preset_line(payload: dict) -> str | None:
+    """The plain line a study whose best trial is one of the users' own recipes deserves."""
+    best = payload.get("best") or {}
+    if not best.get("preset"):
+        return None
+    return (f"no searched configuration beat your {best['preset']} recipe yet: run more trials with "
+            f"`msatune resume {payload['name']} --trials N`")
+
+
 class Progress:
-    """A one-line live status while a study runs (nothing when ``quiet``)."""
+    """What a running study shows. In a terminal: one live status line (rich). Off a terminal
+    (output to a log file or a pipe), and always with ``--json`` (then on stderr): a plain line
+    per finished trial, flushed at once, so a log shows the study while it runs."""
 
-    def __init__(self, quiet: bool, name: str) -> None:
-        self.quiet, self.name = quiet, name
-        self.live = None
+    def __init__(self, name: str, *, json_mode: bool = False) -> None:
+        self.name = name
+        self.stream = sys.stderr if json_mode else sys.stdout
+        self.live: Any = None
+        self.use_live = not json_mode and console().is_terminal
+        self.seen = {"complete": 0, "pruned": 0, "failed": 0}
 
-    def __enter__(self) -> Any:
-        if self.quiet:
-            return None
-        from rich.live import Live
-        from rich.text import Text
+    def __enter__(self) -> Progress:
+        if self.use_live:
+            from rich.live import Live
+            from rich.text import Text
 
-        self.live = Live(Text(f"{self.name}: starting Ray ..."), console=console(), refresh_per_second=4, transient=False)
-        self.live.__enter__()
-        return self.update
+            self.live = Live(Text(f"{self.name}: checking ..."), console=console(),
+                             refresh_per_second=4, transient=False)
+            self.live.__enter__()
+        return self
 
-    def update(self, state: Any) -> None:
-        from rich.text import Text
+    def _plain(self, line: str) -> None:
+        self.stream.write(line + "\n")
+        self.stream.flush()
 
+    def phase(self, text: str) -> None:
+        """What the run does before its first trial (e.g. ``starting Ray``)."""
+        if self.live is not None:
+            from rich.text import Text
+
+            self.live.update(Text(f"{self.name}: {text} ..."))
+        else:
+            self._plain(f"{self.name}: {text} ...")
+
+    def __call__(self, state: Any) -> None:
         c = state.counters
         best = f"{c.best_val_mae:.4f} (#{c.best_trial})" if c.best_trial is not None else "-"
-        eta = time.strftime("%M:%S", time.gmtime(state.eta)) if state.eta is not None else "?"
-        line = (f"{self.name}: {state.done}/{state.budget} done ({c.complete} complete, {c.pruned} pruned, "
-                f"{c.failed} failed), {state.running} running | best val MAE {best} | "
-                f"elapsed {time.strftime('%M:%S', time.gmtime(state.elapsed))} ETA {eta}")
+        eta = _clock(state.eta) if state.eta is not None else "?"
+        status = (f"{c.complete} complete, {c.pruned} pruned, {c.failed} failed, {state.running} running "
+                  f"| best val MAE {best} | elapsed {_clock(state.elapsed)} ETA {eta}")
         if self.live is not None:
-            self.live.update(Text(line))
+            from rich.text import Text
+
+            self.live.update(Text(f"{self.name}: {state.done}/{state.budget} done ({status})"))
+            return
+        now = {"complete": c.complete, "pruned": c.pruned, "failed": c.failed}
+        done = sum(self.seen.values())
+        for kind in ("complete", "pruned", "failed"):
+            for _ in range(now[kind] - self.seen[kind]):
+                done += 1
+                self._plain(f"{self.name}: trial {done}/{state.budget} finished ({kind}) | {status}")
+        self.seen = now
 
     def __exit__(self, *exc: Any) -> None:
         if self.live is not None:
             self.live.__exit__(*exc)
-            if not self.live.console.is_terminal:
-                self.live.console.print()  # the last status line ends without a newline
 
 
 def budget_used_message(summary: dict, name: str) -> str | None:
@@ -113,6 +179,6 @@ def render_run(summary: dict, name: str) -> None:
     con.print(f"run {summary['run']}: {summary['trials']} trials ({summary['complete']} complete, "
               f"{summary['pruned']} pruned, {summary['failed']} failed) in {summary['wall_seconds']:.0f} s "
               f"with {summary['concurrency']} at once")
-    if summary.get("interrupted") or summary.get("requeued"):
+    if summary.get("interrupted"):
         con.print(f"interrupted: {len(summary.get('requeued', []))} running trial(s) re-queued; "
                   f"continue with: msatune resume {name}")

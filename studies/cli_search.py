@@ -9,6 +9,7 @@ import click
 
 from msatune.search.settings import SearchSettings
 from msatune.studies.cli_context import AppContext, console, echo_json, pass_app, storage_option
+from msatune.studies.cli_manage import SPACE_FORMAT
 from msatune.studies.cli_render import (
     Progress,
     budget_used_message,
@@ -19,6 +20,8 @@ from msatune.studies.cli_render import (
 )
 
 DEFAULTS = SearchSettings()
+#: Seeds are offset per trial and per run and must stay valid numpy seeds.
+SEED_RANGE = click.IntRange(0, 2**31 - 1)
 
 def _resource_options(f: Any) -> Any:
     f = click.option("--address", default=None, metavar="ADDR",
@@ -33,20 +36,33 @@ def _resource_options(f: Any) -> Any:
     return f
 
 
-LAUNCH_HELP = """Launch a new study: Optuna TPE picks configurations, Ray Tune runs them, ASHA stops poor ones.
+LAUNCH_HELP = f"""Launch a new study: Optuna TPE picks configurations, Ray Tune runs them, ASHA stops poor ones.
 
 \b
 The first two trials are the users' `baseline` and `improved` recipes, so every study shows
-what the search gained over both. Trials report validation MAE every epoch; ASHA stops a trial
-at a rung (grace period × reduction factor^k epochs) when it is not in the best 1/R there.
-Everything is stored in the study store; Ctrl-C stops cleanly and `msatune resume NAME`
-continues. The test split is never used to choose anything.
+what the search gained over both. Trials report validation MAE every epoch; a trial's value is
+its best validation MAE. ASHA stops a trial at a rung (grace period × reduction factor^k epochs:
+3, 9, 27 by default) when it is not in the best 1/R there, ranked on the mean of its best
+validation MAE so far and its training MAE (measured to rank configurations by their final
+result far better than the epoch's validation MAE alone; benchmarks/README.md). Searched trials
+warm up before the first rung and anneal over --max-epochs. Everything is stored in the study
+store; Ctrl-C stops cleanly and `msatune resume NAME` continues. The test split is never used
+to choose anything.
+
+\b
+Checks come first and cost seconds: the name, the options, the data and the --space file are
+validated before Ray starts, and the requested CPUs/GPUs are checked against the cluster before
+the study is created. A run that is stopped (Ctrl-C) exits with status 130.
+
+{SPACE_FORMAT}
 
 \b
 Examples:
-  msatune launch demo1 --trials 20 --max-epochs 30
+  msatune launch demo1 --trials 20 --max-epochs 27
   msatune launch mosi-a --data data/mosi --trials 100 --gpus-per-trial 0.5
-  msatune launch narrow --space space.toml --trials 40      (see search/space.py for the format)
+  msatune launch narrow --space space.toml --trials 40
+  msatune launch raw --data data/mmsa --clip-labels      (labels outside [-3, 3] clipped)
+  msatune launch big --address 10.0.0.5:6379 --gpus-per-trial 1
 """
 
 
@@ -64,7 +80,9 @@ Examples:
 @_resource_options
 @click.option("--space", "space_file", type=click.Path(path_type=Path), default=None,
               help="TOML file narrowing or replacing the search space.")
-@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Seed of the sampler and of the trials.")
+@click.option("--seed", type=SEED_RANGE, default=DEFAULTS.seed, show_default=True, help="Seed of the sampler and of the trials.")
+@click.option("--clip-labels", is_flag=True,
+              help="Clip labels outside [-3, 3] instead of refusing the data (recorded; resume applies it too).")
 @click.option("--max-failures", type=int, default=DEFAULTS.max_failures, show_default=True,
               help="Retries of a trial after a transient error.")
 @storage_option
@@ -73,7 +91,8 @@ Examples:
 def launch(app: AppContext, name: str, data_dir: Path | None, trials: int, max_epochs: int,
            grace_period: int | None, reduction_factor: int, cpus_per_trial: float | None,
            gpus_per_trial: float | None, concurrency: int | None, address: str | None,
-           space_file: Path | None, seed: int, max_failures: int, storage: str | None, as_json: bool) -> None:
+           space_file: Path | None, seed: int, clip_labels: bool, max_failures: int, storage: str | None,
+           as_json: bool) -> None:
     from msatune.studies.lifecycle import launch as do_launch
 
     settings = SearchSettings(
@@ -82,11 +101,10 @@ def launch(app: AppContext, name: str, data_dir: Path | None, trials: int, max_e
         gpus_per_trial=gpus_per_trial if gpus_per_trial is not None else DEFAULTS.gpus_per_trial,
         concurrency=concurrency, seed=seed, address=address, max_failures=max_failures, verbose=app.verbose,
     ).validate()
-    store = app.storage(storage)
-    with Progress(as_json, name) as progress:
-        summary = do_launch(app.ws, store, name, settings, data_dir=data_dir, space_file=space_file,
-                            progress=progress)
-    _finish(app, store, name, summary, as_json)
+    with Progress(name, json_mode=as_json) as progress:
+        summary = do_launch(app.ws, app.storage_url(storage), name, settings, data_dir=data_dir,
+                            space_file=space_file, clip_labels=clip_labels, progress=progress)
+    _finish(app, storage, name, summary, as_json)
 
 
 RESUME_HELP = """Continue a study after a crash, kill or Ctrl-C, losing no finished trial.
@@ -116,44 +134,54 @@ def resume(app: AppContext, name: str, trials: int | None, force: bool, cpus_per
            storage: str | None, as_json: bool) -> None:
     from msatune.studies.lifecycle import resume as do_resume
 
-    store = app.storage(storage)
     where = {"cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
              "concurrency": concurrency, "address": address, "verbose": app.verbose}
-    with Progress(as_json, name) as progress:
-        summary = do_resume(app.ws, store, name, more_trials=trials, force=force, where=where,
-                            progress=progress)
-    _finish(app, store, name, summary, as_json)
+    with Progress(name, json_mode=as_json) as progress:
+        summary = do_resume(app.ws, app.storage_url(storage), name, more_trials=trials, force=force,
+                            where=where, progress=progress)
+    _finish(app, storage, name, summary, as_json)
 
 
-@click.command("studies", help="List the studies in the store: trials by state, best val MAE, created.")
+@click.command("studies", help="List the studies in the store: trials by state, best val MAE, created. "
+                                "Reads only: a workspace without a store lists nothing.")
 @storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_app
 def studies_cmd(app: AppContext, storage: str | None, as_json: bool) -> None:
     from msatune.studies.queries import list_studies
 
-    rows = list_studies(app.storage(storage))
+    no_store = storage is None and not app.ws.store_path.is_file()
+    rows = [] if no_store else list_studies(app.reader(storage))
     if as_json:
         echo_json(rows)
         return
     from rich.table import Table
 
     table = Table(title="studies")
-    for col in ("name", "complete", "pruned", "failed", "running", "best val MAE", "best trial", "created"):
+    for col in ("name", "complete", "pruned", "failed", "interrupted", "running", "best val MAE",
+                "best trial", "created"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["name"], str(r["counts"]["COMPLETE"]), str(r["counts"]["PRUNED"]),
-                      str(r["counts"]["FAIL"]), str(r["counts"]["RUNNING"]),
+                      str(r["counts"]["FAIL"]), str(r["counts"]["INTERRUPTED"]), str(r["counts"]["RUNNING"]),
                       fmt(r["best_val_mae"]), str(r["best_trial"] if r["best_trial"] is not None else "-"),
                       r["created"] or "-")
     console().print(table if rows else "no studies yet: msatune launch NAME (or msatune demo)")
 
 
-SHOW_HELP = """Show a study's best trials: val MAE, epochs, state, params, checkpoint.
+SHOW_HELP = """Show a study's trials: state, val MAE, epochs, params (failures: their reason), best checkpoint.
+
+\b
+Lists complete, pruned and failed trials by default, best first; --state picks others
+(interrupted: trials a stopped driver left running, failed and run again). A trial's value is
+its best validation MAE over the epochs it trained (a pruned trial's: up to the epoch ASHA
+stopped it). The constant predictor's and the noise floor's validation MAE are shown beside.
 
 \b
 Examples:
   msatune show demo1 --top 5
+  msatune show demo1 --state fail            (failed trials with their reason)
+  msatune show demo1 --state complete --state pruned
   msatune show demo1 --json | jq .best
 """
 
@@ -161,13 +189,18 @@ Examples:
 @click.command("show", help=SHOW_HELP)
 @click.argument("name")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="How many trials to list.")
+@click.option("--state", "states", multiple=True,
+              type=click.Choice(["complete", "pruned", "fail", "interrupted", "running", "waiting", "all"]),
+              help="Which trials to list (repeatable) [default: complete, pruned, fail].")
 @storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_app
-def show(app: AppContext, name: str, top: int, storage: str | None, as_json: bool) -> None:
-    from msatune.studies.queries import show_study
+def show(app: AppContext, name: str, top: int, states: tuple[str, ...], storage: str | None,
+         as_json: bool) -> None:
+    from msatune.studies.queries import DEFAULT_STATES, STATE_FILTERS, show_study
 
-    payload = show_study(app.storage(storage), name, top)
+    chosen = tuple(STATE_FILTERS) if "all" in states else (tuple(dict.fromkeys(states)) or DEFAULT_STATES)
+    payload = show_study(app.reader(storage), name, top, chosen)
     steps = next_steps(app.ws, name)
     if as_json:
         echo_json({**payload, "next": steps})
@@ -175,14 +208,20 @@ def show(app: AppContext, name: str, top: int, storage: str | None, as_json: boo
     render_show(payload, steps)
 
 
-def _finish(app: AppContext, store: Any, name: str, summary: dict, as_json: bool) -> None:
+def _finish(app: AppContext, storage: str | None, name: str, summary: dict, as_json: bool) -> None:
+    """Render a run's summary and the study; exit 130 when the run was interrupted (Ctrl-C), so
+    ``msatune launch ... && msatune ensemble ...`` stops there."""
     from msatune.studies.queries import show_study
 
-    shown = show_study(store, name, 5)
+    shown = show_study(app.reader(storage), name, 5)
     if as_json:
         message = budget_used_message(summary, name)
         echo_json({**summary, **({"message": message} if message else {}),
-                   "best": shown["best"], "counts": shown["counts"]})
-        return
-    render_run(summary, name)
-    render_show(shown, next_steps(app.ws, name))
+                   "best": shown["best"], "counts": shown["counts"], "reference": shown["reference"]})
+    else:
+        render_run(summary, name)
+        render_show(shown, next_steps(app.ws, name))
+    if summary.get("interrupted"):
+        click.echo(f"msatune: interrupted; finished trials are stored; continue with: msatune resume {name}",
+                   err=True)
+        raise click.exceptions.Exit(130)

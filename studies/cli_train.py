@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TextIO
 
 import click
 
@@ -11,7 +14,8 @@ from msatune.studies.cli_context import AppContext, console, echo_json, pass_app
 TRAIN_HELP = """Train one configuration and keep its best epoch.
 
 \b
-Starts from a preset (the users' msa-tf2 recipes: model, optimizer, schedule and early stopping
+Prints one line per epoch (train and validation MAE, learning rate, seconds; epochs count
+from 1). Starts from a preset (the users' msa-tf2 recipes: model, optimizer, schedule and early stopping
 as their train.py / improved_train.py), changes keys with --set, keeps the epoch of the best
 validation MAE, and writes under --out (default WORKSPACE/train/<preset>-<time>/):
   checkpoint/           model.weights.h5, config.json, checkpoint.json, predictions.npz
@@ -44,11 +48,25 @@ def train(app: AppContext, data_dir: Path | None, preset: str, overrides: tuple[
     from msatune.studies.training import train_one
 
     payload = train_one(app.ws, preset=preset, overrides=overrides, epochs=epochs, data_dir=data_dir,
-                        out_dir=out_dir, clip_labels=clip_labels, verbose=2 if app.verbose else 0)
+                        out_dir=out_dir, clip_labels=clip_labels, verbose=2 if app.verbose else 0,
+                        on_epoch=epoch_printer(sys.stderr if as_json else sys.stdout))
     if as_json:
         echo_json(payload)
         return
     _render(payload)
+
+
+def epoch_printer(stream: TextIO) -> Callable[[Any, dict], None]:
+    """One flushed line per epoch (1-based): train and val MAE, learning rate, time."""
+
+    def on_epoch(report: Any, extra: dict) -> None:
+        m = report.metrics
+        best = "  (best so far)" if report.improved else ""
+        stream.write(f"epoch {report.epoch + 1}: train MAE {m['mae']:.4f}, val MAE {m['val_mae']:.4f}, "
+                     f"lr {m['learning_rate']:.2e}, {report.seconds:.1f} s{best}\n")
+        stream.flush()
+
+    return on_epoch
 
 
 def _render(payload: dict) -> None:

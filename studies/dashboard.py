@@ -75,12 +75,35 @@ class ReadOnlyArtifactStore:
         raise PermissionError(READ_ONLY_REASON)
 
 
+#: Shown at the top of every read-only dashboard page: optuna-dashboard has no read-only mode,
+#: so its create, rename and delete buttons stay visible (and are refused with 403).
+READ_ONLY_BANNER = (
+    '<div id="msatune-read-only" style="position:fixed;top:0;left:0;right:0;z-index:99999;'
+    'background:#fff3cd;color:#664d03;border-bottom:1px solid #ffe69c;padding:4px 12px;'
+    'font:13px system-ui,sans-serif;text-align:center">msatune: this dashboard is read-only. '
+    "Create, rename, delete, tell, notes and uploads are refused; restart it with "
+    "<code>msatune dashboard --writable</code> to allow them.</div>"
+)
+
+
+def _with_banner(body: bytes) -> bytes:
+    marker = b"<body>"
+    at = body.find(marker)
+    if at < 0:
+        return body
+    at += len(marker)
+    return body[:at] + READ_ONLY_BANNER.encode() + body[at:]
+
+
 def read_only_middleware(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
-    """Refuse every request that could change something (403, JSON ``{"reason": ...}``)."""
+    """Refuse every request that could change something (403, JSON ``{"reason": ...}``) and say
+    so on the dashboard's page (a banner in its HTML)."""
 
     def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET").upper()
         if method in SAFE_METHODS:
+            if method == "GET" and environ.get("PATH_INFO", "").startswith("/dashboard"):
+                return _page_with_banner(app, environ, start_response)
             return app(environ, start_response)
         log.info("refused %s %s (read-only dashboard)", method, environ.get("PATH_INFO", ""))
         body = json.dumps({"reason": READ_ONLY_REASON}).encode()
@@ -91,6 +114,31 @@ def read_only_middleware(app: Callable[..., Iterable[bytes]]) -> Callable[..., I
     return guarded
 
 
+def _page_with_banner(app: Callable[..., Iterable[bytes]], environ: dict[str, Any],
+                      start_response: Callable[..., Any]) -> Iterable[bytes]:
+    seen: dict[str, Any] = {}
+
+    def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[..., Any]:
+        seen.update(status=status, headers=headers, exc_info=exc_info)
+        return lambda data: None  # optuna-dashboard (bottle) returns its body, never writes it
+
+    result = app(environ, capture)
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if callable(close):
+            close()
+    headers = seen.get("headers", [])
+    html = any(k.lower() == "content-type" and "text/html" in v for k, v in headers)
+    if seen.get("status", "").startswith("200") and html:
+        body = _with_banner(body)
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        headers.append(("Content-Length", str(len(body))))
+    start_response(seen.get("status", "500 Internal Server Error"), headers, seen.get("exc_info"))
+    return [body]
+
+
 def make_app(storage: optuna.storages.BaseStorage, artifact_dir: Path | None, *,
              writable: bool = False) -> Callable[..., Iterable[bytes]]:
     """optuna-dashboard's WSGI app over ``storage``, guarded unless ``writable``."""
@@ -98,13 +146,18 @@ def make_app(storage: optuna.storages.BaseStorage, artifact_dir: Path | None, *,
     from optuna.artifacts import FileSystemArtifactStore
 
     artifact_store: Any = None
-    if artifact_dir is not None:
+    if artifact_dir is not None and writable:
         artifact_dir.mkdir(parents=True, exist_ok=True)
         artifact_store = FileSystemArtifactStore(str(artifact_dir))
-        if not writable:
-            artifact_store = ReadOnlyArtifactStore(artifact_store)
+    elif artifact_dir is not None and artifact_dir.is_dir():  # read-only: never created here
+        artifact_store = ReadOnlyArtifactStore(FileSystemArtifactStore(str(artifact_dir)))
     app = optuna_dashboard.wsgi(storage, artifact_store=artifact_store)
     return app if writable else read_only_middleware(app)
+
+
+def _unavailable(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+    return [b"starting"]
 
 
 class _ThreadedWSGIServer(ThreadingMixIn, WSGIServer):
@@ -143,15 +196,15 @@ class DashboardServer:
                  artifact_dir: Path | None = None, writable: bool = False) -> None:
         self.writable = writable
         self.storage = open_dashboard_storage(storage_url, writable=writable)
-        app = make_app(self.storage, artifact_dir, writable=writable)
-        try:
-            self._httpd = make_server(host, port, app, server_class=_ThreadedWSGIServer,
+        try:  # bind first: a dashboard that cannot listen creates nothing
+            self._httpd = make_server(host, port, _unavailable, server_class=_ThreadedWSGIServer,
                                       handler_class=_QuietHandler)
         except socket.gaierror as exc:
             raise UserError(f"cannot listen on {host}:{port}: {exc}; check --host") from None
         except OSError as exc:
             hint = "pass another --port (0 picks a free one)" if exc.errno == errno.EADDRINUSE else "check --host"
             raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; {hint}") from None
+        self._httpd.set_app(make_app(self.storage, artifact_dir, writable=writable))
         self.host = host
         self.port = int(self._httpd.server_address[1])
 

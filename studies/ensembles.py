@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,12 +77,15 @@ def run_study_ensemble(
     out_dir: Path | None = None,
     export: bool = True,
     saved_model: bool = True,
+    on_step: Callable[[str], None] | None = None,
 ) -> EnsembleResult:
     """Fit, evaluate, export (unless ``export=False``) and record ``options.method`` on study ``name``.
 
     ``storage`` is a store URL or an opened Optuna storage. A member whose weights cannot be
     rebuilt at export time is dropped with a warning and the combiner is refitted without it.
+    ``on_step(text)`` is told each step before it starts (the CLI shows them).
     """
+    step = on_step or (lambda text: None)
     from msatune.ensemble.evaluate import fit_ensemble
     from msatune.ensemble.export import MemberLoadError, export_ensemble
 
@@ -90,10 +94,13 @@ def run_study_ensemble(
     study = load_study(store, name)
     attrs = study_attrs(study)
     data_warnings: list[str] = []
+    step("reading the study's dataset")
     data = load_study_data(attrs, data_warnings)
     trials = trial_refs(study.get_trials(deepcopy=False))
     dropped: dict[int, str] = {}  # members whose weights failed to load at export
     while True:
+        step(f"fitting {options.method} on the validation predictions of up to "
+             f"{options.max_candidates} best trials")
         result = fit_ensemble(trials, options, study_name=name, data=data,
                               expected_fingerprint=attrs.get("data_fingerprint"), skip=dropped)
         result.warnings[:0] = data_warnings
@@ -101,7 +108,7 @@ def run_study_ensemble(
             break
         target = out_dir or default_out_dir(ws, name, options.method)
         try:
-            export_ensemble(result, target, data=data, saved_model=saved_model)
+            export_ensemble(result, target, data=data, saved_model=saved_model, on_step=on_step)
             break
         except MemberLoadError as exc:
             dropped[exc.trial] = exc.reason

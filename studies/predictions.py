@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +13,24 @@ import numpy as np
 from msatune.errors import UserError
 
 
-def predict_split(model: Path, data_dir: Path, split: str, out_file: Path) -> dict[str, Any]:
+def predict_split(model: Path, data_dir: Path, split: str, out_file: Path,
+                  on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Predict ``split`` of the dataset at ``data_dir`` with ``model`` (a trial checkpoint, an
     ensemble directory or a ``.keras`` file), write the CSV, return what was done (with the MAE
-    against the split's labels)."""
+    against the split's labels). ``on_step(text)`` is told each step before it starts."""
     from msatune.augment.dataset import load_dataset
-    from msatune.ensemble.export import load_predictor
 
+    step = on_step or (lambda text: None)
+    step(f"reading dataset {data_dir}")
     data = load_dataset(data_dir)
     t0 = time.perf_counter()
+    step(f"loading model {model} (TensorFlow starts)")
+    from msatune.ensemble.export import load_predictor
+
     predictor = load_predictor(model)
     predictor.check_data(data.dims, data.seq_len, f"dataset {data_dir}")
     s = data.splits[split]
+    step(f"predicting {s.n} {split} samples")
     pred = predictor.predict(s.inputs())
     write_predictions_csv(out_file, pred, s.labels, s.ids)
     labels = np.asarray(s.labels, dtype=np.float64).reshape(-1)

@@ -1,4 +1,4 @@
-"""Read-only questions to the store: the study list, a study's best trials, its presets.
+"""Read-only questions to the store: the study list, a study's trials by state, its presets.
 
 On an RDB store the counts, the ranking and the presets are SQL queries (a 2,000-trial study
 answers in milliseconds, :mod:`msatune.studies.store_sql`); only the few trials shown are loaded
@@ -15,14 +15,37 @@ from optuna.trial import TrialState
 from msatune.search.reconcile import FAIL_REASON_ATTR, REQUEUED_ATTR
 from msatune.studies import store_sql
 from msatune.studies.refit_records import REFIT_SUFFIX, SPEC_KEY, refit_table
-from msatune.studies.store import load_study, state_counts, study_attrs
+from msatune.studies.store import INTERRUPTED, load_study, state_counts, study_attrs, trial_kind
+
+#: What a trial's value is (shown by ``show`` and the report): one rule for every state.
+VALUE_RULE = ("a trial's value is its best validation MAE over the epochs it trained (a pruned "
+              "trial's: up to the epoch ASHA stopped it); raw per-epoch val MAE is in each trial's "
+              "work/training_log.csv and Ray progress.csv")
+
+#: ``show --state`` names and the state kinds they list (INTERRUPTED: failed by a stopped driver,
+#: then re-queued and run again).
+STATE_FILTERS: dict[str, tuple[str, ...]] = {
+    "complete": ("COMPLETE",), "pruned": ("PRUNED",), "fail": ("FAIL",),
+    "interrupted": (INTERRUPTED,), "running": ("RUNNING",), "waiting": ("WAITING",),
+}
+DEFAULT_STATES: tuple[str, ...] = ("complete", "pruned", "fail")
+
+
+def trial_value(t: optuna.trial.FrozenTrial) -> float | None:
+    """The trial's best validation MAE (see :data:`VALUE_RULE`); None when it has none."""
+    if t.state == TrialState.COMPLETE:
+        return t.value
+    best = t.user_attrs.get("best_val_mae")
+    if best is not None:
+        return float(best)
+    return t.value if t.state == TrialState.PRUNED else None
 
 
 def trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     return {
         "number": t.number,
-        "state": t.state.name,
-        "val_mae": t.value if t.state == TrialState.COMPLETE else t.user_attrs.get("best_val_mae"),
+        "state": trial_kind(t),
+        "val_mae": trial_value(t),
         "epochs": t.user_attrs.get("epochs"),
         "params": t.params,
         "preset": t.user_attrs.get("preset"),
@@ -33,14 +56,22 @@ def trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     }
 
 
-class _Summary:
-    """Counts, best-first COMPLETE trials, presets and failures of one study."""
+def _kinds(states: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(k for s in states for k in STATE_FILTERS[s])
 
-    def __init__(self, storage: optuna.storages.BaseStorage, study_id: int, top: int) -> None:
+
+class _Summary:
+    """Counts, best-first COMPLETE trials, the listed trials, presets and failures of one study."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, study_id: int, top: int,
+                 states: tuple[str, ...] = ()) -> None:
+        kinds = _kinds(states)
         rdb = store_sql.rdb_of(storage)
         if rdb is not None:
-            self.counts = store_sql.state_counts(rdb, study_id)
+            self.counts = store_sql.state_counts(rdb, study_id, INTERRUPTED, REQUEUED_ATTR)
             self.ranked = [rdb.get_trial(i) for i in store_sql.best_complete_ids(rdb, study_id, top)]
+            self.listed = [rdb.get_trial(i) for i in store_sql.listed_ids(
+                rdb, study_id, kinds, top, INTERRUPTED, REQUEUED_ATTR)]
             self.presets = [rdb.get_trial(i) for i in store_sql.ids_with_user_attr(rdb, study_id, "preset")]
             self.failed = [rdb.get_trial(i) for i in store_sql.ids_in_state(rdb, study_id, "FAIL", top)]
             return
@@ -49,6 +80,9 @@ class _Summary:
         ranked = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.value is not None),
                         key=lambda t: (t.value, t.number))
         self.ranked = ranked[:top]
+        listed = [t for t in trials if trial_kind(t) in kinds]
+        listed.sort(key=lambda t: (t.value is None, t.value if t.value is not None else 0.0, t.number))
+        self.listed = listed[:top]
         self.presets = [t for t in trials if t.user_attrs.get("preset")]
         self.failed = [t for t in trials if t.state == TrialState.FAIL][:top]
 
@@ -72,10 +106,13 @@ def list_studies(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
     return rows
 
 
-def show_study(storage: optuna.storages.BaseStorage, name: str, top: int) -> dict[str, Any]:
+def show_study(storage: optuna.storages.BaseStorage, name: str, top: int,
+               states: tuple[str, ...] = DEFAULT_STATES) -> dict[str, Any]:
+    """A study's counts, reference MAEs, and its ``top`` trials in ``states`` (``STATE_FILTERS``
+    names), finished ones best first; ``best`` is the best COMPLETE trial."""
     study = load_study(storage, name)
     attrs = study_attrs(study)
-    summary = _Summary(storage, study._study_id, top)
+    summary = _Summary(storage, study._study_id, top, states)
     best = summary.ranked[0] if summary.ranked else None
     presets = {t.user_attrs["preset"]: trial_record(t) for t in summary.presets
                if t.state != TrialState.WAITING and not t.user_attrs.get(REQUEUED_ATTR)}
@@ -84,7 +121,10 @@ def show_study(storage: optuna.storages.BaseStorage, name: str, top: int) -> dic
         "counts": summary.counts,
         "budget": attrs.get("budget"),
         "data_path": attrs.get("data_path"),
-        "trials": [trial_record(t) for t in summary.ranked],
+        "reference": attrs.get("reference"),
+        "value_rule": VALUE_RULE,
+        "states": list(states),
+        "trials": [trial_record(t) for t in summary.listed],
         "best": trial_record(best) if best else None,
         "presets": presets,
         "failed": [trial_record(t) for t in summary.failed],
@@ -92,4 +132,4 @@ def show_study(storage: optuna.storages.BaseStorage, name: str, top: int) -> dic
     }
 
 
-__all__ = ["list_studies", "show_study", "trial_record"]
+__all__ = ["STATE_FILTERS", "VALUE_RULE", "list_studies", "show_study", "trial_record"]

@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,9 +188,11 @@ def run_refit_ensemble(
     out_dir: Path | None = None,
     export: bool = True,
     saved_model: bool = True,
+    on_step: Callable[[str], None] | None = None,
 ) -> BaggedResult:
     """Fit ``options.method`` on study ``name``'s refit (OOF predictions only), score it on test
-    once, export it (unless ``export=False``) and record it on the study."""
+    once, export it (unless ``export=False``) and record it on the study. ``on_step(text)`` is
+    told each step before it starts (the CLI shows them)."""
     from msatune.ensemble.export import MemberLoadError, export_ensemble
 
     options.validate()
@@ -232,7 +235,7 @@ def run_refit_ensemble(
         try:
             members = load_bagged_members(result.members, folds_of, cpool.dims, cpool.seq_len)
             export_ensemble(result, target, data=view, saved_model=saved_model, members=members,
-                            check_split="test")
+                            check_split="test", on_step=on_step)
             break
         except MemberLoadError as exc:
             dropped[exc.trial] = exc.reason

@@ -5,7 +5,8 @@ What :func:`build_report` writes into ``out_dir``:
 * ``history.png``: every trial's validation MAE by trial number, with the best-so-far line.
 * ``curves.png``: train and validation MAE per epoch of the top trials and of the ``baseline``
   and ``improved`` preset trials (the overfitting story).
-* ``importance.png``: hyperparameter importance by PED-ANOVA (Optuna's evaluator).
+* ``importance.png``: hyperparameter importance by PED-ANOVA (Optuna's evaluator), only from
+  :data:`MIN_COMPLETE_FOR_IMPORTANCE` complete trials on (with fewer, a note says why not).
 * ``ensemble.png``: ensemble vs best single trial, only when an ensemble is recorded on the study.
 * ``report.html`` (every PNG embedded as base64, nothing else needed), ``report.json`` (every
   number shown) and ``criteria.json`` (the criteria table alone).
@@ -31,8 +32,9 @@ from optuna.trial import TrialState
 
 from msatune.errors import UserError
 from msatune.json_values import jsonable
-from msatune.studies.criteria import compute_criteria, criteria_rows
+from msatune.studies.criteria import compute_criteria, criteria_rows, study_reference
 from msatune.studies.ensembles import ensemble_records
+from msatune.studies.queries import VALUE_RULE
 from msatune.studies.refit_records import refit_table
 from msatune.studies.report_page import note_markdown, render_html
 from msatune.studies.report_plots import plot_curves, plot_ensembles, plot_history, plot_importance
@@ -53,11 +55,21 @@ class Report:
     payload: dict[str, Any] = field(default_factory=dict)
 
 
+#: PED-ANOVA contrasts the top 10% (its target quantile) of the complete trials with all of them:
+#: below 20 that top holds a single trial, and the numbers are noise.
+MIN_COMPLETE_FOR_IMPORTANCE = 20
+#: What the report says about which trials the importance is computed from.
+IMPORTANCE_TRIALS = ("computed by Optuna's PED-ANOVA from the COMPLETE trials only: pruned and "
+                     "failed trials are left out, as Optuna does")
+
+
 def param_importance(study: optuna.Study) -> tuple[dict[str, float], str | None]:
     """PED-ANOVA importances over COMPLETE trials, or ``({}, why not)``."""
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    if len(done) < 2:
-        return {}, f"needs at least 2 complete trials (has {len(done)})"
+    if len(done) < MIN_COMPLETE_FOR_IMPORTANCE:
+        return {}, (f"needs at least {MIN_COMPLETE_FOR_IMPORTANCE} complete trials (has {len(done)}): "
+                    "PED-ANOVA compares the best 10% of them with all of them, and with fewer that "
+                    "best 10% is a single trial, so the numbers would be noise")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -94,12 +106,13 @@ def build_report(storage: optuna.storages.BaseStorage, name: str, out_dir: Path,
         raise UserError(f"cannot create report directory {out_dir}: {exc.strerror or exc}") from None
 
     attrs = study_attrs(study)
-    criteria = compute_criteria(trials)
+    reference = study_reference(attrs, trials)
+    criteria = compute_criteria(trials, reference)
     figures: dict[str, Path] = {}
     notes: list[str] = []
 
     figures["history"] = out_dir / "history.png"
-    plot_history(trials, name, figures["history"])
+    plot_history(trials, name, figures["history"], reference.get("valid"))
 
     chosen, roles = select_curves(trials, top)
     curves = [trial_curve(t) for t in chosen]
@@ -116,13 +129,14 @@ def build_report(storage: optuna.storages.BaseStorage, name: str, out_dir: Path,
     if importance:
         figures["importance"] = out_dir / "importance.png"
         plot_importance(importance, name, n_complete, figures["importance"])
+        notes.append(f"hyperparameter importance is {IMPORTANCE_TRIALS}")
     else:
         notes.append(f"hyperparameter importance not computed: {why}")
 
     ensembles = ensemble_records(study.user_attrs)
     if ensembles:
         figures["ensemble"] = out_dir / "ensemble.png"
-        plot_ensembles(ensembles, name, figures["ensemble"])
+        plot_ensembles(ensembles, name, figures["ensemble"], reference)
 
     best = best_complete(trials)
     payload: dict[str, Any] = {
@@ -133,7 +147,10 @@ def build_report(storage: optuna.storages.BaseStorage, name: str, out_dir: Path,
         "max_epochs": attrs.get("max_epochs"),
         "created": attrs.get("created"),
         "counts": state_counts(trials),
+        "value_rule": VALUE_RULE,
+        "reference": reference,
         "best": {"trial": best.number, "val_mae": best.value, "params": best.params,
+                 "preset": best.user_attrs.get("preset"),
                  "checkpoint": best.user_attrs.get("checkpoint"), "test_mae": test_mae(best)} if best else None,
         "criteria": criteria,
         "criteria_table": criteria_rows(criteria),

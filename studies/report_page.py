@@ -32,6 +32,27 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def _sentence(text: str) -> str:
+    return f"{text[:1].upper()}{text[1:]}." if text else ""
+
+
+def _reference_html(reference: dict[str, Any] | None) -> str:
+    """One line: the constant predictor's and the noise floor's MAE on valid and test."""
+    bits = []
+    for split in ("valid", "test"):
+        ref = (reference or {}).get(split) or {}
+        if ref.get("constant_mae") is None:
+            continue
+        text = f"{split}: constant predictor MAE {_fmt(ref['constant_mae'])}"
+        if ref.get("floor_mae") is not None:
+            text += f", noise floor {_fmt(ref['floor_mae'])}"
+        bits.append(text)
+    if not bits:
+        return ""
+    return ("<p class='meta'>Yardsticks: " + html.escape("; ".join(bits)) +
+            " (a model is worth something only below the constant predictor).</p>")
+
+
 def render_html(payload: dict[str, Any], figures: dict[str, Path]) -> str:
     """The self-contained report page (figures embedded as base64 PNG)."""
     e = html.escape
@@ -45,7 +66,9 @@ def render_html(payload: dict[str, Any], figures: dict[str, Path]) -> str:
         f"data {e(str(payload.get('data_path') or '-'))}; budget {e(str(payload.get('budget') or '-'))} trials "
         f"x up to {e(str(payload.get('max_epochs') or '-'))} epochs</p>",
         f"<p>{c['COMPLETE']} complete, {c['PRUNED']} stopped early by ASHA (PRUNED), {c['FAIL']} failed, "
-        f"{c['RUNNING']} running, {c['WAITING']} queued.</p>",
+        f"{c.get('INTERRUPTED', 0)} interrupted by a stopped driver and run again, "
+        f"{c['RUNNING']} running, {c['WAITING']} queued. {e(_sentence(payload.get('value_rule', '')))}</p>",
+        _reference_html(payload.get("reference")),
         "<h2>Success criteria</h2><table><tr><th>criterion</th><th>numbers</th><th>result</th></tr>",
     ]
     for row in payload["criteria_table"]:
@@ -56,17 +79,22 @@ def render_html(payload: dict[str, Any], figures: dict[str, Path]) -> str:
     best = payload.get("best")
     if best:
         params = ", ".join(f"{k}={_fmt(v, 3)}" for k, v in sorted(best["params"].items()))
-        parts.append(f"<p>Best trial <b>#{best['trial']}</b>: validation MAE {_fmt(best['val_mae'])}, "
+        preset = f" (the {e(best['preset'])} preset)" if best.get("preset") else ""
+        parts.append(f"<p>Best trial <b>#{best['trial']}</b>{preset}: validation MAE {_fmt(best['val_mae'])}, "
                      f"test MAE {_fmt(best['test_mae'])}; {e(params)}<br>checkpoint <code>{e(str(best['checkpoint']))}</code></p>")
     sections = [
         ("history", "Optimization history", "Each trial's best validation MAE; the red line is the best so far. "
-         "Trials stopped early by ASHA show their value at the epoch they were stopped."),
+         "Trials stopped early by ASHA show their best validation MAE up to the epoch they were stopped. "
+         "The constant predictor (the median of the validation labels) and the noise floor are drawn "
+         "for scale: a trial above the constant line learned nothing."),
         ("curves", "Learning curves", "Training and validation MAE per epoch. A validation curve far above the "
          "training curve is overfitting (the criterion is a gap < 0.3 at the best epoch)."),
         ("importance", "Hyperparameter importance", "PED-ANOVA (Optuna) over the complete trials: how much each "
-         "hyperparameter explains of reaching the best validation MAEs."),
+         "hyperparameter explains of reaching the best validation MAEs. Pruned and failed trials are "
+         "left out, as Optuna's evaluator does."),
         ("ensemble", "Ensemble vs best single trial", "Recorded by msatune ensemble; members were chosen on "
-         "validation predictions only, test is reported, never used to choose."),
+         "validation predictions only, test is reported, never used to choose. The axis is zoomed to the "
+         "values; each ensemble bar is labelled with its change vs the best single trial."),
     ]
     for key, title, blurb in sections:
         if key in figures:
@@ -81,6 +109,9 @@ def render_html(payload: dict[str, Any], figures: dict[str, Path]) -> str:
                     parts.append(f"<tr><td>{e(key)}</td><td>{split}</td><td>{e(metric)}</td>"
                                  f"<td>{_fmt(single.get(metric))}</td><td>{_fmt(ens[metric])}</td></tr>")
         parts.append("</table>")
+        ref = _reference_html(payload.get("reference"))
+        if ref:
+            parts.append(ref)
         for key, rec in payload["ensembles"].items():
             if rec.get("cv_valid_mae") is not None:
                 parts.append(f"<p>{e(key)}: validation MAE of the selection under cross-validated refit "

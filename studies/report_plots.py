@@ -25,7 +25,19 @@ def _figure(w: float, h: float) -> Any:
     return Figure(figsize=(w, h), dpi=110, layout="constrained")
 
 
-def plot_history(trials: list[FrozenTrial], name: str, path: Path) -> None:
+def _reference_lines(ax: Any, reference: dict[str, Any] | None, split: str) -> None:
+    """The constant predictor and the noise floor of ``split`` as horizontal lines."""
+    ref = reference or {}
+    if ref.get("constant_mae") is not None:
+        ax.axhline(ref["constant_mae"], color="tab:purple", ls="-.", lw=1.2,
+                   label=f"constant predictor ({split} {ref['constant_mae']:.3f})")
+    if ref.get("floor_mae") is not None:
+        ax.axhline(ref["floor_mae"], color="0.3", ls=":", lw=1.2,
+                   label=f"noise floor ({split} {ref['floor_mae']:.3f})")
+
+
+def plot_history(trials: list[FrozenTrial], name: str, path: Path,
+                 reference: dict[str, Any] | None = None) -> None:
     fig = _figure(9, 5)
     ax = fig.add_subplot()
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
@@ -33,7 +45,7 @@ def plot_history(trials: list[FrozenTrial], name: str, path: Path) -> None:
     failed = sum(t.state == TrialState.FAIL for t in trials)
     if pruned:
         ax.scatter([t.number for t in pruned], [t.value for t in pruned], marker="x", color="0.55",
-                   s=22, label=f"stopped early by ASHA ({len(pruned)}; value at the stop epoch)")
+                   s=22, label=f"stopped early by ASHA ({len(pruned)}; best val MAE up to the stop)")
     if done:
         ax.scatter([t.number for t in done], [t.value for t in done], color="tab:blue", s=22,
                    label=f"complete ({len(done)})", zorder=3)
@@ -46,6 +58,7 @@ def plot_history(trials: list[FrozenTrial], name: str, path: Path) -> None:
         ax.step([*xs, last], [*ys, ys[-1]], where="post", color="tab:red", lw=2, label="best so far", zorder=4)
     ax.axhline(CRITERIA["val_mae"], color="tab:green", ls="--", lw=1,
                label=f"goal: val MAE < {CRITERIA['val_mae']}")
+    _reference_lines(ax, reference, "valid")
     for t in trials:
         p = t.user_attrs.get("preset")
         if p in PRESET_NAMES and t.value is not None and not t.user_attrs.get(REQUEUED_ATTR):
@@ -126,29 +139,50 @@ def plot_importance(importance: dict[str, float], name: str, n_trials: int, path
     fig.savefig(path)
 
 
-def plot_ensembles(records: dict[str, dict[str, Any]], name: str, path: Path) -> None:
+def plot_ensembles(records: dict[str, dict[str, Any]], name: str, path: Path,
+                   reference: dict[str, dict[str, Any]] | None = None) -> tuple[float, float]:
+    """Best single vs each ensemble on valid and test; the y-axis spans the data (not from 0), so
+    a 0.02 gain is visible, and each ensemble bar is labelled with its change vs the best single.
+    Returns the y-axis limits."""
     fig = _figure(8, 4.5)
     ax = fig.add_subplot()
     splits = ("valid", "test")
     first = next(iter(records.values()))
+    single = [mae_of(first["best_single"].get(s)) for s in splits]
     bars: list[tuple[str, list[float | None]]] = [
-        (f"best single (#{first['best_single'].get('trial')})",
-         [mae_of(first["best_single"].get(s)) for s in splits])]
+        (f"best single (#{first['best_single'].get('trial')})", single)]
     for key, rec in records.items():
         label = f"ensemble {key}" + (f" ({rec['method']})" if rec.get("method") and rec["method"] != key else "")
         bars.append((label, [mae_of(rec["ensemble"].get(s)) for s in splits]))
     width = 0.8 / len(bars)
+    shown: list[float] = []
     for i, (label, values) in enumerate(bars):
         xs = [j + (i - (len(bars) - 1) / 2) * width for j in range(len(splits))]
         ys = [np.nan if v is None else v for v in values]
         ax.bar(xs, ys, width, label=label)
-        for x, v in zip(xs, values, strict=True):
-            if v is not None:
-                ax.text(x, v, f"{v:.3f}", ha="center", va="bottom", fontsize=9)
+        for j, (x, v) in enumerate(zip(xs, values, strict=True)):
+            if v is None:
+                continue
+            shown.append(v)
+            text = f"{v:.3f}"
+            if i > 0 and single[j]:
+                text += f"\n{100.0 * (v - single[j]) / single[j]:+.1f}%"
+            ax.text(x, v, text, ha="center", va="bottom", fontsize=9)
+    for j, split in enumerate(splits):
+        ref = (reference or {}).get(split) or {}
+        for key, style, what in (("constant_mae", "-.", "constant"), ("floor_mae", ":", "floor")):
+            if ref.get(key) is not None:
+                ax.hlines(ref[key], j - 0.45, j + 0.45, colors="0.3", linestyles=style, lw=1.2)
+                ax.text(j + 0.45, ref[key], f" {what} {ref[key]:.3f}", va="center", fontsize=8)
+                shown.append(ref[key])
+    if shown:
+        lo, hi = min(shown), max(shown)
+        pad = max(0.02, 0.25 * (hi - lo))
+        ax.set_ylim(max(0.0, lo - pad), hi + 1.6 * pad)
     ax.set_xticks(range(len(splits)), ["validation", "test"])
-    ax.set_ylabel(MAE_UNITS)
-    ax.set_title(f"Ensemble vs best single trial, study '{name}' (lower is better)")
-    ax.margins(y=0.1)
+    ax.set_ylabel(MAE_UNITS + " (axis zoomed to the values)")
+    ax.set_title(f"Ensemble vs best single trial, study '{name}' (lower is better; % = change vs best single)")
     fig.legend(fontsize=9, loc="outside lower center", ncols=len(bars))
     ax.grid(axis="y", alpha=0.3)
     fig.savefig(path)
+    return ax.get_ylim()

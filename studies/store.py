@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,19 @@ from optuna.trial import TrialState
 
 from msatune import __version__
 from msatune.errors import UserError, first_line
+from msatune.search.reconcile import REQUEUED_ATTR
 
 log = logging.getLogger(__name__)
 
 SQLITE_TIMEOUT_S = 60
 ATTR_PREFIX = "msatune:"
+#: The one objective of every msatune study, as the dashboard names its axis.
+METRIC_NAME = "val_mae"
+#: A study name is also a directory name (``WORKSPACE/studies/NAME``).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+#: ``state_counts`` key of the FAIL trials a stopped driver left running (failed, then re-queued
+#: and run again): they are no failures of the trial itself.
+INTERRUPTED = "INTERRUPTED"
 
 
 def read_only_sqlite_url(url: str) -> str | None:
@@ -42,8 +52,8 @@ def read_only_sqlite_url(url: str) -> str | None:
     abs_path = Path(path).expanduser().resolve()
     if not abs_path.is_file():
         raise UserError(
-            f"no study store at {abs_path}; launch a study first (msatune launch NAME) "
-            "or pass --workspace / --storage"
+            f"no study store at {abs_path} (the file does not exist); launch a study first "
+            "(msatune launch NAME) or pass the right --workspace / --storage"
         )
     return f"{parsed.drivername}:///file:{abs_path}?mode=ro&uri=true"
 
@@ -97,6 +107,39 @@ def open_storage(url: str, *, read_only: bool = False, create: bool = True) -> o
         raise UserError(f"cannot open study store {url!r}: {first_line(exc)}") from None
 
 
+def is_sqlite_url(url: str) -> bool:
+    return _parse_url(url).drivername.startswith("sqlite")
+
+
+def check_can_create(url: str) -> None:
+    """A UserError when the store at ``url`` could not be created (a SQLite file's directory is
+    missing), checked before anything else is written."""
+    if is_sqlite_url(url):
+        db = (_parse_url(url).database or "").removeprefix("file:")
+        if not db or db == ":memory:":
+            raise UserError(f"--storage {url!r}: an in-memory SQLite store cannot hold a study; give a file path")
+        if not Path(db).expanduser().parent.is_dir():
+            raise UserError(f"--storage {url!r}: directory {Path(db).parent} does not exist")
+
+
+def open_existing(url: str) -> optuna.storages.RDBStorage | None:
+    """The store at ``url`` if there is one; ``None`` for a SQLite file that does not exist
+    (nothing is created: a command may still fail before it writes)."""
+    if is_sqlite_url(url):
+        db = _parse_url(url).database or ""
+        if db and db != ":memory:" and not Path(db.removeprefix("file:")).expanduser().is_file():
+            return None
+        return open_storage(url, create=False)
+    return open_storage(url)
+
+
+def check_study_name(name: str) -> None:
+    """A UserError unless ``name`` can name a study (and its directory)."""
+    if not _NAME.fullmatch(name or ""):
+        raise UserError(f"study name {name!r} is not usable; use up to 100 letters, digits, '.', '-' "
+                        "and '_', starting with a letter or digit")
+
+
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
     return [s.study_name for s in storage.get_all_studies()]
 
@@ -124,14 +167,31 @@ def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
 
 def create_study(storage: optuna.storages.BaseStorage, name: str, attrs: dict[str, Any]) -> optuna.Study:
     """Create ``name``; an existing name is a UserError that suggests ``resume``."""
-    if not name or any(ch in name for ch in "/\\") or name.strip() != name:
-        raise UserError(f"study name {name!r} is not usable; use letters, digits, '-' and '_'")
-    if name in study_names(storage):
-        raise UserError(f"study {name!r} already exists; continue it with: msatune resume {name}")
-    study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
+    check_study_name(name)
+    check_name_free(storage, name)
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
+    except optuna.exceptions.DuplicatedStudyError:  # another launch of the same name just now
+        check_name_free(storage, name)
+        raise
+    set_metric_name(study)
     for key, value in {**attrs, "msatune_version": __version__, "created": time.strftime("%Y-%m-%d %H:%M:%S")}.items():
         study.set_user_attr(ATTR_PREFIX + key, value)
     return study
+
+
+def check_name_free(storage: optuna.storages.BaseStorage | None, name: str) -> None:
+    """A UserError suggesting ``resume`` when ``name`` exists in ``storage`` (``None``: no store yet)."""
+    if storage is not None and name in study_names(storage):
+        raise UserError(f"study {name!r} already exists; continue it with: msatune resume {name} "
+                        f"(or pick another name, or remove it with: msatune delete {name})")
+
+
+def set_metric_name(study: optuna.Study) -> None:
+    """Name the objective ``val_mae`` (optuna-dashboard labels its axes with it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([METRIC_NAME])
 
 
 def study_attrs(study: optuna.Study | Any) -> dict[str, Any]:
@@ -143,10 +203,19 @@ def set_study_attr(study: optuna.Study, key: str, value: Any) -> None:
     study.set_user_attr(ATTR_PREFIX + key, value)
 
 
+def trial_kind(t: optuna.trial.FrozenTrial) -> str:
+    """The trial's state name, ``INTERRUPTED`` for a FAIL that was re-queued."""
+    if t.state == TrialState.FAIL and t.user_attrs.get(REQUEUED_ATTR):
+        return INTERRUPTED
+    return t.state.name
+
+
 def state_counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    """Trials per :func:`trial_kind` (state names, and ``INTERRUPTED``)."""
     counts = {s.name: 0 for s in TrialState}
+    counts[INTERRUPTED] = 0
     for t in trials:
-        counts[t.state.name] += 1
+        counts[trial_kind(t)] += 1
     return counts
 
 

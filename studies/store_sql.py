@@ -45,12 +45,21 @@ def _rows(storage: optuna.storages.RDBStorage, sql: str, **params: Any) -> list[
         return [tuple(r) for r in conn.execute(text(sql), params)]
 
 
-def state_counts(storage: optuna.storages.RDBStorage, study_id: int) -> dict[str, int]:
-    """Trials per state name (every state present, zeros included)."""
+def state_counts(storage: optuna.storages.RDBStorage, study_id: int, interrupted_key: str,
+                 requeued_attr: str) -> dict[str, int]:
+    """Trials per state name (every state present, zeros included); FAIL trials carrying user
+    attr ``requeued_attr`` = true are counted under ``interrupted_key`` instead of FAIL."""
     counts = {s.name: 0 for s in optuna.trial.TrialState}
     for state, n in _rows(storage, "SELECT state, COUNT(*) FROM trials WHERE study_id = :sid "
                                    "GROUP BY state", sid=study_id):
         counts[str(state)] = int(n)
+    (requeued,), = _rows(
+        storage,
+        "SELECT COUNT(*) FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+        "WHERE t.study_id = :sid AND t.state = 'FAIL' AND a.key = :key AND a.value_json = 'true'",
+        sid=study_id, key=requeued_attr)
+    counts[interrupted_key] = int(requeued)
+    counts["FAIL"] -= int(requeued)
     return counts
 
 
@@ -80,3 +89,24 @@ def ids_in_state(storage: optuna.storages.RDBStorage, study_id: int, state: str,
         "SELECT trial_id FROM trials WHERE study_id = :sid AND state = :state "
         "ORDER BY number LIMIT :limit",
         sid=study_id, state=state, limit=int(limit))]
+
+
+def listed_ids(storage: optuna.storages.RDBStorage, study_id: int, kinds: tuple[str, ...],
+               limit: int, interrupted_key: str, requeued_attr: str) -> list[int]:
+    """trial_ids of the first ``limit`` trials whose state name is in ``kinds`` (FAIL trials with
+    user attr ``requeued_attr`` = true count as ``interrupted_key``, not FAIL): finite values
+    first, lowest first, then the rest; ties by number."""
+    if not kinds:
+        return []
+    names = {f"k{i}": k for i, k in enumerate(kinds)}
+    return [r[0] for r in _rows(
+        storage,
+        "SELECT t.trial_id FROM trials t "
+        "LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
+        "LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = :rq "
+        "WHERE t.study_id = :sid AND (CASE WHEN CAST(t.state AS VARCHAR(16)) = 'FAIL' "
+        "AND a.value_json = 'true' THEN :ik ELSE CAST(t.state AS VARCHAR(16)) END) "
+        f"IN ({', '.join(':' + k for k in names)}) "
+        "ORDER BY CASE WHEN v.value_type = 'FINITE' THEN 0 ELSE 1 END, v.value, t.number "
+        "LIMIT :limit",
+        sid=study_id, rq=requeued_attr, ik=interrupted_key, limit=int(limit), **names)]

@@ -1,9 +1,12 @@
 """One trial's learning curve and test score, from the store and the trial's Ray files.
 
-* validation MAE per epoch: the trial's intermediate values in the store (step = epoch, 1-based);
-  a trial's value is its best validation MAE, so its best epoch is the step holding that value;
-* training MAE per epoch: Ray's ``progress.csv`` in the trial's directory (the parent of its
-  ``checkpoint`` dir), else the msa-tf2 CSV log ``work/training_log.csv`` (``mae`` column);
+* validation and training MAE per epoch (1-based): Ray's ``progress.csv`` in the trial's directory
+  (the parent of its ``checkpoint`` dir), else the msa-tf2 CSV log ``work/training_log.csv``
+  (0-based ``epoch``; ``val_mae``, ``mae``); the raw per-epoch values. Without those files the
+  validation MAE comes from the trial's intermediate values in the store (step = epoch), which
+  are the best validation MAE *so far* at each epoch (what TPE and ASHA rank on);
+* the best epoch: the epoch of the lowest raw validation MAE (a trial's value is its best
+  validation MAE);
 * test MAE: the predictions recorded in the trial's best checkpoint.
 """
 
@@ -27,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrialCurve:
-    """One trial's learning curve: validation MAE (store) and training MAE (Ray files) per epoch."""
+    """One trial's learning curve: validation and training MAE per epoch (Ray files)."""
 
     number: int
     state: str
@@ -65,27 +68,26 @@ def _float(cell: str | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def read_train_mae(trial: FrozenTrial) -> tuple[dict[int, float], str | None]:
-    """``({epoch: train MAE}, source file name)`` from the trial's Ray files ({} when absent).
-
-    ``progress.csv`` (columns ``epoch``, ``train_mae``) first; else ``work/training_log.csv``
-    (0-based ``epoch``, ``mae``). A retried trial's later rows win.
-    """
+def read_epochs(trial: FrozenTrial) -> tuple[dict[int, tuple[float | None, float | None]], str | None]:
+    """``({epoch: (val MAE, train MAE)}, source file name)`` from the trial's Ray files ({} when
+    absent); epochs 1-based. ``progress.csv`` (``epoch``, ``val_mae``, ``train_mae``) first, else
+    ``work/training_log.csv`` (0-based ``epoch``, ``val_mae``, ``mae``). A retried trial's later
+    rows win."""
     d = trial_dir(trial)
     if d is None:
         return {}, None
-    for name, epoch_col, mae_col, offset in (("progress.csv", "epoch", "train_mae", 0),
-                                             ("work/training_log.csv", "epoch", "mae", 1)):
+    for name, val_col, train_col, offset in (("progress.csv", "val_mae", "train_mae", 0),
+                                             ("work/training_log.csv", "val_mae", "mae", 1)):
         path = d / name
         if not path.is_file():
             continue
-        out: dict[int, float] = {}
+        out: dict[int, tuple[float | None, float | None]] = {}
         try:
             with path.open(newline="") as fh:
                 for row in csv.DictReader(fh):
-                    epoch, mae = _float(row.get(epoch_col)), _float(row.get(mae_col))
-                    if epoch is not None and mae is not None:
-                        out[int(epoch) + offset] = mae
+                    epoch = _float(row.get("epoch"))
+                    if epoch is not None:
+                        out[int(epoch) + offset] = (_float(row.get(val_col)), _float(row.get(train_col)))
         except (OSError, csv.Error) as exc:
             log.warning("trial %d: cannot read %s: %s", trial.number, path, exc)
             continue
@@ -94,32 +96,36 @@ def read_train_mae(trial: FrozenTrial) -> tuple[dict[int, float], str | None]:
     return {}, None
 
 
-def best_epoch(trial: FrozenTrial) -> int | None:
-    """The epoch (step) holding the trial's value, else the step of its lowest validation MAE."""
-    iv = {int(k): float(v) for k, v in trial.intermediate_values.items() if math.isfinite(v)}
+def best_epoch(trial: FrozenTrial, val_mae: dict[int, float] | None = None) -> int | None:
+    """The epoch of the lowest validation MAE (``val_mae`` per epoch, default the store's
+    intermediate values); the first on ties."""
+    iv = val_mae if val_mae is not None else {
+        int(k): float(v) for k, v in trial.intermediate_values.items() if math.isfinite(v)}
+    iv = {e: v for e, v in iv.items() if math.isfinite(v)}
     if not iv:
         return None
-    if trial.value is not None:
-        for step in sorted(iv):
-            if iv[step] == trial.value:
-                return step
     return min(sorted(iv), key=lambda s: iv[s])
 
 
 def trial_curve(trial: FrozenTrial) -> TrialCurve:
-    iv = {int(k): float(v) for k, v in trial.intermediate_values.items()}
-    epochs = sorted(iv)
-    train, source = read_train_mae(trial)
+    rows, source = read_epochs(trial)
+    raw_val = {e: v for e, (v, _) in rows.items() if v is not None}
+    if raw_val:
+        val = raw_val
+    else:
+        val = {int(k): float(v) for k, v in trial.intermediate_values.items()}
+    epochs = sorted(val)
+    train = {e: tr for e, (_, tr) in rows.items() if tr is not None}
     return TrialCurve(
         number=trial.number,
         state=trial.state.name,
         preset=trial.user_attrs.get("preset"),
         value=trial.value,
         epochs=epochs,
-        val_mae=[iv[e] for e in epochs],
+        val_mae=[val[e] for e in epochs],
         train_mae=[train.get(e) for e in epochs],
         train_source=source if train else None,
-        best_epoch=best_epoch(trial),
+        best_epoch=best_epoch(trial, val),
     )
 
 

@@ -10,6 +10,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from msatune.errors import UserError
+
 log = logging.getLogger(__name__)
 
 SYNTHETIC_NAME = "synthetic-mosi"
@@ -48,7 +50,12 @@ class Workspace:
         return self.root / "artifacts"
 
     def ensure(self) -> Workspace:
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Create the workspace directory (a UserError when it cannot be made)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create workspace {self.root}: {exc.strerror or exc}; "
+                            "pass --workspace DIR or set MSATUNE_WORKSPACE") from None
         return self
 
 

@@ -193,3 +193,14 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, tiny_s
     summary = launch(ws, storage, "tiny", opts, data_dir=tiny_data, space_file=tiny_space_file)
     return {"workspace": ws.root, "storage_url": ws.storage_url, "name": "tiny", "data": tiny_data,
             "summary": summary}
+
+
+@pytest.fixture
+def study_copy(tiny_study: dict, tmp_path: Path) -> Path:
+    """A private copy of the finished tiny study's workspace store (so tests may try to write)."""
+    import shutil
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    shutil.copy(Path(tiny_study["workspace"]) / "studies.db", ws / "studies.db")
+    return ws

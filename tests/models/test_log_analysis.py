@@ -32,9 +32,9 @@ needs_fixtures = pytest.mark.skipif(
 # Verified by hand against the CSV files: (best val MAE, best epoch, min train MAE, gap at best,
 # passes val criterion, passes gap criterion).
 EXPECTED = {
-    ADAPTIVE: (1.6302, 3, 0.6161, 0.3272, False, False),
-    NO_ADAPTIVE: (1.5713, 20, 0.6616, 0.4784, False, False),
-    IMPROVED: (1.0579, 12, 0.8762, 0.0607, True, True),
+    ADAPTIVE: (1.6302, 4, 0.6161, 0.3272, False, False),  # 1-based: CSV epoch 3 is the 4th
+    NO_ADAPTIVE: (1.5713, 21, 0.6616, 0.4784, False, False),
+    IMPROVED: (1.0579, 13, 0.8762, 0.0607, True, True),
 }
 
 
@@ -48,13 +48,13 @@ def _independent(path: Path) -> dict:
     diffs = [b - a for a, b in zip(val, val[1:], strict=False)]
     return {
         "best_val_mae": val[best],
-        "best_epoch": int(rows[best]["epoch"]),
+        "best_epoch": int(rows[best]["epoch"]) + 1,
         "min_train_mae": min(train),
         "gap_at_best": val[best] - train[best],
         "gap_at_end": val[-1] - train[-1],
         "instability": statistics.pstdev(diffs),
         "epochs": len(rows),
-        "still_improving": len(rows) - 1 - best < STILL_IMPROVING_WINDOW,
+        "still_improving": best > 0 and len(rows) - 1 - best < STILL_IMPROVING_WINDOW,
     }
 
 
@@ -91,13 +91,23 @@ def test_acceptance_adaptivefusion_dict() -> None:
     ):
         assert key in d
     assert round(d["best_val_mae"], 4) == 1.6302
-    assert d["best_epoch"] == 3
+    assert d["best_epoch"] == 4
     assert round(d["min_train_mae"], 4) == 0.6161
     assert d["criteria"] == {
         "val_mae_below_1.2": {"value": d["best_val_mae"], "threshold": 1.2, "pass": False},
         "gap_below_0.3": {"value": d["gap_at_best"], "threshold": 0.3, "pass": False},
     }
     assert CRITERIA == {"val_mae": 1.2, "gap": 0.3}
+
+
+def test_a_log_whose_best_is_its_first_epoch_is_not_improving(tmp_path: Path) -> None:
+    """The issue's sequence: 1.516 -> 1.818 -> 1.829 never improved after the first epoch."""
+    r = analyze_log(_write(tmp_path, "epoch,mae,val_mae\n0,1.6,1.516\n1,1.4,1.818\n2,1.3,1.829\n"))
+    assert r.best_epoch == 1 and r.still_improving is False
+    r = analyze_log(_write(tmp_path, "epoch,mae,val_mae\n0,1.6,1.818\n1,1.4,1.516\n2,1.3,1.829\n"))
+    assert r.best_epoch == 2 and r.still_improving is True  # a new best at epoch 2 of 3
+    r = analyze_log(_write(tmp_path, "epoch,mae,val_mae\n0,1.6,1.5\n"))
+    assert r.still_improving is False  # one epoch: nothing improved yet
 
 
 def test_instability_by_hand() -> None:
@@ -120,7 +130,7 @@ def test_extra_and_missing_optional_columns(tmp_path: Path) -> None:
     assert list(cols["epoch"]) == [0, 1, 2]
     assert "note" not in cols and list(cols["extra"]) == [1, 2, 3]
     r = analyze_log(p)
-    assert r.best_val_mae == 1.0 and r.best_epoch == 2 and r.epochs == 3
+    assert r.best_val_mae == 1.0 and r.best_epoch == 3 and r.epochs == 3
     assert r.min_train_mae is None and r.gap_at_best is None and r.gap_at_end is None
     assert r.criteria["gap_below_0.3"]["pass"] is None
     assert r.criteria["val_mae_below_1.2"]["pass"] is True
@@ -134,7 +144,7 @@ def test_gap_and_epoch_column(tmp_path: Path) -> None:
         "9,0.1,0.3,1.4\n",
     )
     r = analyze_log(p)
-    assert r.best_epoch == 6 and r.best_val_mae == pytest.approx(1.1)
+    assert r.best_epoch == 7 and r.best_val_mae == pytest.approx(1.1)  # CSV epoch 6, 1-based
     assert r.gap_at_best == pytest.approx(0.3)
     assert r.criteria["gap_below_0.3"]["pass"] is False  # strictly below
     assert r.gap_at_end == pytest.approx(1.1)
@@ -145,7 +155,7 @@ def test_gap_and_epoch_column(tmp_path: Path) -> None:
 
 def test_analyze_columns_dict() -> None:
     r = analyze_log({"val_mae": np.array([1.0, 0.9]), "mae": np.array([0.5, 0.4])})
-    assert r.best_epoch == 1 and r.path is None
+    assert r.best_epoch == 2 and r.path is None
     assert r.gap_at_best == pytest.approx(0.5)
 
 

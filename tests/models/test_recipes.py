@@ -15,14 +15,8 @@ import numpy as np
 import pytest
 
 from msatune.errors import UserError
-from msatune.models.training import (
-    EarlyStopRule,
-    PlateauRule,
-    epoch_learning_rate,
-    predict,
-    train_model,
-    training_settings,
-)
+from msatune.models.recipe import EarlyStopRule, PlateauRule, epoch_learning_rate, training_settings
+from msatune.models.training import predict, train_model
 from msatune.search.config import PRESETS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

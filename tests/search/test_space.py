@@ -149,3 +149,86 @@ def test_the_model_family_is_searchable_and_builds_both_architectures(tmp_path: 
         assert trial.params["family"] == config["family"]
         seen[config["family"]] = type(build_model(config, {"text": 4, "audio": 3, "video": 2})).__name__
     assert seen == {"baseline": "MSAModel", "improved": "ImprovedMSAModel"}
+
+
+def test_preset_values_outside_the_space_are_recorded_on_the_trial() -> None:
+    """The baseline's batch size 4 and l2 0 are no params (outside the distributions): the trial
+    records them, so the dashboard and `msatune export` show what it trained with."""
+    import optuna
+
+    from msatune.search.config import PRESETS
+    from msatune.search.space import CONSTANTS_ATTR, STUDY_KEYS, default_space
+
+    study = optuna.create_study()
+    study.enqueue_trial({k: v for k, v in PRESETS["baseline"].items() if k not in STUDY_KEYS},
+                        user_attrs={"preset": "baseline"})
+    trial = study.ask()
+    config = default_space(4, 0).sample(trial)
+    assert config["batch_size"] == 4 and config["l2"] == 0.0
+    assert "batch_size" not in trial.params and "l2" not in trial.params
+    assert trial.user_attrs[CONSTANTS_ATTR] == {"batch_size": 4, "l2": 0.0}
+
+
+def test_the_example_space_file_reads_back_as_the_default_space(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from msatune.search.settings import SearchSettings
+    from msatune.search.space import default_distributions, load_space
+
+    proc = subprocess.run([sys.executable, "-m", "msatune.studies.cli", "space", "--example"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    path = tmp_path / "space.toml"
+    path.write_text(proc.stdout)
+    first_rung = SearchSettings().first_rung  # the example's warm-ups end before the default rung
+    assert load_space(path, first_rung=first_rung).distributions == default_distributions(first_rung)
+    check = subprocess.run([sys.executable, "-m", "msatune.studies.cli", "space", "--check", str(path)],
+                           capture_output=True, text=True, timeout=120, env={**__import__("os").environ,
+                                                                              "COLUMNS": "200"})
+    assert check.returncode == 0, check.stderr
+    assert f"{len(default_distributions())} searched keys" in check.stdout
+    # a warm-up the default first rung would compare mid-ramp is refused by --check too
+    long = tmp_path / "long.toml"
+    long.write_text("[warmup_epochs]\nlow = 0\nhigh = 5\n")
+    bad = subprocess.run([sys.executable, "-m", "msatune.studies.cli", "space", "--check", str(long)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "does not end before ASHA's first rung" in bad.stderr, bad.stderr
+
+
+def test_launch_help_documents_the_space_format(capsys) -> None:
+    from msatune.studies.cli import main
+
+    assert main(["launch", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "[learning_rate]" in text and "choices = [16, 32]" in text and "msatune space --example" in text
+
+
+def test_no_searched_trial_is_still_warming_up_at_the_first_rung(tmp_path: Path) -> None:
+    """ASHA compares trials at its first rung; a trial whose learning rate is still ramping up
+    there is judged at a rate it never trains at. The default space's warm-ups (and the base
+    config's) end before the first rung; a space file that asks for longer ones is refused."""
+    from msatune.search.settings import SearchSettings
+
+    settings = SearchSettings(max_epochs=27, grace_period=3)
+    space = default_space(settings.max_epochs, 0, settings.first_rung)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    warmups = {space.sample(study.ask())["warmup_epochs"] for _ in range(40)}
+    assert max(warmups) < settings.first_rung and len(warmups) > 1
+    narrow = load_space(write(tmp_path, "replace = true\n[dropout]\nlow = 0.1\nhigh = 0.3\n"),
+                        27, 0, settings.first_rung)
+    assert narrow.base["warmup_epochs"] < settings.first_rung  # the improved preset's 5 is cut
+    with pytest.raises(UserError, match="warm-up of up to 5 epochs does not end before ASHA's first rung"):
+        load_space(write(tmp_path, "[warmup_epochs]\nlow = 0\nhigh = 5\n"), 27, 0, settings.first_rung)
+    # without early stopping (grace = budget) there is no rung to protect
+    assert SearchSettings(max_epochs=9, grace_period=9).first_rung is None
+    assert default_space(9, 0, None).distributions["warmup_epochs"].high == 5
+
+
+def test_searched_trials_anneal_over_the_study_budget() -> None:
+    """The improved recipe's cosine runs over msa-tf2's 50 epochs; a searched trial's over the
+    study's epoch budget, so it ends annealed whatever --max-epochs is. The presets stay theirs."""
+    space = default_space(12, 0)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    assert space.sample(study.ask())["cosine_epochs"] == 0
+    assert PRESETS["improved"]["cosine_epochs"] == 50

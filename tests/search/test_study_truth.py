@@ -79,7 +79,9 @@ def test_every_trial_dir_holds_its_own_training_log(tiny_study: dict) -> None:
         rows = log.read_text().strip().splitlines()[1:]
         assert len(rows) == t.user_attrs["epochs"], t.number
         val_mae = [float(r.split(",")[6]) for r in rows]
-        assert np.allclose(val_mae, [t.intermediate_values[e] for e in range(1, len(rows) + 1)], atol=1e-6)
+        # the store holds the best val MAE so far at each epoch (what TPE and ASHA rank on)
+        assert np.allclose(np.minimum.accumulate(val_mae),
+                           [t.intermediate_values[e] for e in range(1, len(rows) + 1)], atol=1e-6)
     assert len(pids) < len(trials), "no trial ran on a reused actor: the test proves nothing"
 
 

@@ -34,7 +34,7 @@ def test_json_for_fixture() -> None:
     assert proc.returncode == 0, proc.stderr
     d = json.loads(proc.stdout)
     assert round(d["best_val_mae"], 4) == 1.6302
-    assert d["best_epoch"] == 3
+    assert d["best_epoch"] == 4  # 1-based: the CSV's epoch 3
     assert round(d["min_train_mae"], 4) == 0.6161
     for key in ("gap_at_best", "gap_at_end", "instability"):
         assert isinstance(d[key], float)

@@ -98,10 +98,11 @@ def test_import_mmsa(tmp_path: Path, mmsa_dict) -> None:
     assert tree(tmp_path) == ["aligned_50.pkl"]
     proc = run_cli("data", "import-mmsa", pkl, out, "--allow-pickle")
     assert proc.returncode == 0, proc.stderr
+    assert "replaced 3 non-finite feature values (NaN, -inf) by 0: 1 in train, 1 in valid, 1 in test" in proc.stdout
     info = json.loads(run_cli("data", "info", out, "--json").stdout)
     assert [info["splits"][s]["n"] for s in ("train", "valid", "test")] == [5, 3, 4]
     assert info["splits"]["train"]["dims"] == {"text": 768, "audio": 5, "video": 20}
-    assert info["splits"]["train"]["nan_count"] == 1
+    assert info["splits"]["train"]["nan_count"] == 0  # MMSA's -inf was written as 0
 
 
 def test_import_unaligned_refused(tmp_path: Path, mmsa_dict) -> None:

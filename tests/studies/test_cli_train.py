@@ -21,9 +21,15 @@ def test_train_improved_writes_checkpoint_log_and_metrics_that_rebuild_exactly(
     rc = main(["--workspace", str(tmp_path / "ws"), "train", "--data", str(tiny_data), "--preset", "improved",
                "--epochs", "3", "--set", "model_dim=16", "--set", "ff_dim=32", "--out", str(out), "--json"])
     assert rc == 0
-    payload = json.loads(capsys.readouterr().out)
-    assert payload["epochs_trained"] == 3 and 0 <= payload["best_epoch"] < 3
-    assert 0 <= payload["early_stop_best_epoch"] < 3  # improved: early stopping on val_loss
+    captured = capsys.readouterr()
+    payload = json.loads(captured.out)
+    assert payload["epochs_trained"] == 3 and 1 <= payload["best_epoch"] <= 3  # 1-based
+    assert 1 <= payload["early_stop_best_epoch"] <= 3  # improved: early stopping on val_loss
+    # one line per epoch (on stderr with --json, so stdout stays one JSON document)
+    lines = [ln for ln in captured.err.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split(":")[0] for ln in lines] == ["epoch 1", "epoch 2", "epoch 3"]
+    assert all("train MAE" in ln and "val MAE" in ln and "lr " in ln for ln in lines)
+    assert sum("(best so far)" in ln for ln in lines) >= 1
     assert payload["params"] > 0
     assert set(payload["metrics"]) == {"valid", "test"} and "mae" in payload["metrics"]["test"]
     assert payload["reference"]["valid"]["floor_mae"] is not None  # synthetic data has an oracle
@@ -38,7 +44,7 @@ def test_train_improved_writes_checkpoint_log_and_metrics_that_rebuild_exactly(
     from msatune.models.checkpoint import load_checkpoint, read_predictions
 
     model, config, meta = load_checkpoint(out / "checkpoint")
-    assert config["model_dim"] == 16 and meta["best_epoch"] == payload["best_epoch"]
+    assert config["model_dim"] == 16 and meta["best_epoch"] + 1 == payload["best_epoch"]  # file: 0-based
     saved = read_predictions(out / "checkpoint")
     data = load_dataset(tiny_data)
     rebuilt = model.predict(data.splits["valid"].inputs(), verbose=0).reshape(-1)

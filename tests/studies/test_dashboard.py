@@ -243,3 +243,34 @@ def test_dashboard_polling_while_a_study_writes(tiny_data: Path, tiny_space_file
     assert not errors, errors[:5]
     assert len(polls) > 20 and max(polls) == 3, (len(polls), polls[-5:])
     assert "locked" not in dash.err.read_text()
+
+
+def test_read_only_dashboard_says_so_names_the_metric_and_creates_nothing(tiny_study: dict,
+                                                                         tmp_path: Path) -> None:
+    from msatune.studies.dashboard import DashboardServer
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    shutil.copy(Path(tiny_study["workspace"]) / "studies.db", ws / "studies.db")
+    url = f"sqlite:///{ws / 'studies.db'}"
+    server = DashboardServer(url, port=0, artifact_dir=ws / "artifacts")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        status, page = http("GET", server.base_url + "/dashboard")
+        assert status == 200 and "msatune: this dashboard is read-only" in page
+        assert "--writable" in page
+        sid = http("GET", server.base_url + "/api/studies")[1]["study_summaries"][0]["study_id"]
+        status, detail = http("GET", f"{server.base_url}/api/studies/{sid}")
+        assert status == 200 and detail["objective_names"] == ["val_mae"]  # the axis reads val_mae
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+    assert not (ws / "artifacts").exists()
+
+    with socket.socket() as busy:  # a dashboard that cannot listen creates nothing either
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(UserError, match="cannot listen"):
+            DashboardServer(url, port=busy.getsockname()[1], artifact_dir=ws / "artifacts")
+    assert sorted(p.name for p in ws.iterdir()) == ["studies.db"]

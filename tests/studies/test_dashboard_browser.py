@@ -89,6 +89,7 @@ def test_chromium_renders_the_study_page(tiny_study: dict, tmp_path: Path) -> No
         for n in numbers:  # the intermediate-values chart has one legend entry per trial
             assert f"trial #{n}" in text, (n, text[:2000])
         assert "Best Trial (number=" in text
+        assert "msatune: this dashboard is read-only" in text  # the page says what the 403s mean
 
         shot_dir = ws / "test-artifacts"
         shot_dir.mkdir(exist_ok=True)

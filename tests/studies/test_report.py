@@ -24,7 +24,14 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _steps(trial: optuna.trial.FrozenTrial) -> list[tuple[int, float]]:
-    return sorted((int(k), float(v)) for k, v in trial.intermediate_values.items())
+    """The trial's validation MAE per epoch, from its Ray progress.csv (the store holds the best
+    so far at each epoch, which must be the running minimum of these)."""
+    path = Path(trial.user_attrs["checkpoint"]).parent / "progress.csv"
+    with path.open(newline="") as fh:
+        steps = sorted((int(float(r["epoch"])), float(r["val_mae"])) for r in csv.DictReader(fh))
+    running = np.minimum.accumulate([v for _, v in steps]).tolist()
+    assert running == pytest.approx([trial.intermediate_values[e] for e, _ in steps])
+    return steps
 
 
 def _progress_train_mae(trial: optuna.trial.FrozenTrial) -> dict[int, float]:
@@ -47,15 +54,18 @@ def test_report_on_the_tiny_study_matches_the_store(tiny_study: dict, tmp_path: 
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
 
-    for name in ("history.png", "curves.png", "importance.png"):
+    for name in ("history.png", "curves.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000, name
+    # 6 trials: too few for a meaningful importance, and the report says so instead of a chart
+    assert not (out / "importance.png").exists()
+    assert any("needs at least 20 complete trials" in n for n in printed["notes"])
     # the shared study may hold an ensemble record (other tests build one): the report follows it
     study = optuna.load_study(study_name=tiny_study["name"], storage=tiny_study["storage_url"])
     has_ensemble = any(k.startswith("msatune:ensemble:") for k in study.user_attrs)
     assert (out / "ensemble.png").exists() == has_ensemble
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 + has_ensemble
+    assert page.count("data:image/png;base64,") == 2 + has_ensemble
     assert "src=\"http" not in page and "<link" not in page  # self-contained
     assert "best validation MAE &lt; 1.2" in page
 
@@ -104,7 +114,8 @@ def test_report_on_the_tiny_study_matches_the_store(tiny_study: dict, tmp_path: 
             assert shown[t.number]["epochs"] == [e for e, _ in steps]
             assert shown[t.number]["val_mae"] == pytest.approx([v for _, v in steps])
             assert shown[t.number]["train_source"] == "progress.csv"
-    assert set(report["importance"]) <= set(best.params)
+    assert report["importance"] == {}
+    assert report["reference"]["valid"]["constant_mae"] > 0  # recorded at launch
 
 
 def test_tensorboard_event_files_hold_val_mae_per_epoch(tiny_study: dict) -> None:
@@ -183,7 +194,8 @@ def synthetic_study(tmp_path: Path) -> dict:
 def test_report_criteria_and_ensemble_on_a_synthetic_study(synthetic_study: dict, tmp_path: Path) -> None:
     rep = build_report(synthetic_study["storage"], "syn", tmp_path / "r", ws=synthetic_study["ws"], top=2)
     cr = rep.payload["criteria"]
-    assert cr["best_val_mae"] == {"value": 1.05, "pass": True, "threshold": 1.2, "trial": 1, "epoch": 3}
+    assert {k: cr["best_val_mae"][k] for k in ("value", "pass", "threshold", "trial", "epoch", "beats_constant")} == {
+        "value": 1.05, "pass": True, "threshold": 1.2, "trial": 1, "epoch": 3, "beats_constant": True}
     assert cr["gap"]["value"] == pytest.approx(1.05 - 0.90) and cr["gap"]["pass"] is True
     before = float(np.std(np.diff([1.60, 1.30, 1.55, 1.35])))
     after = float(np.std(np.diff([1.40, 1.10, 1.05, 1.07])))
@@ -194,13 +206,13 @@ def test_report_criteria_and_ensemble_on_a_synthetic_study(synthetic_study: dict
     assert cr["test_improvement"]["value"] == pytest.approx(0.4, abs=1e-6) and cr["test_improvement"]["pass"]
     assert [r["result"] for r in rep.payload["criteria_table"]] == ["PASS"] * 4
 
-    assert set(rep.figures) == {"history", "curves", "importance", "ensemble"}
+    assert set(rep.figures) == {"history", "curves", "ensemble"}  # 3 complete trials: no importance
     assert all(p.read_bytes().startswith(PNG) for p in rep.figures.values())
     ens = rep.payload["ensembles"]["greedy"]
     assert ens["ensemble"]["test"]["mae"] == 1.02 and ens["best_single"]["trial"] == 1
     assert ens["best_single"]["test"]["mae"] == 1.10
     page = rep.html.read_text()
-    assert "Ensemble vs best single trial" in page and page.count("data:image/png;base64,") == 4
+    assert "Ensemble vs best single trial" in page and page.count("data:image/png;base64,") == 3
     # curves: baseline, improved, then the 2 best complete (#1 and #3)
     assert [c["number"] for c in rep.payload["curves"]] == [0, 2, 1, 3]
     assert rep.payload["counts"]["FAIL"] == 1
@@ -241,8 +253,8 @@ def test_attach_puts_note_and_artifacts_on_the_study(synthetic_study: dict, tmp_
     attrs = storage.get_study_system_attrs(sid)
     live = [json.loads(v) for k, v in attrs.items() if k.startswith("artifacts:") and json.loads(v)]
     assert sorted(a["filename"] for a in live) == sorted(
-        ["report.html", "history.png", "curves.png", "importance.png", "ensemble.png"])
-    assert len(list(ws.artifact_dir.iterdir())) == 5
+        ["report.html", "history.png", "curves.png", "ensemble.png"])
+    assert len(list(ws.artifact_dir.iterdir())) == 4
     note = "".join(v for k, v in sorted(attrs.items()) if k.startswith("dashboard:note_str:"))
     assert "msatune report" in note and "PASS" in note and "Ensemble **greedy**" in note
 
@@ -261,3 +273,94 @@ def test_ensemble_records_tolerates_shapes() -> None:
     assert recs["mean"]["method"] == "mean" and not math.isnan(recs["greedy"]["ensemble"]["valid"]["mae"])
     assert recs["greedy"]["best_single"] == {"trial": 1, "valid": {"mae": 1.05}, "test": {"mae": 1.10}}
     assert recs["mean"]["best_single"]["test"] == {"mae": 1.1, "corr": 0.3}
+
+
+# --- honesty: the constant predictor beside every number ------------------------------------------
+
+def _worse_than_constant(tmp_path: Path) -> dict:
+    """The study of the issue: its best trial (the improved preset, val MAE 1.3628) loses to the
+    constant predictor (1.2778) yet beats the baseline on test by 16%."""
+    ws = Workspace(tmp_path / "ws").ensure()
+    storage = open_storage(ws.storage_url)
+    study = optuna.create_study(study_name="t1", storage=storage)
+    study.set_user_attr("msatune:max_epochs", 4)
+    study.set_user_attr("msatune:reference", {"valid": {"constant_mae": 1.2778, "floor_mae": 0.61},
+                                              "test": {"constant_mae": 1.30, "floor_mae": 0.62}})
+    labels = np.linspace(-3, 3, 10).astype(np.float32)
+    runs = ws.study_dir("t1") / "ray" / "run0"
+    specs = [  # number, preset, val per epoch, train per epoch, test error
+        (0, "baseline", [1.60, 1.55, 1.50, 1.45], [1.50, 1.45, 1.44, 1.40], 1.90),
+        (1, "improved", [1.50, 1.40, 1.3628, 1.37], [1.30, 1.25, 1.20, 1.18], 1.59),
+    ]
+    for number, preset, val, train, err in specs:
+        ckpt = _fake_trial_dir(runs, number, val, train, labels + err, labels)
+        study.add_trial(create_trial(
+            state=TrialState.COMPLETE, value=min(val), params={}, distributions={},
+            user_attrs={"checkpoint": str(ckpt), "epochs": len(val), "preset": preset},
+            intermediate_values=dict(enumerate(val, start=1))))
+    return {"ws": ws, "storage": storage}
+
+
+def test_a_model_no_better_than_the_constant_predictor_never_passes(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # rich would wrap the table's cells at 80 columns
+    s = _worse_than_constant(tmp_path)
+    rep = build_report(s["storage"], "t1", tmp_path / "r", ws=s["ws"])
+    cr = rep.payload["criteria"]
+    assert cr["best_val_mae"]["value"] == pytest.approx(1.3628) and cr["best_val_mae"]["pass"] is False
+    assert cr["gap"]["value"] == pytest.approx(1.3628 - 1.20) and cr["gap"]["pass"] is False  # < 0.3, still FAIL
+    ti = cr["test_improvement"]
+    assert ti["reference"] == "constant predictor" and ti["before"] == pytest.approx(1.30)
+    assert ti["baseline"] == pytest.approx(1.90, abs=1e-6) and ti["pass"] is False
+    assert "PASS" not in [r["result"] for r in rep.payload["criteria_table"]]
+    for row in rep.payload["criteria_table"]:
+        assert "constant predictor" in row["numbers"], row
+    assert "noise floor 0.6100" in rep.payload["criteria_table"][0]["numbers"]
+    assert "noise floor 0.6200" in rep.payload["criteria_table"][3]["numbers"]
+    assert "= the improved preset" in rep.payload["criteria_table"][0]["numbers"]
+    page = rep.html.read_text()
+    assert "constant predictor MAE 1.2778" in page and "the improved preset" in page
+
+    assert main(["--workspace", str(s["ws"].root), "report", "t1", "--out", str(tmp_path / "r2")]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" not in out and "the improved preset" in out
+    assert "constant predictor valid MAE 1.2778" in out
+
+
+def test_importance_needs_enough_complete_trials_and_says_which_it_uses(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(study_name="many", storage=storage)
+    rng = np.random.default_rng(0)
+    dist = {"dropout": FloatDistribution(0, 0.5), "learning_rate": FloatDistribution(1e-4, 1e-2, log=True)}
+    for i in range(24):
+        d, lr = float(rng.uniform(0, 0.5)), float(10 ** rng.uniform(-4, -2))
+        value = 1.0 + 2 * abs(d - 0.2) + 0.01 * rng.standard_normal()
+        state = TrialState.COMPLETE if i < 21 else TrialState.PRUNED
+        study.add_trial(create_trial(state=state, value=value, params={"dropout": d, "learning_rate": lr},
+                                     distributions=dist, intermediate_values={1: value}))
+    few = build_report(storage, "many", tmp_path / "r0")  # 21 complete: enough
+    assert "importance" in few.figures
+    assert set(few.payload["importance"]) == {"dropout", "learning_rate"}
+    assert any("COMPLETE trials only" in n for n in few.payload["notes"])
+    assert max(few.payload["importance"], key=few.payload["importance"].get) == "dropout"
+
+
+def test_the_ensemble_chart_is_zoomed_to_its_values(tmp_path: Path) -> None:
+    from msatune.studies.report_plots import plot_ensembles
+
+    rec = {"greedy": {"method": "greedy", "ensemble": {"valid": {"mae": 1.146}, "test": {"mae": 1.150}},
+                      "best_single": {"trial": 3, "valid": {"mae": 1.168}, "test": {"mae": 1.171}}}}
+    low, high = plot_ensembles(rec, "z", tmp_path / "e.png",
+                               {"valid": {"constant_mae": 1.28}, "test": {"constant_mae": 1.30}})
+    assert 1.0 < low < 1.146 and 1.30 < high < 1.5
+
+
+def test_the_report_table_shows_every_best_single_metric(synthetic_study: dict, tmp_path: Path) -> None:
+    study = optuna.load_study(study_name="syn", storage=synthetic_study["storage"])
+    full = {**ENSEMBLE, "best_single": {"trial": 1, "valid_mae": 1.05, "test_mae": 1.10,
+                                        "valid": {"mae": 1.05, "corr": 0.31}, "test": {"mae": 1.10, "corr": 0.29}}}
+    study.set_user_attr("msatune:ensemble:greedy", json.dumps(full))
+    rep = build_report(synthetic_study["storage"], "syn", tmp_path / "r", ws=synthetic_study["ws"])
+    page = rep.html.read_text()
+    assert "<td>corr</td><td>0.3100</td><td>0.4100</td>" in page
+    assert "<td>corr</td><td>0.2900</td><td>0.4000</td>" in page

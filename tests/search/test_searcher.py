@@ -1,0 +1,55 @@
+"""What the searcher stores for each trial: the values TPE learns from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+
+from msatune.search.searcher import StoreTruthfulOptunaSearch
+from msatune.search.space import SearchSpace
+
+
+def _epoch(step: int, val: float, best: float, final: bool = False) -> dict:
+    return {"training_iteration": step, "val_mae": val, "best_val_mae": best, "final": final}
+
+
+def test_a_pruned_trial_is_stored_and_ranked_by_its_best_val_mae(tmp_path: Path) -> None:
+    """Two trials stopped by ASHA at the same rung: ``a`` was best at epoch 2 (0.50) and noisy at the
+    rung (0.90); ``b`` is steady (0.70). Optuna's TPE ranks pruned trials by the value stored at
+    their deepest step (optuna 5.0 ``_get_pruned_trial_score``), so that value must be the best so
+    far: ``a`` ranks ahead of ``b``, and both keep their best as their value."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(study_name="s", storage=storage)
+    space = SearchSpace({"dropout": FloatDistribution(0.0, 0.5)})
+    searcher = StoreTruthfulOptunaSearch(space, storage, "s", optuna.samplers.RandomSampler(seed=0))
+    for trial_id, curve in (("a", [1.00, 0.50, 0.90]), ("b", [0.80, 0.75, 0.70])):
+        searcher.suggest(trial_id)
+        best = float("inf")
+        for step, val in enumerate(curve, start=1):
+            best = min(best, val)
+            searcher.on_trial_result(trial_id, _epoch(step, val, best))
+        searcher.on_trial_complete(trial_id, _epoch(3, curve[-1], best))  # not final: stopped by ASHA
+    a, b = study.get_trials()
+    assert a.state == b.state == TrialState.PRUNED
+    assert (a.value, b.value) == (0.50, 0.70)
+    assert a.intermediate_values == {1: 1.00, 2: 0.50, 3: 0.50}
+    from optuna.samplers._tpe.sampler import _get_pruned_trial_score
+
+    assert _get_pruned_trial_score(a, study) < _get_pruned_trial_score(b, study)
+
+
+def test_a_complete_trial_keeps_its_best_val_mae(tmp_path: Path) -> None:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(study_name="s", storage=storage)
+    searcher = StoreTruthfulOptunaSearch(SearchSpace({"dropout": FloatDistribution(0.0, 0.5)}), storage, "s",
+                                         optuna.samplers.RandomSampler(seed=0))
+    searcher.suggest("c")
+    searcher.on_trial_result("c", _epoch(1, 0.9, 0.9))
+    searcher.on_trial_result("c", _epoch(2, 0.6, 0.6))
+    searcher.on_trial_complete("c", _epoch(3, 0.8, 0.6, final=True))
+    (c,) = study.get_trials()
+    assert c.state == TrialState.COMPLETE and c.value == 0.6
+    assert c.intermediate_values == {1: 0.9, 2: 0.6, 3: 0.6}
