@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -111,6 +112,12 @@ def stage_study(ws_root: Path, data: Path, size: dict[str, Any]) -> dict[str, An
     from msatune.studies.store import open_storage
     from msatune.studies.workspace import Workspace
 
+    for old in ("studies.db", "studies"):  # a study stage starts from an empty workspace
+        path = ws_root / old
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
     ws = Workspace(ws_root).ensure()
     space = ws_root / "space.toml"
     space.write_text(SPACE)
