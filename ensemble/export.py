@@ -137,12 +137,17 @@ def export_ensemble(
     *,
     data: Any | None = None,
     saved_model: bool = True,
+    members: list[tuple[int, float, keras.Model]] | None = None,
+    check_split: str = "valid",
     on_step: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Write the fused model (``.keras`` and SavedModel), ``ensemble.json`` and the ensemble's
     predictions into ``out_dir`` (replaced as a whole); fill ``result.export`` and return it.
 
-    ``data`` (the study's MSADataset) enables the self-check on the validation inputs.
+    ``data`` (the study's MSADataset) enables the self-check on the ``check_split`` inputs.
+    ``members`` (``(trial, weight, model)``, default: each member's trial checkpoint) lets a
+    caller fuse other member models, e.g. bagged fold models (:mod:`msatune.ensemble.bagging`),
+    whose recorded ``check_split`` predictions are what the fused model must reproduce.
     ``on_step(text)`` is told what the export does next (its steps take seconds each).
     """
     step = on_step or (lambda text: None)
@@ -152,8 +157,12 @@ def export_ensemble(
     if out.is_dir() and any(out.iterdir()) and not (out / ENSEMBLE_FILE).is_file():
         raise UserError(f"--out {out} is a non-empty directory that holds no ensemble; "
                         "give a new or empty directory (an ensemble directory is replaced)")
-    step(f"loading the {len(result.members)} member checkpoint(s) and building one Keras model")
-    members = load_member_models(result)
+    if members is None:
+        step(f"loading the {len(result.members)} member checkpoint(s) and building one Keras model")
+        members = load_member_models(result)
+    else:
+        members = list(members)
+        step(f"building one Keras model from {len(members)} member model(s)")
     trials = [t for t, _, _ in members]
     weights = [w for _, w, _ in members]
     method = result.combination.method
@@ -161,22 +170,22 @@ def export_ensemble(
                               dims=result.pool.dims, seq_len=result.pool.seq_len)
 
     check: dict[str, Any] | None = None
-    if data is not None and "valid" in getattr(data, "splits", {}):
-        step("checking the exported model against the members on the validation inputs")
-        idx = result.pool.index("valid")
-        x = split_inputs(data, "valid", idx)
+    if data is not None and check_split in getattr(data, "splits", {}):
+        step(f"checking the exported model against the members on the {check_split} inputs")
+        idx = result.pool.index(check_split)
+        x = split_inputs(data, check_split, idx)
         each = np.stack([_predict_eager(m, x) for _, _, m in members], axis=1)
         in_memory = combine_numpy(method, each, weights)
         fused_pred = np.asarray(fused.predict(x, batch_size=EXPORT_BATCH, verbose=0), dtype=np.float64).reshape(-1)
         check = {
-            "split": "valid", "samples": int(x["text"].shape[0]),
+            "split": check_split, "samples": int(x["text"].shape[0]),
             "max_abs_diff_vs_members": float(np.max(np.abs(fused_pred - in_memory))),
-            "max_abs_diff_vs_recorded": float(np.max(np.abs(fused_pred - result.predictions["valid"]))),
+            "max_abs_diff_vs_recorded": float(np.max(np.abs(fused_pred - result.predictions[check_split]))),
         }
         if check["max_abs_diff_vs_members"] > EXPORT_TOLERANCE:  # pragma: no cover - a bug, not input
             log.error("fused model differs from its members by %.3g", check["max_abs_diff_vs_members"])
         if check["max_abs_diff_vs_recorded"] > RECORDED_TOLERANCE:
-            msg = (f"the exported ensemble's validation predictions differ from the trials' recorded ones by "
+            msg = (f"the exported ensemble's {check_split} predictions differ from the trials' recorded ones by "
                    f"up to {check['max_abs_diff_vs_recorded']:.3g}: a member checkpoint changed after its trial")
             result.warnings.append(msg)
             log.info(msg)

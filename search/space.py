@@ -17,6 +17,10 @@ and every augmentation strength (0 included). A TOML file (``--space FILE``) nar
 Conditional keys: ``weight_decay`` is sampled only with ``optimizer = "adamw"`` and
 ``huber_delta`` only with ``loss = "huber"``.
 
+The model family is searchable from a file (``[family]`` with ``choices = ["baseline",
+"improved"]``): trials then train msa-tf2's ``MSAModel`` or ``ImprovedMSAModel`` with the rest of
+the trial's config, so a study (and its ensembles) can mix both architectures.
+
 Not in the default space, searchable from a file: msatune's architecture variants (``key_dim``,
 ``l2_scope``, ``gate_units``, ``head_units``, ``head_units2``; their defaults are msa-tf2's) and
 the recipe's rules (``early_stop_metric``, ``patience``, ``cosine_epochs``, ``plateau_*``,
@@ -55,7 +59,7 @@ CONDITIONS: dict[str, tuple[str, Any]] = {
 }
 
 #: Keys a study fixes itself; a space may not search them.
-RESERVED = ("epochs", "seed", "family", "lr_schedule", "jit_compile", "mixed_precision")
+RESERVED = ("epochs", "seed", "lr_schedule", "jit_compile", "mixed_precision")
 #: Trial user attr: the enqueued values of searched keys that lie outside their distributions.
 CONSTANTS_ATTR = "constants"
 #: Keys whose one home is the study's own record (``max_epochs``, ``seed``), not the stored space.

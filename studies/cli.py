@@ -33,8 +33,9 @@ Start here:
   msatune analyze LOG.csv               the overfitting story of a Keras CSV log
   msatune launch NAME --data DIR        run a search (Ray Tune + Optuna TPE + ASHA)
   msatune resume NAME                   continue after a crash or Ctrl-C
+  msatune refit NAME --top-k K          retrain the best trials on k folds of train+valid
   msatune show NAME                     a study's trials (--state fail: failures and why)
-  msatune ensemble NAME                 combine the best trials into one model
+  msatune ensemble NAME                 combine the best trials into one model (--from refit: bagged)
   msatune report NAME                   report.html: criteria, history, curves, importance
   msatune dashboard                     open optuna-dashboard over the study store
   msatune export NAME --out F.csv       every trial with its full config
@@ -85,6 +86,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("msatune.studies.cli_search", "resume"),
     ("msatune.studies.cli_search", "studies_cmd"),
     ("msatune.studies.cli_search", "show"),
+    ("msatune.studies.cli_refit", "refit"),
     ("msatune.studies.cli_manage", "export"),
     ("msatune.studies.cli_manage", "delete"),
     ("msatune.studies.cli_manage", "space"),

@@ -58,7 +58,7 @@ Example:
 """,
 )
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--preset", type=click.Choice(["mosi", "tiny"]), default="mosi", show_default=True,
+@click.option("--preset", type=click.Choice(["mosi", "tiny", "video"]), default="mosi", show_default=True,
               help="Sizes of the dataset.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Random seed: same seed, same data.")

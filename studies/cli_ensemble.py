@@ -137,11 +137,18 @@ WORKSPACE/studies/NAME/ensembles/METHOD/ (ensemble.keras, saved_model/, ensemble
 on the study (user attr msatune:ensemble:METHOD).
 
 \b
+--from refit builds a bagged ensemble on the study's refit (msatune refit NAME): the candidates are
+the refit configurations, fitted on their out-of-fold predictions of train+valid, each member the
+average of its fold models; it is scored on test next to the best single trial (refit and not) and
+the ensemble without bagging, and written to .../ensembles/refit-METHOD/ (msatune:ensemble:refit-METHOD).
+
+\b
 Examples:
   msatune ensemble demo1
   msatune ensemble demo1 --method mean --top-k 3
   msatune ensemble demo1 --method greedy --rounds 50 --json | jq .test.mae
   msatune ensemble demo1 --no-export          (compare combiners quickly)
+  msatune ensemble demo1 --from refit         (bagged, after msatune refit demo1 --top-k 5 --folds 5)
 """
 
 
@@ -157,16 +164,31 @@ Examples:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output directory [default: WORKSPACE/studies/NAME/ensembles/METHOD].")
 @click.option("--no-export", is_flag=True, help="Fit and evaluate only; write no model.")
+@click.option("--from", "source", type=click.Choice(["trials", "refit"]), default="trials", show_default=True,
+              help="Candidates: the study's trials, or its refit configurations (bagged).")
 @storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_app
 def ensemble(app: AppContext, name: str, method: str, top_k: int, rounds: int, max_candidates: int,
-             cv_folds: int, out_dir: Path | None, no_export: bool, storage: str | None, as_json: bool) -> None:
+             cv_folds: int, out_dir: Path | None, no_export: bool, source: str, storage: str | None,
+             as_json: bool) -> None:
     from msatune.ensemble.evaluate import EnsembleOptions
     from msatune.studies.ensembles import run_study_ensemble
 
     options = EnsembleOptions(method=method, top_k=top_k, rounds=rounds, max_candidates=max_candidates,
                               cv_folds=cv_folds).validate()
+    if source == "refit":
+        from msatune.studies.cli_refit import render_bagged
+        from msatune.studies.refit_ensemble import run_refit_ensemble
+
+        bagged = run_refit_ensemble(app.ws, app.storage(storage, create=False), name, options, out_dir=out_dir,
+                                    export=not no_export, on_step=step_printer(app)).summary()
+        _messages(bagged)
+        if as_json:
+            echo_json(bagged)
+        else:
+            render_bagged(bagged)
+        return
     result = run_study_ensemble(app.ws, app.storage(storage, create=False), name, options,
                                 out_dir=out_dir, export=not no_export, on_step=step_printer(app))
     summary = result.summary()

@@ -69,6 +69,10 @@ def render_show(payload: dict, steps: list[str] | None = None) -> None:
         table.add_row(str(t["number"]), t["state"], fmt(t["val_mae"]), str(t["epochs"] or "-"),
                       t.get("preset") or "", key, style="dim" if t["state"] != "COMPLETE" else None)
     con.print(table)
+    if payload.get("refit"):
+        from msatune.studies.cli_refit import render_refit_table
+
+        render_refit_table(payload["refit"])
     best = payload["best"]
     if best:
         preset = f" (the {best['preset']} preset)" if best.get("preset") else ""

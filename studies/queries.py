@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from msatune.search.reconcile import FAIL_REASON_ATTR, REQUEUED_ATTR
 from msatune.studies import store_sql
+from msatune.studies.refit_records import REFIT_SUFFIX, SPEC_KEY, refit_table
 from msatune.studies.store import INTERRUPTED, load_study, state_counts, study_attrs, trial_kind
 
 #: What a trial's value is (shown by ``show`` and the report): one rule for every state.
@@ -89,6 +90,8 @@ class _Summary:
 def list_studies(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
     rows = []
     for frozen in storage.get_all_studies():
+        if frozen.study_name.endswith(REFIT_SUFFIX) and SPEC_KEY in study_attrs(frozen):
+            continue  # a study's refit folds: shown by `msatune show STUDY`, not as a study
         summary = _Summary(storage, frozen._study_id, 1)
         best = summary.ranked[0] if summary.ranked else None
         attrs = study_attrs(frozen)
@@ -125,6 +128,7 @@ def show_study(storage: optuna.storages.BaseStorage, name: str, top: int,
         "best": trial_record(best) if best else None,
         "presets": presets,
         "failed": [trial_record(t) for t in summary.failed],
+        "refit": refit_table(storage, name),
     }
 
 

@@ -35,6 +35,7 @@ from msatune.json_values import jsonable
 from msatune.studies.criteria import compute_criteria, criteria_rows, study_reference
 from msatune.studies.ensembles import ensemble_records
 from msatune.studies.queries import VALUE_RULE
+from msatune.studies.refit_records import refit_table
 from msatune.studies.report_page import note_markdown, render_html
 from msatune.studies.report_plots import plot_curves, plot_ensembles, plot_history, plot_importance
 from msatune.studies.store import best_complete, load_study, state_counts, study_attrs
@@ -156,6 +157,7 @@ def build_report(storage: optuna.storages.BaseStorage, name: str, out_dir: Path,
         "curves": [{**asdict(c), "role": roles.get(c.number)} for c in curves],
         "importance": importance,
         "ensembles": ensembles,
+        "refit": refit_table(storage, name),
         "figures": {k: p.name for k, p in figures.items()},
         "tensorboard": tensorboard_hint(ws, name) if ws is not None else None,
         "notes": notes,

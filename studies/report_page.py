@@ -117,6 +117,7 @@ def render_html(payload: dict[str, Any], figures: dict[str, Path]) -> str:
                 parts.append(f"<p>{e(key)}: validation MAE of the selection under cross-validated refit "
                              f"{_fmt(rec['cv_valid_mae'])} (in-sample {_fmt(mae_of(rec['ensemble'].get('valid')))}); "
                              "the gap is the selection's optimism.</p>")
+    parts.extend(refit_html(payload.get("refit")))
     if payload.get("curves"):
         parts.append("<h2>Trials shown</h2><table><tr><th>trial</th><th>role</th><th>state</th><th>epochs</th>"
                      "<th>best val MAE</th><th>best epoch</th><th>train MAE source</th></tr>")
@@ -133,6 +134,27 @@ def render_html(payload: dict[str, Any], figures: dict[str, Path]) -> str:
                  "comes from the study store; training MAE from each trial's Ray progress.csv; test MAE from the "
                  "best checkpoint's predictions.</p></body></html>")
     return "\n".join(parts)
+
+
+def refit_html(table: dict[str, Any] | None) -> list[str]:
+    """The refit table (``msatune refit``): validation MAE vs out-of-fold MAE and the rank change."""
+    if not table or not table.get("configs"):
+        return []
+    e = html.escape
+    parts = [f"<h2>Refit: validation MAE vs out-of-fold MAE</h2><p>The top configurations retrained on "
+             f"{table['folds']} stratified folds of train+valid ({table['repeats']} repeat(s)); the out-of-fold "
+             "MAE scores every train+valid sample with the fold model that did not train on it, a steadier "
+             "ranking than the small validation split. Rank change: positive means the refit ranks the "
+             "configuration higher.</p><table><tr><th>trial</th><th>preset</th><th>val MAE</th><th>val rank</th>"
+             "<th>OOF MAE</th><th>OOF MAE std (repeats)</th><th>fold MAE mean</th><th>fold MAE std</th>"
+             "<th>OOF rank</th><th>rank change</th><th>folds</th></tr>"]
+    for r in table["configs"]:
+        parts.append("<tr>" + "".join(f"<td>{e(_fmt(v))}</td>" for v in (
+            f"#{r['trial']}", r.get("preset") or "", r.get("val_mae"), r.get("rank_val"), r.get("oof_mae"),
+            r.get("oof_mae_std_repeats"), r.get("fold_mae_mean"), r.get("fold_mae_std"), r.get("rank_oof"),
+            r.get("rank_change"), f"{r['folds_done']}/{r['folds_total']}")) + "</tr>")
+    parts.append("</table>")
+    return parts
 
 
 # --- attaching the report to the study (note + artifacts in optuna-dashboard) --------------------

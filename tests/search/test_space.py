@@ -129,6 +129,28 @@ value = 0
         validate_config(space.sample(study.ask()))
 
 
+def test_the_model_family_is_searchable_and_builds_both_architectures(tmp_path: Path) -> None:
+    """A space may search ``family``: sampled trials build MSAModel or ImprovedMSAModel, and the
+    baseline preset keeps its family as a fixed param."""
+    from msatune.models.build import build_model
+
+    space = load_space(write(tmp_path, '[family]\nchoices = ["baseline", "improved"]\n'), max_epochs=3)
+    assert list(space.distributions["family"].choices) == ["baseline", "improved"]
+    with pytest.raises(UserError, match="family.*'resnet' is not allowed"):
+        load_space(write(tmp_path, '[family]\nchoices = ["baseline", "resnet"]\n'))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial({k: v for k, v in PRESETS["baseline"].items() if k not in ("epochs", "seed")})
+    assert space.sample(study.ask())["family"] == "baseline"
+    seen = {}
+    small = {"model_dim": 8, "ff_dim": 8, "num_heads": 2, "n_layers_mod": 1, "n_layers_fuse": 1}
+    for _ in range(12):
+        trial = study.ask()
+        config = validate_config({**space.sample(trial), **small})
+        assert trial.params["family"] == config["family"]
+        seen[config["family"]] = type(build_model(config, {"text": 4, "audio": 3, "video": 2})).__name__
+    assert seen == {"baseline": "MSAModel", "improved": "ImprovedMSAModel"}
+
+
 def test_preset_values_outside_the_space_are_recorded_on_the_trial() -> None:
     """The baseline's batch size 4 and l2 0 are no params (outside the distributions): the trial
     records them, so the dashboard and `msatune export` show what it trained with."""
@@ -180,6 +202,8 @@ def test_launch_help_documents_the_space_format(capsys) -> None:
     assert main(["launch", "--help"]) == 0
     text = capsys.readouterr().out
     assert "[learning_rate]" in text and "choices = [16, 32]" in text and "msatune space --example" in text
+
+
 def test_no_searched_trial_is_still_warming_up_at_the_first_rung(tmp_path: Path) -> None:
     """ASHA compares trials at its first rung; a trial whose learning rate is still ramping up
     there is judged at a rate it never trains at. The default space's warm-ups (and the base

@@ -1,0 +1,132 @@
+"""Stratified k-fold splits of train+valid for refits: label bins, fold assignment, its checks.
+
+A refit pools the train and valid splits (train first, then valid, in file order) and splits the
+pool into ``folds`` parts, ``repeats`` times. Every part holds about the same share of each
+**label bin**: the seven sentiment classes of MMSA's Acc-7 (labels clipped to [-3, 3] and
+rounded half to even: -3 .. 3). Within each bin the samples are shuffled with the seed and dealt
+round-robin to the folds, starting where the previous bin stopped, so fold sizes differ by at most
+one sample. The same labels, folds, repeats and seed give the same assignment on any machine, so
+every configuration of a refit is trained and scored on the same folds.
+
+The test split is not part of the pool: nothing here sees it.
+
+This module must not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from msatune.augment.dataset import LABEL_RANGE, SplitData
+from msatune.errors import UserError
+
+#: How a refit bins labels for stratification (recorded on the refit).
+BINNING = "acc7"
+BIN_VALUES: tuple[int, ...] = (-3, -2, -1, 0, 1, 2, 3)
+#: The splits a refit pools, in this order.
+POOL_SPLITS: tuple[str, ...] = ("train", "valid")
+
+
+def label_bins(labels: np.ndarray) -> np.ndarray:
+    """The Acc-7 class (-3 .. 3) of every label: clipped to [-3, 3], rounded half to even."""
+    y = np.clip(np.asarray(labels, dtype=np.float64).reshape(-1), *LABEL_RANGE)
+    return np.rint(y).astype(np.int64)
+
+
+def bin_counts(labels: np.ndarray) -> dict[int, int]:
+    """Samples per non-empty label bin, by bin value."""
+    bins = label_bins(labels)
+    values, counts = np.unique(bins, return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
+
+
+def check_folds(labels: np.ndarray, folds: int, repeats: int = 1) -> None:
+    """UserError unless ``folds`` (>= 2, at most the smallest label bin) and ``repeats`` (>= 1)
+    can split ``labels`` with every fold holding every bin."""
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise UserError(f"--folds must be at least 2 (got {folds})")
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+        raise UserError(f"--repeats must be at least 1 (got {repeats})")
+    counts = bin_counts(labels)
+    if not counts:
+        raise UserError("train+valid hold no labels; nothing to split into folds")
+    smallest = min(counts.values())
+    if folds > smallest:
+        small = min(counts, key=lambda b: (counts[b], b))
+        raise UserError(
+            f"--folds {folds} is more than the {smallest} sample(s) of the smallest label bin "
+            f"(sentiment {small:+d}) of train+valid; every fold needs a sample of every bin: "
+            f"use --folds {smallest} or fewer"
+        )
+
+
+def stratified_folds(labels: np.ndarray, folds: int, *, repeats: int = 1, seed: int = 0) -> np.ndarray:
+    """``(repeats, n)`` int array: the fold (0 .. folds-1) of every sample in every repeat.
+
+    Raises UserError for a fold count the labels cannot support (see :func:`check_folds`).
+    """
+    check_folds(labels, folds, repeats)
+    bins = label_bins(labels)
+    n = bins.shape[0]
+    out = np.empty((int(repeats), n), dtype=np.int64)
+    for r in range(int(repeats)):
+        rng = np.random.default_rng([int(seed), r])
+        start = 0
+        for b in np.unique(bins):
+            members = rng.permutation(np.flatnonzero(bins == b))
+            out[r, members] = (start + np.arange(members.size)) % folds
+            start = (start + members.size) % folds
+    return out
+
+
+def assignment_digest(assignment: np.ndarray) -> str:
+    """A short, stable digest of a fold assignment (recorded, compared on resume)."""
+    a = np.ascontiguousarray(assignment, dtype="<i8")
+    h = hashlib.sha256(f"{a.shape}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class FoldSplit:
+    """One fold of one repeat: pool indices to train on and the held-out ones."""
+
+    repeat: int
+    fold: int
+    train: np.ndarray
+    held_out: np.ndarray
+
+
+def fold_split(assignment: np.ndarray, repeat: int, fold: int) -> FoldSplit:
+    """The train / held-out pool indices of ``fold`` in ``repeat`` (sorted)."""
+    row = np.asarray(assignment)[int(repeat)]
+    return FoldSplit(int(repeat), int(fold), np.flatnonzero(row != fold), np.flatnonzero(row == fold))
+
+
+def pool_splits(splits: Mapping[str, SplitData]) -> SplitData:
+    """train and valid concatenated (train first) as one split; ids and oracle kept when present."""
+    parts = [splits[name] for name in POOL_SPLITS]
+
+    def cat(attr: str) -> np.ndarray | None:
+        arrays = [getattr(p, attr) for p in parts]
+        if any(a is None for a in arrays):
+            return None
+        return np.concatenate(arrays, axis=0)
+
+    return SplitData(
+        text=cat("text"), audio=cat("audio"), video=cat("video"), labels=cat("labels"),
+        ids=cat("ids"), oracle=cat("oracle"), nan_count=sum(p.nan_count for p in parts),
+    )
+
+
+def subset(split: SplitData, index: np.ndarray) -> SplitData:
+    """The samples ``index`` of ``split`` (in that order)."""
+    def take(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[index]
+
+    return SplitData(text=split.text[index], audio=split.audio[index], video=split.video[index],
+                     labels=split.labels[index], ids=take(split.ids), oracle=take(split.oracle))

@@ -1,0 +1,249 @@
+"""Refits and bagged ensembles vs selection on one validation split (issue 17).
+
+On one synthetic dataset per run (``--dataset mosi``: the embedded MOSI-like set; ``--dataset
+video``: a set of another structure, see ``augment/synth.py``), in three stages that can run as
+separate processes (each stage reads what the previous one left in ``--workspace``):
+
+1. ``study``: a study of small models (``model_dim`` 16/32, one layer each; ``family`` baseline
+   or improved searched too, so ensembles mix both architectures) with msatune's TPE, no ASHA
+   stop (``grace_period = max_epochs``: every trial COMPLETE, so the top-K are K real configs),
+   2 trials at once of 1 CPU, no presets.
+2. ``refit``: ``msatune refit`` of the top-K trials by validation MAE on F stratified folds.
+3. ``score``: what each approach gives on test (never used before this stage):
+   * best single (val-selected): the study's best trial by validation MAE;
+   * greedy ensemble (val-selected): ``msatune ensemble`` (greedy, fitted on validation);
+   * best single after refit: the configuration with the best OOF MAE, its fold models averaged;
+   * bagged greedy ensemble: ``msatune ensemble --from refit`` (greedy on OOF predictions).
+   Both ensembles are exported (``.keras`` + SavedModel) as a user would run them.
+   Rank agreement: Spearman of validation MAE and of OOF MAE with the test MAE over the top-K
+   (the test MAE of each trial's own checkpoint; with the bagged test MAE as a second target).
+
+Wall time of an approach = the stages it needs (study; + ensemble; + refit; + bagged ensemble).
+Goals: bagged greedy test MAE <= 0.95 x the val-selected best single's on both datasets, and
+Spearman(OOF, test) > Spearman(val, test). Writes ``benchmarks/results/refit.json`` (one entry per
+dataset, merged), prints the table; never asserts.
+
+    python benchmarks/refit.py --dataset mosi --stage study    # 20 trials x 15 epochs (~5 min)
+    python benchmarks/refit.py --dataset mosi --stage refit    # top 10 x 5 folds (~12 min)
+    python benchmarks/refit.py --dataset mosi --stage score    # both ensembles, exported (~3 min)
+    python benchmarks/refit.py --dataset video --stage all     # all three in one process
+    python benchmarks/refit.py --smoke --out /tmp/refit.json   # tiny data, every stage (~2 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import base_doc, print_table, result_path, synth_data, write_json  # noqa: E402
+
+STAGES = ("study", "refit", "score")
+GOAL_RATIO = 0.95
+SIZES: dict[str, dict[str, Any]] = {
+    "smoke": {"trials": 4, "epochs": 8, "top_k": 2, "folds": 2},
+    "full": {"trials": 20, "epochs": 15, "top_k": 10, "folds": 5},
+}
+SPACE = """
+replace = true
+[family]
+choices = ["baseline", "improved"]
+[learning_rate]
+low = 3e-4
+high = 3e-3
+log = true
+[optimizer]
+choices = ["adam", "adamw"]
+[loss]
+choices = ["mae", "huber"]
+[dropout]
+low = 0.0
+high = 0.5
+[l2]
+low = 1e-5
+high = 1e-2
+log = true
+[warmup_epochs]
+low = 0
+high = 3
+[aug_noise]
+low = 0.0
+high = 0.2
+[aug_mixup]
+low = 0.0
+high = 0.3
+[model_dim]
+choices = [16, 32]
+[batch_size]
+choices = [32, 64]
+[num_heads]
+value = 2
+[ff_dim]
+value = 32
+[n_layers_mod]
+value = 1
+[n_layers_fuse]
+value = 1
+[head_units]
+value = 32
+[head_units2]
+value = 16
+[gate_units]
+value = 16
+[cosine_epochs]
+value = 0
+"""
+NAME = "bench"
+
+
+def workspace(args: argparse.Namespace) -> Path:
+    return Path(args.workspace or f"/tmp/msatune-bench-refit/{args.dataset}{'-smoke' if args.smoke else ''}")
+
+
+def stage_study(ws_root: Path, data: Path, size: dict[str, Any]) -> dict[str, Any]:
+    from msatune.search.settings import SearchSettings
+    from msatune.studies.lifecycle import launch
+    from msatune.studies.store import open_storage
+    from msatune.studies.workspace import Workspace
+
+    for old in ("studies.db", "studies"):  # a study stage starts from an empty workspace
+        path = ws_root / old
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    ws = Workspace(ws_root).ensure()
+    space = ws_root / "space.toml"
+    space.write_text(SPACE)
+    settings = SearchSettings(trials=size["trials"], max_epochs=size["epochs"], grace_period=size["epochs"],
+                              cpus_per_trial=1.0, seed=0)
+    t0 = time.perf_counter()
+    run = launch(ws, open_storage(ws.storage_url), NAME, settings, data_dir=data, space_file=space, presets=False)
+    return {"wall_s": time.perf_counter() - t0, "run": run}
+
+
+def stage_refit(ws_root: Path, size: dict[str, Any]) -> dict[str, Any]:
+    from msatune.studies.refits import RefitOptions, run_refit
+    from msatune.studies.store import open_storage
+    from msatune.studies.workspace import Workspace
+
+    ws = Workspace(ws_root)
+    t0 = time.perf_counter()
+    summary = run_refit(ws, open_storage(ws.storage_url), NAME,
+                        RefitOptions(top_k=size["top_k"], folds=size["folds"], seed=0))
+    return {"wall_s": time.perf_counter() - t0, "run": summary["run"], "configs": summary["configs"]}
+
+
+def stage_score(ws_root: Path) -> dict[str, Any]:
+    from msatune.ensemble.evaluate import EnsembleOptions
+    from msatune.studies.ensembles import run_study_ensemble
+    from msatune.studies.refit_ensemble import run_refit_ensemble
+    from msatune.studies.store import open_storage
+    from msatune.studies.workspace import Workspace
+
+    ws = Workspace(ws_root)
+    store = open_storage(ws.storage_url)
+    t0 = time.perf_counter()
+    flat = run_study_ensemble(ws, store, NAME, EnsembleOptions(method="greedy")).summary()
+    t1 = time.perf_counter()
+    bagged = run_refit_ensemble(ws, store, NAME, EnsembleOptions(method="greedy")).summary()
+    t2 = time.perf_counter()
+    return {"ensemble_wall_s": t1 - t0, "bagged_wall_s": t2 - t1, "flat": flat, "bagged": bagged}
+
+
+def table(entry: dict[str, Any]) -> dict[str, Any]:
+    """The four approaches: test MAE, ratio to the val-selected best single, wall time."""
+    st, rf, sc = entry["study"], entry["refit"], entry["score"]
+    flat, bagged = sc["flat"], sc["bagged"]
+    single = flat["best_single"]
+    base = single["test"]["mae"]
+    rows = [
+        {"approach": f"best single (val-selected) #{single['trial']}", "test_mae": base,
+         "wall_s": st["wall_s"]},
+        {"approach": "greedy ensemble (val-selected)", "test_mae": flat["test"]["mae"],
+         "wall_s": st["wall_s"] + sc["ensemble_wall_s"]},
+        {"approach": f"best single after refit #{bagged['refit_best_single']['trial']}",
+         "test_mae": bagged["refit_best_single"]["test"]["mae"], "wall_s": st["wall_s"] + rf["wall_s"]},
+        {"approach": "bagged greedy ensemble", "test_mae": bagged["test"]["mae"],
+         "wall_s": st["wall_s"] + rf["wall_s"] + sc["bagged_wall_s"]},
+    ]
+    for r in rows:
+        r["ratio"] = r["test_mae"] / base
+    ra = bagged["rank_agreement"]
+    goals = {
+        "bagged_ratio": rows[3]["ratio"], "bagged_ratio_goal": GOAL_RATIO, "bagged_met": rows[3]["ratio"] <= GOAL_RATIO,
+        "spearman_val_test": ra["val_vs_test"], "spearman_oof_test": ra["oof_vs_test"],
+        "spearman_met": (ra["oof_vs_test"] is not None and ra["val_vs_test"] is not None
+                         and ra["oof_vs_test"] > ra["val_vs_test"]),
+        "spearman_val_bagged_test": ra["val_vs_bagged_test"], "spearman_oof_bagged_test": ra["oof_vs_bagged_test"],
+        "configs": ra["configs"],
+    }
+    return {"rows": rows, "goals": goals, "reference": bagged["reference"]["test"],
+            "configs": bagged["configs"], "members": [(m["trial"], m["weight"]) for m in bagged["members"]],
+            "flat_members": [(m["trial"], m["weight"]) for m in flat["members"]]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", choices=("mosi", "video"), default="mosi")
+    p.add_argument("--stage", choices=(*STAGES, "all"), default="all")
+    p.add_argument("--workspace", type=Path, default=None, help="Where the stages keep the study.")
+    p.add_argument("--smoke", action="store_true", help="Tiny data and sizes (tests).")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    mode = "smoke" if args.smoke else "full"
+    size = SIZES[mode]
+    ws_root = workspace(args)
+    ws_root.mkdir(parents=True, exist_ok=True)
+    state_file = ws_root / "stages.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    preset = "tiny" if args.smoke else args.dataset
+    data = synth_data(ws_root / "data", preset, seed=0)
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    for stage in stages:
+        print(f"[{time.strftime('%H:%M:%S')}] {args.dataset}: stage {stage} ...", flush=True)
+        t_load = base_doc("refit", mode, {"data": 0, "study": 0, "folds": 0})["machine"]["loadavg"]
+        if stage == "study":
+            state = {"study": stage_study(ws_root, data, size)}
+        elif stage == "refit":
+            state["refit"] = stage_refit(ws_root, size)
+        else:
+            state["score"] = stage_score(ws_root)
+        state[stage]["loadavg_start"] = t_load
+        state_file.write_text(json.dumps(state, indent=2, default=str) + "\n")
+    if not all(s in state for s in STAGES):
+        print(f"stages done so far: {[s for s in STAGES if s in state]}; run the others to get the table")
+        return 0
+
+    entry = {"preset": preset, "sizes": size, "stages": {s: {k: v for k, v in state[s].items()
+                                                           if k in ("wall_s", "ensemble_wall_s", "bagged_wall_s",
+                                                                    "loadavg_start", "run")} for s in STAGES},
+             **table(state)}
+    out = result_path("refit", "smoke" if args.smoke else "full", args.out)
+    doc = json.loads(out.read_text()) if out.exists() else base_doc("refit", mode, {"data": 0, "study": 0, "folds": 0})
+    doc.setdefault("datasets", {})[args.dataset] = {**entry, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                    "machine": base_doc("refit", mode, {})["machine"]}
+    print_table(entry["rows"], [("approach", "approach", 0), ("test_mae", "test MAE", 4), ("ratio", "x best single", 3),
+                                ("wall_s", "wall s", 0)],
+                title=f"{args.dataset}: test MAE (constant {entry['reference']['constant_mae']:.4f}, "
+                      f"floor {entry['reference'].get('floor_mae') or 0:.4f})")
+    print_table(entry["configs"], [("trial", "trial", 0), ("val_mae", "val MAE", 4), ("oof_mae", "OOF MAE", 4),
+                                   ("test_mae_single", "test (trial)", 4), ("test_mae_bagged", "test (bagged)", 4)],
+                title="top-K configurations")
+    g = entry["goals"]
+    print(f"\nbagged greedy / best single = {g['bagged_ratio']:.3f} (goal <= {GOAL_RATIO}): "
+          f"{'met' if g['bagged_met'] else 'missed'}")
+    print(f"Spearman with test MAE over {g['configs']} configs: val {g['spearman_val_test']}, "
+          f"OOF {g['spearman_oof_test']}: {'met' if g['spearman_met'] else 'missed'}")
+    write_json(out, doc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

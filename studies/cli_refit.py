@@ -1,0 +1,234 @@
+"""``msatune refit``: cross-validated refits of a study's best configurations, and their tables.
+
+The work is :func:`msatune.studies.refits.run_refit`; this module parses and renders. It also
+renders a refit in ``show`` (:func:`render_refit_table`) and a bagged ensemble in
+``ensemble --from refit`` (:func:`render_bagged`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from msatune.studies.cli_context import AppContext, console, echo_json, pass_app, storage_option
+from msatune.studies.cli_search import _resource_options
+
+
+def _f(v: Any, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _pm(mean: Any, std: Any) -> str:
+    return _f(mean) if std is None else f"{_f(mean)} ± {_f(std)}"
+
+
+def _change(v: Any) -> str:
+    if v is None:
+        return "-"
+    return "=" if v == 0 else (f"▲{v:g}" if v > 0 else f"▼{-v:g}")
+
+
+def render_refit_table(table: dict[str, Any] | None, title: str | None = None) -> None:
+    """Validation MAE vs out-of-fold MAE per refit configuration, with both ranks."""
+    if not table:
+        return
+    from rich.table import Table
+
+    t = Table(title=title or (f"refit ({table['folds']} folds x {table['repeats']} repeat(s) of train+valid): "
+                              "validation MAE vs out-of-fold MAE"))
+    for col in ("trial", "preset", "val MAE", "val rank", "OOF MAE", "fold MAE", "OOF rank", "change", "folds"):
+        t.add_column(col, justify="right")
+    for r in table["configs"]:
+        oof = _pm(r.get("oof_mae"), r.get("oof_mae_std_repeats"))
+        folds = f"{r['folds_done']}/{r['folds_total']}" + (" !" if r.get("problem") else "")
+        t.add_row(str(r["trial"]), r.get("preset") or "", _f(r.get("val_mae")), _f(r.get("rank_val"), 1),
+                  oof, _pm(r.get("fold_mae_mean"), r.get("fold_mae_std")), _f(r.get("rank_oof"), 1),
+                  _change(r.get("rank_change")), folds)
+    con = console()
+    con.print(t)
+    for r in table["configs"]:
+        if r.get("problem"):
+            con.print(f"trial {r['trial']}: {r['problem']}")
+    if table.get("failed_folds"):
+        con.print(f"{table['failed_folds']} fold(s) failed (see msatune show {table['refit_study']})")
+
+
+def render_refit(summary: dict[str, Any]) -> None:
+    con = console()
+    run = summary["run"]
+    others = ", ".join(f"{v} {k.lower()}" for k, v in summary["not_considered"].items())
+    chosen = ", ".join(f"#{c['trial']}" for c in summary["chosen"])
+    pool = summary["pool"]
+    con.print(f"[bold]{summary['study']}[/bold]: refit of the top {summary['top_k']} COMPLETE trials by "
+              f"validation MAE ({chosen}){'; not considered: ' + others if others else ''}")
+    con.print(f"folds: {summary['folds']} x {summary['repeats']} repeat(s) of train+valid ({pool['total']} "
+              f"samples = {pool['train']} train + {pool['valid']} valid), stratified by sentiment class, "
+              f"seed {summary['seed']}; the test split is not used")
+    if run["folds_run"] == 0 and run["already_done"] == run["folds_total"]:
+        con.print(f"all {run['folds_total']} folds were already trained; nothing to do")
+    else:
+        con.print(f"run {run['run']}: {run['folds_run']} fold(s) trained ({run['complete']} complete, "
+                  f"{run['failed']} failed) in {run['wall_seconds']:.0f} s with {run['concurrency']} at once; "
+                  f"{run['already_done']} were already trained")
+    render_refit_table({"folds": summary["folds"], "repeats": summary["repeats"], "configs": summary["configs"],
+                        "refit_study": summary["refit_study"], "failed_folds": run["failed"]})
+    for w in summary.get("warnings", []):
+        click.echo(f"msatune: warning: {w}", err=True)
+    if run.get("interrupted"):
+        con.print("interrupted: finished folds are recorded; run the same command again to continue")
+    else:
+        con.print(f"bagged ensemble: msatune ensemble {summary['study']} --from refit")
+    con.print(f"fold models and out-of-fold predictions: {summary['directory']}")
+
+
+class RefitProgress:
+    """Folds done/failed/running, elapsed and ETA: a live line in a terminal, a line per ended
+    fold otherwise (nothing when ``quiet``). The line appears with the first fold, after every
+    check has passed."""
+
+    def __init__(self, quiet: bool, name: str) -> None:
+        self.quiet, self.name, self.live = quiet, name, None
+
+    def __enter__(self) -> Any:
+        return None if self.quiet else self.update
+
+    def update(self, p: Any) -> None:
+        from rich.text import Text
+
+        eta = time.strftime("%M:%S", time.gmtime(p.eta)) if p.eta is not None else "?"
+        line = (f"{self.name} refit: {p.done + p.failed}/{p.total} folds ({p.done} complete, {p.failed} failed), "
+                f"{p.running} running | elapsed {time.strftime('%M:%S', time.gmtime(p.elapsed))} ETA {eta}")
+        if sys.stdout.isatty():
+            if self.live is None:
+                from rich.live import Live
+
+                self.live = Live(Text(line), console=console(), refresh_per_second=4)
+                self.live.__enter__()
+            self.live.update(Text(line))
+        elif p.last is not None:
+            last = p.last.task
+            what = (f"held-out MAE {p.last.held_out_mae:.4f}" if p.last.state == "COMPLETE"
+                    else f"FAILED: {p.last.reason}")
+            click.echo(f"{line} | trial {last.trial} repeat {last.repeat} fold {last.fold}: {what}")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+
+REFIT_HELP = """Retrain a study's best configurations on k folds of train+valid: a more reliable ranking
+than one small validation split, and k models per configuration for bagged ensembles.
+
+\b
+Takes the study's --top-k COMPLETE trials by validation MAE (pruned and failed trials are never
+refit) and trains each on --folds stratified folds of train+valid, --repeats times: the same folds
+for every configuration (stratified by the seven Acc-7 sentiment classes, so --folds may not exceed
+the smallest class), each fold with the trial's own recipe and early stopping on its held-out fold.
+The test split is never loaded into the run. Each configuration gets its out-of-fold (OOF) MAE:
+every train+valid sample predicted by the fold model that did not train on it.
+
+\b
+Folds run on Ray Tune with the study's resources (or the options below). Each finished fold is
+recorded in the store at once (study NAME:refit), so Ctrl-C or a crash loses no finished fold:
+run the same command again to continue (a larger --top-k adds configurations to the refit; other
+--folds/--repeats/--seed need --replace, which discards the old refit). Fold checkpoints and
+WORKSPACE/studies/NAME/refit/oof/trial_N.npz (OOF predictions) are written under the study.
+
+\b
+Examples:
+  msatune refit mosi-a --top-k 8 --folds 5
+  msatune refit mosi-a --top-k 8 --folds 5 --repeats 2 --gpus-per-trial 0.5
+  msatune refit mosi-a --top-k 8 --folds 5          (again after Ctrl-C or a crash: continues)
+  msatune ensemble mosi-a --from refit              (bagged ensemble fitted on the OOF predictions)
+  msatune show mosi-a                               (validation vs OOF MAE, rank change)
+"""
+
+
+@click.command("refit", help=REFIT_HELP)
+@click.argument("name")
+@click.option("--top-k", type=int, default=5, show_default=True, help="Configurations to refit (best first).")
+@click.option("--folds", type=int, default=5, show_default=True, help="Folds of train+valid (k).")
+@click.option("--repeats", type=int, default=1, show_default=True, help="Repeats with other fold splits.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold assignment.")
+@click.option("--replace", is_flag=True, help="Discard an existing refit of the study (other folds/seed).")
+@_resource_options
+@storage_option
+@click.option("--json", "as_json", is_flag=True, help="Print the refit summary as JSON.")
+@pass_app
+def refit(app: AppContext, name: str, top_k: int, folds: int, repeats: int, seed: int, replace: bool,
+          cpus_per_trial: float | None, gpus_per_trial: float | None, concurrency: int | None,
+          address: str | None, storage: str | None, as_json: bool) -> None:
+    from msatune.studies.refits import RefitOptions, run_refit
+
+    options = RefitOptions(top_k=top_k, folds=folds, repeats=repeats, seed=seed, replace=replace).validate()
+    store = app.storage(storage)
+    where = {"cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
+             "concurrency": concurrency, "address": address, "verbose": app.verbose}
+    with RefitProgress(as_json, name) as progress:
+        summary = run_refit(app.ws, store, name, options, where=where, progress=progress)
+    if as_json:
+        echo_json(summary)
+        return
+    render_refit(summary)
+
+
+# ------------------------------------------------------------------------------------------------
+# ensemble --from refit
+
+
+def render_bagged(summary: dict[str, Any]) -> None:
+    """Members, then the bagged ensemble next to the best single (refit and not) and the
+    non-bagged ensemble, on test; the rank agreement with test."""
+    from rich.table import Table
+
+    con = console()
+    refit = summary["refit"]
+    con.print(f"[bold]{summary['study']}[/bold]: bagged {summary['method']} ensemble of "
+              f"{summary['candidates']['used']} refit configurations, fitted on {refit['fitted_on']} "
+              f"({refit['folds']} folds x {refit['repeats']} repeat(s)); each member averages its fold models")
+    members = Table(title="members (chosen on out-of-fold predictions only)")
+    for col in ("trial", "weight", "OOF MAE", "test MAE"):
+        members.add_column(col, justify="right")
+    for m in summary["members"]:
+        members.add_row(str(m["trial"]), f"{m['weight']:.3f}", _f(m["oof"]["mae"]), _f(m["test"]["mae"]))
+    con.print(members)
+
+    table = Table(title="on test (scored once, after every choice was made)")
+    for col in ("model", "chosen on", "MAE there", "test MAE", "Corr", "Acc-7", "F1 non0"):
+        table.add_column(col, justify="right" if col not in ("model", "chosen on") else "left")
+    single, rbest, flat = summary["best_single"] or {}, summary["refit_best_single"], summary["non_bagged"] or {}
+    rows = [
+        (f"best single #{single.get('trial', '-')}", "valid", (single.get("valid") or {}).get("mae"), single.get("test")),
+        (f"best single after refit #{rbest['trial']} (bagged)", "OOF", rbest["oof"]["mae"], rbest["test"]),
+        (f"{summary['method']} ensemble (not bagged)", "valid", (flat.get("valid") or {}).get("mae"), flat.get("test")),
+        (f"{summary['method']} ensemble, bagged", "OOF", summary["oof"]["mae"], summary["test"]),
+    ]
+    for label, on, there, test in rows:
+        test = test or {}
+        table.add_row(label, on, _f(there), _f(test.get("mae")), _f(test.get("corr")), _f(test.get("acc7")),
+                      _f(test.get("non0_f1")))
+    con.print(table)
+    ref = summary["reference"]
+    con.print(f"test: constant predictor MAE {_f(ref['test']['constant_mae'])}"
+              + (f", noise floor MAE {_f(ref['test']['floor_mae'])}" if ref["test"].get("floor_mae") is not None else ""))
+    ch = summary["change_vs"]
+    pct = {k: "-" if v is None else f"{v:+.1f}%" for k, v in ch.items()}
+    con.print(f"bagged test MAE vs best single {pct['best_single']}, vs best single after refit "
+              f"{pct['refit_best_single']}, vs the non-bagged ensemble {pct['non_bagged']}")
+    ra = summary.get("rank_agreement") or {}
+    if ra.get("configs"):
+        con.print(f"ranking the {ra['configs']} refit configurations, Spearman with their test MAE: "
+                  f"validation MAE {_f(ra.get('val_vs_test'), 2)}, OOF MAE {_f(ra.get('oof_vs_test'), 2)} "
+                  f"(with the bagged test MAE: {_f(ra.get('val_vs_bagged_test'), 2)} / "
+                  f"{_f(ra.get('oof_vs_bagged_test'), 2)})")
+    if summary.get("model_path"):
+        con.print(f"model:       {summary['model_path']}")
+        if summary.get("saved_model_path"):
+            con.print(f"SavedModel:  {summary['saved_model_path']}")
+        con.print(f"predictions: msatune predict {summary['out_dir']} --data DIR --split test --out preds.csv")
+
+
+__all__ = ["refit", "render_bagged", "render_refit", "render_refit_table"]

@@ -1,0 +1,317 @@
+"""``msatune refit`` and ``ensemble --from refit`` end to end: real Ray, real SQLite, real TF on tiny data.
+
+* a refit records every fold in the store with its checkpoint and held-out predictions, and a
+  rerun trains nothing that is recorded;
+* poisoned test data (labels and features) changes nothing before the final score: fold models,
+  their held-out predictions, the OOF ranking and the bagged ensemble's members and weights;
+* the bagged ensemble exports one ``.keras`` model whose members average their fold models;
+* ``show`` and the report gain the refit table; bad input is one line, exit 2, nothing changed;
+* ``kill -9`` of a refit driver, then the same command again: no finished fold is trained again
+  and the refit ends with exactly K x F fold models.
+
+The refits use copies of the shared ``tiny_study`` store (its trials' checkpoints are only read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from msatune.errors import UserError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+K, F = 2, 2
+
+
+def copy_store(tiny_study: dict, ws: Path) -> str:
+    ws.mkdir(parents=True)
+    shutil.copy(Path(tiny_study["workspace"]) / "studies.db", ws / "studies.db")
+    return f"sqlite:///{(ws / 'studies.db').resolve()}"
+
+
+def refit(ws: Path, url: str, **options) -> dict:
+    from msatune.studies.refits import RefitOptions, run_refit
+    from msatune.studies.store import open_storage
+    from msatune.studies.workspace import Workspace
+
+    opts = RefitOptions(**{"top_k": K, "folds": F, **options})
+    return run_refit(Workspace(ws), open_storage(url), "tiny", opts)
+
+
+def study_data_path(url: str) -> str:
+    return optuna.load_study(study_name="tiny", storage=url).user_attrs["msatune:data_path"]
+
+
+def fold_trials(url: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="tiny:refit", storage=url).trials
+
+
+def held_out(summary: dict) -> dict[tuple, tuple]:
+    """(trial, repeat, fold) -> (held-out index, predictions, best epoch) of every fold model."""
+    from msatune.models.checkpoint import read_checkpoint_meta, read_predictions
+
+    out = {}
+    for t in fold_trials(summary["url"]):
+        if t.state != TrialState.COMPLETE:
+            continue
+        ckpt = t.user_attrs["checkpoint"]
+        p = read_predictions(ckpt, ("valid",))
+        out[(t.params["trial"], t.params["repeat"], t.params["fold"])] = (
+            p["valid_index"], p["valid_pred"], read_checkpoint_meta(ckpt)[1]["best_epoch"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def refit_a(tiny_study: dict, tmp_path_factory: pytest.TempPathFactory, ray_session) -> dict:
+    ws = tmp_path_factory.mktemp("refit-a") / "ws"
+    url = copy_store(tiny_study, ws)
+    return {**refit(ws, url), "url": url, "ws": ws}
+
+
+def test_a_refit_records_every_fold_and_a_rerun_trains_nothing(refit_a: dict) -> None:
+    from msatune.augment.dataset import load_dataset
+
+    assert refit_a["run"]["folds_run"] == K * F and refit_a["run"]["complete"] == K * F
+    trials = fold_trials(refit_a["url"])
+    assert len(trials) == K * F and all(t.state == TrialState.COMPLETE for t in trials)
+    chosen = [c["trial"] for c in refit_a["chosen"]]
+    assert {(t.params["trial"], t.params["fold"]) for t in trials} == {(c, f) for c in chosen for f in range(F)}
+    data = load_dataset(study_data_path(refit_a["url"]))
+    n_pool = data.train.n + data.valid.n
+    models = held_out(refit_a)
+    for c in chosen:  # the folds of a configuration partition train+valid: OOF covers every sample
+        idx = np.concatenate([models[(c, 0, f)][0] for f in range(F)])
+        assert np.array_equal(np.sort(idx), np.arange(n_pool))
+    for t in trials:  # the recorded fold MAE is the held-out MAE of the fold's checkpoint
+        idx, pred, _ = models[(t.params["trial"], 0, t.params["fold"])]
+        labels = np.concatenate([data.train.labels, data.valid.labels])[idx]
+        assert t.value == pytest.approx(float(np.mean(np.abs(pred - labels))), abs=1e-5)
+    rows = {r["trial"]: r for r in refit_a["configs"]}
+    assert set(rows) == set(chosen) and all(r["oof_mae"] is not None for r in rows.values())
+    assert sorted(r["rank_oof"] for r in rows.values()) == [1.0, 2.0]
+    oof = np.load(refit_a["oof_files"][str(chosen[0])])
+    assert oof["oof"].shape == (1, n_pool) and oof["fold"].shape == (1, n_pool)
+    assert np.mean(np.abs(oof["oof"][0] - oof["label"])) == pytest.approx(rows[chosen[0]]["oof_mae"])
+
+    again = refit(refit_a["ws"], refit_a["url"])  # the same command again: everything is recorded
+    assert again["run"]["already_done"] == K * F and again["run"]["folds_run"] == 0
+    assert len(fold_trials(refit_a["url"])) == K * F
+
+
+def poisoned_copy(source: Path, dest: Path) -> Path:
+    """``source`` with the test split's labels and features replaced by garbage."""
+    import h5py
+
+    shutil.copytree(source, dest)
+    rng = np.random.default_rng(99)
+    for name in ("y_test.h5", "text_test_emb.h5", "audio_test.h5", "video_test.h5"):
+        with h5py.File(dest / name, "r+") as f:
+            old = f["d1"][()]
+            new = rng.uniform(-3, 3, old.shape) if name.startswith("y_") else rng.normal(0, 50, old.shape)
+            f["d1"][...] = new.astype(old.dtype)
+    return dest
+
+
+@pytest.mark.slow
+def test_poisoned_test_data_changes_nothing_before_the_final_score(
+    refit_a: dict, tiny_study: dict, tmp_path: Path
+) -> None:
+    from msatune.augment.dataset import load_dataset
+    from msatune.ensemble.evaluate import EnsembleOptions
+    from msatune.studies.refit_ensemble import run_refit_ensemble
+    from msatune.studies.workspace import Workspace
+
+    ws = tmp_path / "ws"
+    url = copy_store(tiny_study, ws)
+    bad = load_dataset(poisoned_copy(tiny_study["data"], tmp_path / "poisoned"))
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert bad.fingerprint != study.user_attrs["msatune:data_fingerprint"]
+    study.set_user_attr("msatune:data_path", str(bad.path))
+    study.set_user_attr("msatune:data_fingerprint", bad.fingerprint)
+    poisoned = {**refit(ws, url), "url": url}
+
+    # fold training, early stopping (best epoch) and held-out predictions: identical
+    clean, dirty = held_out(refit_a), held_out(poisoned)
+    assert clean.keys() == dirty.keys()
+    for key in clean:
+        assert np.array_equal(clean[key][0], dirty[key][0])
+        np.testing.assert_allclose(dirty[key][1], clean[key][1], atol=1e-5)
+        assert dirty[key][2] == clean[key][2]
+    # the OOF scores and ranking: identical
+    def ranking(summary: dict) -> list[tuple]:
+        return [(r["trial"], r["rank_oof"], r["oof_mae"], r["fold_mae_mean"]) for r in summary["configs"]]
+
+    assert [r[:2] for r in ranking(poisoned)] == [r[:2] for r in ranking(refit_a)]
+    np.testing.assert_allclose([r[2:] for r in ranking(poisoned)], [r[2:] for r in ranking(refit_a)], atol=1e-6)
+
+    # the bagged ensemble's selection (members, weights, OOF fit): identical; only test differs
+    options = EnsembleOptions(method="greedy", rounds=10)
+    a = run_refit_ensemble(Workspace(refit_a["ws"]), refit_a["url"], "tiny", options, export=False).summary()
+    b = run_refit_ensemble(Workspace(ws), url, "tiny", options, export=False).summary()
+    assert [(m["trial"], m["weight"]) for m in a["members"]] == [(m["trial"], m["weight"]) for m in b["members"]]
+    assert a["oof"] == pytest.approx(b["oof"])
+    np.testing.assert_allclose([a["cv"]["valid_mae"], *a["cv"]["fold_mae"]],
+                               [b["cv"]["valid_mae"], *b["cv"]["fold_mae"]], atol=1e-6)
+    assert a["refit_best_single"]["trial"] == b["refit_best_single"]["trial"]
+    assert a["test"]["mae"] != pytest.approx(b["test"]["mae"], abs=1e-3)  # the final score saw the poison
+
+
+@pytest.mark.slow
+def test_the_bagged_ensemble_exports_one_model_that_averages_the_fold_models(refit_a: dict) -> None:
+    import keras
+
+    from msatune.augment.dataset import load_dataset
+    from msatune.ensemble.evaluate import EnsembleOptions
+    from msatune.studies.ensembles import ensemble_records
+    from msatune.studies.refit_ensemble import run_refit_ensemble
+    from msatune.studies.workspace import Workspace
+
+    result = run_refit_ensemble(Workspace(refit_a["ws"]), refit_a["url"], "tiny",
+                                EnsembleOptions(method="mean", top_k=2))
+    s = result.summary()
+    # members: the configurations whose OOF MAE beats the constant predictor (tiny data: 1 or 2)
+    assert s["source"] == "refit" and 1 <= len(s["members"]) == s["candidates"]["used"] <= K
+    assert s["export_check"]["split"] == "test" and s["export_check"]["max_abs_diff_vs_recorded"] < 1e-4
+    model = keras.saving.load_model(s["model_path"], safe_mode=True)
+    data = load_dataset(study_data_path(refit_a["url"]))
+    x = {m: getattr(data.test, m) for m in ("text", "audio", "video")}
+    fused = np.asarray(model.predict(x, verbose=0)).reshape(-1)
+    np.testing.assert_allclose(fused, result.predictions["test"], atol=1e-4)
+    # the mean of the members, each the mean of its F fold models' test predictions
+    members = [np.mean([np.load(Path(c) / "predictions.npz")["test_pred"] for c in
+                        next(x for x in refit_a["configs"] if x["trial"] == m["trial"])["checkpoints"]], axis=0)
+               for m in s["members"]]
+    assert all(len(next(x for x in refit_a["configs"] if x["trial"] == m["trial"])["checkpoints"]) == F
+               for m in s["members"])
+    np.testing.assert_allclose(fused, np.mean(members, axis=0), atol=1e-4)
+    assert Path(s["saved_model_path"], "saved_model.pb").is_file()
+    for key in ("best_single", "refit_best_single", "non_bagged"):
+        assert s[key]["test"]["mae"] > 0
+    record = ensemble_records(optuna.load_study(study_name="tiny", storage=refit_a["url"]).user_attrs)["refit-mean"]
+    assert record["ensemble"]["test"]["mae"] == pytest.approx(s["test"]["mae"])
+
+
+def test_show_and_the_report_gain_the_refit_table(refit_a: dict, tmp_path: Path, capsys) -> None:
+    from msatune.studies.cli_render import render_show
+    from msatune.studies.queries import list_studies, show_study
+    from msatune.studies.report import build_report
+    from msatune.studies.store import open_storage
+
+    store = open_storage(refit_a["url"])
+    payload = show_study(store, "tiny", 5)
+    rows = payload["refit"]["configs"]
+    assert {r["trial"] for r in rows} == {c["trial"] for c in refit_a["chosen"]}
+    assert all({"val_mae", "oof_mae", "rank_val", "rank_oof", "rank_change"} <= set(r) for r in rows)
+    render_show(payload)
+    assert "out-of-fold MAE" in capsys.readouterr().out
+    assert "tiny:refit" not in [s["name"] for s in list_studies(store)]
+    report = build_report(store, "tiny", tmp_path / "report")
+    assert "Refit: validation MAE vs out-of-fold MAE" in report.html.read_text()
+    assert report.payload["refit"]["configs"][0]["oof_mae"] is not None
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cli(ws: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", "msatune.studies.cli", "--workspace", str(ws), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["refit", "tinny"], "no study named 'tinny'"),
+    (["refit", "tiny", "--top-k", "40"], "--top-k 40 is more than the"),
+    (["refit", "tiny", "--folds", "1"], "--folds must be at least 2"),
+    (["refit", "tiny", "--top-k", "1", "--folds", "6"], "smallest label bin"),
+    (["refit", "tiny", "--repeats", "0"], "--repeats must be at least 1"),
+    (["ensemble", "tiny", "--from", "refit"], "has no refit yet"),
+])
+def test_bad_refit_input_is_one_line_exit_2_and_changes_nothing(
+    tiny_study: dict, tmp_path: Path, args: list[str], needle: str
+) -> None:
+    ws = tmp_path / "ws"
+    copy_store(tiny_study, ws)
+    before = digest(ws / "studies.db")
+    proc = cli(ws, *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("msatune: error:") and needle in lines[0], proc.stderr
+    assert digest(ws / "studies.db") == before
+    assert sorted(p.name for p in ws.iterdir()) == ["studies.db"]
+
+
+def test_a_rerun_with_other_folds_is_refused_unless_replace(refit_a: dict) -> None:
+    before = digest(refit_a["ws"] / "studies.db")
+    with pytest.raises(UserError, match="already has a refit.*--folds 2 --repeats 1 --seed 0.*--replace"):
+        refit(refit_a["ws"], refit_a["url"], folds=3)
+    assert digest(refit_a["ws"] / "studies.db") == before
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_trains_no_finished_fold(tiny_study: dict, tmp_path: Path) -> None:
+    from msatune.search.ray_session import RAY_PIDS_FILE, alive, session_processes
+
+    ws = tmp_path / "ws"
+    url = copy_store(tiny_study, ws)
+    args = ["refit", "tiny", "--top-k", str(K), "--folds", str(F), "--concurrency", "1", "--json"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("RAY_ADDRESS", None)
+    with open(tmp_path / "driver.err", "w") as err:
+        driver = subprocess.Popen([sys.executable, "-m", "msatune.studies.cli", "--workspace", str(ws), *args],
+                                  stdout=subprocess.DEVNULL, stderr=err, env=env)
+    try:
+        deadline, done = time.time() + 240, 0
+        while time.time() < deadline and not done:
+            time.sleep(0.5)
+            assert driver.poll() is None, "the refit ended before it could be killed: " + (
+                tmp_path / "driver.err").read_text()[-3000:]
+            try:
+                done = sum(t.state == TrialState.COMPLETE for t in fold_trials(url))
+            except KeyError:  # the refit study does not exist yet
+                continue
+        assert 0 < done < K * F, f"saw {done} finished folds"
+        ray_info = json.loads((ws / "studies" / "tiny" / "refit" / RAY_PIDS_FILE).read_text())
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    before = {(t.params["trial"], t.params["fold"]): (t.number, t.value, t.user_attrs["checkpoint"])
+              for t in fold_trials(url) if t.state == TrialState.COMPLETE}
+    weights = {k: digest(Path(v[2]) / "model.weights.h5") for k, v in before.items()}
+    assert 0 < len(before) < K * F
+
+    proc = cli(ws, *args, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["run"]["already_done"] == len(before)
+    assert summary["run"]["folds_run"] == K * F - len(before)  # only the unfinished folds trained
+    assert summary["run"]["orphans_ended"]  # the dead driver's Ray processes were ended
+    after = [t for t in fold_trials(url) if t.state == TrialState.COMPLETE]
+    keys = [(t.params["trial"], t.params["fold"]) for t in after]
+    assert len(keys) == len(set(keys)) == K * F  # one fold model per (configuration, fold)
+    for t in after:
+        key = (t.params["trial"], t.params["fold"])
+        assert Path(t.user_attrs["checkpoint"], "model.weights.h5").is_file()
+        if key in before:
+            assert (t.number, t.value, t.user_attrs["checkpoint"]) == before[key]
+            assert digest(Path(before[key][2]) / "model.weights.h5") == weights[key]
+    assert all(r["oof_mae"] is not None for r in summary["configs"])
+    time.sleep(0.5)
+    assert not [p for p in ray_info["pids"] if alive(p)]
+    assert not session_processes(ray_info["session_dir"])
