@@ -167,9 +167,11 @@ def start_ray(num_cpus: float, num_gpus: float | None = None) -> float:
     """
     import ray
 
-    from msatune.search.ray_session import quiet_ray_environment
+    from msatune.search import ray_session
 
-    quiet_ray_environment()
+    ray_session.quiet_ray_environment()
+    if hasattr(ray_session, "lean_local_ray_environment"):  # as msatune starts a local Ray
+        ray_session.lean_local_ray_environment()
     paths = [str(BENCH_DIR), str(REPO), os.environ.get("PYTHONPATH", "")]
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     kwargs: dict[str, Any] = {

@@ -90,6 +90,8 @@ def start_ray(*, address: str | None, verbose: bool, work_dir: Path, record: boo
             # "local": always a new instance owned by this driver. Without it ray.init() joins any
             # cluster that `ray start` left on this machine, and its processes are not ours to end.
             kwargs["address"] = "local"
+            if not verbose:
+                lean_local_ray_environment()
         try:
             ray.init(**kwargs)
         except (ConnectionError, TimeoutError, ValueError) as exc:
@@ -363,6 +365,26 @@ def end_orphans(pid_dir: Path) -> list[int]:
     if ended:
         log.info("ended %d orphan Ray process(es) of a previous driver", len(ended))
     return ended
+
+
+#: A local Ray started lean (``benchmarks/README.md``, "Ray's processes"): no metrics collection
+#: (nothing reads it: this Ray install is minimal, with no exporter), and no Python workers
+#: pre-started for the driver (trial actors start their own, with Tune's runtime env). Set in the
+#: environment before ``ray.init`` so gcs_server, raylet and agents inherit them; a user's own
+#: value wins. The seven helper processes themselves (gcs_server, raylet, dashboard head and
+#: agent, runtime-env agent, log monitor, autoscaler monitor) cannot be left out from ``ray.init``
+#: in Ray 2.60, and Tune needs the runtime-env agent.
+LEAN_LOCAL_RAY_ENV = {
+    "RAY_enable_metrics_collection": "0",
+    "RAY_prestart_worker_first_driver": "0",
+    "RAY_enable_worker_prestart": "0",
+}
+
+
+def lean_local_ray_environment() -> None:
+    """Put :data:`LEAN_LOCAL_RAY_ENV` into this process's environment (not over a user's value)."""
+    for key, value in LEAN_LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 def quiet_ray_environment() -> None:

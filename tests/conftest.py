@@ -159,10 +159,11 @@ def ray_session():
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    from msatune.search.ray_session import WORKER_ENV
+    from msatune.search.ray_session import WORKER_ENV, lean_local_ray_environment
 
     for key, value in WORKER_ENV.items():  # workers inherit the driver's environment
         os.environ.setdefault(key, value)
+    lean_local_ray_environment()  # the tests' Ray starts as msatune's local one does
     import ray
 
     if not ray.is_initialized():

@@ -24,3 +24,36 @@ def test_stop_ray_leaves_the_pid_file_of_the_driver_that_took_the_study_over(tmp
     stop_ray(tmp_path)
     assert not pid_file.exists()
     stop_ray(tmp_path)  # no file: nothing to do
+
+
+def test_a_local_ray_starts_lean_no_idle_workers_and_no_metrics(tmp_path: Path) -> None:
+    """msatune's own local Ray pre-starts no Python workers (trial actors start theirs) and
+    collects no metrics: the processes a study runs besides its trials are Ray's seven helpers."""
+    import subprocess
+    import sys
+
+    script = f"""
+import json, os, pathlib, time
+from msatune.search.ray_session import session_processes, start_ray, stop_ray
+start_ray(address=None, verbose=False, work_dir=pathlib.Path({str(tmp_path)!r}))
+import ray
+session = ray._private.worker._global_node.get_session_dir_path()
+time.sleep(4)  # pre-started workers would be up by now
+names = []
+for pid in session_processes(session):
+    try:
+        names.append(pathlib.Path(f"/proc/{{pid}}/cmdline").read_bytes().replace(b"\\0", b" ").decode())
+    except OSError:
+        pass
+env = {{k: os.environ.get(k) for k in ("RAY_enable_metrics_collection", "RAY_enable_worker_prestart")}}
+print(json.dumps({{"names": names, "env": env}}))
+stop_ray(pathlib.Path({str(tmp_path)!r}))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["env"] == {"RAY_enable_metrics_collection": "0", "RAY_enable_worker_prestart": "0"}
+    workers = [n for n in out["names"] if "default_worker.py" in n or "ray::IDLE" in n]
+    assert not workers, workers
+    assert any("raylet" in n for n in out["names"])  # the session's processes were found at all
