@@ -25,6 +25,7 @@ from msatune.json_values import jsonable
 from msatune.search.reconcile import FAIL_REASON_ATTR, REQUEUED_ATTR
 from msatune.studies.lease import StudyLease
 from msatune.studies.queries import trial_value
+from msatune.studies.refit_records import refit_study_name
 from msatune.studies.store import load_study, study_attrs, trial_kind
 from msatune.studies.workspace import Workspace
 
@@ -46,8 +47,18 @@ def delete_study(ws: Workspace, storage: optuna.storages.BaseStorage, name: str,
     artifact_ids = _artifact_ids(storage, study._study_id)
     # held while deleting, so a launch/resume cannot start on it meanwhile (its release then
     # finds no study: a logged warning)
+    refit_name = refit_study_name(name)
+    refit_live = _live_refit_driver(ws, name)
+    if refit_live is not None:
+        raise UserError(f"cannot delete study {name!r}: its refit is running (driver pid {refit_live}); "
+                        "wait for it to end or stop it (Ctrl-C)")
     with StudyLease(study, "delete"):
         optuna.delete_study(study_name=name, storage=storage)
+        try:  # its refit's fold trials (msatune refit) go with it
+            n_trials += len(storage.get_all_trials(storage.get_study_id_from_name(refit_name), deepcopy=False))
+            optuna.delete_study(study_name=refit_name, storage=storage)
+        except KeyError:
+            pass
     removed: list[str] = []
     if files:
         study_dir = ws.study_dir(name)
@@ -66,6 +77,12 @@ def delete_study(ws: Workspace, storage: optuna.storages.BaseStorage, name: str,
                 path.unlink()
                 removed.append(str(path))
     return {"study": name, "trials": n_trials, "removed": removed}
+
+
+def _live_refit_driver(ws: Workspace, name: str) -> int | None:
+    from msatune.studies.refits import live_driver, refit_dir
+
+    return live_driver(refit_dir(ws, name))
 
 
 def _artifact_ids(storage: optuna.storages.BaseStorage, study_id: int) -> list[str]:

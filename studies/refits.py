@@ -141,7 +141,7 @@ def choose_configs(study: optuna.Study, top_k: int) -> tuple[list[Chosen], list[
     return chosen, warnings
 
 
-def _live_driver(directory: Path) -> int | None:
+def live_driver(directory: Path) -> int | None:
     """The pid of a live driver of this refit (from its Ray pid file), if another one runs."""
     import json
 
@@ -247,7 +247,7 @@ def run_refit(
     assignment = stratified_folds(pool.labels, options.folds, repeats=options.repeats, seed=options.seed)
     settings = SearchSettings.from_study(attrs, **(where or {})).validate()
     directory = refit_dir(ws, name)
-    live = _live_driver(directory)
+    live = live_driver(directory)
     if live is not None:
         raise UserError(f"a refit of study {name!r} is running (driver pid {live}); wait for it to end")
     scheme = {"folds": options.folds, "repeats": options.repeats, "seed": options.seed,

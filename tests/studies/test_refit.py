@@ -222,6 +222,23 @@ def test_show_and_the_report_gain_the_refit_table(refit_a: dict, tmp_path: Path,
     assert report.payload["refit"]["configs"][0]["oof_mae"] is not None
 
 
+def test_deleting_a_study_deletes_its_refit(refit_a: dict, tmp_path: Path) -> None:
+    """`msatune delete NAME` takes the refit's fold trials with it: a new study of the same name
+    starts without a stale refit (whose folds would belong to other trials)."""
+    from msatune.studies.manage import delete_study
+    from msatune.studies.store import open_storage
+    from msatune.studies.workspace import Workspace
+
+    shutil.copy(refit_a["ws"] / "studies.db", tmp_path / "studies.db")
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    names = {s.study_name for s in optuna.get_all_study_summaries(url)}
+    assert {"tiny", "tiny:refit"} <= names
+    out = delete_study(Workspace(tmp_path), open_storage(url), "tiny")
+    names = {s.study_name for s in optuna.get_all_study_summaries(url)}
+    assert "tiny" not in names and "tiny:refit" not in names
+    assert out["trials"] >= K * F
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
