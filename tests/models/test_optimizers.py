@@ -39,11 +39,21 @@ def test_fused_optimizers_train_like_keras_own(preset: str) -> None:
     assert isinstance(optimizers[1], FusedAdamW if preset == "improved" else FusedAdam)
     assert type(optimizers[0]) in (keras.optimizers.Adam, keras.optimizers.AdamW)
     assert int(optimizers[1].iterations.numpy()) == int(optimizers[0].iterations.numpy()) == 12
+    keras.utils.set_random_seed(0)
+    starts = build_model(config, DIMS, 8).get_weights()
+    # Attention key biases have an exactly-zero gradient (softmax ignores a per-query constant):
+    # Adam turns the gradient's rounding noise into steps of up to ~1e-5 in either direction, in
+    # Keras' optimizer as in the fused one. Such variables move < 1% of lr x steps; they must
+    # stay that small, every other variable must match Keras' to floating-point noise.
+    noise_scale = 0.01 * settings["learning_rate"] * 12
     moved = 0
-    for ref, got, start in zip(weights[0], weights[1], build_model(config, DIMS, 8).get_weights(), strict=True):
+    for ref, got, start in zip(weights[0], weights[1], starts, strict=True):
+        if np.max(np.abs(ref - start)) < noise_scale:
+            assert np.max(np.abs(got - start)) < noise_scale
+            continue
         # floating-point noise only (the kernel forms 1 - beta in float32), never a different update
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
-        moved += int(not np.allclose(ref, start))
+        moved += 1
     assert moved > len(weights[0]) // 2  # the comparison is about trained weights
 
 
