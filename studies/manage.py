@@ -63,7 +63,8 @@ def delete_study(ws: Workspace, storage: optuna.storages.BaseStorage, name: str,
     if files:
         study_dir = ws.study_dir(name)
         if study_dir.is_dir():
-            end_orphans(study_dir / "ray")  # what a killed driver of it left running
+            for ray_dir in (study_dir / "ray", study_dir / "refit"):  # what killed drivers left running
+                end_orphans(ray_dir)
             try:
                 shutil.rmtree(study_dir)
             except OSError as exc:
