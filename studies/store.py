@@ -229,3 +229,25 @@ def state_counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
 def best_complete(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     return min(done, key=lambda t: (t.value, t.number)) if done else None
+
+
+#: Optuna's study system-attr prefix of an uploaded artifact's record (``optuna.artifacts``).
+ARTIFACT_PREFIX = "artifacts:"
+
+
+def study_artifacts(storage: optuna.storages.BaseStorage, study_id: int) -> dict[str, dict[str, Any]]:
+    """The study's artifact records (system-attr key -> metadata with ``artifact_id`` and
+    ``filename``), skipping cleared (None) and unreadable ones: the one reader of that format."""
+    import json
+
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in storage.get_study_system_attrs(study_id).items():
+        if not key.startswith(ARTIFACT_PREFIX) or value is None:
+            continue
+        try:
+            meta = json.loads(value) if isinstance(value, str) else value
+        except json.JSONDecodeError:
+            continue
+        if isinstance(meta, dict) and isinstance(meta.get("artifact_id"), str):
+            out[key] = meta
+    return out
