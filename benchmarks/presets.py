@@ -30,9 +30,19 @@ from bench_common import REPO, base_doc, loadavg, mode_of, print_table, result_p
 NAMES = ("baseline", "improved")
 
 
-def train(ws: Path, preset: str, extra: list[str]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "msatune.studies.cli", "--workspace", str(ws), "train", "--preset", preset,
-           "--json", "--out", str(ws / "train" / preset), *extra]
+#: ``--keras-optimizer``: ``msatune train`` with Keras' own Adam/AdamW instead of the fused ones
+#: (models.optimizers), to tell their rounding apart from seed noise.
+KERAS_OPTIMIZER = (
+    "import sys; import msatune.models.recipe as r; import msatune.models.training as t; "
+    "stock = r.make_optimizer; t.make_optimizer = lambda s, **k: stock(s, fused=False); "
+    "from msatune.studies.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def train(ws: Path, preset: str, extra: list[str], *, keras_optimizer: bool = False, tag: str = "") -> dict[str, Any]:
+    entry = ["-c", KERAS_OPTIMIZER] if keras_optimizer else ["-m", "msatune.studies.cli"]
+    cmd = [sys.executable, *entry, "--workspace", str(ws), "train", "--preset", preset,
+           "--json", "--out", str(ws / "train" / f"{preset}{tag}"), *extra]
     load = loadavg()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -65,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny data, 2 epochs (what the tests run)")
     ap.add_argument("--workspace", type=Path, default=None, help="workspace (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=None, help="JSON to write")
+    ap.add_argument("--seeds", nargs="+", type=int, default=None,
+                    help="noise runs: train each preset with these model seeds (--set seed=N), "
+                         "fused and Keras' optimizer side by side; written as 'seed_runs' (not the record)")
     args = ap.parse_args(argv)
+    if args.seeds:
+        return seed_runs(args)
     mode = mode_of(args)
     out = result_path("presets_mosi", mode, args.out)
     ws = args.workspace or Path(tempfile.mkdtemp(prefix="msatune-presets-"))
@@ -93,6 +108,31 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, [("preset", "preset", 0), ("valid_mae", "valid MAE", 4), ("test_mae", "test MAE", 4),
                        ("best_epoch", "best ep", 0), ("epochs_trained", "epochs", 0), ("params", "params", 0),
                        ("wall_seconds", "wall s", 1)])
+    print(f"wrote {out}")
+    return 0
+
+
+def seed_runs(args: argparse.Namespace) -> int:
+    """The presets at several seeds, with the fused optimizer and with Keras' own: how far a
+    valid MAE moves with the seed, and with the optimizer's rounding alone."""
+    out = args.out or (REPO / "benchmarks" / "results" / "presets_mosi_seeds.json")
+    ws = args.workspace or Path(tempfile.mkdtemp(prefix="msatune-presets-"))
+    doc = base_doc("presets_seeds", "full", {"data": 0, "model": list(args.seeds)})
+    runs = []
+    for name in args.presets:
+        for seed in args.seeds:
+            for keras_opt in (False, True):
+                rec = train(ws, name, ["--set", f"seed={seed}"], keras_optimizer=keras_opt,
+                            tag=f"-s{seed}{'-keras' if keras_opt else ''}")
+                runs.append({"preset": name, "seed": seed, "optimizer": "keras" if keras_opt else "fused",
+                             **{k: rec[k] for k in ("valid_mae", "test_mae", "best_epoch", "epochs_trained",
+                                                    "wall_seconds", "loadavg_before")}})
+                print(runs[-1], flush=True)
+    doc["seed_runs"] = runs
+    write_json(out, doc)
+    print_table(runs, [("preset", "preset", 0), ("seed", "seed", 0), ("optimizer", "optimizer", 0),
+                       ("valid_mae", "valid MAE", 4), ("test_mae", "test MAE", 4), ("best_epoch", "best ep", 0),
+                       ("epochs_trained", "epochs", 0)])
     print(f"wrote {out}")
     return 0
 

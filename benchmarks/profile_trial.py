@@ -122,19 +122,22 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         return timed
 
     TensorFlowTrainer.make_train_function = make_train_function
-    spe = int(v.get("spe", 1))
+    # None: the loop's own default (the service's: a whole epoch up to 128 steps; users': 1)
+    spe = int(v["spe"]) if "spe" in v else None
+    used: dict[str, int] = {}
     original_compile = keras.Model.compile
     phases: dict[str, float] = {}
 
     def compile_(self, *args, **kwargs):
         t = time.perf_counter()
-        if spe != 1:
+        if spe is not None:
             kwargs["steps_per_execution"] = spe
         if "jit" in v:
             kwargs["jit_compile"] = bool(int(v["jit"]))
         try:
             return original_compile(self, *args, **kwargs)
         finally:
+            used["steps_per_execution"] = int(getattr(self, "steps_per_execution", 1) or 1)
             phases["compile_s"] = time.perf_counter() - t
 
     keras.Model.compile = compile_
@@ -165,7 +168,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         "batch": int(spec["batch"]),
         "threads": [tf.config.threading.get_intra_op_parallelism_threads(),
                     tf.config.threading.get_inter_op_parallelism_threads()],
-        "steps_per_execution": spe,
+        "steps_per_execution": used.get("steps_per_execution", spe),  # what the model compiled with
         "steps_per_epoch": steps,
         "import_and_load_s": t_ready - t_start,
         "phases": phases,

@@ -143,6 +143,10 @@ def load_candidate(trial: TrialRef, data: MSADataset | None = None) -> Candidate
     config, meta = read_checkpoint_meta(directory)  # UserError on a missing/corrupt file
     _check_weights(directory / WEIGHTS_FILE)
     if data is not None:
+        trained_on = meta.get("data_fingerprint")
+        if trained_on and trained_on != data.fingerprint:  # never write other data's predictions
+            raise UserError(f"trained on other data (fingerprint {str(trained_on)[:12]}, "
+                            f"the data given is {data.fingerprint[:12]})")
         fill_predictions(directory, data.splits)
     predictions = read_predictions(directory)
     dims = {str(k): int(v) for k, v in meta["dims"].items()}

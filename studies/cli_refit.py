@@ -128,7 +128,9 @@ refit) and trains each on --folds stratified folds of train+valid, --repeats tim
 for every configuration (stratified by the seven Acc-7 sentiment classes, so --folds may not exceed
 the smallest class), each fold with the trial's own recipe and early stopping on its held-out fold.
 The test split is never loaded into the run. Each configuration gets its out-of-fold (OOF) MAE:
-every train+valid sample predicted by the fold model that did not train on it.
+every train+valid sample predicted by the fold model that did not train on it. Each fold also
+picked its best epoch on its held-out fold, so OOF MAE is slightly optimistic (as the study's
+val MAE is); it ranks configurations on 5x the samples of one validation split.
 
 \b
 Folds run on Ray Tune with the study's resources (or the options below). Each finished fold is
@@ -153,7 +155,7 @@ Examples:
 @click.option("--folds", type=int, default=5, show_default=True, help="Folds of train+valid (k).")
 @click.option("--repeats", type=int, default=1, show_default=True, help="Repeats with other fold splits.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold assignment.")
-@click.option("--replace", is_flag=True, help="Discard an existing refit of the study (other folds/seed).")
+@click.option("--replace", is_flag=True, help="Start over when the study's refit used other --folds/--repeats/--seed (its fold models are discarded); with the same ones, a rerun continues it.")
 @_resource_options
 @storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print the refit summary as JSON.")
@@ -164,7 +166,7 @@ def refit(app: AppContext, name: str, top_k: int, folds: int, repeats: int, seed
     from msatune.studies.refits import RefitOptions, run_refit
 
     options = RefitOptions(top_k=top_k, folds=folds, repeats=repeats, seed=seed, replace=replace).validate()
-    store = app.storage(storage)
+    store = app.storage(storage, create=False)  # a mistyped name or store creates nothing
     where = {"cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
              "concurrency": concurrency, "address": address, "verbose": app.verbose}
     with RefitProgress(as_json, name) as progress:

@@ -26,7 +26,7 @@ from msatune.search.reconcile import FAIL_REASON_ATTR, REQUEUED_ATTR
 from msatune.studies.lease import StudyLease
 from msatune.studies.queries import trial_value
 from msatune.studies.refit_records import refit_study_name
-from msatune.studies.store import load_study, study_attrs, trial_kind
+from msatune.studies.store import load_study, study_artifacts, study_attrs, trial_kind
 from msatune.studies.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def delete_study(ws: Workspace, storage: optuna.storages.BaseStorage, name: str,
 
     study = load_study(storage, name)
     n_trials = len(storage.get_all_trials(study._study_id, deepcopy=False))
-    artifact_ids = _artifact_ids(storage, study._study_id)
+    artifact_ids = [m["artifact_id"] for m in study_artifacts(storage, study._study_id).values()]
     # held while deleting, so a launch/resume cannot start on it meanwhile (its release then
     # finds no study: a logged warning)
     refit_name = refit_study_name(name)
@@ -63,7 +63,8 @@ def delete_study(ws: Workspace, storage: optuna.storages.BaseStorage, name: str,
     if files:
         study_dir = ws.study_dir(name)
         if study_dir.is_dir():
-            end_orphans(study_dir / "ray")  # what a killed driver of it left running
+            for ray_dir in (study_dir / "ray", study_dir / "refit"):  # what killed drivers left running
+                end_orphans(ray_dir)
             try:
                 shutil.rmtree(study_dir)
             except OSError as exc:
@@ -83,20 +84,6 @@ def _live_refit_driver(ws: Workspace, name: str) -> int | None:
     from msatune.studies.refits import live_driver, refit_dir
 
     return live_driver(refit_dir(ws, name))
-
-
-def _artifact_ids(storage: optuna.storages.BaseStorage, study_id: int) -> list[str]:
-    ids = []
-    for key, value in storage.get_study_system_attrs(study_id).items():
-        if not key.startswith("artifacts:") or value is None:
-            continue
-        try:
-            meta = json.loads(value) if isinstance(value, str) else value
-        except json.JSONDecodeError:
-            continue
-        if isinstance(meta, dict) and isinstance(meta.get("artifact_id"), str):
-            ids.append(meta["artifact_id"])
-    return ids
 
 
 #: The columns every export row starts with (then the trial's config keys, sorted).

@@ -43,7 +43,7 @@ from msatune.ensemble.evaluate import (
     fit_ensemble,
     fit_pool,
 )
-from msatune.errors import UserError
+from msatune.errors import UserError, first_line
 from msatune.json_values import jsonable
 from msatune.studies.ensembles import RECORD_PREFIX, default_out_dir, trial_refs
 from msatune.studies.refit_records import bagged_configs
@@ -209,10 +209,15 @@ def run_refit_ensemble(
 
     # The fit below reads OOF predictions only; the test predictions ride along unread until the
     # combination is fixed (ensemble.evaluate.fit_pool), as for a study's ensemble.
-    test_preds = {c.trial: np.mean([fold_test_predictions(fm.checkpoint, data.test) for fm in c.folds], axis=0)
-                  for c in configs}
-    folds_of = {c.trial: c.folds for c in configs}
+    test_preds: dict[int, np.ndarray] = {}
     dropped: dict[int, str] = {}
+    for c in configs:  # a fold checkpoint that cannot predict drops its configuration, not the run
+        try:
+            test_preds[c.trial] = np.mean([fold_test_predictions(fm.checkpoint, data.test) for fm in c.folds],
+                                          axis=0)
+        except (UserError, OSError, ValueError) as exc:
+            dropped[c.trial] = f"a fold model could not predict the test split ({first_line(exc)})"
+    folds_of = {c.trial: c.folds for c in configs}
     refit_info = {"folds": spec["folds"], "repeats": spec["repeats"], "seed": spec.get("seed"),
                   "pool": spec.get("pool"), "configs": len(configs),
                   "fitted_on": f"out-of-fold predictions of the {pool.n} train+valid samples"}

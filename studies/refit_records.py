@@ -48,6 +48,13 @@ def fold_records(refit_study: optuna.Study) -> dict[tuple[int, int, int], optuna
     return out
 
 
+def _fold_key(t: optuna.trial.FrozenTrial) -> tuple[int, int, int] | None:
+    try:
+        return int(t.params["trial"]), int(t.params["repeat"]), int(t.params["fold"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def fold_models(records: dict, trial: int, folds: int, repeats: int) -> list[FoldModel]:
     return [FoldModel(r, f, Path(records[(trial, r, f)].user_attrs["checkpoint"]), records[(trial, r, f)].value)
             for r in range(repeats) for f in range(folds) if (trial, r, f) in records]
@@ -97,7 +104,9 @@ def refit_table(storage: optuna.storages.BaseStorage, name: str,
         for r, rv, ro in zip(ranked, by_val, by_oof, strict=True):
             r.update(rank_val=float(rv), rank_oof=float(ro), rank_change=float(rv - ro))
     rows.sort(key=lambda r: (r["oof_mae"] is None, r["oof_mae"] if r["oof_mae"] is not None else 0.0, r["trial"]))
-    failed = len(rstudy.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+    trained = fold_records(rstudy)  # a failed fold retrained since is no longer a failure
+    failed = len({_fold_key(t) for t in rstudy.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                  if _fold_key(t) is not None} - set(trained))
     return jsonable({"study": name, "refit_study": rstudy.study_name, "folds": folds, "repeats": repeats,
                      "seed": spec.get("seed"), "pool": spec.get("pool"), "failed_folds": failed,
                      "configs": rows})

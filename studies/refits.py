@@ -228,9 +228,9 @@ def run_refit(
     concurrency, address, verbose); ``trainable`` replaces the fold trainable (tests).
     """
     from msatune.augment.dataset import load_dataset
-    from msatune.search.ray_session import end_orphans
-    from msatune.search.refit import run_folds, task_configs
+    from msatune.search.ray_session import RaySession, parse_address
     from msatune.search.settings import SearchSettings
+    from msatune.studies.lease import StudyLease, check_free
 
     options.validate()
     study = load_study(storage, name)
@@ -254,8 +254,28 @@ def run_refit(
               "binning": BINNING, "data_fingerprint": data.fingerprint,
               "assignment": assignment_digest(assignment)}
     _check_scheme(_existing_spec(storage, name), name, scheme, options.replace)
+    if settings.address:
+        parse_address(settings.address)
+    check_free(study, "refit")  # one driver per study: a launch, resume, refit or delete
 
-    # --- checks done: from here on the store and the workspace change
+    # Ray reached and a fold fits on a node (RaySession); then, holding the study's lease, the
+    # store and the workspace change; a killed driver's Ray ends by its watchdog (own()).
+    with RaySession(address=settings.address, verbose=settings.verbose, work_dir=directory,
+                    cpus_per_trial=settings.cpus_per_trial, gpus_per_trial=settings.gpus_per_trial) as ray, \
+            StudyLease(study, "refit"):
+        return _run_refit_held(ws, storage, study, name, options, chosen, warnings, data, pool, assignment,
+                               settings, directory, scheme, ray, progress, trainable)
+
+
+def _run_refit_held(ws: Workspace, storage: optuna.storages.BaseStorage, study: optuna.Study, name: str,
+                    options: RefitOptions, chosen: list[Chosen], warnings: list[str], data: Any, pool: Any,
+                    assignment: np.ndarray, settings: Any, directory: Path, scheme: dict[str, Any],
+                    ray: Any, progress: Callable[[Any], None] | None,
+                    trainable: Callable[..., None] | None) -> dict[str, Any]:
+    """:func:`run_refit` after its checks, inside its Ray session and the study's lease."""
+    from msatune.search.ray_session import end_orphans
+    from msatune.search.refit import run_folds, task_configs
+
     ended = end_orphans(directory)
     rstudy, spec = _open_refit_study(storage, name, scheme, directory)
     known = {int(e["trial"]) for e in spec.get("trials", [])}
@@ -276,6 +296,8 @@ def run_refit(
                               "folds_run": 0, "complete": 0, "failed": 0, "wall_seconds": 0.0,
                               "concurrency": 0, "interrupted": False, "trials": [c.trial for c in chosen]}
     if todo:
+        directory.mkdir(parents=True, exist_ok=True)
+        ray.own()
         summary = run_folds(todo, pool, assignment, settings, fingerprint=data.fingerprint,
                             ray_dir=directory, run_name=f"run{run_index}",
                             on_fold=lambda o: _record_fold(rstudy, o, run_index),

@@ -38,7 +38,13 @@ from msatune.studies.queries import VALUE_RULE
 from msatune.studies.refit_records import refit_table
 from msatune.studies.report_page import note_markdown, render_html
 from msatune.studies.report_plots import plot_curves, plot_ensembles, plot_history, plot_importance
-from msatune.studies.store import best_complete, load_study, state_counts, study_attrs
+from msatune.studies.store import (
+    best_complete,
+    load_study,
+    state_counts,
+    study_artifacts,
+    study_attrs,
+)
 from msatune.studies.trial_curves import select_curves, test_mae, trial_curve
 from msatune.studies.workspace import Workspace
 
@@ -186,15 +192,8 @@ def attach_report(storage: optuna.storages.BaseStorage, name: str, report: Repor
     store = FileSystemArtifactStore(str(artifact_dir))
     files = [report.html, *report.figures.values()]
     names = {p.name for p in files}
-    prefix = "artifacts:"
-    for key, value in storage.get_study_system_attrs(study._study_id).items():  # drop the previous report's files
-        if not key.startswith(prefix) or value is None:
-            continue
-        try:
-            meta = json.loads(value)
-        except (TypeError, json.JSONDecodeError):
-            continue
-        if isinstance(meta, dict) and meta.get("filename") in names:
+    for key, meta in study_artifacts(storage, study._study_id).items():  # drop the previous report's files
+        if meta.get("filename") in names:
             try:
                 store.remove(meta["artifact_id"])
             except Exception:  # noqa: BLE001 - already gone: only the metadata is left to clear

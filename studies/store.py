@@ -36,26 +36,38 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 INTERRUPTED = "INTERRUPTED"
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names (``~`` expanded; a ``file:`` URI's path), ``None`` for other
+    databases: the one reading of a SQLite URL every check and open here uses.
+
+    Raises:
+        UserError: the URL is not a database URL, or names an in-memory SQLite store.
+    """
+    parsed = _parse_url(url)
+    if not parsed.drivername.startswith("sqlite"):
+        return None
+    path = (parsed.database or "").removeprefix("file:")
+    if not path or path == ":memory:":
+        raise UserError(f"--storage {url!r}: an in-memory SQLite store cannot hold a study; give a file path")
+    return Path(path).expanduser()
+
+
 def read_only_sqlite_url(url: str) -> str | None:
     """The read-only URI form of a SQLite URL (``None`` for other databases).
 
     Raises:
         UserError: the URL is not a database URL, or names a SQLite file that does not exist.
     """
-    parsed = _parse_url(url)
-    if not parsed.drivername.startswith("sqlite"):
+    path = sqlite_file(url)
+    if path is None:
         return None
-    db = parsed.database or ""
-    path = db[len("file:"):] if db.startswith("file:") else db  # already a URI: keep it, force ro
-    if not path or path == ":memory:":
-        raise UserError(f"--storage {url!r}: needs a SQLite file, not an in-memory store")
-    abs_path = Path(path).expanduser().resolve()
+    abs_path = path.resolve()
     if not abs_path.is_file():
         raise UserError(
             f"no study store at {abs_path} (the file does not exist); launch a study first "
             "(msatune launch NAME) or pass the right --workspace / --storage"
         )
-    return f"{parsed.drivername}:///file:{abs_path}?mode=ro&uri=true"
+    return f"{_parse_url(url).drivername}:///file:{abs_path}?mode=ro&uri=true"
 
 
 def _parse_url(url: str) -> Any:
@@ -83,15 +95,15 @@ def open_storage(url: str, *, read_only: bool = False, create: bool = True) -> o
     parsed = _parse_url(url)
     target = url
     engine_kwargs: dict[str, Any] = {}
-    if parsed.drivername.startswith("sqlite"):
-        db = parsed.database
-        if not db or db == ":memory:":
-            raise UserError(f"--storage {url!r}: an in-memory SQLite store cannot hold a study; give a file path")
+    path = sqlite_file(url)
+    if path is not None:
+        if not (parsed.database or "").startswith("file:"):  # SQLite opens the path as written: expand ~
+            target = parsed.set(database=str(path)).render_as_string(hide_password=False)
         if read_only or not create:
             ro_url = read_only_sqlite_url(url)  # also: the file must exist
-            target = ro_url if read_only and ro_url else url
-        elif not Path(db).parent.exists():
-            raise UserError(f"--storage {url!r}: directory {Path(db).parent} does not exist")
+            target = ro_url if read_only and ro_url else target
+        elif not path.parent.is_dir():
+            raise UserError(f"--storage {url!r}: directory {path.parent} does not exist")
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
     else:
         engine_kwargs["pool_pre_ping"] = True
@@ -114,23 +126,18 @@ def is_sqlite_url(url: str) -> bool:
 def check_can_create(url: str) -> None:
     """A UserError when the store at ``url`` could not be created (a SQLite file's directory is
     missing), checked before anything else is written."""
-    if is_sqlite_url(url):
-        db = (_parse_url(url).database or "").removeprefix("file:")
-        if not db or db == ":memory:":
-            raise UserError(f"--storage {url!r}: an in-memory SQLite store cannot hold a study; give a file path")
-        if not Path(db).expanduser().parent.is_dir():
-            raise UserError(f"--storage {url!r}: directory {Path(db).parent} does not exist")
+    path = sqlite_file(url)
+    if path is not None and not path.parent.is_dir():
+        raise UserError(f"--storage {url!r}: directory {path.parent} does not exist")
 
 
 def open_existing(url: str) -> optuna.storages.RDBStorage | None:
     """The store at ``url`` if there is one; ``None`` for a SQLite file that does not exist
     (nothing is created: a command may still fail before it writes)."""
-    if is_sqlite_url(url):
-        db = _parse_url(url).database or ""
-        if db and db != ":memory:" and not Path(db.removeprefix("file:")).expanduser().is_file():
-            return None
-        return open_storage(url, create=False)
-    return open_storage(url)
+    path = sqlite_file(url)
+    if path is None:
+        return open_storage(url)
+    return open_storage(url, create=False) if path.is_file() else None
 
 
 def check_study_name(name: str) -> None:
@@ -222,3 +229,25 @@ def state_counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
 def best_complete(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     return min(done, key=lambda t: (t.value, t.number)) if done else None
+
+
+#: Optuna's study system-attr prefix of an uploaded artifact's record (``optuna.artifacts``).
+ARTIFACT_PREFIX = "artifacts:"
+
+
+def study_artifacts(storage: optuna.storages.BaseStorage, study_id: int) -> dict[str, dict[str, Any]]:
+    """The study's artifact records (system-attr key -> metadata with ``artifact_id`` and
+    ``filename``), skipping cleared (None) and unreadable ones: the one reader of that format."""
+    import json
+
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in storage.get_study_system_attrs(study_id).items():
+        if not key.startswith(ARTIFACT_PREFIX) or value is None:
+            continue
+        try:
+            meta = json.loads(value) if isinstance(value, str) else value
+        except json.JSONDecodeError:
+            continue
+        if isinstance(meta, dict) and isinstance(meta.get("artifact_id"), str):
+            out[key] = meta
+    return out

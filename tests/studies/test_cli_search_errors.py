@@ -79,6 +79,24 @@ def test_bad_storage_url(tmp_path: Path, url: str, needle: str) -> None:
     one_line_error(run(tmp_path / "ws", "studies", "--storage", url), needle)
 
 
+def test_a_sqlite_url_with_a_tilde_names_one_file_for_every_check_and_open(tmp_path: Path, monkeypatch) -> None:
+    """`sqlite:///~/x.db` is the home directory's x.db for the existence checks and for SQLite
+    itself (which would otherwise open a literal './~/x.db'); a `file:` URI names the same file."""
+    from msatune.studies.store import check_can_create, open_existing, open_storage, sqlite_file
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    url = "sqlite:///~/x.db"
+    assert sqlite_file(url) == tmp_path / "x.db"
+    check_can_create(url)
+    assert open_existing(url) is None  # nothing there yet, nothing created
+    optuna.create_study(study_name="s", storage=open_storage(url))
+    assert (tmp_path / "x.db").is_file() and not (tmp_path / "~").exists()
+    assert [s.study_name for s in optuna.get_all_study_summaries(open_existing(url))] == ["s"]
+    assert sqlite_file(f"sqlite:///file:{tmp_path / 'x.db'}?mode=ro&uri=true") == tmp_path / "x.db"
+    assert [s.study_name for s in optuna.get_all_study_summaries(open_storage(url, read_only=True))] == ["s"]
+
+
 def test_changed_data_fingerprint_refuses_resume_unless_forced(tiny_study: dict, tmp_path: Path) -> None:
     """Point a copy of the study at a copy of its data, change the data, try to resume."""
     from msatune.studies.store import set_study_attr
