@@ -257,7 +257,7 @@ def cli(ws: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProce
     (["refit", "tiny", "--top-k", "1", "--folds", "6"], "smallest label bin"),
     (["refit", "tiny", "--repeats", "0"], "--repeats must be at least 1"),
     (["ensemble", "tiny", "--from", "refit"], "has no refit yet"),
-    (["refit", "tiny", "--gpus-per-trial", "64"], "asks for more GPUs than Ray sees"),
+    (["refit", "tiny", "--top-k", "2", "--gpus-per-trial", "64"], "asks for more GPUs than Ray sees"),
 ])
 def test_bad_refit_input_is_one_line_exit_2_and_changes_nothing(
     tiny_study: dict, tmp_path: Path, args: list[str], needle: str
