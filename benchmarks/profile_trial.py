@@ -17,7 +17,7 @@ Variants (``--variants``; any mix, each ``name[:key=value,...]``):
 * ``service``: ``models.training.train_model`` on ``search.trial.build_pipelines``; options
   ``intra``/``inter`` (threads), ``spe`` (steps_per_execution), ``jit`` (0/1), ``grappler``
   (a preset name from :data:`GRAPPLER`), ``aug`` (a noise strength, to see the augmentation map),
-  ``fused`` (0: Keras' own Adam/AdamW), ``onednn`` (``TF_ENABLE_ONEDNN_OPTS``).
+  ``fused`` (1: models.optimizers' fused Adam/AdamW, 0: Keras' own, the default), ``onednn`` (``TF_ENABLE_ONEDNN_OPTS``).
 
 Prints a table, writes JSON (``--out``, default ``benchmarks/results/profile_trial.json``);
 never asserts times. Hold the machine lock: ``/work/locks/exclusive python benchmarks/profile_trial.py``.
@@ -91,12 +91,13 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     import keras
     from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
 
-    if v.get("fused") == "0":  # Keras' own Adam/AdamW (models.optimizers' fused ones are the default)
+    if "fused" in v:  # fused=1: models.optimizers' Adam/AdamW; fused=0: Keras' own (the default since issue 15)
         import msatune.models.recipe as recipe
         import msatune.models.training as training
 
         stock = recipe.make_optimizer
-        training.make_optimizer = lambda settings, **_: stock(settings, fused=False)
+        fused = v["fused"] == "1"
+        training.make_optimizer = lambda settings, **_: stock(settings, fused=fused)
 
     from msatune.augment.dataset import load_dataset
     from msatune.search.config import resolve_config

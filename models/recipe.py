@@ -124,11 +124,13 @@ def epoch_learning_rate(settings: Mapping[str, Any], epoch: int) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_optimizer(settings: Mapping[str, Any], *, fused: bool = True) -> keras.optimizers.Optimizer:
+def make_optimizer(settings: Mapping[str, Any], *, fused: bool = False) -> keras.optimizers.Optimizer:
     """Adam or AdamW with a plain learning-rate variable (schedules set it per epoch).
 
-    ``fused``: :mod:`msatune.models.optimizers`' versions, the same update with one fused op per
-    variable (a third of a small-batch CPU step, seconds of tracing); ``False``: Keras' own.
+    ``fused=True``: :mod:`msatune.models.optimizers`' versions (one fused op per variable, ~2 s
+    less tracing per trial), not the default: trained to the end, the improved preset scored a
+    worse test MAE with them at 6 of 6 seeds (benchmarks/README.md, "Cheap trials"), which
+    rounding alone should not do; until that is explained, Keras' own Adam/AdamW train.
     """
     lr = float(settings["learning_rate"])
     if settings["lr_schedule"] == "cosine":

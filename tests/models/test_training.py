@@ -67,14 +67,13 @@ def test_a_finished_training_leaves_no_train_graph_behind(fused, monkeypatch):
     TensorFlow's custom-gradient registry used to pin every train step's graph (~75 MB per
     improved-model trial, growing without bound on a long study): Keras' own optimizer registers
     one per step trace (its gradient all-reduce), which models.graph_registry releases; the fused
-    one (models.optimizers, the default) registers none.
+    one (models.optimizers, opt-in) registers none.
     """
     import msatune.models.recipe as recipe
     import msatune.models.training as training
 
-    if not fused:
-        stock = recipe.make_optimizer
-        monkeypatch.setattr(training, "make_optimizer", lambda settings: stock(settings, fused=False))
+    stock = recipe.make_optimizer
+    monkeypatch.setattr(training, "make_optimizer", lambda settings: stock(settings, fused=fused))
     import gc
 
     import keras
