@@ -45,13 +45,13 @@ def delete_study(ws: Workspace, storage: optuna.storages.BaseStorage, name: str,
     study = load_study(storage, name)
     n_trials = len(storage.get_all_trials(study._study_id, deepcopy=False))
     artifact_ids = [m["artifact_id"] for m in study_artifacts(storage, study._study_id).values()]
-    # held while deleting, so a launch/resume cannot start on it meanwhile (its release then
-    # finds no study: a logged warning)
     refit_name = refit_study_name(name)
     refit_live = _live_refit_driver(ws, name)
     if refit_live is not None:
         raise UserError(f"cannot delete study {name!r}: its refit is running (driver pid {refit_live}); "
                         "wait for it to end or stop it (Ctrl-C)")
+    # held while deleting, so a launch/resume/refit cannot start on it meanwhile (its release then
+    # finds no study: a logged warning)
     with StudyLease(study, "delete"):
         optuna.delete_study(study_name=name, storage=storage)
         try:  # its refit's fold trials (msatune refit) go with it

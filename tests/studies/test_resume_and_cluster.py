@@ -27,6 +27,7 @@ import pytest
 from optuna.trial import TrialState
 
 from msatune.search.ray_session import RAY_PIDS_FILE, alive, session_processes
+from msatune.studies.store import open_storage
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -79,8 +80,8 @@ def test_kill_9_then_resume_meets_the_budget_and_keeps_finished_trials(
             time.sleep(1.0)
             assert driver.poll() is None, (
                 "the study ended before it could be killed: " + (tmp_path / "driver.err").read_text()[-3000:])
-            try:
-                study = optuna.load_study(study_name="k9", storage=url)
+            try:  # read-only: a poller that created the tables would race the driver creating them
+                study = optuna.load_study(study_name="k9", storage=open_storage(url, read_only=True))
             except (KeyError, Exception):  # noqa: BLE001 - store not created yet
                 continue
             states = [t.state for t in study.trials]
