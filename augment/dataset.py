@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from msatune.augment.yardsticks import reference_maes
 from msatune.errors import UserError
 from msatune.modalities import MODALITIES
 
@@ -152,31 +153,6 @@ class MSADataset:
 
 def _r(x: float) -> float:
     return round(float(x), 6)
-
-
-def constant_mae(labels: np.ndarray) -> float:
-    """MAE of the best constant predictor, the median of ``labels``."""
-    y = np.asarray(labels, dtype=np.float64).reshape(-1)
-    if y.size == 0:
-        raise ValueError("constant_mae of an empty label array")
-    return float(np.mean(np.abs(y - np.median(y))))
-
-
-def floor_mae(labels: np.ndarray, oracle: np.ndarray) -> float:
-    """MAE of the noise-free target against the (noisy) labels: the error floor of a split."""
-    y = np.asarray(labels, dtype=np.float64).reshape(-1)
-    o = np.asarray(oracle, dtype=np.float64).reshape(-1)
-    if y.shape != o.shape:
-        raise ValueError(f"labels {y.shape} and oracle {o.shape} differ in length")
-    return float(np.mean(np.abs(y - o)))
-
-
-def reference_maes(labels: np.ndarray, oracle: np.ndarray | None = None) -> dict[str, float | None]:
-    """``{"constant_mae", "floor_mae"}``: what predicting the median scores, and what the
-    noise-free target scores (``None`` without an oracle). Every report shows them beside a
-    model's MAE: a model is only worth something between the two."""
-    return {"constant_mae": constant_mae(labels),
-            "floor_mae": None if oracle is None else floor_mae(labels, oracle)}
 
 
 def fingerprint(splits: Mapping[str, SplitData]) -> str:

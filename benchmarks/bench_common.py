@@ -189,9 +189,9 @@ def new_study(ws_root: Path, name: str, space: Any, data_path: Path, settings: A
     """An msatune study (what ``launch`` records) in the workspace's SQLite store, without
     ``launch``'s enqueued presets: the benchmark decides exactly what the study trains."""
     from msatune.augment.dataset import load_dataset
-    from msatune.studies.lifecycle import create_search_study
-    from msatune.studies.store import open_storage
-    from msatune.studies.workspace import Workspace
+    from msatune.studies.runs import create_search_study
+    from msatune.studies.store.connect import open_storage
+    from msatune.studies.store.workspace import Workspace
 
     ws = Workspace(Path(ws_root)).ensure()
     space.for_study(settings.max_epochs, settings.seed)

@@ -80,10 +80,10 @@ def machine() -> dict[str, Any]:
 
 def build_study(ws_root: Path, name: str, trials: int, max_epochs: int, seed: int, space_name: str) -> dict[str, Any]:
     """A study on the synthetic mosi set (the workspace's default dataset)."""
-    from msatune.search.settings import SearchSettings
-    from msatune.studies.lifecycle import launch
-    from msatune.studies.store import open_storage
-    from msatune.studies.workspace import Workspace, default_dataset
+    from msatune.search.search_settings import SearchSettings
+    from msatune.studies.runs import launch
+    from msatune.studies.store.connect import open_storage
+    from msatune.studies.store.workspace import Workspace, default_dataset
 
     ws = Workspace(ws_root).ensure()
     data = default_dataset(ws)
@@ -188,10 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     from msatune.augment.dataset import load_dataset
     from msatune.ensemble.candidates import select_candidates
-    from msatune.ensemble.evaluate import EnsembleOptions, fit_pool
-    from msatune.studies.ensembles import trial_refs
-    from msatune.studies.store import load_study, open_storage, study_attrs
-    from msatune.studies.workspace import Workspace
+    from msatune.ensemble.fitting import EnsembleOptions, fit_pool
+    from msatune.studies.store.connect import open_storage
+    from msatune.studies.store.studies import load_study, study_attrs, trial_refs
+    from msatune.studies.store.workspace import Workspace
 
     record: dict[str, Any] = {"benchmark": "ensemble", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                               "versions": versions(), "machine": machine(), "seed": args.seed,

@@ -7,8 +7,8 @@ so every configuration trains every epoch) is trained
 * ``plain``: one after another in one fresh Python process with the training recipe
   (``search.trial.run_trial``, what ``msatune train`` runs), ``keras.backend.clear_session()``
   between configurations;
-* ``study``: as an msatune study (``search.runner.run_search``: Ray Tune, the store-truthful
-  OptunaSearch writing to SQLite, checkpoints on every improvement, ``reuse_actors=True``) with
+* ``study``: as an msatune study (``search.study_run.run_search``: Ray Tune, the store-truthful
+  study searcher writing to SQLite, checkpoints on every improvement, ``reuse_actors=True``) with
   the scheduler disabled (``grace_period = max_epochs``). The configurations are enqueued, so
   the study trains exactly them, in order, with the same model seeds; ``launch``'s presets are
   not enqueued. The trainable is msatune's own, wrapped to record timestamps and the worker's RSS.
@@ -95,7 +95,7 @@ DROPOUTS = (0.1, 0.2, 0.3)
 
 def make_configs(n: int, epochs: int, batch: int, model: str = "small") -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The base config and the ``n`` varied parameter sets (learning rate, dropout)."""
-    from msatune.search.config import PRESETS
+    from msatune.search.trial_config import PRESETS
 
     base = {**PRESETS["improved"], **(SMALL_MODEL if model == "small" else {}), "batch_size": batch, "epochs": epochs,
             "patience": 0, "warmup_epochs": 0, "seed": MODEL_SEED}
@@ -163,9 +163,9 @@ def run_study(ws: Path, data_path: Path, base: dict, params: list[dict], slots: 
     import optuna
 
     from msatune.augment.dataset import load_dataset
-    from msatune.search.runner import run_search
-    from msatune.search.settings import SearchSettings
+    from msatune.search.search_settings import SearchSettings
     from msatune.search.space import SearchSpace
+    from msatune.search.study_run import run_search
 
     epochs = int(base["epochs"])
     space = SearchSpace(

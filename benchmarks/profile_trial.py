@@ -100,7 +100,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         training.make_optimizer = lambda settings, **_: stock(settings, fused=fused)
 
     from msatune.augment.dataset import load_dataset
-    from msatune.search.config import resolve_config
+    from msatune.search.trial_config import resolve_config
 
     calls: list[tuple[float, float]] = []  # (start, seconds) of every train_function call
     original_make = TensorFlowTrainer.make_train_function

@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from msatune.search.ray_session import quiet_ray_environment, session_processes, start_ray
+    from msatune.search.ray_orphans import session_processes
+    from msatune.search.ray_session import quiet_ray_environment, start_ray
 
     quiet_ray_environment()
     with tempfile.TemporaryDirectory(prefix="msatune-ray-idle-") as tmp:

@@ -107,10 +107,10 @@ def workspace(args: argparse.Namespace) -> Path:
 
 
 def stage_study(ws_root: Path, data: Path, size: dict[str, Any]) -> dict[str, Any]:
-    from msatune.search.settings import SearchSettings
-    from msatune.studies.lifecycle import launch
-    from msatune.studies.store import open_storage
-    from msatune.studies.workspace import Workspace
+    from msatune.search.search_settings import SearchSettings
+    from msatune.studies.runs import launch
+    from msatune.studies.store.connect import open_storage
+    from msatune.studies.store.workspace import Workspace
 
     for old in ("studies.db", "studies"):  # a study stage starts from an empty workspace
         path = ws_root / old
@@ -129,9 +129,9 @@ def stage_study(ws_root: Path, data: Path, size: dict[str, Any]) -> dict[str, An
 
 
 def stage_refit(ws_root: Path, size: dict[str, Any]) -> dict[str, Any]:
-    from msatune.studies.refits import RefitOptions, run_refit
-    from msatune.studies.store import open_storage
-    from msatune.studies.workspace import Workspace
+    from msatune.studies.refit.run import RefitOptions, run_refit
+    from msatune.studies.store.connect import open_storage
+    from msatune.studies.store.workspace import Workspace
 
     ws = Workspace(ws_root)
     t0 = time.perf_counter()
@@ -141,18 +141,17 @@ def stage_refit(ws_root: Path, size: dict[str, Any]) -> dict[str, Any]:
 
 
 def stage_score(ws_root: Path) -> dict[str, Any]:
-    from msatune.ensemble.evaluate import EnsembleOptions
-    from msatune.studies.ensembles import run_study_ensemble
-    from msatune.studies.refit_ensemble import run_refit_ensemble
-    from msatune.studies.store import open_storage
-    from msatune.studies.workspace import Workspace
+    from msatune.ensemble.fitting import EnsembleOptions
+    from msatune.studies.ensembles import run_ensemble
+    from msatune.studies.store.connect import open_storage
+    from msatune.studies.store.workspace import Workspace
 
     ws = Workspace(ws_root)
     store = open_storage(ws.storage_url)
     t0 = time.perf_counter()
-    flat = run_study_ensemble(ws, store, NAME, EnsembleOptions(method="greedy")).summary()
+    flat = run_ensemble(ws, store, NAME, EnsembleOptions(method="greedy")).summary()
     t1 = time.perf_counter()
-    bagged = run_refit_ensemble(ws, store, NAME, EnsembleOptions(method="greedy")).summary()
+    bagged = run_ensemble(ws, store, NAME, EnsembleOptions(method="greedy"), source="refit").summary()
     t2 = time.perf_counter()
     return {"ensemble_wall_s": t1 - t0, "bagged_wall_s": t2 - t1, "flat": flat, "bagged": bagged}
 

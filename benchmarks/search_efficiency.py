@@ -3,7 +3,7 @@
 On the synthetic mosi set (seed 0), three searches with the same trial count, the same space
 (the default space's optimisation, regularisation and augmentation keys on a small model) and
 the same seeds (sampler seed and model seeds), each through msatune's runner
-(``search.runner.run_search``: Ray Tune, the store-truthful OptunaSearch, SQLite store,
+(``search.study_run.run_search``: Ray Tune, the store-truthful study searcher, SQLite store,
 ``cpus_per_trial = 1``, the same concurrency):
 
 * ``random``: ``optuna.samplers.RandomSampler(seed)``, scheduler off (every trial runs
@@ -98,8 +98,8 @@ def make_space(epochs: int, batches: list[int], first_rung: int | None) -> Any:
 
 def run_one(method: str, seed: int, size: dict[str, Any], ws: Path, data_path: Path) -> dict[str, Any]:
     from msatune.augment.dataset import load_dataset
-    from msatune.search.runner import run_search
-    from msatune.search.settings import SearchSettings
+    from msatune.search.search_settings import SearchSettings
+    from msatune.search.study_run import run_search
 
     epochs = int(size["epochs"])
     grace = int(size["grace"]) if method in ASHA_METHODS else epochs  # grace = max_t: no early stops
@@ -130,7 +130,7 @@ def collect_run(method: str, seed: int, study: Any, events_path: Path, t0: float
     import numpy as np
 
     from msatune.models.checkpoint import read_predictions
-    from msatune.studies.store import best_complete
+    from msatune.studies.store.studies import best_complete
 
     epochs_ev = [e for e in read_events(events_path)
                  if e["kind"] == "epoch" and e.get("val_mae") is not None and math.isfinite(e["val_mae"])]
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                      ("slots", args.slots), ("grace", args.grace), ("rf", args.rf)):
         if val is not None:
             size[key] = val
-    from msatune.search.settings import SearchSettings
+    from msatune.search.search_settings import SearchSettings
 
     defaults = SearchSettings(max_epochs=size["epochs"])
     size["grace"] = min(size["grace"] if size["grace"] is not None else defaults.grace, size["epochs"])

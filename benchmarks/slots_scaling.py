@@ -4,7 +4,7 @@
    (``ray.init(address="local", num_cpus=<cores>, num_gpus=8)``), each trial takes one GPU and
    ``cores / 8`` CPU, and its trainable only sleeps (``--epochs`` reports of ``--epoch-s`` seconds
    each, a val MAE computed from the config). The rest is msatune's real path: ``run_search`` with
-   the store-truthful OptunaSearch over the default space, TPE, SQLite store, ``reuse_actors``,
+   the store-truthful study searcher over the default space, TPE, SQLite store, ``reuse_actors``,
    scheduler off (``grace_period = max_epochs``). ``slots x rounds`` trials at 1, 2, 4, 8 slots.
 2. **Real training** on the synthetic mosi set (small model, learning rate and dropout searched,
    scheduler off) at 1 and 2 slots of 1 CPU each.
@@ -82,8 +82,8 @@ def sleeping_trainable(config: dict[str, Any], data: Any = None, epochs: int = 4
 def run_level(kind: str, slots: int, trials: int, epochs: int, ws: Path, data_path: Path, space: Any,
               cpus_per_trial: float, gpus_per_trial: float, inner: Any) -> dict[str, Any]:
     from msatune.augment.dataset import load_dataset
-    from msatune.search.runner import run_search
-    from msatune.search.settings import SearchSettings
+    from msatune.search.search_settings import SearchSettings
+    from msatune.search.study_run import run_search
 
     name = f"{kind}-{slots}"
     settings = SearchSettings(trials=trials, max_epochs=epochs, grace_period=epochs, reduction_factor=2,
@@ -122,8 +122,8 @@ def add_scaling(rows: list[dict[str, Any]]) -> None:
 def small_space(epochs: int, batch: int) -> Any:
     import optuna
 
-    from msatune.search.config import PRESETS
     from msatune.search.space import SearchSpace
+    from msatune.search.trial_config import PRESETS
 
     base = {**PRESETS["improved"], **SMALL_MODEL, "batch_size": batch, "epochs": epochs, "patience": 0,
             "warmup_epochs": 0}

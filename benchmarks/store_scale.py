@@ -47,7 +47,8 @@ def build_study(db: Path, n_trials: int, seed: int = 0) -> float:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
     from optuna.trial import TrialState, create_trial
 
-    from msatune.studies.store import create_study, open_storage
+    from msatune.studies.store.connect import open_storage
+    from msatune.studies.store.studies import create_study
 
     t0 = time.perf_counter()
     storage = open_storage(f"sqlite:///{db}")
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     import optuna_dashboard
 
     from msatune.studies.queries import list_studies, show_study
-    from msatune.studies.store import open_storage
+    from msatune.studies.store.connect import open_storage
 
     tmp = Path(tempfile.mkdtemp(prefix="msatune-store-scale-"))
     try:

@@ -72,7 +72,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         tf.config.threading.set_inter_op_parallelism_threads(1)
 
     from msatune.augment.dataset import load_dataset
-    from msatune.search.config import resolve_config
+    from msatune.search.trial_config import resolve_config
 
     data = load_dataset(spec["data"])
     epochs = int(spec["epochs"])
@@ -247,7 +247,7 @@ def _loadavg() -> list[float] | None:
 
 
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from msatune.search.config import PRESETS
+    from msatune.search.trial_config import PRESETS
 
     specs = []
     for model in args.models:

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from msatune.augment.dataset import SplitData, constant_mae
+from msatune.augment.dataset import SplitData
+from msatune.augment.yardsticks import constant_mae
 from msatune.ensemble.candidates import Candidate, CandidatePool
 from msatune.errors import UserError
 from msatune.modalities import MODALITIES
@@ -136,9 +137,9 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
 
 
 def _predict(model: Any, inputs: Mapping[str, np.ndarray], batch: int = 256) -> np.ndarray:
-    from msatune.ensemble.export import _predict_eager
+    from msatune.ensemble.export import predict_eager
 
-    return _predict_eager(model, inputs, batch)
+    return predict_eager(model, inputs, batch)
 
 
 def fold_test_predictions(checkpoint: Path, test: SplitData) -> np.ndarray:

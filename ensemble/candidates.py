@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from msatune.augment.dataset import MSADataset, constant_mae
+from msatune.augment.dataset import MSADataset
+from msatune.augment.yardsticks import constant_mae
 from msatune.errors import UserError, first_line
 from msatune.models.checkpoint import (
     PREDICTION_SPLITS,

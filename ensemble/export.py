@@ -39,7 +39,7 @@ from msatune.models.checkpoint import write_predictions
 if TYPE_CHECKING:
     import keras
 
-    from msatune.ensemble.evaluate import EnsembleResult
+    from msatune.ensemble.fitting import EnsembleResult
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def build_fused_model(
     return keras.Model(inputs=inputs, outputs=output, name=name)
 
 
-def _predict_eager(model: Any, inputs: Mapping[str, np.ndarray], batch: int = EXPORT_BATCH) -> np.ndarray:
+def predict_eager(model: Any, inputs: Mapping[str, np.ndarray], batch: int = EXPORT_BATCH) -> np.ndarray:
     n = next(iter(inputs.values())).shape[0]
     parts = []
     for start in range(0, n, batch):
@@ -174,7 +174,7 @@ def export_ensemble(
         step(f"checking the exported model against the members on the {check_split} inputs")
         idx = result.pool.index(check_split)
         x = split_inputs(data, check_split, idx)
-        each = np.stack([_predict_eager(m, x) for _, _, m in members], axis=1)
+        each = np.stack([predict_eager(m, x) for _, _, m in members], axis=1)
         in_memory = combine_numpy(method, each, weights)
         fused_pred = np.asarray(fused.predict(x, batch_size=EXPORT_BATCH, verbose=0), dtype=np.float64).reshape(-1)
         check = {

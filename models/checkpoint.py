@@ -33,6 +33,7 @@ import numpy as np
 import msatune
 from msatune.errors import UserError, first_line
 from msatune.json_values import json_default
+from msatune.thirdparty.keras_internals import save_weights_without
 
 if TYPE_CHECKING:
     import keras
@@ -109,18 +110,11 @@ def _save_weights(model: keras.Model, path: Path) -> None:
     """The model's weights without the optimizer state (a third of the size with Adam).
 
     Keras 3's public ``save_weights`` also writes the optimizer variables of a compiled model;
-    its ``saving_lib.save_weights_only`` can skip them. Fall back to the public call if that
-    internal function is gone or changed.
+    the boundary's :func:`save_weights_without` can skip them, and the public call is the fallback.
     """
     optimizer = getattr(model, "optimizer", None)
-    if optimizer is not None:
-        try:
-            from keras.src.saving import saving_lib
-
-            saving_lib.save_weights_only(model, str(path), objects_to_skip=[optimizer])
-            return
-        except (ImportError, AttributeError, TypeError):  # pragma: no cover - other Keras
-            log.debug("saving weights with the optimizer state (no saving_lib.objects_to_skip)")
+    if optimizer is not None and save_weights_without(model, path, [optimizer]):
+        return
     model.save_weights(path)
 
 

@@ -19,25 +19,17 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from msatune.thirdparty.keras_internals import gradient_registry
+
 log = logging.getLogger(__name__)
 
 #: Name prefix ``tf.custom_gradient`` gives the gradient functions it registers.
 CUSTOM_GRADIENT_PREFIX = "CustomGradient-"
 
 
-def _gradient_registry() -> dict | None:
-    """TF's gradient registry (a private dict), or None if this TensorFlow has none we know."""
-    try:
-        from tensorflow.python.framework import ops
-    except ImportError:  # pragma: no cover - TensorFlow is a dependency
-        return None
-    registry = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
-    return registry if isinstance(registry, dict) else None
-
-
 def custom_gradient_count() -> int:
     """How many custom-gradient functions TensorFlow's registry holds now (0 if unknown)."""
-    registry = _gradient_registry()
+    registry = gradient_registry()
     if registry is None:
         return 0
     return sum(1 for name in list(registry) if str(name).startswith(CUSTOM_GRADIENT_PREFIX))
@@ -51,7 +43,7 @@ def released_custom_gradients() -> Iterator[None]:
     later forward passes (prediction) are unaffected. A TensorFlow without the registry this
     knows is left alone (the leak then stays, nothing breaks).
     """
-    registry = _gradient_registry()
+    registry = gradient_registry()
     if registry is None:
         log.debug("TensorFlow's gradient registry not found; custom gradients are not released")
         yield

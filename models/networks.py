@@ -56,7 +56,7 @@ class _MSABase(keras.Model):
 
     def get_config(self) -> dict[str, Any]:
         config = {"name": self.name, "trainable": self.trainable}
-        config.update({k: getattr(self, f"_cfg_{k}") for k in self._config_keys})
+        config.update({k: self._config_value(k) for k in self._config_keys})
         return config
 
     @classmethod
@@ -67,9 +67,12 @@ class _MSABase(keras.Model):
         for k in self._config_keys:
             setattr(self, f"_cfg_{k}", values[k])
 
+    def _config_value(self, key: str) -> Any:
+        return getattr(self, f"_cfg_{key}")
+
     @property
     def seq_len(self) -> int | None:
-        return self._cfg_seq_len
+        return self._config_value("seq_len")
 
 
 L2_SCOPES = ("theirs", "all")

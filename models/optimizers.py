@@ -31,6 +31,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from msatune.thirdparty.keras_internals import ApplyGradientsHook
+
 __all__ = ["FusedAdam", "FusedAdamW"]
 
 
@@ -38,10 +40,12 @@ def _tf_variable(variable: Any) -> tf.Variable:
     return variable.value if isinstance(variable, keras.Variable) else variable
 
 
-class _FusedAdamUpdate:
-    """The fused update of an Adam-family Keras optimizer (mixed into Adam and AdamW)."""
+class _FusedAdamUpdate(ApplyGradientsHook):
+    """The fused update of an Adam-family Keras optimizer (mixed into Adam and AdamW). Keras'
+    internals it needs (the gradient step it replaces, the moment slots, which variables decay)
+    are :class:`msatune.thirdparty.keras_internals.ApplyGradientsHook`'s."""
 
-    def _fusable(self, grads: list, variables: list) -> bool:
+    def can_fuse(self, grads: list, variables: list) -> bool:
         return (
             keras.backend.backend() == "tensorflow"
             and not self.amsgrad
@@ -51,12 +55,9 @@ class _FusedAdamUpdate:
             and all(not isinstance(g, tf.IndexedSlices) for g in grads)
         )
 
-    def _backend_apply_gradients(self, grads: list, trainable_variables: list) -> None:
-        if not self._fusable(grads, trainable_variables):
-            super()._backend_apply_gradients(grads, trainable_variables)
-            return
+    def apply_fused(self, grads: list, trainable_variables: list) -> None:
+        """One ``ResourceApplyAdam`` per variable on the clipped ``grads``, after weight decay."""
         variables = [_tf_variable(v) for v in trainable_variables]
-        grads = self._clip_gradients(grads)
         lr = tf.convert_to_tensor(self.learning_rate)  # one read per step, not one per variable
         by_dtype: dict[tf.DType, dict[str, tf.Tensor]] = {}
 
@@ -73,16 +74,16 @@ class _FusedAdamUpdate:
 
         if self.weight_decay is not None:
             for variable in variables:
-                if self._use_weight_decay(variable):
+                if self.decays(variable):
                     s = scalars(variable.dtype)
                     variable.assign_sub(variable * tf.cast(self.weight_decay, variable.dtype) * s["lr"])
         for grad, variable in zip(grads, variables, strict=True):
-            index = self._get_variable_index(variable)
+            m, v = self.moment_slots(variable)
             s = scalars(variable.dtype)
             tf.raw_ops.ResourceApplyAdam(
                 var=variable.handle,
-                m=_tf_variable(self._momentums[index]).handle,
-                v=_tf_variable(self._velocities[index]).handle,
+                m=_tf_variable(m).handle,
+                v=_tf_variable(v).handle,
                 beta1_power=s["beta_1_power"],
                 beta2_power=s["beta_2_power"],
                 lr=s["lr"],

@@ -1,8 +1,9 @@
-"""The Ray instance a search runs on: start or join it, ship the code, quiet it, clean up after it.
+"""The Ray instance a run uses: start or join it, ship the code, check it, quiet it, stop it.
 
 A local instance is always new and owned by the driver (``address="local"``); its processes are
-recorded in a pid file so that a later run can end what a dead driver left behind (never
-``ray stop``, which would also end other users' clusters). Joining a cluster (``address=``) ships
+recorded in a pid file so that a later run can end what a dead driver left behind
+(:mod:`msatune.search.ray_orphans`; never ``ray stop``, which would also end other users'
+clusters). Joining a cluster (``address=``) ships
 the installed ``msatune`` package to the workers through ``runtime_env`` (``py_modules``), so
 remote nodes need neither msatune installed nor the launch directory: the workers import exactly
 the driver's msatune, never a ``models`` package of the user's own.
@@ -11,15 +12,11 @@ the driver's msatune, never a ``models`` package of the user's own.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import math
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,10 +24,10 @@ from typing import Any
 
 import msatune
 from msatune.errors import UserError, first_line
+from msatune.search.ray_orphans import forget_processes, record_ray_processes, start_watchdog
+from msatune.thirdparty.ray_internals import AUTH_TOKEN_LOGGER, reread_auth_mode
 
 log = logging.getLogger(__name__)
-
-RAY_PIDS_FILE = "ray-processes.json"
 
 #: Environment of the trial workers. A trial stopped by ASHA ends at its next report, i.e. after
 #: the epoch it is in; Ray waits only 2 s for that before refusing to reuse the actor ("Could not
@@ -39,11 +36,12 @@ WORKER_ENV = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "600", "TF_CPP_MIN_LOG_LEVEL": "
 
 
 def package_for_workers(staging: Path) -> Path:
-    """A copy of the running ``msatune`` package (its ``.py`` files) at ``staging/msatune``.
+    """A copy of the running ``msatune`` package (its ``.py`` files, nested packages too) at
+    ``staging/msatune``.
 
     Ray's ``py_modules`` zips a module's directory. An installed wheel has every subpackage under
-    ``msatune/``; an editable install maps them to the repository's top-level folders, so the
-    package is assembled here from where Python imports each part.
+    ``msatune/``; an editable install maps the architecture's subpackages to the repository's
+    top-level folders, so the package is assembled here from where Python imports each part.
     """
     target = Path(staging) / "msatune"
     if target.exists():
@@ -56,9 +54,12 @@ def package_for_workers(staging: Path) -> Path:
         parts[sub] = Path(list(spec.submodule_search_locations)[0])
     for sub, source in parts.items():
         dest = target / sub if sub else target
-        dest.mkdir(parents=True, exist_ok=True)
-        for py in source.glob("*.py"):
-            shutil.copy2(py, dest / py.name)
+        for py in source.rglob("*.py"):
+            relative = py.relative_to(source)
+            if relative.parts[0] in msatune.SUBPACKAGES and not sub:
+                continue  # a wheel's root holds the subpackages too: copied from their own place
+            (dest / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(py, dest / relative)
     return target
 
 
@@ -224,43 +225,12 @@ class RaySession:
             stop_ray(self.work_dir)
 
 
-def start_watchdog(pid_dir: Path) -> subprocess.Popen | None:
-    """A detached process that waits for this driver to end and then ends the Ray processes its
-    pid file lists (nothing when the driver stopped Ray itself: the pid file is gone)."""
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-m", "msatune.search.ray_session", str(Path(pid_dir) / RAY_PIDS_FILE),
-             str(os.getpid())],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, close_fds=True,
-        )
-    except OSError as exc:  # the driver still works; `msatune resume` ends orphans instead
-        log.warning("no watchdog for the Ray processes of this driver: %s", exc)
-        return None
-
-
-def watch(pid_file: Path, driver_pid: int, poll_s: float = 1.0) -> None:
-    """The watchdog's loop: end the pid file's processes once ``driver_pid`` is gone."""
-    while alive(driver_pid):
-        if not pid_file.exists():
-            return
-        time.sleep(poll_s)
-    end_orphans(pid_file.parent)
-
-
 def stop_ray(work_dir: Path) -> None:
     """Shut down the Ray instance this driver started and forget its processes."""
     import ray
 
     ray.shutdown()
-    pid_file = Path(work_dir) / RAY_PIDS_FILE
-    try:
-        info = json.loads(pid_file.read_text())
-    except (OSError, ValueError):
-        info = {}
-    # a driver that took the study over after this one released its lease may own the file now
-    if int(info.get("driver_pid", os.getpid())) == os.getpid():
-        pid_file.unlink(missing_ok=True)
+    forget_processes(Path(work_dir))
 
 
 def _enable_token_auth_if_available() -> None:
@@ -277,94 +247,9 @@ def _enable_token_auth_if_available() -> None:
     ).exists():
         os.environ["RAY_AUTH_MODE"] = "token"
         try:  # Ray read its config at import: make it read the mode again (as Ray's tests do)
-            from ray._raylet import AuthenticationTokenLoader, Config
-
-            Config.initialize("")
-            AuthenticationTokenLoader.instance().reset_cache()
+            reread_auth_mode()
         except (ImportError, AttributeError) as exc:  # pragma: no cover - Ray changed
             log.warning("could not switch Ray to token authentication: %s", exc)
-
-
-def record_ray_processes(pid_dir: Path) -> None:
-    """Remember the Ray processes this driver started (by session dir), for ``end_orphans``."""
-    import ray
-
-    node = ray._private.worker._global_node
-    session_dir = node.get_session_dir_path() if node is not None else None
-    pids = sorted({p.process.pid for infos in node.all_processes.values() for p in infos}) if node else []
-    pid_dir.mkdir(parents=True, exist_ok=True)
-    (pid_dir / RAY_PIDS_FILE).write_text(
-        json.dumps({"driver_pid": os.getpid(), "session_dir": session_dir, "pids": pids})
-    )
-
-
-def session_processes(session_dir: str) -> list[int]:
-    """PIDs of processes belonging to the Ray session ``session_dir`` (Linux ``/proc``).
-
-    Ray renames its processes (``ray::DashboardAgent``, ``ray::ImplicitFunc``), so the command line
-    does not always name the session; their open log files under the session dir do.
-    """
-    found: list[int] = []
-    proc = Path("/proc")
-    if not proc.exists() or not session_dir:
-        return found
-    needle = session_dir.encode()
-    for entry in proc.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-                continue
-            for fd in (entry / "fd").iterdir():
-                if os.readlink(fd).startswith(session_dir):
-                    found.append(int(entry.name))
-                    break
-        except OSError:
-            continue
-    return found
-
-
-def alive(pid: int) -> bool:
-    """Whether a process with this pid exists (on this host)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def end_orphans(pid_dir: Path) -> list[int]:
-    """End the Ray processes a dead driver started (from its pid file); returns the PIDs ended."""
-    path = pid_dir / RAY_PIDS_FILE
-    if not path.exists():
-        return []
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return []
-    if alive(int(info.get("driver_pid", -1))):
-        return []  # that driver still runs: its processes are not orphans
-    pids = set(info.get("pids", []))
-    if info.get("session_dir"):
-        pids.update(session_processes(info["session_dir"]))
-    pids = {p for p in pids if p != os.getpid() and alive(p)}
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in list(pids):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pids.discard(pid)
-        deadline = time.time() + 3
-        while pids and time.time() < deadline and any(alive(p) for p in pids):
-            time.sleep(0.1)
-    ended = sorted(pids)
-    path.unlink(missing_ok=True)
-    if ended:
-        log.info("ended %d orphan Ray process(es) of a previous driver", len(ended))
-    return ended
 
 
 #: A local Ray started lean (``benchmarks/README.md``, "Ray's processes"): no metrics collection
@@ -397,7 +282,7 @@ def quiet_ray_environment() -> None:
         os.environ.setdefault(key, value)
     # Ray Tune suggests Tuner.restore after an interrupt: msatune resumes differently (and safely).
     logging.getLogger("ray.tune.tune").addFilter(_DropMessages("Tuner.restore", "Resume experiment with"))
-    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+    logging.getLogger(AUTH_TOKEN_LOGGER).addFilter(
         _DropMessages("Token authentication is enabled")
     )
 
@@ -410,7 +295,3 @@ class _DropMessages(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         return not any(n in message for n in self.needles)
-
-
-if __name__ == "__main__":  # the watchdog (start_watchdog): PID_FILE DRIVER_PID
-    watch(Path(sys.argv[1]), int(sys.argv[2]))

@@ -14,6 +14,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from msatune.thirdparty.optuna_internals import study_storage
+from msatune.thirdparty.optuna_internals import trial_id as trial_id_of
+
 log = logging.getLogger(__name__)
 
 REQUEUED_ATTR = "msatune_requeued"
@@ -33,8 +36,8 @@ def fail_and_requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, reaso
     e.g. on a broken search space): it is failed as a real error and not re-queued, since running
     "it" again would only sample again, and a poison configuration would crash every resume.
     """
-    storage = study._storage
-    trial_id = trial._trial_id
+    storage = study_storage(study)
+    trial_id = trial_id_of(trial)
     if not requeue_params(trial):
         try:
             storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR,

@@ -1,9 +1,15 @@
-"""``StoreTruthfulOptunaSearch``: Ray Tune's OptunaSearch, made to record what really happened.
+"""``StudySearcher``: a Ray Tune searcher that asks and tells an Optuna study, and records what
+really happened.
 
-Stock OptunaSearch (ray 2.60) stores scheduler-stopped trials as COMPLETE with their low-budget
-value, never reports the result that triggered the stop, can leave NaN trials RUNNING, and crashes
-on trials the store already finished. This subclass:
+Ray's stock OptunaSearch (ray 2.60) stores scheduler-stopped trials as COMPLETE with their
+low-budget value, never reports the result that triggered the stop, can leave NaN trials RUNNING,
+and crashes on trials the store already finished. This searcher speaks only Ray Tune's public
+``Searcher`` interface and Optuna's public ask/report/tell (the study is loaded with the run's
+sampler and no pruner: ASHA decides), and:
 
+- asks the study for a trial and samples the search space on it (define-by-run,
+  :meth:`msatune.search.space.SearchSpace.sample`): an enqueued trial (a preset, a re-queued
+  trial) comes first, with its own values;
 - reports the **best-so-far** validation MAE as each epoch's intermediate value, so that every
   trial's value is its best val MAE: Optuna stores a PRUNED trial's last intermediate value as its
   value, and TPE ranks pruned trials by the value at their deepest step (optuna 5.0,
@@ -21,6 +27,7 @@ Only the driver runs this, so the store has exactly one writer.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -29,10 +36,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 from ray.tune.callback import Callback
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
 from msatune.search.reconcile import FAIL_REASON_ATTR, fail_and_requeue
 from msatune.search.space import SearchSpace
+from msatune.thirdparty.optuna_internals import frozen_trial, study_storage
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +66,15 @@ class SearchCounters:
     running: set[str] = field(default_factory=set)
 
 
-class StoreTruthfulOptunaSearch(OptunaSearch):
-    def __init__(self, space: SearchSpace, storage: optuna.storages.BaseStorage, study_name: str,
-                 sampler: optuna.samplers.BaseSampler) -> None:
-        super().__init__(space=space.sample, metric=METRIC, mode="min", sampler=sampler,
-                         study_name=study_name, storage=storage)
+class StudySearcher(Searcher):
+    def __init__(self, space: SearchSpace, study: optuna.Study, sampler: optuna.samplers.BaseSampler) -> None:
+        super().__init__(metric=METRIC, mode="min")
+        self.space = space
+        self.study = optuna.load_study(study_name=study.study_name, storage=study_storage(study),
+                                       sampler=sampler, pruner=optuna.pruners.NopPruner())
         self.counters = SearchCounters()
+        self._trials: dict[str, optuna.Trial] = {}  # Ray trial id -> its Optuna trial
+        self._finished: set[str] = set()
         self._last_result: dict[str, dict] = {}
         self._reported_steps: dict[str, set[int]] = {}
         self._checkpoints: dict[str, str] = {}
@@ -71,14 +82,26 @@ class StoreTruthfulOptunaSearch(OptunaSearch):
 
     # -- Ray Tune searcher API -------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict | None:
-        config = super().suggest(trial_id)
-        ot_trial = self._ot_trials[trial_id]
-        ot_trial.set_user_attr("ray_trial_id", trial_id)
+        if trial_id not in self._trials:
+            self._trials[trial_id] = self.study.ask()
+        trial = self._trials[trial_id]
+        config = self.space.sample(trial)
+        trial.set_user_attr("ray_trial_id", trial_id)
         self.counters.running.add(trial_id)
         return config
 
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's snapshot of the searcher: which Optuna trial each Ray trial is (the store is the
+        truth; msatune resumes with a fresh run on the study, never from this file)."""
+        with open(checkpoint_path, "w", encoding="utf-8") as fh:
+            json.dump({tid: t.number for tid, t in self._trials.items()}, fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        raise RuntimeError("msatune resumes a study with `msatune resume` (a fresh run on the study "
+                           "in the store), never by restoring a Tune experiment")
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._finished or trial_id not in self._trials:
             return
         self._last_result[trial_id] = result
         if result.get("diverged"):
@@ -86,7 +109,7 @@ class StoreTruthfulOptunaSearch(OptunaSearch):
         value = ranked_value(result)
         if value is None or not math.isfinite(value):
             return
-        ot_trial = self._ot_trials[trial_id]
+        ot_trial = self._trials[trial_id]
         step = int(result.get("training_iteration", 0))
         ot_trial.report(float(value), step)
         self._reported_steps.setdefault(trial_id, set()).add(step)
@@ -95,7 +118,7 @@ class StoreTruthfulOptunaSearch(OptunaSearch):
             self._set_attr(trial_id, "best_val_mae", float(result["best_val_mae"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._finished or trial_id not in self._trials:
             return
         if error:
             # Ray calls the searcher before the callbacks that know the error: wait for the reason
@@ -119,7 +142,7 @@ class StoreTruthfulOptunaSearch(OptunaSearch):
             # Stopped before its first epoch (e.g. Ctrl-C): not a result, run it again later.
             frozen = self._frozen(trial_id)
             if frozen is not None and frozen.state == TrialState.RUNNING:
-                fail_and_requeue(self._ot_study, frozen, "stopped before its first epoch")
+                fail_and_requeue(self.study, frozen, "stopped before its first epoch")
             self._done(trial_id)
 
     # -- called by StoreCallback ------------------------------------------------------------
@@ -148,7 +171,7 @@ class StoreTruthfulOptunaSearch(OptunaSearch):
         value = ranked_value(result)
         if (step not in self._reported_steps.get(trial_id, set()) and value is not None
                 and math.isfinite(value)):
-            self._ot_trials[trial_id].report(float(value), step)
+            self._trials[trial_id].report(float(value), step)
             self._reported_steps.setdefault(trial_id, set()).add(step)
         self._set_attr(trial_id, "epochs", step)
         best = result.get("best_val_mae")
@@ -157,14 +180,12 @@ class StoreTruthfulOptunaSearch(OptunaSearch):
         return step
 
     def _frozen(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None:
-            return None
-        return self._ot_study._storage.get_trial(ot_trial._trial_id)
+        ot_trial = self._trials.get(trial_id)
+        return None if ot_trial is None else frozen_trial(self.study, ot_trial)
 
     def _set_attr(self, trial_id: str, key: str, value: Any) -> None:
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None or trial_id in self._completed_trials:
+        ot_trial = self._trials.get(trial_id)
+        if ot_trial is None or trial_id in self._finished:
             return
         try:
             ot_trial.set_user_attr(key, value)
@@ -178,18 +199,18 @@ class StoreTruthfulOptunaSearch(OptunaSearch):
 
     def _finish(self, trial_id: str, state: TrialState, value: float | None = None,
                 reason: str | None = None) -> None:
-        ot_trial = self._ot_trials[trial_id]
+        ot_trial = self._trials[trial_id]
         if reason:
             self._set_attr(trial_id, FAIL_REASON_ATTR, reason[:2000])
         try:
-            self._ot_study.tell(ot_trial, value, state=state)
+            self.study.tell(ot_trial, value, state=state)
         except optuna.exceptions.UpdateFinishedTrialError:
             log.info("trial %d was already finished in the store; left as is", ot_trial.number)
         except ValueError as exc:  # e.g. a NaN value
             log.warning("trial %d: %s; marked FAIL", ot_trial.number, exc)
             state = TrialState.FAIL
             try:
-                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+                self.study.tell(ot_trial, state=TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass
         c = self.counters
@@ -204,14 +225,14 @@ class StoreTruthfulOptunaSearch(OptunaSearch):
         self._done(trial_id)
 
     def _done(self, trial_id: str) -> None:
-        self._completed_trials.add(trial_id)
+        self._finished.add(trial_id)
         self.counters.running.discard(trial_id)
 
 
 class StoreCallback(Callback):
     """Driver-side Ray Tune callback feeding the searcher what only Ray knows."""
 
-    def __init__(self, searcher: StoreTruthfulOptunaSearch) -> None:
+    def __init__(self, searcher: StudySearcher) -> None:
         self.searcher = searcher
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
@@ -223,13 +244,13 @@ class StoreCallback(Callback):
             self.searcher.record_cuda_devices(trial.trial_id, str(devices))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.searcher.record_error(trial.trial_id, _error_reason(trial))
+        self.searcher.record_error(trial.trial_id, error_reason(trial))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.searcher.flush()
 
 
-def _error_reason(trial: Any) -> str:
+def error_reason(trial: Any) -> str:
     """The last meaningful line of Ray's error file for ``trial`` (the exception message)."""
     text = ""
     try:

@@ -2,7 +2,8 @@
 
 The default space covers optimisation (learning rate, optimizer, weight decay, batch size, loss and
 Huber delta, warm-up), capacity (model_dim, heads, ff_dim, layers), regularisation (dropout, L2)
-and every augmentation strength (0 included). A TOML file (``--space FILE``) narrows or replaces it::
+and every augmentation strength (0 included). A TOML file (``--space FILE``, read and written by :mod:`msatune.search.space_file`) narrows or
+replaces it::
 
     replace = false          # true: search only the keys below, the rest stay at the base config
     [learning_rate]
@@ -30,10 +31,8 @@ the recipe's rules (``early_stop_metric``, ``patience``, ``cosine_epochs``, ``pl
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -45,12 +44,12 @@ from optuna.distributions import (
 )
 
 from msatune.errors import UserError
-from msatune.search.config import CHOICES, PRESETS, TRIAL_DEFAULTS, coerce_value, validate_config
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from msatune.search.trial_config import (
+    PRESETS,
+    TRIAL_DEFAULTS,
+    validate_config,
+)
+from msatune.thirdparty.optuna_internals import distribution_contains, fixed_params
 
 #: key -> the key/value that must hold for it to be sampled
 CONDITIONS: dict[str, tuple[str, Any]] = {
@@ -174,15 +173,14 @@ class SearchSpace:
         baseline's batch size 4) or not in the space at all become constants of the config
         instead of params, so every preset trains exactly as the users' recipe.
         """
-        # Optuna keeps an enqueued trial's values in ``Trial._fixed_params`` (no public accessor).
-        fixed = dict(getattr(trial, "_fixed_params", None) or {})
+        fixed = fixed_params(trial)  # an enqueued trial's values (Optuna has no public accessor)
         config = {**self.base, **fixed}
         constants: dict[str, Any] = {}
         for name, dist in self.distributions.items():
             cond = CONDITIONS.get(name)
             if cond is not None and config.get(cond[0]) != cond[1]:
                 continue
-            if name in fixed and not _contains(dist, fixed[name]):
+            if name in fixed and not distribution_contains(dist, fixed[name]):
                 constants[name] = fixed[name]  # a preset value outside the space: a constant
                 continue
             config[name] = _suggest(trial, name, dist)
@@ -195,13 +193,6 @@ class SearchSpace:
         if preset:
             config["_preset"] = preset  # ``_`` keys are bookkeeping, not training config
         return config
-
-
-def _contains(dist: BaseDistribution, value: Any) -> bool:
-    try:
-        return bool(dist._contains(dist.to_internal_repr(value)))
-    except (ValueError, TypeError):
-        return False
 
 
 def _suggest(trial: Any, name: str, dist: BaseDistribution) -> Any:
@@ -220,131 +211,9 @@ def default_space(max_epochs: int | None = None, seed: int | None = None,
     return SearchSpace(default_distributions(first_rung)).for_study(max_epochs, seed, first_rung)
 
 
-def load_space(path: str | Path, max_epochs: int | None = None, seed: int | None = None,
-               first_rung: int | None = None) -> SearchSpace:
-    """Read a TOML space file; every mistake is a UserError naming the file and the key.
-
-    ``first_rung``: ASHA's first rung; a warm-up the file sets must end before it.
-    """
-    path = Path(path)
-    try:
-        payload = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"space file {path} does not exist") from None
-    except IsADirectoryError:
-        raise UserError(f"space file {path} is a directory, expected a TOML file") from None
-    except UnicodeDecodeError as exc:
-        raise UserError(f"space file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 "
-                        "TOML (see msatune space --example)") from None
-    except OSError as exc:
-        raise UserError(f"cannot read space file {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"space file {path} is not valid TOML: {exc}") from None
-    replace = payload.pop("replace", False)
-    if not isinstance(replace, bool):
-        raise UserError(f"space file {path}: 'replace' must be true or false")
-    space = SearchSpace({} if replace else default_distributions(first_rung))
-    for key, spec in payload.items():
-        where = f"space file {path}, key {key!r}"
-        if key not in TRIAL_DEFAULTS:
-            coerce_value(key, None)  # raises the unknown-key message with suggestions
-        if key in RESERVED:
-            raise UserError(f"{where}: {key} is set by the study, not searched (use launch options)")
-        if not isinstance(spec, dict):
-            raise UserError(f"{where}: expected a table like [{key}] with low/high, choices or value")
-        space.distributions.pop(key, None)
-        if "value" in spec:
-            _only(spec, {"value"}, where)
-            space.base[key] = coerce_value(key, spec["value"])
-        elif "choices" in spec:
-            _only(spec, {"choices"}, where)
-            choices = spec["choices"]
-            if not isinstance(choices, list) or not choices:
-                raise UserError(f"{where}: choices must be a non-empty list")
-            space.distributions[key] = CategoricalDistribution([_typed_choice(key, c, where) for c in choices])
-        elif "low" in spec or "high" in spec:
-            _only(spec, {"low", "high", "log", "step"}, where)
-            space.distributions[key] = _range(key, spec, where)
-        else:
-            raise UserError(f"{where}: give low/high, choices or value")
-    if first_rung is not None and "warmup_epochs" in payload:
-        _check_warmup(space, first_rung, f"space file {path}, key 'warmup_epochs'")
-    space.for_study(max_epochs, seed, first_rung)
-    if not space.distributions:
-        raise UserError(f"space file {path} leaves nothing to search (every key is fixed)")
-    return space.validate(f"space file {path}")
-
-
 def _check_legal(key: str, value: Any, where: str) -> None:
     """A UserError at ``where`` when ``key = value`` is outside the key's legal range."""
     try:
         validate_config({key: value})
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from None
-
-
-def _check_warmup(space: SearchSpace, first_rung: int, where: str) -> None:
-    dist = space.distributions.get("warmup_epochs")
-    if isinstance(dist, IntDistribution):
-        longest = dist.high
-    elif isinstance(dist, CategoricalDistribution):
-        longest = max(int(c) for c in dist.choices)
-    else:
-        longest = int(space.base.get("warmup_epochs", 0))
-    limit = warmup_limit(first_rung)
-    if longest > limit:
-        raise UserError(
-            f"{where}: a warm-up of up to {longest} epochs does not end before ASHA's first rung "
-            f"(epoch {first_rung}), where trials would be compared while their learning rate still "
-            f"ramps up; use warm-ups of at most {limit} epochs or raise --grace-period above {longest}"
-        )
-
-
-def _only(spec: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    extra = sorted(set(spec) - allowed)
-    if extra:
-        raise UserError(f"{where}: unexpected field(s) {', '.join(extra)}; allowed here: {', '.join(sorted(allowed))}")
-
-
-def _typed_choice(key: str, value: Any, where: str) -> Any:
-    try:
-        return coerce_value(key, value)
-    except UserError as exc:
-        raise UserError(f"{where}: {exc}") from None
-
-
-def _number(value: Any, name: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{where}: {name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise UserError(f"{where}: {name} must be a finite number, got {value!r}")
-    return value
-
-
-def _range(key: str, spec: Mapping[str, Any], where: str) -> BaseDistribution:
-    if key in CHOICES or isinstance(TRIAL_DEFAULTS[key], bool):
-        raise UserError(f"{where}: {key} is categorical; use choices = [...]")
-    if "low" not in spec or "high" not in spec:
-        raise UserError(f"{where}: a range needs both low and high")
-    low, high = _number(spec["low"], "low", where), _number(spec["high"], "high", where)
-    if low > high:
-        raise UserError(f"{where}: low ({low}) > high ({high})")
-    log = spec.get("log", False)
-    if not isinstance(log, bool):
-        raise UserError(f"{where}: log must be true or false")
-    if log and low <= 0:
-        raise UserError(f"{where}: a log range needs low > 0 (got {low})")
-    step = spec.get("step")
-    if step is not None:
-        step = _number(step, "step", where)
-        if step <= 0:
-            raise UserError(f"{where}: step must be > 0 (got {step})")
-        if log:
-            raise UserError(f"{where}: step and log cannot be combined")
-    if isinstance(TRIAL_DEFAULTS[key], int):
-        if float(low) != int(low) or float(high) != int(high):
-            raise UserError(f"{where}: {key} is an integer; low and high must be integers")
-        if step is not None and float(step) != int(step):
-            raise UserError(f"{where}: {key} is an integer; step must be a whole number (got {step})")
-        return IntDistribution(int(low), int(high), log=log, step=int(step or 1))
-    return FloatDistribution(float(low), float(high), log=log, step=float(step) if step else None)

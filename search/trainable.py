@@ -1,13 +1,17 @@
-"""The Ray Tune function trainable: one trial config → one report per epoch, best checkpoint.
+"""The Ray Tune side of a trial: what every msatune trainable does, and a study's trial trainable.
 
 The driver loads the dataset once and hands it over through the object store
-(``tune.with_parameters``). Inside the trial: TensorFlow threads follow the trial's CPUs, memory
-growth is set on visible GPUs before any op, one ``ray.tune.report`` per epoch carries
-``val_mae, train_mae, gap, learning_rate, epoch, best_val_mae, rung_mae`` (and ``final`` on the last
-epoch), and a checkpoint goes with the report when val MAE improved (weights, config, valid
-predictions) and with the last epoch's report (the best weights again, with valid and test
-predictions; see ``search.trial.run_trial``). A NaN loss ends the trial with a ``diverged`` reason
-(the searcher stores it as FAIL).
+(``tune.with_parameters``). Inside a trial (:func:`tune_trial`): TensorFlow threads follow the
+trial's CPUs, memory growth is set on visible GPUs before any op, the previous trial's Keras
+state is dropped (Ray reuses actors), the trial keeps its working checkpoint in a directory that
+is removed when it ends, and a NaN loss ends it with a ``diverged`` report (stored as FAIL).
+Every epoch reports the same metrics (:class:`EpochReports`): ``val_mae, train_mae, gap,
+learning_rate, loss, val_loss, epoch, best_val_mae, rung_mae`` and the epoch's timings.
+
+:func:`train_trial` is a study's trainable: a checkpoint goes with an epoch's report when val
+MAE improved (weights, config, valid predictions) and with the last epoch's report (the best
+weights again, with valid and test predictions; see ``search.trial.run_trial``). The refit's
+fold trainable is :func:`msatune.search.fold_run.train_fold`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,11 @@ log = logging.getLogger(__name__)
 
 #: What ASHA ranks trials on at a rung (see :func:`rung_score`).
 RUNG_METRIC = "rung_mae"
+#: Under a run's Ray directory: the trials' working copies of their checkpoints (swept by the
+#: next run, so a killed trial leaves nothing behind for long).
+TMP_DIR_NAME = "tmp"
+#: The prefix of one trial's working checkpoint directory.
+CHECKPOINT_WORK_PREFIX = "msatune-ckpt-"
 
 _TF_CONFIGURED = False
 
@@ -62,7 +73,8 @@ def configure_tensorflow(cpus: float) -> None:
     _TF_CONFIGURED = True
 
 
-def _assigned_cpus() -> float:
+def assigned_cpus() -> float:
+    """The CPUs Ray gave this trial (1 outside Ray)."""
     import ray
 
     try:
@@ -71,7 +83,17 @@ def _assigned_cpus() -> float:
         return 1.0
 
 
-def _artifact_dir() -> Path:
+def _session_dirs() -> tuple[Path, Path] | None:
+    from msatune.thirdparty.ray_internals import trial_session_dirs
+
+    try:
+        return trial_session_dirs()
+    except Exception as exc:  # noqa: BLE001 - Ray internals moved
+        log.warning("cannot find the trial's directories in Ray's session (%s)", exc)
+        return None
+
+
+def trial_artifact_dir() -> Path:
     """The directory whose files Ray syncs to this trial's storage dir when the trial ends.
 
     Ray 2.60's ``get_trial_dir()`` names the driver's staging dir for an actor's first trial
@@ -80,72 +102,70 @@ def _artifact_dir() -> Path:
     """
     import ray.tune as tune
 
-    try:
-        from ray.train._internal.session import get_session
-
-        session = get_session()
-        if session is not None:
-            return Path(session.storage.trial_working_directory)
-    except Exception as exc:  # noqa: BLE001 - Ray internals moved
-        log.warning("cannot find the trial's synced working dir (%s); reused actors may misplace "
-                    "work/training_log.csv", exc)
+    dirs = _session_dirs()
+    if dirs is not None:
+        return dirs[0]
     try:
         return Path(tune.get_context().get_trial_dir())
     except Exception:  # noqa: BLE001 - unusual storage setups: fall back to a temp dir
         return Path(tempfile.mkdtemp(prefix="msatune-trial-"))
 
 
-#: Under the study's Ray directory: the trials' working copies of their checkpoints (swept by the
-#: next run of the study, so a killed trial leaves nothing behind for long).
-TMP_DIR_NAME = "tmp"
-
-
-def _checkpoint_work_dir() -> Path:
-    """A fresh directory for the trial's working checkpoint, inside the workspace when the run's
-    storage is on this node's disk (``<study>/ray/tmp``), else in the system temp dir."""
+def checkpoint_work_dir() -> Path:
+    """A fresh directory for the trial's working checkpoint, inside the run's Ray directory when
+    its storage is on this node's disk (``<ray dir>/tmp``), else in the system temp dir."""
     parent: Path | None = None
-    try:
-        from ray.train._internal.session import get_session
-
-        session = get_session()
-        if session is not None:
-            experiment = Path(session.storage.experiment_fs_path)
-            if experiment.parent.is_dir():
-                parent = experiment.parent / TMP_DIR_NAME
-                parent.mkdir(exist_ok=True)
-    except Exception as exc:  # noqa: BLE001 - Ray internals moved, or remote storage
-        log.debug("checkpoint working dir in the system temp dir: %s", exc)
-        parent = None
-    return Path(tempfile.mkdtemp(prefix="msatune-ckpt-", dir=parent))
+    dirs = _session_dirs()
+    if dirs is not None and dirs[1].parent.is_dir():
+        parent = dirs[1].parent / TMP_DIR_NAME
+        parent.mkdir(exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=CHECKPOINT_WORK_PREFIX, dir=parent))
 
 
-def train_trial(config: dict[str, Any], data: MSADataset | None = None) -> None:
-    """Ray Tune function trainable (wrap with ``tune.with_parameters(train_trial, data=...)``)."""
+def sweep_checkpoint_work_dirs(ray_dir: Path) -> int:
+    """Remove the working checkpoints killed trials left under ``ray_dir``; only the holder of the
+    study's lease calls this. Returns how many were removed."""
+    tmp = Path(ray_dir) / TMP_DIR_NAME
+    left = list(tmp.glob(f"{CHECKPOINT_WORK_PREFIX}*")) if tmp.is_dir() else []
+    for path in left:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(left)
+
+
+@contextmanager
+def tune_trial() -> Iterator[Path]:
+    """Around a trainable's training: TensorFlow set up for the trial, Keras' previous state
+    dropped, a working checkpoint directory (yielded; removed at the end: Ray copied what was
+    reported), and a diverged training reported as the trial's last result."""
     import ray.tune as tune
 
-    configure_tensorflow(_assigned_cpus())
+    configure_tensorflow(assigned_cpus())
     import keras
 
     keras.backend.clear_session()  # actor reuse: drop the previous trial's graph state
 
     from msatune.models.training import TrainingDiverged
-    from msatune.search.trial import run_trial
 
-    if data is None:
-        raise ValueError("train_trial needs the dataset (tune.with_parameters(train_trial, data=...))")
-    trial_config = {k: v for k, v in config.items() if not k.startswith("_")}
-    trial_dir = _artifact_dir()
-    work = trial_dir / "work"  # Ray syncs it to the trial's storage dir (at the latest when it ends)
-    # The working copy of the checkpoint lives outside the synced dir: Ray copies each reported
-    # checkpoint itself, and a stopped trial deletes its copy while the final sync may be running.
-    ckpt_work = _checkpoint_work_dir()
-    state = {"best": math.inf}
-    devices = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    ckpt_work = checkpoint_work_dir()
+    try:
+        yield ckpt_work
+    except TrainingDiverged as exc:
+        tune.report({"val_mae": math.inf, "best_val_mae": math.inf, RUNG_METRIC: math.inf,
+                     "diverged": str(exc), "final": True})
+    finally:
+        shutil.rmtree(ckpt_work, ignore_errors=True)
 
-    def on_epoch(report: Any, extra: dict) -> None:
+
+class EpochReports:
+    """The metrics every epoch reports, with the best validation MAE so far."""
+
+    def __init__(self) -> None:
+        self.best = math.inf
+
+    def metrics(self, report: Any) -> dict[str, Any]:
         m = report.metrics
-        state["best"] = min(state["best"], m["val_mae"])
-        metrics = {
+        self.best = min(self.best, m["val_mae"])
+        return {
             "val_mae": m["val_mae"],
             "train_mae": m["mae"],
             "gap": m["gap"],
@@ -153,25 +173,36 @@ def train_trial(config: dict[str, Any], data: MSADataset | None = None) -> None:
             "loss": m["loss"],
             "val_loss": m["val_loss"],
             "epoch": report.epoch + 1,
-            "best_val_mae": state["best"],
-            RUNG_METRIC: rung_score(state["best"], m["mae"]),
+            "best_val_mae": self.best,
+            RUNG_METRIC: rung_score(self.best, m["mae"]),
             "epoch_seconds": report.seconds,
             "validation_seconds": report.validation_seconds,
-            "final": bool(report.last),
-            "cuda_visible_devices": devices,
         }
+
+
+def train_trial(config: dict[str, Any], data: MSADataset | None = None) -> None:
+    """Ray Tune function trainable (wrap with ``tune.with_parameters(train_trial, data=...)``)."""
+    import ray.tune as tune
+
+    from msatune.search.trial import run_trial
+
+    if data is None:
+        raise ValueError("train_trial needs the dataset (tune.with_parameters(train_trial, data=...))")
+    trial_config = {k: v for k, v in config.items() if not k.startswith("_")}
+    work = trial_artifact_dir() / "work"  # Ray syncs it to the trial's storage dir (at the latest when it ends)
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    reports = EpochReports()
+
+    def on_epoch(report: Any, extra: dict) -> None:
+        metrics = {**reports.metrics(report), "final": bool(report.last), "cuda_visible_devices": devices}
         ckpt = extra.get("checkpoint")
         if ckpt is not None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
         else:
             tune.report(metrics)
 
-    try:
+    # The working copy of the checkpoint lives outside the synced dir: Ray copies each reported
+    # checkpoint itself, and a stopped trial deletes its copy while the final sync may be running.
+    with tune_trial() as ckpt_work:
         run_trial(trial_config, data, out_dir=work, on_epoch=on_epoch, checkpoint_every_improvement=True,
                   checkpoint_dir=ckpt_work / "checkpoint")
-    except TrainingDiverged as exc:
-        tune.report({"val_mae": math.inf, "best_val_mae": math.inf, RUNG_METRIC: math.inf,
-                     "diverged": str(exc), "final": True})
-    finally:
-        # The reported checkpoints were copied into Ray's storage; the working copy can go.
-        shutil.rmtree(ckpt_work, ignore_errors=True)

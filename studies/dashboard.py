@@ -2,14 +2,14 @@
 
 * **Read-only** unless ``writable``: SQLite is opened with a read-only connection
   (``sqlite:///file:/abs/x.db?mode=ro&uri=true``), and every request that is not GET/HEAD/OPTIONS
-  is refused with 403 before it reaches optuna-dashboard (:func:`msatune.studies.store.open_storage`). The second guard matters: the dashboard's
+  is refused with 403 before it reaches optuna-dashboard (:func:`msatune.studies.store.studies.open_storage`). The second guard matters: the dashboard's
   delete-study endpoint removes the study's artifact files *before* it asks the store, and other
   stores (PostgreSQL) have no read-only URL.
 * **Fast refresh**: the RDB storage is wrapped in Optuna's ``_CachedStorage``, which reads finished
   trials once and afterwards only new or unfinished ones (a poll of a 2,000-trial study goes from
   seconds to tens of milliseconds; see ``benchmarks/store_scale.py``).
 * **Safe beside a running study**: SQLite readers take short shared locks; the connection waits up
-  to :data:`msatune.studies.store.SQLITE_TIMEOUT_S` for a writer instead of failing, and the study's own
+  to :data:`msatune.studies.store.studies.SQLITE_TIMEOUT_S` for a writer instead of failing, and the study's own
   connection (same timeout) waits for the dashboard's reads, so neither side sees
   "database is locked" (optuna-dashboard#545 was a default 5 s timeout on a busy store).
 * **No authentication**: bound to 127.0.0.1 unless the caller says otherwise.
@@ -34,7 +34,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 
 from msatune.errors import UserError
-from msatune.studies.store import open_storage
+from msatune.studies.store.connect import open_storage
+from msatune.thirdparty.optuna_internals import cached_storage, study_id
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,9 @@ def open_dashboard_storage(url: str, *, writable: bool = False) -> optuna.storag
     Raises:
         UserError: the URL is bad or the store cannot be opened.
     """
-    from optuna.storages._cached_storage import _CachedStorage
-
     backend = open_storage(url, read_only=not writable, create=False)
     log.debug("dashboard storage %s (%s)", url, "writable" if writable else "read-only")
-    return _CachedStorage(backend)
+    return cached_storage(backend)
 
 
 class ReadOnlyArtifactStore:
@@ -216,9 +215,9 @@ class DashboardServer:
     def study_links(self) -> list[StudyLink]:
         links = []
         for s in self.storage.get_all_studies():
-            n = len(self.storage.get_all_trials(s._study_id, deepcopy=False))
-            links.append(StudyLink(s._study_id, s.study_name, n,
-                                   f"{self.base_url}/dashboard/studies/{s._study_id}"))
+            n = len(self.storage.get_all_trials(study_id(s), deepcopy=False))
+            links.append(StudyLink(study_id(s), s.study_name, n,
+                                   f"{self.base_url}/dashboard/studies/{study_id(s)}"))
         return links
 
     def serve_forever(self) -> None:

@@ -1,7 +1,7 @@
 """Read-only questions to the store: the study list, a study's trials by state, its presets.
 
 On an RDB store the counts, the ranking and the presets are SQL queries (a 2,000-trial study
-answers in milliseconds, :mod:`msatune.studies.store_sql`); only the few trials shown are loaded
+answers in milliseconds, :mod:`msatune.studies.store.sql`); only the few trials shown are loaded
 whole. Other storages fall back to loading every trial. Everything returned is plain data.
 """
 
@@ -13,9 +13,17 @@ import optuna
 from optuna.trial import TrialState
 
 from msatune.search.reconcile import FAIL_REASON_ATTR, REQUEUED_ATTR
-from msatune.studies import store_sql
-from msatune.studies.refit_records import REFIT_SUFFIX, SPEC_KEY, refit_table
-from msatune.studies.store import INTERRUPTED, load_study, state_counts, study_attrs, trial_kind
+from msatune.studies.refit.table import refit_table
+from msatune.studies.store import sql as store_sql
+from msatune.studies.store.refit_records import REFIT_SUFFIX, SPEC_KEY
+from msatune.studies.store.studies import (
+    INTERRUPTED,
+    load_study,
+    state_counts,
+    study_attrs,
+    trial_kind,
+)
+from msatune.thirdparty.optuna_internals import study_id
 
 #: What a trial's value is (shown by ``show`` and the report): one rule for every state.
 VALUE_RULE = ("a trial's value is its best validation MAE over the epochs it trained (a pruned "
@@ -92,7 +100,7 @@ def list_studies(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
     for frozen in storage.get_all_studies():
         if frozen.study_name.endswith(REFIT_SUFFIX) and SPEC_KEY in study_attrs(frozen):
             continue  # a study's refit folds: shown by `msatune show STUDY`, not as a study
-        summary = _Summary(storage, frozen._study_id, 1)
+        summary = _Summary(storage, study_id(frozen), 1)
         best = summary.ranked[0] if summary.ranked else None
         attrs = study_attrs(frozen)
         rows.append({
@@ -112,7 +120,7 @@ def show_study(storage: optuna.storages.BaseStorage, name: str, top: int,
     names), finished ones best first; ``best`` is the best COMPLETE trial."""
     study = load_study(storage, name)
     attrs = study_attrs(study)
-    summary = _Summary(storage, study._study_id, top, states)
+    summary = _Summary(storage, study_id(study), top, states)
     best = summary.ranked[0] if summary.ranked else None
     presets = {t.user_attrs["preset"]: trial_record(t) for t in summary.presets
                if t.state != TrialState.WAITING and not t.user_attrs.get(REQUEUED_ATTR)}

@@ -7,15 +7,99 @@
 * ``tiny_arrays``: fresh valid raw arrays (split -> kind -> array) in the tiny shapes.
 * ``mmsa_dict``: ``mmsa_dict(seed=0, t_audio=None)`` makes a tiny dict in the structure of MMSA's
   ``aligned_50.pkl`` (``t_audio`` != 6 makes it unaligned).
+* ``ray_session``, ``tiny_study``, ``study_copy``: the test session's one Ray, one small real
+  study shared by the tests that only read it, and a private copy of its store.
+
+And the one way tests run the ``msatune`` command as users do, in a subprocess
+(:func:`run_msatune`, :func:`msatune_argv`, :func:`cli_env`), with the checks of its error
+contract (:func:`one_line_error`) and of "nothing changed" (:func:`file_digest`,
+:func:`tree_digest`, :func:`tree_paths`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- the msatune command, run as users run it ------------------------------------------------
+
+def msatune_argv(*args: str | Path, workspace: Path | None = None) -> list[str]:
+    """The command line of ``msatune [--workspace WS] ARGS`` with this test session's Python."""
+    ws = ["--workspace", str(workspace)] if workspace is not None else []
+    return [sys.executable, "-m", "msatune.studies.cli", *ws, *map(str, args)]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment a test runs msatune in: quiet TensorFlow, wide tables, never a Ray cluster
+    the test machine happens to know (``RAY_ADDRESS``); ``extra`` on top."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "COLUMNS": "250", **extra}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def run_msatune(*args: str | Path, workspace: Path | None = None, timeout: float = 300,
+                env: Mapping[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``msatune ARGS`` to its end; stdout and stderr captured as text."""
+    return subprocess.run(msatune_argv(*args, workspace=workspace), capture_output=True, text=True,
+                          timeout=timeout, env=dict(env) if env is not None else cli_env(), cwd=cwd or REPO)
+
+
+def run_in(workspace: Path, *args: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """``msatune --workspace WORKSPACE ARGS`` (:func:`run_msatune` with the workspace first)."""
+    return run_msatune(*args, workspace=workspace, **kwargs)  # type: ignore[arg-type]
+
+
+#: What TensorFlow's C++ side prints on import whatever TF_CPP_MIN_LOG_LEVEL says (absl messages
+#: before InitializeLog); only commands that build models import TensorFlow.
+TF_NOISE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} \d\d:\d\d:)")
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str, alone: bool = True,
+                   tf_noise: bool = False) -> str:
+    """The error contract: exit status 2, no traceback, exactly one ``msatune: error:`` line that
+    holds every needle; ``alone``: nothing else on stderr and nothing on stdout (``tf_noise``: but
+    TensorFlow's native start-up notes, for commands that build models). Returns the line."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if not (tf_noise and TF_NOISE.match(ln))]
+    errors = [ln for ln in lines if ln.startswith("msatune: error: ")]
+    assert len(errors) == 1, proc.stderr
+    if alone:
+        assert lines == errors, proc.stderr
+        assert proc.stdout == "", proc.stdout
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with its content hash (what "nothing changed" compares)."""
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): file_digest(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def tree_paths(root: Path) -> list[str]:
+    """Every file and directory under ``root`` (what "nothing created" compares)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+# --- datasets ----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -182,10 +266,10 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, tiny_s
     trials, the two presets, per-trial checkpoints with predictions. Read it, never write it.
     Keys: ``workspace`` (Path), ``storage_url``, ``name``, ``data`` (Path), ``summary``.
     """
-    from msatune.search.settings import SearchSettings
-    from msatune.studies.lifecycle import launch
-    from msatune.studies.store import open_storage
-    from msatune.studies.workspace import Workspace
+    from msatune.search.search_settings import SearchSettings
+    from msatune.studies.runs import launch
+    from msatune.studies.store.connect import open_storage
+    from msatune.studies.store.workspace import Workspace
 
     ws = Workspace(tmp_path_factory.mktemp("study-ws")).ensure()
     storage = open_storage(ws.storage_url)

@@ -10,6 +10,7 @@ editable install's finder, are not processed there) and has no msatune but the w
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,8 +19,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY_SPACE
+from tests.test_architecture import package_dirs
 
 REPO = Path(__file__).resolve().parents[1]
+#: Every package pyproject.toml lists, nested ones (msatune.studies.cli, ...) included.
+PACKAGES = sorted(package_dirs())
 USER_PACKAGES = ("models", "search", "utils")
 #: The suite's tiny models, learning faster: on the tiny set, 4 epochs put trials ahead of the
 #: constant predictor, so there is something to ensemble.
@@ -32,6 +36,15 @@ def _run(cmd: list[str], cwd: Path, timeout: float = 600) -> subprocess.Complete
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return proc
+
+
+def user_project(project: Path) -> Path:
+    """A project directory whose own ``models/``, ``search/`` and ``utils/`` packages refuse to be
+    imported (a top-level install of msatune's parts would be shadowed by them)."""
+    for pkg in USER_PACKAGES:
+        (project / pkg).mkdir(parents=True)
+        (project / pkg / "__init__.py").write_text(f"raise ImportError('the user project\\'s own {pkg} was imported')\n")
+    return project
 
 
 @pytest.fixture(scope="session")
@@ -59,8 +72,11 @@ def test_wheel_installs_only_msatune(wheel_venv: Path, tmp_path: Path) -> None:
     listed = [ln.strip() for ln in files.split("Files:", 1)[1].splitlines() if ln.strip()]
     modules = [f for f in listed if f.endswith(".py")]
     assert modules and all(f.startswith("msatune/") for f in modules), modules
-    for sub in ("augment", "models", "search", "ensemble", "studies"):
-        assert f"msatune/{sub}/__init__.py" in listed, sub
+    for package in PACKAGES:
+        assert f"{package.replace('.', '/')}/__init__.py" in listed, package
+    modules_in_repo = {f"{pkg.replace('.', '/')}/{py.name}" for pkg, folder in package_dirs().items()
+                       for py in folder.glob("*.py")}
+    assert modules_in_repo <= set(listed), sorted(modules_in_repo - set(listed))
     for name in ("models", "search", "studies", "augment", "ensemble"):
         proc = subprocess.run([python, "-c", f"import {name}"], cwd=tmp_path, capture_output=True, text=True)
         assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr, name
@@ -70,10 +86,7 @@ def test_wheel_installs_only_msatune(wheel_venv: Path, tmp_path: Path) -> None:
 def test_a_study_beside_the_users_own_packages(wheel_venv: Path, tmp_path: Path) -> None:
     """launch (Ray workers included), ensemble, predict and a bare .keras load, run from a
     directory whose own models/, search/ and utils/ packages would shadow a top-level install."""
-    project = tmp_path / "user-project"
-    for pkg in USER_PACKAGES:
-        (project / pkg).mkdir(parents=True)
-        (project / pkg / "__init__.py").write_text(f"raise ImportError('the user project\\'s own {pkg} was imported')\n")
+    project = user_project(tmp_path / "user-project")
     msatune = str(wheel_venv / "bin" / "msatune")
     python = str(wheel_venv / "bin" / "python")
     ws = ["--workspace", str(project / "runs")]
@@ -89,3 +102,25 @@ def test_a_study_beside_the_users_own_packages(wheel_venv: Path, tmp_path: Path)
     loaded = _run([python, "-c", "import sys, msatune, keras; m = keras.saving.load_model(sys.argv[1]); "
                    "print(type(m).__name__, len(m.inputs))", str(ens / "ensemble.keras")], cwd=project)
     assert loaded.stdout.split()[-2:] == ["Functional", "3"], loaded.stdout
+
+
+@pytest.mark.slow
+def test_ray_workers_import_every_package_from_the_wheel(wheel_venv: Path, tmp_path: Path) -> None:
+    """A Ray worker started from a project with its own ``models/`` imports every msatune package,
+    nested ones included, from the installed wheel."""
+    project = user_project(tmp_path / "user-project")
+    script = (
+        "import importlib, json, sys, ray\n"
+        "ray.init(address='local', num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+        "@ray.remote\n"
+        "def where(names):\n"
+        "    return {n: importlib.import_module(n).__file__ for n in names}\n"
+        "print(json.dumps(ray.get(where.remote(sys.argv[1:]))))\n"
+        "ray.shutdown()\n"
+    )
+    out = _run([str(wheel_venv / "bin" / "python"), "-c", script, *PACKAGES], cwd=project, timeout=300)
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert sorted(found) == PACKAGES
+    site = _run([str(wheel_venv / "bin" / "python"), "-c",
+                 "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=project).stdout.strip()
+    assert all(path.startswith(site) for path in found.values()), found

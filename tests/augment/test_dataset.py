@@ -9,16 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
-from msatune.augment.dataset import (
-    MODALITIES,
-    SPLITS,
-    MSADataset,
-    SplitData,
-    constant_mae,
-    floor_mae,
-    load_dataset,
-)
+from msatune.augment.dataset import MODALITIES, SPLITS, MSADataset, SplitData, load_dataset
 from msatune.augment.dataset_writer import write_dataset
+from msatune.augment.yardsticks import constant_mae, floor_mae
 from msatune.errors import UserError
 
 INFO_SPLIT_KEYS = {

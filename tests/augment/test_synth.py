@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from msatune.augment.dataset import SPLITS, constant_mae, floor_mae, load_dataset
+from msatune.augment.dataset import SPLITS, load_dataset
 from msatune.augment.synth import PRESETS, generate, synthesize
+from msatune.augment.yardsticks import constant_mae, floor_mae
 from msatune.errors import UserError
 
 

@@ -17,7 +17,7 @@ from msatune.ensemble.combiners import (
     fold_indices,
     rank,
 )
-from msatune.ensemble.evaluate import EnsembleOptions, fit_pool
+from msatune.ensemble.fitting import EnsembleOptions, fit_pool
 from msatune.errors import UserError
 
 

@@ -21,10 +21,10 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from msatune.ensemble.candidates import select_candidates
-from msatune.ensemble.evaluate import EnsembleOptions, fit_ensemble
+from msatune.ensemble.fitting import EnsembleOptions, fit_ensemble
 from msatune.errors import UserError
 from msatune.models.checkpoint import PREDICTIONS_FILE
-from msatune.studies.ensembles import trial_refs
+from msatune.studies.store.studies import trial_refs
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 MSATUNE_PACKAGES = {"augment", "models", "search", "ensemble", "studies", "msatune"}
@@ -75,7 +75,8 @@ def synthetic_preds(seed: int, noise: float, n: int = 40) -> dict[str, np.ndarra
 
 
 def real_trials(tiny_study: dict) -> list:
-    from msatune.studies.store import load_study, open_storage
+    from msatune.studies.store.connect import open_storage
+    from msatune.studies.store.studies import load_study
 
     return load_study(open_storage(tiny_study["storage_url"]), tiny_study["name"]).get_trials()
 

@@ -194,7 +194,7 @@ def test_their_attention_heads_are_model_dim_wide():
 )
 def test_parameter_counts_at_their_sizes(family, adaptive, params):
     # train.py / improved_train.py sizes on MOSI features (dims 300/74/47, T=20).
-    from msatune.search.config import PRESETS
+    from msatune.search.trial_config import PRESETS
 
     config = {**PRESETS[family], "adaptive_fusion": adaptive}
     model = build_model(config, {"text": 300, "audio": 74, "video": 47}, seq_len=20)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from msatune.models.recipe import make_optimizer, training_settings
-from msatune.search.config import PRESETS
+from msatune.search.trial_config import PRESETS
 
 DIMS = {"text": 6, "audio": 5, "video": 4}
 SMALL = {"model_dim": 16, "num_heads": 2, "ff_dim": 32, "n_layers_mod": 1, "n_layers_fuse": 1, "dropout": 0.0}

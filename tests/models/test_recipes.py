@@ -17,7 +17,7 @@ import pytest
 from msatune.errors import UserError
 from msatune.models.recipe import EarlyStopRule, PlateauRule, epoch_learning_rate, training_settings
 from msatune.models.training import predict, train_model
-from msatune.search.config import PRESETS
+from msatune.search.trial_config import PRESETS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = REPO_ROOT / ".." / "shared" / "fixtures" / "msa-tf2-logs"

@@ -12,10 +12,10 @@ import pytest
 from optuna.trial import TrialState
 
 from msatune.augment.dataset import load_dataset
-from msatune.search.settings import SearchSettings
-from msatune.studies.lifecycle import launch
-from msatune.studies.store import open_storage
-from msatune.studies.workspace import Workspace
+from msatune.search.search_settings import SearchSettings
+from msatune.studies.runs import launch
+from msatune.studies.store.connect import open_storage
+from msatune.studies.store.workspace import Workspace
 
 
 def faulty_trainable(config: dict, data=None, poisoned=None) -> None:

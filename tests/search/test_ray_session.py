@@ -1,4 +1,5 @@
-"""The driver's Ray pid file: ``stop_ray`` forgets only the processes this driver started."""
+"""The Ray a driver uses: the pid file ``stop_ray`` forgets only for processes this driver started,
+a lean local start, and the package shipped to a cluster's workers."""
 
 from __future__ import annotations
 
@@ -8,7 +9,18 @@ from pathlib import Path
 
 import ray
 
-from msatune.search.ray_session import RAY_PIDS_FILE, stop_ray
+from msatune.search.ray_orphans import RAY_PIDS_FILE
+from msatune.search.ray_session import package_for_workers, stop_ray
+from tests.test_architecture import package_dirs
+
+
+def test_the_package_shipped_to_a_cluster_holds_every_module_nested_ones_too(tmp_path: Path) -> None:
+    """``--address``: Ray's workers get msatune through ``py_modules`` (this copy), not an install."""
+    shipped = package_for_workers(tmp_path)
+    copied = {str(p.relative_to(tmp_path)) for p in shipped.rglob("*.py")}
+    expected = {f"{pkg.replace('.', '/')}/{py.name}" for pkg, folder in package_dirs().items()
+                for py in folder.glob("*.py")}
+    assert copied == expected, (sorted(expected - copied), sorted(copied - expected))
 
 
 def test_stop_ray_leaves_the_pid_file_of_the_driver_that_took_the_study_over(tmp_path: Path,
@@ -34,7 +46,8 @@ def test_a_local_ray_starts_lean_no_idle_workers_and_no_metrics(tmp_path: Path) 
 
     script = f"""
 import json, os, pathlib, time
-from msatune.search.ray_session import session_processes, start_ray, stop_ray
+from msatune.search.ray_session import start_ray, stop_ray
+from msatune.search.ray_orphans import session_processes
 start_ray(address=None, verbose=False, work_dir=pathlib.Path({str(tmp_path)!r}))
 import ray
 session = ray._private.worker._global_node.get_session_dir_path()

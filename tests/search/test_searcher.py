@@ -8,7 +8,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from msatune.search.searcher import StoreTruthfulOptunaSearch
+from msatune.search.searcher import StudySearcher
 from msatune.search.space import SearchSpace
 
 
@@ -24,7 +24,7 @@ def test_a_pruned_trial_is_stored_and_ranked_by_its_best_val_mae(tmp_path: Path)
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
     study = optuna.create_study(study_name="s", storage=storage)
     space = SearchSpace({"dropout": FloatDistribution(0.0, 0.5)})
-    searcher = StoreTruthfulOptunaSearch(space, storage, "s", optuna.samplers.RandomSampler(seed=0))
+    searcher = StudySearcher(space, study, optuna.samplers.RandomSampler(seed=0))
     for trial_id, curve in (("a", [1.00, 0.50, 0.90]), ("b", [0.80, 0.75, 0.70])):
         searcher.suggest(trial_id)
         best = float("inf")
@@ -44,8 +44,8 @@ def test_a_pruned_trial_is_stored_and_ranked_by_its_best_val_mae(tmp_path: Path)
 def test_a_complete_trial_keeps_its_best_val_mae(tmp_path: Path) -> None:
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
     study = optuna.create_study(study_name="s", storage=storage)
-    searcher = StoreTruthfulOptunaSearch(SearchSpace({"dropout": FloatDistribution(0.0, 0.5)}), storage, "s",
-                                         optuna.samplers.RandomSampler(seed=0))
+    searcher = StudySearcher(SearchSpace({"dropout": FloatDistribution(0.0, 0.5)}), study,
+                             optuna.samplers.RandomSampler(seed=0))
     searcher.suggest("c")
     searcher.on_trial_result("c", _epoch(1, 0.9, 0.9))
     searcher.on_trial_result("c", _epoch(2, 0.6, 0.6))

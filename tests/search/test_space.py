@@ -8,8 +8,10 @@ import optuna
 import pytest
 
 from msatune.errors import UserError
-from msatune.search.config import PRESETS, parse_overrides, resolve_config, validate_config
-from msatune.search.space import default_space, load_space
+from msatune.search.space import default_space
+from msatune.search.space_file import load_space
+from msatune.search.trial_config import PRESETS, parse_overrides, resolve_config, validate_config
+from tests.conftest import run_msatune
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -156,8 +158,8 @@ def test_preset_values_outside_the_space_are_recorded_on_the_trial() -> None:
     records them, so the dashboard and `msatune export` show what it trained with."""
     import optuna
 
-    from msatune.search.config import PRESETS
     from msatune.search.space import CONSTANTS_ATTR, STUDY_KEYS, default_space
+    from msatune.search.trial_config import PRESETS
 
     study = optuna.create_study()
     study.enqueue_trial({k: v for k, v in PRESETS["baseline"].items() if k not in STUDY_KEYS},
@@ -170,29 +172,24 @@ def test_preset_values_outside_the_space_are_recorded_on_the_trial() -> None:
 
 
 def test_the_example_space_file_reads_back_as_the_default_space(tmp_path) -> None:
-    import subprocess
-    import sys
 
-    from msatune.search.settings import SearchSettings
-    from msatune.search.space import default_distributions, load_space
+    from msatune.search.search_settings import SearchSettings
+    from msatune.search.space import default_distributions
+    from msatune.search.space_file import load_space
 
-    proc = subprocess.run([sys.executable, "-m", "msatune.studies.cli", "space", "--example"],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_msatune("space", "--example", timeout=120)
     assert proc.returncode == 0, proc.stderr
     path = tmp_path / "space.toml"
     path.write_text(proc.stdout)
     first_rung = SearchSettings().first_rung  # the example's warm-ups end before the default rung
     assert load_space(path, first_rung=first_rung).distributions == default_distributions(first_rung)
-    check = subprocess.run([sys.executable, "-m", "msatune.studies.cli", "space", "--check", str(path)],
-                           capture_output=True, text=True, timeout=120, env={**__import__("os").environ,
-                                                                              "COLUMNS": "200"})
+    check = run_msatune("space", "--check", path, timeout=120)
     assert check.returncode == 0, check.stderr
     assert f"{len(default_distributions())} searched keys" in check.stdout
     # a warm-up the default first rung would compare mid-ramp is refused by --check too
     long = tmp_path / "long.toml"
     long.write_text("[warmup_epochs]\nlow = 0\nhigh = 5\n")
-    bad = subprocess.run([sys.executable, "-m", "msatune.studies.cli", "space", "--check", str(long)],
-                         capture_output=True, text=True, timeout=120)
+    bad = run_msatune("space", "--check", long, timeout=120)
     assert bad.returncode == 2 and "does not end before ASHA's first rung" in bad.stderr, bad.stderr
 
 
@@ -208,7 +205,7 @@ def test_no_searched_trial_is_still_warming_up_at_the_first_rung(tmp_path: Path)
     """ASHA compares trials at its first rung; a trial whose learning rate is still ramping up
     there is judged at a rate it never trains at. The default space's warm-ups (and the base
     config's) end before the first rung; a space file that asks for longer ones is refused."""
-    from msatune.search.settings import SearchSettings
+    from msatune.search.search_settings import SearchSettings
 
     settings = SearchSettings(max_epochs=27, grace_period=3)
     space = default_space(settings.max_epochs, 0, settings.first_rung)

@@ -1,4 +1,4 @@
-"""A real study (Ray Tune + OptunaSearch + ASHA over SQLite): the store tells the truth."""
+"""A real study (Ray Tune + the study searcher + ASHA over SQLite): the store tells the truth."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def test_every_trial_dir_holds_its_own_training_log(tiny_study: dict) -> None:
 
 
 def test_study_records_what_it_is(tiny_study: dict) -> None:
-    from msatune.studies.store import study_attrs
+    from msatune.studies.store.studies import study_attrs
 
     attrs = study_attrs(load(tiny_study))
     assert attrs["data_path"] == str(Path(tiny_study["data"]).resolve())

@@ -13,8 +13,8 @@ def test_a_trial_trains_the_same_whether_or_not_another_ran_before_it(tiny_data:
     """A reused Ray actor runs trials one after another in one process: the earlier trial's seed
     must not leak into the next one's shuffle order (TF mixes the global seed into op seeds)."""
     from msatune.augment.dataset import load_dataset
-    from msatune.search.config import resolve_config
     from msatune.search.trial import run_trial
+    from msatune.search.trial_config import resolve_config
 
     data = load_dataset(tiny_data)
     small = ["model_dim=16", "ff_dim=32", "num_heads=2", "n_layers_mod=1", "batch_size=8", "patience=0"]
@@ -39,8 +39,8 @@ def test_a_search_trial_checkpoints_weights_on_improvement_and_predicts_test_onc
         read_predictions,
     )
     from msatune.models.training import predict
-    from msatune.search.config import resolve_config
     from msatune.search.trial import build_pipelines, run_trial
+    from msatune.search.trial_config import resolve_config
 
     data = load_dataset(tiny_data)
     small = ["model_dim=16", "ff_dim=32", "num_heads=2", "n_layers_mod=1", "batch_size=8", "patience=0",

@@ -6,9 +6,7 @@ a Ray start would create its session directory there.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,25 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.studies.test_cli_search_errors import one_line_error
+from tests.conftest import cli_env, one_line_error, run_msatune
+from tests.conftest import tree_digest as tree
 
 
 def run(ws: Path, *args: str, ray_tmp: Path | None = None, extra_env: dict | None = None,
         timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(extra_env or {})}
-    env.pop("RAY_ADDRESS", None)
-    if ray_tmp is not None:
-        env["RAY_TMPDIR"] = str(ray_tmp)
-    return subprocess.run([sys.executable, "-m", "msatune.studies.cli", "--workspace", str(ws), *args],
-                          capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def tree(path: Path) -> dict[str, str]:
-    """Every file under ``path`` with its content hash (what "nothing changed" compares)."""
-    if not path.exists():
-        return {}
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
+    """``msatune --workspace WS ARGS``, with Ray's temporary directory at ``ray_tmp`` (a Ray that
+    started would leave its session there)."""
+    env = cli_env(**(extra_env or {}), **({"RAY_TMPDIR": str(ray_tmp)} if ray_tmp is not None else {}))
+    return run_msatune(*args, workspace=ws, timeout=timeout, env=env)
 
 
 def test_launch_with_an_existing_name_fails_before_ray(study_copy: Path, tiny_data: Path, tmp_path: Path) -> None:

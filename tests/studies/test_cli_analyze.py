@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import one_line_error, run_msatune
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = REPO_ROOT / ".." / "shared" / "fixtures" / "msa-tf2-logs"
@@ -19,13 +21,7 @@ needs_fixtures = pytest.mark.skipif(
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "msatune.studies.cli", "analyze", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=60,
-    )
+    return run_msatune("analyze", *args, env=os.environ, timeout=60)
 
 
 @needs_fixtures
@@ -45,16 +41,8 @@ def test_json_for_fixture() -> None:
 def test_bad_file_is_one_line_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("epoch,mae\n0,1.0\n")
-    proc = _run(str(bad))
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("msatune: error: ") and "val_mae" in lines[0]
-    assert "Traceback" not in proc.stderr and proc.stdout == ""
-
-    proc = _run(str(tmp_path / "missing.csv"), "--json")
-    assert proc.returncode == 2
-    assert len(proc.stderr.strip().splitlines()) == 1 and "does not exist" in proc.stderr
+    one_line_error(_run(str(bad)), "val_mae")
+    one_line_error(_run(str(tmp_path / "missing.csv"), "--json"), "does not exist")
 
 
 @needs_fixtures

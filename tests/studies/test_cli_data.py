@@ -3,40 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from msatune.studies.cli import main
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import one_line_error as assert_user_error
+from tests.conftest import run_msatune
+from tests.conftest import tree_paths as tree
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "msatune.studies.cli", *map(str, args)],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
-    )
-
-
-def assert_user_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("msatune: error: ")
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    assert proc.stdout == ""
-    return lines[0]
-
-
-def tree(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    return run_msatune(*args, env=os.environ)
 
 
 # ---------------------------------------------------------------------------------------------

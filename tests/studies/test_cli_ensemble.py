@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,36 +19,14 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from msatune.studies.cli import main
+from tests.conftest import cli_env, run_in
+from tests.conftest import one_line_error as assert_user_error
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def run_cli(ws: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run(
-        [sys.executable, "-m", "msatune.studies.cli", "--workspace", str(ws), *map(str, args)],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, env=env,
-    )
-
-
-#: What TensorFlow 2.21's C++ side prints on import whatever TF_CPP_MIN_LOG_LEVEL says (absl
-#: messages before InitializeLog); only paths that build models import TensorFlow.
-TF_NOISE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} \d\d:\d\d:)")
-
-
-def assert_user_error(proc: subprocess.CompletedProcess[str], *needles: str, tf_noise: bool = False) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    if tf_noise:
-        lines = [ln for ln in lines if not TF_NOISE.match(ln)]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("msatune: error: ")
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    assert proc.stdout == ""
-    return lines[0]
+    return run_in(ws, *args, env=cli_env(CUDA_VISIBLE_DEVICES=""))
 
 
 def fake_checkpoint(directory: Path, seed: int, noise: float, n: int = 40) -> Path:
@@ -208,7 +183,8 @@ def test_ensemble_then_predict_on_a_real_study(tiny_study: dict, tmp_path: Path)
     assert Path(res["saved_model_path"], "saved_model.pb").is_file()
     assert res["export_check"]["max_abs_diff_vs_members"] <= 1e-5
 
-    from msatune.studies.store import load_study, open_storage, study_attrs
+    from msatune.studies.store.connect import open_storage
+    from msatune.studies.store.studies import load_study, study_attrs
 
     recorded = study_attrs(load_study(open_storage(tiny_study["storage_url"]), tiny_study["name"]))
     assert recorded["ensemble:greedy"]["members"] == [{"trial": m["trial"], "weight": m["weight"]}
@@ -235,9 +211,9 @@ def test_ensemble_then_predict_on_a_real_study(tiny_study: dict, tmp_path: Path)
 
 
 def test_build_and_render_for_the_demo(tiny_study: dict, capsys: pytest.CaptureFixture[str]) -> None:
-    from msatune.studies.cli_context import AppContext
-    from msatune.studies.cli_ensemble import build_and_render
-    from msatune.studies.store import open_storage
+    from msatune.studies.cli.context import AppContext
+    from msatune.studies.cli.ensemble import build_and_render
+    from msatune.studies.store.connect import open_storage
 
     app = AppContext(workspace=Path(tiny_study["workspace"]))
     summary = build_and_render(app, open_storage(tiny_study["storage_url"]), tiny_study["name"])

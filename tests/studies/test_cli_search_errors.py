@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
 
-
-def run(ws: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "msatune.studies.cli", "--workspace", str(ws), *args],
-                          capture_output=True, text=True, timeout=120)
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    assert proc.returncode == 2, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("msatune: error:")]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+from tests.conftest import file_digest as digest
+from tests.conftest import one_line_error
+from tests.conftest import run_in as run
 
 
 def test_unknown_study_names_close_matches(study_copy: Path) -> None:
@@ -82,7 +64,12 @@ def test_bad_storage_url(tmp_path: Path, url: str, needle: str) -> None:
 def test_a_sqlite_url_with_a_tilde_names_one_file_for_every_check_and_open(tmp_path: Path, monkeypatch) -> None:
     """`sqlite:///~/x.db` is the home directory's x.db for the existence checks and for SQLite
     itself (which would otherwise open a literal './~/x.db'); a `file:` URI names the same file."""
-    from msatune.studies.store import check_can_create, open_existing, open_storage, sqlite_file
+    from msatune.studies.store.connect import (
+        check_can_create,
+        open_existing,
+        open_storage,
+        sqlite_file,
+    )
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
@@ -99,7 +86,7 @@ def test_a_sqlite_url_with_a_tilde_names_one_file_for_every_check_and_open(tmp_p
 
 def test_changed_data_fingerprint_refuses_resume_unless_forced(tiny_study: dict, tmp_path: Path) -> None:
     """Point a copy of the study at a copy of its data, change the data, try to resume."""
-    from msatune.studies.store import set_study_attr
+    from msatune.studies.store.studies import set_study_attr
 
     ws = tmp_path / "ws"
     ws.mkdir()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from msatune.studies.cli import main
+from tests.conftest import one_line_error, run_in
 
 
 def test_train_improved_writes_checkpoint_log_and_metrics_that_rebuild_exactly(
@@ -61,10 +61,6 @@ def test_train_improved_writes_checkpoint_log_and_metrics_that_rebuild_exactly(
     (["--data", "/no/such/data"], "/no/such/data"),
 ])
 def test_bad_train_input_is_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "msatune.studies.cli", "--workspace", str(tmp_path / "ws"), "train",
-                           "--data", str(tmp_path / "missing"), *args] if "--data" not in args else
-                          [sys.executable, "-m", "msatune.studies.cli", "--workspace", str(tmp_path / "ws"), "train", *args],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("msatune: error:") and needle in lines[0], proc.stderr
+    data = [] if "--data" in args else ["--data", str(tmp_path / "missing")]
+    proc = run_in(tmp_path / "ws", "train", *data, *args, env=os.environ, timeout=120)
+    one_line_error(proc, needle)

@@ -8,7 +8,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -19,6 +18,7 @@ import pytest
 
 from msatune.errors import UserError
 from msatune.studies.cli import main
+from tests.conftest import msatune_argv
 
 
 def free_port() -> int:
@@ -53,8 +53,7 @@ class Dashboard:
         self.err = workspace / f"dashboard-{self.port}.err"
         with self.out.open("w") as out, self.err.open("w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "msatune.studies.cli", "--workspace", str(workspace), "dashboard",
-                 "--port", str(self.port), *extra],
+                msatune_argv("dashboard", "--port", str(self.port), *extra, workspace=workspace),
                 stdout=out, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         deadline = time.monotonic() + 60
@@ -87,7 +86,7 @@ def sha256(path: Path) -> str:
 def test_dashboard_serves_the_study_and_refuses_writes(tiny_study: dict) -> None:
     import optuna
 
-    from msatune.studies.store import open_storage
+    from msatune.studies.store.connect import open_storage
 
     ws = Path(tiny_study["workspace"])
     store_file = ws / "studies.db"
@@ -159,7 +158,7 @@ def test_writable_dashboard_changes_a_copy_of_the_store(tiny_study: dict, tmp_pa
 def test_read_only_storage_refuses_writes_itself(tiny_study: dict, tmp_path: Path) -> None:
     """Defense in depth: even past the HTTP guard, the SQLite connection cannot write."""
     from msatune.studies.dashboard import open_dashboard_storage
-    from msatune.studies.store import read_only_sqlite_url
+    from msatune.studies.store.connect import read_only_sqlite_url
 
     db = tmp_path / "copy.db"
     shutil.copy(Path(tiny_study["workspace"]) / "studies.db", db)
@@ -184,7 +183,7 @@ def test_dashboard_without_a_store_is_a_one_line_error(tmp_path: Path, capsys: p
     assert rc == 2
     assert err.startswith("msatune: error: no study store at") and err.count("\n") == 1
     with pytest.raises(UserError, match="not a database URL"):
-        from msatune.studies.store import read_only_sqlite_url
+        from msatune.studies.store.connect import read_only_sqlite_url
 
         read_only_sqlite_url("not a url")
 
@@ -195,10 +194,10 @@ def test_dashboard_polling_while_a_study_writes(tiny_data: Path, tiny_space_file
     """The dashboard polls the store as fast as it can while a real study writes to it."""
     from optuna.trial import TrialState
 
-    from msatune.search.settings import SearchSettings
-    from msatune.studies.lifecycle import launch
-    from msatune.studies.store import open_storage
-    from msatune.studies.workspace import Workspace
+    from msatune.search.search_settings import SearchSettings
+    from msatune.studies.runs import launch
+    from msatune.studies.store.connect import open_storage
+    from msatune.studies.store.workspace import Workspace
 
     ws = Workspace(tmp_path / "ws").ensure()
     storage = open_storage(ws.storage_url)  # creates the store, so the read-only dashboard can open it

@@ -12,12 +12,13 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import msatune_argv
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -55,7 +56,7 @@ def test_chromium_renders_the_study_page(tiny_study: dict, tmp_path: Path) -> No
     ws = Path(tiny_study["workspace"])
     import optuna
 
-    from msatune.studies.store import open_storage
+    from msatune.studies.store.connect import open_storage
 
     study = optuna.load_study(study_name=tiny_study["name"], storage=open_storage(tiny_study["storage_url"]))
     numbers = [t.number for t in study.get_trials()]
@@ -63,8 +64,8 @@ def test_chromium_renders_the_study_page(tiny_study: dict, tmp_path: Path) -> No
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     log = (tmp_path / "dashboard.err").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "msatune.studies.cli", "--workspace", str(ws), "dashboard",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=log)
+    proc = subprocess.Popen(msatune_argv("dashboard", "--port", str(port), workspace=ws),
+                            stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.monotonic() + 60
         while True:

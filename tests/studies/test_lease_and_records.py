@@ -22,8 +22,9 @@ from optuna.trial import TrialState, create_trial
 
 from msatune.errors import UserError
 from msatune.search.reconcile import REQUEUED_ATTR, reconcile
-from msatune.studies.lease import LEASE_KEY, StudyLease, check_free, live_holder
-from msatune.studies.store import open_storage
+from msatune.studies.store.connect import open_storage
+from msatune.studies.store.lease import LEASE_KEY, StudyLease, check_free, live_holder
+from tests.conftest import run_in as run
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -73,7 +74,7 @@ def test_another_hosts_lease_holds_until_its_heartbeat_is_stale(tmp_path: Path, 
 def test_a_stalled_driver_that_was_taken_over_never_takes_the_lease_back(tmp_path: Path, monkeypatch) -> None:
     """Across hosts a driver that stalls past the timeout is taken over; when it wakes, its
     heartbeat must see the new holder and stop, or two drivers would run one study."""
-    import msatune.studies.lease as lease_module
+    import msatune.studies.store.lease as lease_module
 
     monkeypatch.setattr(lease_module, "HEARTBEAT_S", 0.05)
     study = new_study(tmp_path)
@@ -98,11 +99,6 @@ def test_a_trial_without_params_is_failed_not_requeued(tmp_path: Path) -> None:
     assert "no parameters" in trials[empty.number].user_attrs["fail_reason"]
     waiting = [t for t in trials.values() if t.state == TrialState.WAITING]
     assert [t.user_attrs["requeued_from"] for t in waiting] == [sampled.number]
-
-
-def run(ws: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "msatune.studies.cli", "--workspace", str(ws), *args],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "250"})
 
 
 @pytest.fixture

@@ -14,13 +14,11 @@ The refits use copies of the shared ``tiny_study`` store (its trials' checkpoint
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -30,6 +28,8 @@ import pytest
 from optuna.trial import TrialState
 
 from msatune.errors import UserError
+from tests.conftest import cli_env, msatune_argv, one_line_error, run_in
+from tests.conftest import file_digest as digest
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 K, F = 2, 2
@@ -42,9 +42,9 @@ def copy_store(tiny_study: dict, ws: Path) -> str:
 
 
 def refit(ws: Path, url: str, **options) -> dict:
-    from msatune.studies.refits import RefitOptions, run_refit
-    from msatune.studies.store import open_storage
-    from msatune.studies.workspace import Workspace
+    from msatune.studies.refit.run import RefitOptions, run_refit
+    from msatune.studies.store.connect import open_storage
+    from msatune.studies.store.workspace import Workspace
 
     opts = RefitOptions(**{"top_k": K, "folds": F, **options})
     return run_refit(Workspace(ws), open_storage(url), "tiny", opts)
@@ -129,9 +129,9 @@ def test_poisoned_test_data_changes_nothing_before_the_final_score(
     refit_a: dict, tiny_study: dict, tmp_path: Path
 ) -> None:
     from msatune.augment.dataset import load_dataset
-    from msatune.ensemble.evaluate import EnsembleOptions
-    from msatune.studies.refit_ensemble import run_refit_ensemble
-    from msatune.studies.workspace import Workspace
+    from msatune.ensemble.fitting import EnsembleOptions
+    from msatune.studies.ensembles import run_ensemble
+    from msatune.studies.store.workspace import Workspace
 
     ws = tmp_path / "ws"
     url = copy_store(tiny_study, ws)
@@ -158,8 +158,8 @@ def test_poisoned_test_data_changes_nothing_before_the_final_score(
 
     # the bagged ensemble's selection (members, weights, OOF fit): identical; only test differs
     options = EnsembleOptions(method="greedy", rounds=10)
-    a = run_refit_ensemble(Workspace(refit_a["ws"]), refit_a["url"], "tiny", options, export=False).summary()
-    b = run_refit_ensemble(Workspace(ws), url, "tiny", options, export=False).summary()
+    a = run_ensemble(Workspace(refit_a["ws"]), refit_a["url"], "tiny", options, export=False, source="refit").summary()
+    b = run_ensemble(Workspace(ws), url, "tiny", options, export=False, source="refit").summary()
     assert [(m["trial"], m["weight"]) for m in a["members"]] == [(m["trial"], m["weight"]) for m in b["members"]]
     assert a["oof"] == pytest.approx(b["oof"])
     np.testing.assert_allclose([a["cv"]["valid_mae"], *a["cv"]["fold_mae"]],
@@ -173,13 +173,13 @@ def test_the_bagged_ensemble_exports_one_model_that_averages_the_fold_models(ref
     import keras
 
     from msatune.augment.dataset import load_dataset
-    from msatune.ensemble.evaluate import EnsembleOptions
-    from msatune.studies.ensembles import ensemble_records
-    from msatune.studies.refit_ensemble import run_refit_ensemble
-    from msatune.studies.workspace import Workspace
+    from msatune.ensemble.fitting import EnsembleOptions
+    from msatune.studies.ensembles import run_ensemble
+    from msatune.studies.store.ensemble_records import ensemble_records
+    from msatune.studies.store.workspace import Workspace
 
-    result = run_refit_ensemble(Workspace(refit_a["ws"]), refit_a["url"], "tiny",
-                                EnsembleOptions(method="mean", top_k=2))
+    result = run_ensemble(Workspace(refit_a["ws"]), refit_a["url"], "tiny",
+                          EnsembleOptions(method="mean", top_k=2), source="refit")
     s = result.summary()
     # members: the configurations whose OOF MAE beats the constant predictor (tiny data: 1 or 2)
     assert s["source"] == "refit" and 1 <= len(s["members"]) == s["candidates"]["used"] <= K
@@ -204,10 +204,10 @@ def test_the_bagged_ensemble_exports_one_model_that_averages_the_fold_models(ref
 
 
 def test_show_and_the_report_gain_the_refit_table(refit_a: dict, tmp_path: Path, capsys) -> None:
-    from msatune.studies.cli_render import render_show
+    from msatune.studies.cli.render import render_show
     from msatune.studies.queries import list_studies, show_study
-    from msatune.studies.report import build_report
-    from msatune.studies.store import open_storage
+    from msatune.studies.report.build import build_report
+    from msatune.studies.store.connect import open_storage
 
     store = open_storage(refit_a["url"])
     payload = show_study(store, "tiny", 5)
@@ -225,9 +225,9 @@ def test_show_and_the_report_gain_the_refit_table(refit_a: dict, tmp_path: Path,
 def test_deleting_a_study_deletes_its_refit(refit_a: dict, tmp_path: Path) -> None:
     """`msatune delete NAME` takes the refit's fold trials with it: a new study of the same name
     starts without a stale refit (whose folds would belong to other trials)."""
-    from msatune.studies.manage import delete_study
-    from msatune.studies.store import open_storage
-    from msatune.studies.workspace import Workspace
+    from msatune.studies.delete import delete_study
+    from msatune.studies.store.connect import open_storage
+    from msatune.studies.store.workspace import Workspace
 
     shutil.copy(refit_a["ws"] / "studies.db", tmp_path / "studies.db")
     url = f"sqlite:///{tmp_path / 'studies.db'}"
@@ -237,17 +237,6 @@ def test_deleting_a_study_deletes_its_refit(refit_a: dict, tmp_path: Path) -> No
     names = {s.study_name for s in optuna.get_all_study_summaries(url)}
     assert "tiny" not in names and "tiny:refit" not in names
     assert out["trials"] >= K * F
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def cli(ws: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "msatune.studies.cli", "--workspace", str(ws), *args],
-                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -265,10 +254,7 @@ def test_bad_refit_input_is_one_line_exit_2_and_changes_nothing(
     ws = tmp_path / "ws"
     copy_store(tiny_study, ws)
     before = digest(ws / "studies.db")
-    proc = cli(ws, *args)
-    assert proc.returncode == 2, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("msatune: error:") and needle in lines[0], proc.stderr
+    one_line_error(run_in(ws, *args), needle)
     assert digest(ws / "studies.db") == before
     assert sorted(p.name for p in ws.iterdir()) == ["studies.db"]
 
@@ -282,15 +268,15 @@ def test_a_rerun_with_other_folds_is_refused_unless_replace(refit_a: dict) -> No
 
 @pytest.mark.slow
 def test_kill_9_then_rerun_trains_no_finished_fold(tiny_study: dict, tmp_path: Path) -> None:
-    from msatune.search.ray_session import RAY_PIDS_FILE, alive, session_processes
+    from msatune.processes import alive
+    from msatune.search.ray_orphans import RAY_PIDS_FILE, session_processes
 
     ws = tmp_path / "ws"
     url = copy_store(tiny_study, ws)
     args = ["refit", "tiny", "--top-k", str(K), "--folds", str(F), "--concurrency", "1", "--json"]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("RAY_ADDRESS", None)
+    env = cli_env()
     with open(tmp_path / "driver.err", "w") as err:
-        driver = subprocess.Popen([sys.executable, "-m", "msatune.studies.cli", "--workspace", str(ws), *args],
+        driver = subprocess.Popen(msatune_argv(*args, workspace=ws),
                                   stdout=subprocess.DEVNULL, stderr=err, env=env)
     try:
         deadline, done = time.time() + 240, 0
@@ -319,7 +305,7 @@ def test_kill_9_then_rerun_trains_no_finished_fold(tiny_study: dict, tmp_path: P
         time.sleep(0.5)
     assert not [p for p in ray_info["pids"] if alive(p)]
 
-    proc = cli(ws, *args, timeout=400)
+    proc = run_in(ws, *args, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     assert summary["run"]["already_done"] == len(before)

@@ -14,10 +14,10 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from msatune.studies.cli import main
-from msatune.studies.ensembles import ensemble_records
-from msatune.studies.report import attach_report, build_report, tensorboard_hint
-from msatune.studies.store import open_storage
-from msatune.studies.workspace import Workspace
+from msatune.studies.report.build import attach_report, build_report, tensorboard_hint
+from msatune.studies.store.connect import open_storage
+from msatune.studies.store.ensemble_records import ensemble_records
+from msatune.studies.store.workspace import Workspace
 from tests.studies.tensorboard_events import read_event_scalars
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -156,7 +156,7 @@ ENSEMBLE = {
     "members": [{"trial": 1, "weight": 0.6}, {"trial": 2, "weight": 0.4}],
     "valid": {"mae": 1.00, "corr": 0.41},
     "test": {"mae": 1.02, "corr": 0.40},
-    "best_single": {"trial": 1, "valid_mae": 1.05, "test_mae": 1.10},  # ensemble.evaluate's record()
+    "best_single": {"trial": 1, "valid_mae": 1.05, "test_mae": 1.10},  # ensemble.fitting's record()
     "cv_valid_mae": 1.03,
     "model_path": "/x/ensemble.keras",
 }
@@ -346,7 +346,7 @@ def test_importance_needs_enough_complete_trials_and_says_which_it_uses(tmp_path
 
 
 def test_the_ensemble_chart_is_zoomed_to_its_values(tmp_path: Path) -> None:
-    from msatune.studies.report_plots import plot_ensembles
+    from msatune.studies.report.plots import plot_ensembles
 
     rec = {"greedy": {"method": "greedy", "ensemble": {"valid": {"mae": 1.146}, "test": {"mae": 1.150}},
                       "best_single": {"trial": 3, "valid": {"mae": 1.168}, "test": {"mae": 1.171}}}}

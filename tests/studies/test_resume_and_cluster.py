@@ -26,8 +26,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from msatune.search.ray_session import RAY_PIDS_FILE, alive, session_processes
-from msatune.studies.store import open_storage
+from msatune.processes import alive
+from msatune.search.ray_orphans import RAY_PIDS_FILE, session_processes
+from msatune.studies.store.connect import open_storage
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 

@@ -1,0 +1,137 @@
+"""What every ``msatune`` command shares: the application context, the store and resource
+options, JSON output, the step and warning lines on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from msatune.errors import UserError
+from msatune.json_values import json_default, jsonable
+from msatune.search.search_settings import SearchSettings
+from msatune.studies.store.workspace import Workspace
+
+DEFAULT_WORKSPACE = "./msatune-runs"
+WORKSPACE_ENV = "MSATUNE_WORKSPACE"
+
+
+@dataclass
+class AppContext:
+    """What every command gets: the workspace and the global flags."""
+
+    workspace: Path
+    debug: bool = False
+    verbose: bool = False
+
+    def ensure_workspace(self) -> Path:
+        """Create the workspace directory on first use and return it (absolute)."""
+        try:
+            self.workspace.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(
+                f"cannot create workspace {self.workspace}: {exc.strerror}; "
+                f"pass --workspace DIR or set {WORKSPACE_ENV}"
+            ) from exc
+        return self.workspace
+
+    @property
+    def ws(self) -> Workspace:
+        """The workspace layout (nothing is created: whoever writes there creates what it needs)."""
+        return Workspace(self.workspace)
+
+    def storage_url(self, url: str | None) -> str:
+        """``--storage URL`` or the workspace's SQLite file (nothing is opened or created)."""
+        return url if url is not None else self.ws.storage_url
+
+    def reader(self, url: str | None) -> Any:
+        """The store opened read-only, for commands that only look: never created, never
+        written (a missing store is a one-line error naming the path)."""
+        from msatune.studies.store.connect import open_storage
+
+        return open_storage(self.storage_url(url), read_only=True)
+
+    def storage(self, url: str | None, *, read_only: bool = False, create: bool = True) -> Any:
+        """The study store: ``--storage URL`` or the workspace's SQLite file (the workspace is
+        created for it unless ``read_only`` or ``create=False``: then a missing store is a one-line
+        error and nothing is created)."""
+        from msatune.studies.store.connect import open_storage
+
+        if url is None:
+            if create and not read_only:
+                self.ensure_workspace()
+            url = self.ws.storage_url
+        return open_storage(url, read_only=read_only, create=create)
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+storage_option = click.option(
+    "--storage", default=None, metavar="URL",
+    help="SQLAlchemy URL of the study store [default: sqlite:///WORKSPACE/studies.db].",
+)
+
+
+def echo_json(payload: Any) -> None:
+    """Print one strict JSON document on stdout (for ``--json``): NaN and infinities are null."""
+    sys.stdout.write(json.dumps(jsonable(payload), indent=2, sort_keys=False, default=json_default,
+                                allow_nan=False) + "\n")
+
+
+def console():  # -> rich.console.Console
+    """A rich console on stdout (tables and progress are rendering, never library output)."""
+    from rich.console import Console
+
+    return Console()
+
+
+#: The defaults every command's resource options show.
+DEFAULTS = SearchSettings()
+
+
+def resource_options(f: Any) -> Any:
+    """Where trials run (``launch``, ``resume``, ``refit``): --address, --concurrency and the
+    CPUs/GPUs of one trial."""
+    f = click.option("--address", default=None, metavar="ADDR",
+                     help="Run on an existing Ray cluster (ray start --head ...); the store stays here.")(f)
+    f = click.option("--concurrency", type=int, default=None,
+                     help="Trials at once [default: what the cluster's CPUs/GPUs allow].")(f)
+    f = click.option("--gpus-per-trial", type=float, default=None,
+                     help="GPUs per trial; fractions share a GPU (0.5 = two trials per GPU). "
+                          f"[default: {DEFAULTS.gpus_per_trial:g}]")(f)
+    f = click.option("--cpus-per-trial", type=float, default=None,
+                     help=f"CPUs per trial (also TensorFlow's thread count). [default: {DEFAULTS.cpus_per_trial:g}]")(f)
+    return f
+
+
+def where_it_runs(app: AppContext, cpus_per_trial: float | None, gpus_per_trial: float | None,
+                  concurrency: int | None, address: str | None) -> dict[str, Any]:
+    """The :func:`resource_options` as the ``where`` of a resume or a refit (``None``: as recorded)."""
+    return {"cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
+            "concurrency": concurrency, "address": address, "verbose": app.verbose}
+
+
+def step_printer(app: AppContext) -> Callable[[str], None] | None:
+    """What a slow command (tens of seconds: TensorFlow loads models) does now, one line per step
+    on stderr, when stderr is a terminal or with --verbose. Off a terminal the steps stay out of
+    stderr, where a failure must be one line."""
+    if not (app.verbose or sys.stderr.isatty()):
+        return None
+
+    def say(text: str) -> None:
+        click.echo(f"msatune: {text} ...", err=True)
+
+    return say
+
+
+def print_messages(summary: dict[str, Any]) -> None:
+    """A result's ``warnings`` and ``notes``, one line each on stderr."""
+    for w in summary.get("warnings", []):
+        click.echo(f"msatune: warning: {w}", err=True)
+    for n in summary.get("notes", []):
+        click.echo(f"msatune: note: {n}", err=True)

@@ -1,0 +1,152 @@
+"""``msatune launch | resume``: run a study's search (its first run, or the next after a stop)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from msatune.search.search_settings import SearchSettings
+from msatune.studies.cli.context import (
+    DEFAULTS,
+    AppContext,
+    echo_json,
+    pass_app,
+    resource_options,
+    storage_option,
+    where_it_runs,
+)
+from msatune.studies.cli.render import (
+    Progress,
+    budget_used_message,
+    next_steps,
+    render_run,
+    render_show,
+)
+from msatune.studies.cli.space import SPACE_FORMAT
+
+#: Seeds are offset per trial and per run and must stay valid numpy seeds.
+SEED_RANGE = click.IntRange(0, 2**31 - 1)
+
+LAUNCH_HELP = f"""Launch a new study: Optuna TPE picks configurations, Ray Tune runs them, ASHA stops poor ones.
+
+\b
+The first two trials are the users' `baseline` and `improved` recipes, so every study shows
+what the search gained over both. Trials report validation MAE every epoch; a trial's value is
+its best validation MAE. ASHA stops a trial at a rung (grace period × reduction factor^k epochs:
+3, 9, 27 by default) when it is not in the best 1/R there, ranked on the mean of its best
+validation MAE so far and its training MAE (measured to rank configurations by their final
+result far better than the epoch's validation MAE alone; benchmarks/README.md). Searched trials
+warm up before the first rung and anneal over --max-epochs. Everything is stored in the study
+store; Ctrl-C stops cleanly and `msatune resume NAME` continues. The test split is never used
+to choose anything.
+
+\b
+Checks come first and cost seconds: the name, the options, the data and the --space file are
+validated before Ray starts, and the requested CPUs/GPUs are checked against the cluster before
+the study is created. A run that is stopped (Ctrl-C) exits with status 130.
+
+{SPACE_FORMAT}
+
+\b
+Examples:
+  msatune launch demo1 --trials 20 --max-epochs 27
+  msatune launch mosi-a --data data/mosi --trials 100 --gpus-per-trial 0.5
+  msatune launch narrow --space space.toml --trials 40
+  msatune launch raw --data data/mmsa --clip-labels      (labels outside [-3, 3] clipped)
+  msatune launch big --address 10.0.0.5:6379 --gpus-per-trial 1
+"""
+
+
+@click.command("launch", help=LAUNCH_HELP)
+@click.argument("name")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Dataset directory (msa-tf2 layout) [default: the synthetic mosi set in the workspace].")
+@click.option("--trials", type=int, default=DEFAULTS.trials, show_default=True, help="Trial budget of the study.")
+@click.option("--max-epochs", type=int, default=DEFAULTS.max_epochs, show_default=True,
+              help="Epoch budget of one trial (ASHA max_t).")
+@click.option("--grace-period", type=int, default=None,
+              help=f"Epochs before ASHA may stop a trial. [default: {DEFAULTS.grace}, at most --max-epochs]")
+@click.option("--reduction-factor", type=int, default=DEFAULTS.reduction_factor, show_default=True,
+              help="ASHA keeps the best 1/R at each rung.")
+@resource_options
+@click.option("--space", "space_file", type=click.Path(path_type=Path), default=None,
+              help="TOML file narrowing or replacing the search space.")
+@click.option("--seed", type=SEED_RANGE, default=DEFAULTS.seed, show_default=True, help="Seed of the sampler and of the trials.")
+@click.option("--clip-labels", is_flag=True,
+              help="Clip labels outside [-3, 3] instead of refusing the data (recorded; resume applies it too).")
+@click.option("--max-failures", type=int, default=DEFAULTS.max_failures, show_default=True,
+              help="Retries of a trial after a transient error.")
+@storage_option
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+@pass_app
+def launch(app: AppContext, name: str, data_dir: Path | None, trials: int, max_epochs: int,
+           grace_period: int | None, reduction_factor: int, cpus_per_trial: float | None,
+           gpus_per_trial: float | None, concurrency: int | None, address: str | None,
+           space_file: Path | None, seed: int, clip_labels: bool, max_failures: int, storage: str | None,
+           as_json: bool) -> None:
+    from msatune.studies.runs import launch as do_launch
+
+    settings = SearchSettings(
+        trials=trials, max_epochs=max_epochs, grace_period=grace_period, reduction_factor=reduction_factor,
+        cpus_per_trial=cpus_per_trial if cpus_per_trial is not None else DEFAULTS.cpus_per_trial,
+        gpus_per_trial=gpus_per_trial if gpus_per_trial is not None else DEFAULTS.gpus_per_trial,
+        concurrency=concurrency, seed=seed, address=address, max_failures=max_failures, verbose=app.verbose,
+    ).validate()
+    with Progress(name, json_mode=as_json) as progress:
+        summary = do_launch(app.ws, app.storage_url(storage), name, settings, data_dir=data_dir,
+                            space_file=space_file, clip_labels=clip_labels, progress=progress)
+    _finish(app, storage, name, summary, as_json)
+
+
+RESUME_HELP = """Continue a study after a crash, kill or Ctrl-C, losing no finished trial.
+
+\b
+First ends Ray processes a dead driver left behind, then reconciles the store (trials left
+RUNNING become FAIL, tagged, and their configurations are queued again), then runs a fresh
+search on the same study for the rest of its budget (or --trials N more).
+
+\b
+Examples:
+  msatune resume demo1
+  msatune resume demo1 --trials 10
+"""
+
+
+@click.command("resume", help=RESUME_HELP)
+@click.argument("name")
+@click.option("--trials", type=int, default=None, help="Run N more trials instead of the rest of the budget.")
+@click.option("--force", is_flag=True, help="Continue even if the dataset's fingerprint changed.")
+@resource_options
+@storage_option
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+@pass_app
+def resume(app: AppContext, name: str, trials: int | None, force: bool, cpus_per_trial: float | None,
+           gpus_per_trial: float | None, concurrency: int | None, address: str | None,
+           storage: str | None, as_json: bool) -> None:
+    from msatune.studies.runs import resume as do_resume
+
+    where = where_it_runs(app, cpus_per_trial, gpus_per_trial, concurrency, address)
+    with Progress(name, json_mode=as_json) as progress:
+        summary = do_resume(app.ws, app.storage_url(storage), name, more_trials=trials, force=force,
+                            where=where, progress=progress)
+    _finish(app, storage, name, summary, as_json)
+
+
+def _finish(app: AppContext, storage: str | None, name: str, summary: dict, as_json: bool) -> None:
+    """Render a run's summary and the study; exit 130 when the run was interrupted (Ctrl-C), so
+    ``msatune launch ... && msatune ensemble ...`` stops there."""
+    from msatune.studies.queries import show_study
+
+    shown = show_study(app.reader(storage), name, 5)
+    if as_json:
+        message = budget_used_message(summary, name)
+        echo_json({**summary, **({"message": message} if message else {}),
+                   "best": shown["best"], "counts": shown["counts"], "reference": shown["reference"]})
+    else:
+        render_run(summary, name)
+        render_show(shown, next_steps(app.ws, name))
+    if summary.get("interrupted"):
+        click.echo(f"msatune: interrupted; finished trials are stored; continue with: msatune resume {name}",
+                   err=True)
+        raise click.exceptions.Exit(130)

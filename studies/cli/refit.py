@@ -1,0 +1,144 @@
+"""``msatune refit``: cross-validated refits of a study's best configurations.
+
+The work is :func:`msatune.studies.refit.run.run_refit`; this module parses and renders (the
+refit table itself is :func:`msatune.studies.cli.render.render_refit_table`, which ``show`` uses too).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from msatune.studies.cli.context import (
+    AppContext,
+    console,
+    echo_json,
+    pass_app,
+    resource_options,
+    storage_option,
+    where_it_runs,
+)
+from msatune.studies.cli.render import render_refit_table
+
+
+def render_refit(summary: dict[str, Any]) -> None:
+    con = console()
+    run = summary["run"]
+    others = ", ".join(f"{v} {k.lower()}" for k, v in summary["not_considered"].items())
+    chosen = ", ".join(f"#{c['trial']}" for c in summary["chosen"])
+    pool = summary["pool"]
+    con.print(f"[bold]{summary['study']}[/bold]: refit of the top {summary['top_k']} COMPLETE trials by "
+              f"validation MAE ({chosen}){'; not considered: ' + others if others else ''}")
+    con.print(f"folds: {summary['folds']} x {summary['repeats']} repeat(s) of train+valid ({pool['total']} "
+              f"samples = {pool['train']} train + {pool['valid']} valid), stratified by sentiment class, "
+              f"seed {summary['seed']}; the test split is not used")
+    if run["folds_run"] == 0 and run["already_done"] == run["folds_total"]:
+        con.print(f"all {run['folds_total']} folds were already trained; nothing to do")
+    else:
+        con.print(f"run {run['run']}: {run['folds_run']} fold(s) trained ({run['complete']} complete, "
+                  f"{run['failed']} failed) in {run['wall_seconds']:.0f} s with {run['concurrency']} at once; "
+                  f"{run['already_done']} were already trained")
+    render_refit_table({"folds": summary["folds"], "repeats": summary["repeats"], "configs": summary["configs"],
+                        "refit_study": summary["refit_study"], "failed_folds": run["failed"]})
+    for w in summary.get("warnings", []):
+        click.echo(f"msatune: warning: {w}", err=True)
+    if run.get("interrupted"):
+        con.print("interrupted: finished folds are recorded; run the same command again to continue")
+    else:
+        con.print(f"bagged ensemble: msatune ensemble {summary['study']} --from refit")
+    con.print(f"fold models and out-of-fold predictions: {summary['directory']}")
+
+
+class RefitProgressLine:
+    """Folds done/failed/running, elapsed and ETA: a live line in a terminal, a line per ended
+    fold otherwise (nothing when ``quiet``). The line appears with the first fold, after every
+    check has passed."""
+
+    def __init__(self, quiet: bool, name: str) -> None:
+        self.quiet, self.name, self.live = quiet, name, None
+
+    def __enter__(self) -> Any:
+        return None if self.quiet else self.update
+
+    def update(self, p: Any) -> None:
+        from rich.text import Text
+
+        eta = time.strftime("%M:%S", time.gmtime(p.eta)) if p.eta is not None else "?"
+        line = (f"{self.name} refit: {p.done + p.failed}/{p.total} folds ({p.done} complete, {p.failed} failed), "
+                f"{p.running} running | elapsed {time.strftime('%M:%S', time.gmtime(p.elapsed))} ETA {eta}")
+        if sys.stdout.isatty():
+            if self.live is None:
+                from rich.live import Live
+
+                self.live = Live(Text(line), console=console(), refresh_per_second=4)
+                self.live.__enter__()
+            self.live.update(Text(line))
+        elif p.last is not None:
+            last = p.last.task
+            what = (f"held-out MAE {p.last.held_out_mae:.4f}" if p.last.state == "COMPLETE"
+                    else f"FAILED: {p.last.reason}")
+            click.echo(f"{line} | trial {last.trial} repeat {last.repeat} fold {last.fold}: {what}")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+
+REFIT_HELP = """Retrain a study's best configurations on k folds of train+valid: a more reliable ranking
+than one small validation split, and k models per configuration for bagged ensembles.
+
+\b
+Takes the study's --top-k COMPLETE trials by validation MAE (pruned and failed trials are never
+refit) and trains each on --folds stratified folds of train+valid, --repeats times: the same folds
+for every configuration (stratified by the seven Acc-7 sentiment classes, so --folds may not exceed
+the smallest class), each fold with the trial's own recipe and early stopping on its held-out fold.
+The test split is never loaded into the run. Each configuration gets its out-of-fold (OOF) MAE:
+every train+valid sample predicted by the fold model that did not train on it. Each fold also
+picked its best epoch on its held-out fold, so OOF MAE is slightly optimistic (as the study's
+val MAE is); it ranks configurations on 5x the samples of one validation split.
+
+\b
+Folds run on Ray Tune with the study's resources (or the options below). Each finished fold is
+recorded in the store at once (study NAME:refit), so Ctrl-C or a crash loses no finished fold:
+run the same command again to continue (a larger --top-k adds configurations to the refit; other
+--folds/--repeats/--seed need --replace, which discards the old refit). Fold checkpoints and
+WORKSPACE/studies/NAME/refit/oof/trial_N.npz (OOF predictions) are written under the study.
+
+\b
+Examples:
+  msatune refit mosi-a --top-k 8 --folds 5
+  msatune refit mosi-a --top-k 8 --folds 5 --repeats 2 --gpus-per-trial 0.5
+  msatune refit mosi-a --top-k 8 --folds 5          (again after Ctrl-C or a crash: continues)
+  msatune ensemble mosi-a --from refit              (bagged ensemble fitted on the OOF predictions)
+  msatune show mosi-a                               (validation vs OOF MAE, rank change)
+"""
+
+
+@click.command("refit", help=REFIT_HELP)
+@click.argument("name")
+@click.option("--top-k", type=int, default=5, show_default=True, help="Configurations to refit (best first).")
+@click.option("--folds", type=int, default=5, show_default=True, help="Folds of train+valid (k).")
+@click.option("--repeats", type=int, default=1, show_default=True, help="Repeats with other fold splits.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold assignment.")
+@click.option("--replace", is_flag=True, help="Start over when the study's refit used other --folds/--repeats/--seed (its fold models are discarded); with the same ones, a rerun continues it.")
+@resource_options
+@storage_option
+@click.option("--json", "as_json", is_flag=True, help="Print the refit summary as JSON.")
+@pass_app
+def refit(app: AppContext, name: str, top_k: int, folds: int, repeats: int, seed: int, replace: bool,
+          cpus_per_trial: float | None, gpus_per_trial: float | None, concurrency: int | None,
+          address: str | None, storage: str | None, as_json: bool) -> None:
+    from msatune.studies.refit.run import RefitOptions, run_refit
+
+    options = RefitOptions(top_k=top_k, folds=folds, repeats=repeats, seed=seed, replace=replace).validate()
+    store = app.storage(storage, create=False)  # a mistyped name or store creates nothing
+    where = where_it_runs(app, cpus_per_trial, gpus_per_trial, concurrency, address)
+    with RefitProgressLine(as_json, name) as progress:
+        summary = run_refit(app.ws, store, name, options, where=where, progress=progress)
+    if as_json:
+        echo_json(summary)
+        return
+    render_refit(summary)

@@ -1,0 +1,287 @@
+"""A study's refit: its best configurations retrained on k folds of train+valid, recorded in the store.
+
+:func:`run_refit` is ``msatune refit``: take the study's top-K COMPLETE trials by validation MAE,
+split train+valid into stratified folds (:mod:`msatune.augment.folds`; the test split is not
+loaded into the run at all), and train every (configuration, repeat, fold) on Ray Tune
+(:mod:`msatune.search.fold_run`). The refit lives in the store as a second Optuna study,
+``<name>:refit``:
+
+what the refit is, one record per run and one trial per finished fold, written by the driver the
+moment each fold ends (the format: :mod:`msatune.studies.store.refit_records`).
+
+Resume: a rerun of the same command (after Ctrl-C or ``kill -9``) ends the dead driver's Ray
+processes, then trains only the tasks without a COMPLETE record whose checkpoint still exists:
+a finished fold is never trained again. Other folds, repeats or seed than the recorded ones are
+refused unless ``replace`` (which discards the old refit).
+
+:mod:`msatune.studies.refit.table` reads a refit back (the ``show``/report table, the fold models
+for ``ensemble --from refit``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from msatune.augment.folds import (
+    BINNING,
+    assignment_digest,
+    bin_counts,
+    pool_splits,
+    stratified_folds,
+)
+from msatune.ensemble.bagging import FoldModel, assemble_oof
+from msatune.errors import UserError
+from msatune.json_values import jsonable
+from msatune.search.ray_orphans import live_driver
+from msatune.studies.refit.table import refit_table
+from msatune.studies.store.refit_records import (
+    SCHEME_KEYS,
+    existing_spec,
+    fold_models,
+    fold_records,
+    open_refit_study,
+    record_fold,
+    record_run,
+    refit_runs,
+    write_spec,
+)
+from msatune.studies.store.studies import load_study, state_counts, study_attrs
+from msatune.studies.store.workspace import Workspace, next_run_index
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RefitOptions:
+    top_k: int = 5
+    folds: int = 5
+    repeats: int = 1
+    seed: int = 0
+    replace: bool = False
+
+    def validate(self) -> RefitOptions:
+        if self.top_k < 1:
+            raise UserError(f"--top-k must be at least 1 (got {self.top_k})")
+        if self.folds < 2:
+            raise UserError(f"--folds must be at least 2 (got {self.folds}): a refit holds out one fold "
+                            "at a time and trains on the others")
+        if self.repeats < 1:
+            raise UserError(f"--repeats must be at least 1 (got {self.repeats})")
+        if self.seed < 0:
+            raise UserError(f"--seed must be >= 0 (got {self.seed})")
+        return self
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """A configuration picked for the refit: a COMPLETE trial and its checkpoint's config."""
+
+    trial: int
+    val_mae: float
+    config: dict[str, Any]
+    preset: str | None
+
+
+def choose_configs(study: optuna.Study, top_k: int) -> tuple[list[Chosen], list[str]]:
+    """The ``top_k`` best COMPLETE trials by validation MAE (ties: lower number) whose checkpoint
+    names their config; trials without a readable checkpoint are passed over with a warning."""
+    from msatune.models.checkpoint import read_checkpoint_meta
+
+    trials = study.get_trials(deepcopy=False)
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
+                       and math.isfinite(t.value)), key=lambda t: (t.value, t.number))
+    if top_k > len(complete):
+        counts = {k: v for k, v in state_counts(trials).items() if v}
+        what = ", ".join(f"{v} {k.lower()}" for k, v in counts.items()) or "no trials"
+        raise UserError(f"--top-k {top_k} is more than the {len(complete)} COMPLETE trials of study "
+                        f"{study.study_name!r} ({what}); pruned and failed trials are never refit: use "
+                        f"--top-k {len(complete)} or fewer" if complete else
+                        f"study {study.study_name!r} has no COMPLETE trial to refit ({what})")
+    chosen: list[Chosen] = []
+    warnings: list[str] = []
+    for t in complete:
+        if len(chosen) == top_k:
+            break
+        ckpt = t.user_attrs.get("checkpoint")
+        try:
+            if not ckpt:
+                raise UserError("no checkpoint recorded")
+            config, _ = read_checkpoint_meta(ckpt)
+        except UserError as exc:
+            warnings.append(f"trial {t.number}: {exc}; passed over")
+            continue
+        chosen.append(Chosen(t.number, float(t.value), config, t.user_attrs.get("preset")))
+    if len(chosen) < top_k:
+        raise UserError(f"only {len(chosen)} of the {len(complete)} COMPLETE trials of study "
+                        f"{study.study_name!r} have a readable checkpoint ({'; '.join(warnings[:2])}); "
+                        f"use --top-k {len(chosen)} or fewer" if chosen else
+                        f"no COMPLETE trial of study {study.study_name!r} has a readable checkpoint "
+                        f"({'; '.join(warnings[:2])})")
+    return chosen, warnings
+
+
+def _check_scheme(spec: dict[str, Any] | None, name: str, scheme: dict[str, Any], replace: bool) -> None:
+    """UserError when study ``name`` has a refit of another scheme and ``replace`` is not given."""
+    if spec is None or replace:
+        return
+    differs = [k for k in SCHEME_KEYS if spec.get(k) != scheme[k]]
+    if not differs:
+        return
+    if "data_fingerprint" in differs:
+        why = "the study's data changed since it was refit"
+    else:
+        why = f"it was refit with --folds {spec.get('folds')} --repeats {spec.get('repeats')} --seed {spec.get('seed')}"
+    raise UserError(f"study {name!r} already has a refit and {why}; rerun with the same folds, repeats and "
+                    "seed to continue it, or pass --replace to discard it")
+
+
+def run_refit(
+    ws: Workspace,
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    options: RefitOptions,
+    *,
+    where: dict[str, Any] | None = None,
+    progress: Callable[[Any], None] | None = None,
+    trainable: Callable[..., None] | None = None,
+) -> dict[str, Any]:
+    """Refit study ``name``'s top-K configurations on stratified folds; returns the refit summary.
+
+    Every check (study, K, folds, data, a live refit driver, the recorded scheme) runs before
+    anything is written. ``where`` overrides where it runs (cpus_per_trial, gpus_per_trial,
+    concurrency, address, verbose); ``trainable`` replaces the fold trainable (tests).
+    """
+    from msatune.search.ray_session import RaySession, parse_address
+    from msatune.search.search_settings import SearchSettings
+    from msatune.studies.store.lease import StudyLease, check_free
+    from msatune.studies.study_data import study_data
+
+    options.validate()
+    study = load_study(storage, name)
+    attrs = study_attrs(study)
+    if not {"data_path", "data_fingerprint", "space"} <= set(attrs):
+        raise UserError(f"study {name!r} was not created by msatune launch; it cannot be refit")
+    chosen, warnings = choose_configs(study, options.top_k)
+    data = study_data(attrs, name, needed_for="a refit must train on the data the study was searched on")
+    pool = pool_splits(data.splits)
+    assignment = stratified_folds(pool.labels, options.folds, repeats=options.repeats, seed=options.seed)
+    settings = SearchSettings.from_study(attrs, **(where or {})).validate()
+    directory = ws.refit_dir(name)
+    live = live_driver(directory)
+    if live is not None:
+        raise UserError(f"a refit of study {name!r} is running (driver pid {live}); wait for it to end")
+    scheme = {"folds": options.folds, "repeats": options.repeats, "seed": options.seed,
+              "binning": BINNING, "data_fingerprint": data.fingerprint,
+              "assignment": assignment_digest(assignment)}
+    _check_scheme(existing_spec(storage, name), name, scheme, options.replace)
+    if settings.address:
+        parse_address(settings.address)
+    check_free(study, "refit")  # one driver per study: a launch, resume, refit or delete
+
+    # Ray reached and a fold fits on a node (RaySession); then, holding the study's lease, the
+    # store and the workspace change; a killed driver's Ray ends by its watchdog (own()).
+    with RaySession(address=settings.address, verbose=settings.verbose, work_dir=directory,
+                    cpus_per_trial=settings.cpus_per_trial, gpus_per_trial=settings.gpus_per_trial) as ray, \
+            StudyLease(study, "refit"):
+        return _run_refit_held(ws, storage, study, name, options, chosen, warnings, data, pool, assignment,
+                               settings, directory, scheme, ray, progress, trainable)
+
+
+def _run_refit_held(ws: Workspace, storage: optuna.storages.BaseStorage, study: optuna.Study, name: str,
+                    options: RefitOptions, chosen: list[Chosen], warnings: list[str], data: Any, pool: Any,
+                    assignment: np.ndarray, settings: Any, directory: Path, scheme: dict[str, Any],
+                    ray: Any, progress: Callable[[Any], None] | None,
+                    trainable: Callable[..., None] | None) -> dict[str, Any]:
+    """:func:`run_refit` after its checks, inside its Ray session and the study's lease."""
+    from msatune.search.fold_run import run_folds, task_configs
+    from msatune.search.ray_orphans import end_orphans
+    from msatune.search.trainable import sweep_checkpoint_work_dirs
+
+    ended = end_orphans(directory)
+    sweep_checkpoint_work_dirs(directory)
+    rstudy, spec = open_refit_study(storage, name, scheme, directory)
+    known = {int(e["trial"]) for e in spec.get("trials", [])}
+    spec["trials"] = [*spec.get("trials", []), *({"trial": c.trial, "val_mae": c.val_mae, "preset": c.preset}
+                                                for c in chosen if c.trial not in known)]
+    spec["pool"] = {"train": data.train.n, "valid": data.valid.n, "total": pool.n}
+    spec["bins"] = {str(k): v for k, v in bin_counts(pool.labels).items()}
+    spec["fold_sizes"] = [np.bincount(row, minlength=options.folds).tolist() for row in assignment]
+    write_spec(rstudy, spec)
+
+    done = fold_records(rstudy)
+    tasks = task_configs({c.trial: c.config for c in chosen}, options.folds, options.repeats)
+    todo = [t for t in tasks if t.key not in done]
+    run_index = next_run_index(directory, len(refit_runs(rstudy)))
+    record: dict[str, Any] = {"run": run_index, "folds_total": len(tasks), "already_done": len(tasks) - len(todo),
+                              "folds_run": 0, "complete": 0, "failed": 0, "wall_seconds": 0.0,
+                              "concurrency": 0, "interrupted": False, "trials": [c.trial for c in chosen]}
+    if todo:
+        directory.mkdir(parents=True, exist_ok=True)
+        ray.own()
+        summary = run_folds(todo, pool, assignment, settings, fingerprint=data.fingerprint,
+                            ray_dir=directory, run_name=f"run{run_index}",
+                            on_fold=lambda o: record_fold(rstudy, o, run_index),
+                            progress=progress, trainable=trainable)
+        record.update(folds_run=summary.folds_run, complete=summary.complete, failed=summary.failed,
+                      wall_seconds=round(summary.wall_seconds, 1), concurrency=summary.concurrency,
+                      interrupted=summary.interrupted)
+        record_run(rstudy, record)
+    table = refit_table(storage, name, trials=[c.trial for c in chosen])
+    records = fold_records(rstudy)
+    finished = {c.trial: fold_models(records, c.trial, options.folds, options.repeats) for c in chosen}
+    finished = {t: m for t, m in finished.items() if len(m) == options.folds * options.repeats}
+    try:
+        oof_files = write_oof_files(directory / "oof", finished, options.repeats, assignment, data)
+    except UserError as exc:
+        oof_files = {}
+        warnings.append(f"out-of-fold files not written: {exc}")
+    not_considered = {k: v for k, v in state_counts(study.get_trials(deepcopy=False)).items()
+                      if v and k != "COMPLETE"}
+    return jsonable({
+        "study": name, "refit_study": rstudy.study_name, "top_k": options.top_k,
+        "folds": options.folds, "repeats": options.repeats, "seed": options.seed, "binning": BINNING,
+        "pool": spec["pool"], "bins": spec["bins"], "fold_sizes": spec["fold_sizes"],
+        "chosen": [{"trial": c.trial, "state": "COMPLETE", "val_mae": c.val_mae, "preset": c.preset}
+                   for c in chosen],
+        "not_considered": not_considered,
+        "run": {**record, "orphans_ended": ended},
+        "configs": (table or {}).get("configs", []),
+        "oof_files": oof_files, "directory": str(directory), "warnings": warnings,
+    })
+
+
+def write_oof_files(out: Path, models: dict[int, list[FoldModel]], repeats: int, assignment: np.ndarray,
+                    data: Any) -> dict[str, str]:
+    """One ``trial_<n>.npz`` per configuration in ``models`` (all folds trained): ``oof``
+    (repeats, n), ``oof_mean``, ``label``, ``fold`` (repeats, n: the fold that held each sample
+    out), ``pool_split`` and ``pool_position`` (where each train+valid sample comes from), and
+    ``id`` when the data has ids."""
+    split = np.array(["train"] * data.train.n + ["valid"] * data.valid.n)
+    position = np.concatenate([np.arange(data.train.n), np.arange(data.valid.n)])
+    ids = [s.ids for s in (data.train, data.valid)]
+    files = {}
+    for trial, trained in models.items():
+        oof, labels = assemble_oof(trained, split.size, repeats)
+        arrays = {"oof": oof, "oof_mean": oof.mean(axis=0), "label": labels, "fold": assignment,
+                  "pool_split": split, "pool_position": position}
+        if all(i is not None for i in ids):
+            arrays["id"] = np.concatenate(ids).astype(str)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"trial_{trial}.npz"
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+        files[str(trial)] = str(path)
+    return files
+
+

@@ -1,0 +1,205 @@
+"""A study's report: the criteria, the figures and one self-contained HTML page.
+
+What :func:`build_report` writes into ``out_dir``:
+
+* ``history.png``: every trial's validation MAE by trial number, with the best-so-far line.
+* ``curves.png``: train and validation MAE per epoch of the top trials and of the ``baseline``
+  and ``improved`` preset trials (the overfitting story).
+* ``importance.png``: hyperparameter importance by PED-ANOVA (Optuna's evaluator), only from
+  :data:`MIN_COMPLETE_FOR_IMPORTANCE` complete trials on (with fewer, a note says why not).
+* ``ensemble.png``: ensemble vs best single trial, only when an ensemble is recorded on the study.
+* ``report.html`` (every PNG embedded as base64, nothing else needed), ``report.json`` (every
+  number shown) and ``criteria.json`` (the criteria table alone).
+
+Where the numbers come from: :mod:`msatune.studies.report.curves` (curves, test MAE),
+:mod:`msatune.studies.report.criteria` (the users' success criteria), :mod:`msatune.studies.ensembles`
+(recorded ensembles); :mod:`msatune.studies.report.plots` draws, :mod:`msatune.studies.report.page`
+writes the page.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from msatune.errors import UserError
+from msatune.json_values import jsonable
+from msatune.studies.queries import VALUE_RULE
+from msatune.studies.refit.table import refit_table
+from msatune.studies.report.criteria import compute_criteria, criteria_rows, study_reference
+from msatune.studies.report.curves import select_curves, test_mae, trial_curve
+from msatune.studies.report.page import note_markdown, render_html
+from msatune.studies.report.plots import plot_curves, plot_ensembles, plot_history, plot_importance
+from msatune.studies.store.ensemble_records import ensemble_records
+from msatune.studies.store.studies import (
+    best_complete,
+    load_study,
+    state_counts,
+    study_artifacts,
+    study_attrs,
+)
+from msatune.studies.store.workspace import Workspace
+from msatune.thirdparty.optuna_internals import study_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Report:
+    """What :func:`build_report` wrote and computed (``payload`` is ``report.json``)."""
+
+    out_dir: Path
+    html: Path
+    figures: dict[str, Path]
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+#: PED-ANOVA contrasts the top 10% (its target quantile) of the complete trials with all of them:
+#: below 20 that top holds a single trial, and the numbers are noise.
+MIN_COMPLETE_FOR_IMPORTANCE = 20
+#: What the report says about which trials the importance is computed from.
+IMPORTANCE_TRIALS = ("computed by Optuna's PED-ANOVA from the COMPLETE trials only: pruned and "
+                     "failed trials are left out, as Optuna does")
+
+
+def param_importance(study: optuna.Study) -> tuple[dict[str, float], str | None]:
+    """PED-ANOVA importances over COMPLETE trials, or ``({}, why not)``."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if len(done) < MIN_COMPLETE_FOR_IMPORTANCE:
+        return {}, (f"needs at least {MIN_COMPLETE_FOR_IMPORTANCE} complete trials (has {len(done)}): "
+                    "PED-ANOVA compares the best 10% of them with all of them, and with fewer that "
+                    "best 10% is a single trial, so the numbers would be noise")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            imp = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+        return {}, f"PED-ANOVA failed: {exc}"
+    if not imp:
+        return {}, "no hyperparameter varies across the complete trials"
+    return {k: float(v) for k, v in imp.items()}, None
+
+
+def tensorboard_hint(ws: Workspace, name: str) -> str:
+    """The command that opens the study's per-epoch metrics (Ray's event files) in TensorBoard."""
+    return f"tensorboard --logdir {ws.ray_dir(name).resolve()}"
+
+
+def build_report(storage: optuna.storages.BaseStorage, name: str, out_dir: Path, *,
+                 ws: Workspace | None = None, top: int = 3) -> Report:
+    """Compute the criteria, draw the plots and write the report files into ``out_dir``.
+
+    Raises:
+        UserError: unknown study, a study with no finished trial, or ``out_dir`` not writable.
+    """
+    study = load_study(storage, name)
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    if not finished:
+        raise UserError(f"study {name!r} has no finished trial yet; nothing to report "
+                        f"(see msatune show {name})")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create report directory {out_dir}: {exc.strerror or exc}") from None
+
+    attrs = study_attrs(study)
+    reference = study_reference(attrs, trials)
+    criteria = compute_criteria(trials, reference)
+    figures: dict[str, Path] = {}
+    notes: list[str] = []
+
+    figures["history"] = out_dir / "history.png"
+    plot_history(trials, name, figures["history"], reference.get("valid"))
+
+    chosen, roles = select_curves(trials, top)
+    curves = [trial_curve(t) for t in chosen]
+    if curves:
+        figures["curves"] = out_dir / "curves.png"
+        plot_curves(curves, roles, name, figures["curves"], attrs.get("max_epochs"))
+    missing_train = [c.number for c in curves if c.train_source is None]
+    if missing_train:
+        notes.append(f"no training MAE found for trials {missing_train} (Ray's progress.csv missing); "
+                     "their curves show validation MAE only")
+
+    importance, why = param_importance(study)
+    n_complete = sum(t.state == TrialState.COMPLETE for t in trials)
+    if importance:
+        figures["importance"] = out_dir / "importance.png"
+        plot_importance(importance, name, n_complete, figures["importance"])
+        notes.append(f"hyperparameter importance is {IMPORTANCE_TRIALS}")
+    else:
+        notes.append(f"hyperparameter importance not computed: {why}")
+
+    ensembles = ensemble_records(study.user_attrs)
+    if ensembles:
+        figures["ensemble"] = out_dir / "ensemble.png"
+        plot_ensembles(ensembles, name, figures["ensemble"], reference)
+
+    best = best_complete(trials)
+    payload: dict[str, Any] = {
+        "study": name,
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "data_path": attrs.get("data_path"),
+        "budget": attrs.get("budget"),
+        "max_epochs": attrs.get("max_epochs"),
+        "created": attrs.get("created"),
+        "counts": state_counts(trials),
+        "value_rule": VALUE_RULE,
+        "reference": reference,
+        "best": {"trial": best.number, "val_mae": best.value, "params": best.params,
+                 "preset": best.user_attrs.get("preset"),
+                 "checkpoint": best.user_attrs.get("checkpoint"), "test_mae": test_mae(best)} if best else None,
+        "criteria": criteria,
+        "criteria_table": criteria_rows(criteria),
+        "curves": [{**asdict(c), "role": roles.get(c.number)} for c in curves],
+        "importance": importance,
+        "ensembles": ensembles,
+        "refit": refit_table(storage, name),
+        "figures": {k: p.name for k, p in figures.items()},
+        "tensorboard": tensorboard_hint(ws, name) if ws is not None else None,
+        "notes": notes,
+    }
+    _write_json(out_dir / "criteria.json", {"study": name, "criteria": criteria})
+    _write_json(out_dir / "report.json", payload)
+    html_path = out_dir / "report.html"
+    html_path.write_text(render_html(payload, figures), encoding="utf-8")
+    log.info("report of %s written to %s", name, out_dir)
+    return Report(out_dir=out_dir, html=html_path, figures=figures, payload=payload)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def attach_report(storage: optuna.storages.BaseStorage, name: str, report: Report, artifact_dir: Path) -> list[str]:
+    """Write the criteria as the study's dashboard note and upload the report files as study
+    artifacts (replacing those of an earlier report). Returns the artifact ids. Writes to the store.
+    """
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+    from optuna_dashboard import save_note
+
+    study = load_study(storage, name)
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    store = FileSystemArtifactStore(str(artifact_dir))
+    files = [report.html, *report.figures.values()]
+    names = {p.name for p in files}
+    for key, meta in study_artifacts(storage, study_id(study)).items():  # drop the previous report's files
+        if meta.get("filename") in names:
+            try:
+                store.remove(meta["artifact_id"])
+            except Exception:  # noqa: BLE001 - already gone: only the metadata is left to clear
+                log.debug("artifact %s already removed", meta.get("artifact_id"))
+            storage.set_study_system_attr(study_id(study), key, json.dumps(None))
+    ids = [upload_artifact(artifact_store=store, file_path=str(p), study_or_trial=study) for p in files]
+    save_note(study, note_markdown(report.payload))
+    return ids

@@ -1,0 +1,122 @@
+"""Opening a study store: the one reading of a store URL, and the store opened for reading or writing.
+
+Default ``sqlite:///<workspace>/studies.db`` (absolute path, 60 s lock timeout so readers such as
+the dashboard never make a running study fail with "database is locked"); any SQLAlchemy URL via
+``--storage``. A read-only store is opened through a read-only SQLite connection, so a command
+that only looks can never change it; nothing here creates a store a command was not asked to make.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from msatune.errors import UserError, first_line
+
+SQLITE_TIMEOUT_S = 60
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names (``~`` expanded; a ``file:`` URI's path), ``None`` for other
+    databases: the one reading of a SQLite URL every check and open here uses.
+
+    Raises:
+        UserError: the URL is not a database URL, or names an in-memory SQLite store.
+    """
+    parsed = _parse_url(url)
+    if not parsed.drivername.startswith("sqlite"):
+        return None
+    path = (parsed.database or "").removeprefix("file:")
+    if not path or path == ":memory:":
+        raise UserError(f"--storage {url!r}: an in-memory SQLite store cannot hold a study; give a file path")
+    return Path(path).expanduser()
+
+
+def read_only_sqlite_url(url: str) -> str | None:
+    """The read-only URI form of a SQLite URL (``None`` for other databases).
+
+    Raises:
+        UserError: the URL is not a database URL, or names a SQLite file that does not exist.
+    """
+    path = sqlite_file(url)
+    if path is None:
+        return None
+    abs_path = path.resolve()
+    if not abs_path.is_file():
+        raise UserError(
+            f"no study store at {abs_path} (the file does not exist); launch a study first "
+            "(msatune launch NAME) or pass the right --workspace / --storage"
+        )
+    return f"{_parse_url(url).drivername}:///file:{abs_path}?mode=ro&uri=true"
+
+
+def _parse_url(url: str) -> Any:
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise UserError(
+            f"--storage {url!r} is not a database URL; use e.g. sqlite:////abs/path/studies.db "
+            "or postgresql://user@host/db"
+        ) from None
+
+
+def open_storage(url: str, *, read_only: bool = False, create: bool = True) -> optuna.storages.RDBStorage:
+    """An RDBStorage for ``url``; a bad URL or unreachable database is a UserError.
+
+    ``read_only``: a SQLite store is opened through a read-only connection (writes fail in the
+    database itself) and must exist; tables are never created. ``create=False``: a SQLite file
+    that does not exist is a UserError instead of a new empty store.
+    """
+    import sqlalchemy
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    parsed = _parse_url(url)
+    target = url
+    engine_kwargs: dict[str, Any] = {}
+    path = sqlite_file(url)
+    if path is not None:
+        if not (parsed.database or "").startswith("file:"):  # SQLite opens the path as written: expand ~
+            target = parsed.set(database=str(path)).render_as_string(hide_password=False)
+        if read_only or not create:
+            ro_url = read_only_sqlite_url(url)  # also: the file must exist
+            target = ro_url if read_only and ro_url else target
+        elif not path.parent.is_dir():
+            raise UserError(f"--storage {url!r}: directory {path.parent} does not exist")
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    try:
+        storage = optuna.storages.RDBStorage(
+            target, engine_kwargs=engine_kwargs,
+            skip_compatibility_check=read_only, skip_table_creation=read_only,
+        )
+        if read_only:
+            storage.get_all_studies()  # fail here, in one line, rather than on the first read
+        return storage
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+        raise UserError(f"cannot open study store {url!r}: {first_line(exc)}") from None
+
+
+def is_sqlite_url(url: str) -> bool:
+    return _parse_url(url).drivername.startswith("sqlite")
+
+
+def check_can_create(url: str) -> None:
+    """A UserError when the store at ``url`` could not be created (a SQLite file's directory is
+    missing), checked before anything else is written."""
+    path = sqlite_file(url)
+    if path is not None and not path.parent.is_dir():
+        raise UserError(f"--storage {url!r}: directory {path.parent} does not exist")
+
+
+def open_existing(url: str) -> optuna.storages.RDBStorage | None:
+    """The store at ``url`` if there is one; ``None`` for a SQLite file that does not exist
+    (nothing is created: a command may still fail before it writes)."""
+    path = sqlite_file(url)
+    if path is None:
+        return open_storage(url)
+    return open_storage(url, create=False) if path.is_file() else None
