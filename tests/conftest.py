@@ -83,6 +83,21 @@ def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str, alone:
     return errors[0]
 
 
+def one_error_line(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """:func:`one_line_error` for commands that may print before they fail (a run's progress
+    lines on stdout, a warning): one ``msatune: error:`` line among what they printed."""
+    return one_line_error(proc, *needles, alone=False)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

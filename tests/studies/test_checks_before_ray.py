@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli_env, one_line_error, run_msatune
+from tests.conftest import cli_env, one_error_line, run_msatune
 from tests.conftest import tree_digest as tree
 
 
@@ -30,7 +30,7 @@ def test_launch_with_an_existing_name_fails_before_ray(study_copy: Path, tiny_da
     ray_tmp = tmp_path / "raytmp"
     ray_tmp.mkdir()
     before = tree(study_copy)
-    one_line_error(run(study_copy, "launch", "tiny", "--data", str(tiny_data), ray_tmp=ray_tmp),
+    one_error_line(run(study_copy, "launch", "tiny", "--data", str(tiny_data), ray_tmp=ray_tmp),
                    "already exists", "msatune resume tiny")
     assert list(ray_tmp.iterdir()) == []  # no Ray session was started
     assert tree(study_copy) == before
@@ -64,7 +64,7 @@ def test_bad_space_files_are_refused_before_anything_is_written(tmp_path: Path, 
     space = tmp_path / "space.toml"
     space.write_text(text)
     ws = tmp_path / "ws"
-    one_line_error(run(ws, "launch", "s", "--data", str(tiny_data), "--space", str(space)), str(space), needle)
+    one_error_line(run(ws, "launch", "s", "--data", str(tiny_data), "--space", str(space)), str(space), needle)
     assert not ws.exists()
 
 
@@ -72,7 +72,7 @@ def test_a_non_utf8_space_file_is_one_line(tmp_path: Path, tiny_data: Path) -> N
     space = tmp_path / "space.toml"
     space.write_bytes(b"[dropout]\nlow = 0.1 # \xff\xfe\nhigh = 0.2\n")
     ws = tmp_path / "ws"
-    one_line_error(run(ws, "launch", "s", "--data", str(tiny_data), "--space", str(space)), "not UTF-8")
+    one_error_line(run(ws, "launch", "s", "--data", str(tiny_data), "--space", str(space)), "not UTF-8")
     assert not ws.exists()
 
 
@@ -87,7 +87,7 @@ def test_bad_launch_options_create_nothing(tmp_path: Path, tiny_data: Path, args
     ws = tmp_path / "ws"
     name = [] if args[0].startswith(".") else ["s"]
     data = [] if "--data" in args else ["--data", str(tiny_data)]
-    one_line_error(run(ws, "launch", *name, *data, *args), needle)
+    one_error_line(run(ws, "launch", *name, *data, *args), needle)
     assert not ws.exists()
 
 
@@ -96,7 +96,7 @@ def test_resume_with_a_bad_address_changes_nothing(study_copy: Path) -> None:
     pid_file.parent.mkdir(parents=True)
     pid_file.write_text(json.dumps({"driver_pid": 999999999, "session_dir": None, "pids": []}))
     before = tree(study_copy)
-    one_line_error(run(study_copy, "resume", "tiny", "--trials", "2", "--address", "not_a_host::99"),
+    one_error_line(run(study_copy, "resume", "tiny", "--trials", "2", "--address", "not_a_host::99"),
                    "is not a Ray address")
     assert tree(study_copy) == before  # budget not rewritten, pid file still there
 
@@ -105,7 +105,7 @@ def test_an_unreachable_cluster_fails_within_the_stated_timeout(tmp_path: Path, 
     ws = tmp_path / "ws"
     proc = run(ws, "launch", "s", "--data", str(tiny_data), "--address", "127.0.0.1:1",
                extra_env={"MSATUNE_CONNECT_TIMEOUT_S": "2"})
-    one_line_error(proc, "cannot reach the Ray cluster at 127.0.0.1:1 within 2 s", "MSATUNE_CONNECT_TIMEOUT_S")
+    one_error_line(proc, "cannot reach the Ray cluster at 127.0.0.1:1 within 2 s", "MSATUNE_CONNECT_TIMEOUT_S")
     assert not ws.exists()
 
 
@@ -114,7 +114,7 @@ def test_more_gpus_than_the_machine_has_fail_in_one_line(tmp_path: Path, tiny_da
     ws = tmp_path / "ws"
     proc = run(ws, "launch", "s", "--data", str(tiny_data), "--gpus-per-trial", "4", "--cpus-per-trial", "1",
                extra_env={"CUDA_VISIBLE_DEVICES": ""}, timeout=300)
-    one_line_error(proc, "--gpus-per-trial 4", "GPU")
+    one_error_line(proc, "--gpus-per-trial 4", "GPU")
     assert not ws.exists()
 
 
@@ -128,18 +128,18 @@ def test_labels_out_of_range_say_clip_labels_and_launch_has_it(tmp_path: Path, t
     with h5py.File(data / "y_valid.h5", "r+") as f:
         f["d1"][0] = 3.5
     ws = tmp_path / "ws"
-    one_line_error(run(ws, "launch", "s", "--data", str(data)), "--clip-labels")
+    one_error_line(run(ws, "launch", "s", "--data", str(data)), "--clip-labels")
     assert not ws.exists()
     assert main(["launch", "--help"]) == 0  # the option the message names exists
 
 
 def test_read_only_commands_on_a_mistyped_workspace_create_nothing(tmp_path: Path) -> None:
     ws = tmp_path / "typo"
-    one_line_error(run(ws, "show", "x"), "no study store at", str(ws / "studies.db"))
-    one_line_error(run(ws, "report", "x"), "no study store at")
-    one_line_error(run(ws, "export", "x", "--out", str(tmp_path / "x.csv")), "no study store at")
-    one_line_error(run(ws, "ensemble", "x"), "no study store at")
-    one_line_error(run(ws, "studies", "--storage", f"sqlite:///{tmp_path / 'TYPO.db'}"), "no study store at")
+    one_error_line(run(ws, "show", "x"), "no study store at", str(ws / "studies.db"))
+    one_error_line(run(ws, "report", "x"), "no study store at")
+    one_error_line(run(ws, "export", "x", "--out", str(tmp_path / "x.csv")), "no study store at")
+    one_error_line(run(ws, "ensemble", "x"), "no study store at")
+    one_error_line(run(ws, "studies", "--storage", f"sqlite:///{tmp_path / 'TYPO.db'}"), "no study store at")
     proc = run(ws, "studies")
     assert proc.returncode == 0 and "no studies yet" in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == []
@@ -147,17 +147,17 @@ def test_read_only_commands_on_a_mistyped_workspace_create_nothing(tmp_path: Pat
 
 def test_train_with_a_bad_value_leaves_no_run_directory(tmp_path: Path, tiny_data: Path) -> None:
     ws = tmp_path / "ws"
-    one_line_error(run(ws, "train", "--data", str(tiny_data), "--set", "dropout=2"), "dropout")
+    one_error_line(run(ws, "train", "--data", str(tiny_data), "--set", "dropout=2"), "dropout")
     assert not ws.exists()
 
 
 def test_analyze_refuses_a_duplicated_column_and_infinite_mae(tmp_path: Path) -> None:
     dup = tmp_path / "dup.csv"
     dup.write_text("epoch,val_mae,val_mae\n0,1.5,1.5\n1,1.4,1.4\n")
-    one_line_error(run(tmp_path / "ws", "analyze", str(dup)), "val_mae more than once")
+    one_error_line(run(tmp_path / "ws", "analyze", str(dup)), "val_mae more than once")
     inf = tmp_path / "inf.csv"
     inf.write_text("epoch,mae,val_mae\n0,1.2,1.5\n1,1.1,-inf\n")
-    one_line_error(run(tmp_path / "ws", "analyze", str(inf), "--json"), "line 3", "not a finite MAE")
+    one_error_line(run(tmp_path / "ws", "analyze", str(inf), "--json"), "line 3", "not a finite MAE")
     assert not (tmp_path / "ws").exists()
 
 

@@ -9,20 +9,20 @@ import optuna
 import pytest
 
 from tests.conftest import file_digest as digest
-from tests.conftest import one_line_error
+from tests.conftest import one_error_line
 from tests.conftest import run_in as run
 
 
 def test_unknown_study_names_close_matches(study_copy: Path) -> None:
     before = digest(study_copy / "studies.db")
-    one_line_error(run(study_copy, "show", "tinny"), "no study named 'tinny'", "did you mean tiny")
-    one_line_error(run(study_copy, "resume", "tinny"), "no study named 'tinny'")
+    one_error_line(run(study_copy, "show", "tinny"), "no study named 'tinny'", "did you mean tiny")
+    one_error_line(run(study_copy, "resume", "tinny"), "no study named 'tinny'")
     assert digest(study_copy / "studies.db") == before
 
 
 def test_launching_an_existing_name_suggests_resume(study_copy: Path, tiny_data: Path) -> None:
     before = digest(study_copy / "studies.db")
-    one_line_error(run(study_copy, "launch", "tiny", "--data", str(tiny_data), "--trials", "2"),
+    one_error_line(run(study_copy, "launch", "tiny", "--data", str(tiny_data), "--trials", "2"),
                    "already exists", "msatune resume tiny")
     assert digest(study_copy / "studies.db") == before
 
@@ -37,7 +37,7 @@ def test_launching_an_existing_name_suggests_resume(study_copy: Path, tiny_data:
 def test_bad_numbers_are_refused_before_anything_is_written(tmp_path: Path, tiny_data: Path,
                                                             args: list[str], needles: list[str]) -> None:
     ws = tmp_path / "ws"
-    one_line_error(run(ws, "launch", "s", "--data", str(tiny_data), *args), *needles)
+    one_error_line(run(ws, "launch", "s", "--data", str(tiny_data), *args), *needles)
     assert not (ws / "studies.db").exists() or not optuna.get_all_study_names(f"sqlite:///{ws / 'studies.db'}")
 
 
@@ -45,10 +45,10 @@ def test_bad_space_file_names_the_key_and_creates_no_study(tmp_path: Path, tiny_
     ws = tmp_path / "ws"
     space = tmp_path / "bad.toml"
     space.write_text("[dropout]\nlow = 0.9\nhigh = 0.1\n")
-    one_line_error(run(ws, "launch", "s", "--data", str(tiny_data), "--space", str(space)),
+    one_error_line(run(ws, "launch", "s", "--data", str(tiny_data), "--space", str(space)),
                    str(space), "'dropout'", "low (0.9) > high (0.1)")
     missing = tmp_path / "nope.toml"
-    one_line_error(run(ws, "launch", "s", "--data", str(tiny_data), "--space", str(missing)), "does not exist")
+    one_error_line(run(ws, "launch", "s", "--data", str(tiny_data), "--space", str(missing)), "does not exist")
     assert not ws.exists()  # no workspace, no store: the space is checked before anything is written
 
 
@@ -58,7 +58,7 @@ def test_bad_space_file_names_the_key_and_creates_no_study(tmp_path: Path, tiny_
     ("sqlite://", "in-memory"),
 ])
 def test_bad_storage_url(tmp_path: Path, url: str, needle: str) -> None:
-    one_line_error(run(tmp_path / "ws", "studies", "--storage", url), needle)
+    one_error_line(run(tmp_path / "ws", "studies", "--storage", url), needle)
 
 
 def test_a_sqlite_url_with_a_tilde_names_one_file_for_every_check_and_open(tmp_path: Path, monkeypatch) -> None:
@@ -99,7 +99,7 @@ def test_changed_data_fingerprint_refuses_resume_unless_forced(tiny_study: dict,
 
     synthesize(data, preset="tiny", seed=1, overwrite=True)  # same layout, different content
     before = digest(ws / "studies.db")
-    line = one_line_error(run(ws, "resume", "tiny", "--trials", "1"), "data of study 'tiny' changed",
+    line = one_error_line(run(ws, "resume", "tiny", "--trials", "1"), "data of study 'tiny' changed",
                           "--force")
     assert str(data) in line
     assert digest(ws / "studies.db") == before

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import msatune_argv
+from tests.conftest import free_port, msatune_argv
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -39,12 +38,6 @@ def chromium() -> str:
     pytest.skip("Chromium is not installed (apt-get install chromium); CI installs it and runs this test")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _visible_text(dom: str) -> str:
     dom = re.sub(r"<(style|script)\b.*?</\1>", " ", dom, flags=re.S | re.I)
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
@@ -61,7 +54,7 @@ def test_chromium_renders_the_study_page(tiny_study: dict, tmp_path: Path) -> No
     study = optuna.load_study(study_name=tiny_study["name"], storage=open_storage(tiny_study["storage_url"]))
     numbers = [t.number for t in study.get_trials()]
 
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = (tmp_path / "dashboard.err").open("w")
     proc = subprocess.Popen(msatune_argv("dashboard", "--port", str(port), workspace=ws),

@@ -1,15 +1,16 @@
 """``msatune refit`` and ``ensemble --from refit`` end to end: real Ray, real SQLite, real TF on tiny data.
 
-* a refit records every fold in the store with its checkpoint and held-out predictions, and a
-  rerun trains nothing that is recorded;
+* ``kill -9`` of a refit driver, then the same command again: no finished fold is trained again,
+  the dead driver's Ray processes end, and the refit ends with exactly K x F fold models, every
+  fold in the store with its checkpoint and held-out predictions; a rerun then trains nothing;
 * poisoned test data (labels and features) changes nothing before the final score: fold models,
   their held-out predictions, the OOF ranking and the bagged ensemble's members and weights;
 * the bagged ensemble exports one ``.keras`` model whose members average their fold models;
-* ``show`` and the report gain the refit table; bad input is one line, exit 2, nothing changed;
-* ``kill -9`` of a refit driver, then the same command again: no finished fold is trained again
-  and the refit ends with exactly K x F fold models.
+* ``show`` and the report gain the refit table; bad input is one line, exit 2, nothing changed.
 
 The refits use copies of the shared ``tiny_study`` store (its trials' checkpoints are only read).
+The killed and continued refit (``refit_a``, through the CLI like a user) is the refit the other
+tests read.
 """
 
 from __future__ import annotations
@@ -75,15 +76,83 @@ def held_out(summary: dict) -> dict[tuple, tuple]:
 
 @pytest.fixture(scope="module")
 def refit_a(tiny_study: dict, tmp_path_factory: pytest.TempPathFactory, ray_session) -> dict:
-    ws = tmp_path_factory.mktemp("refit-a") / "ws"
+    """``msatune refit`` killed with ``kill -9`` after its first fold, then the same command again
+    to its end: the rerun's summary, with what the killed driver had recorded (``killed``)."""
+    from msatune.search.ray_orphans import RAY_PIDS_FILE
+
+    tmp = tmp_path_factory.mktemp("refit-a")
+    ws = tmp / "ws"
     url = copy_store(tiny_study, ws)
-    return {**refit(ws, url), "url": url, "ws": ws}
+    args = ["refit", "tiny", "--top-k", str(K), "--folds", str(F), "--concurrency", "1", "--json"]
+    with open(tmp / "driver.err", "w") as err:
+        driver = subprocess.Popen(msatune_argv(*args, workspace=ws), stdout=subprocess.DEVNULL, stderr=err,
+                                  env=cli_env())
+    try:
+        deadline, done = time.time() + 400, 0
+        while time.time() < deadline and not done:
+            time.sleep(0.5)
+            assert driver.poll() is None, "the refit ended before it could be killed: " + (
+                tmp / "driver.err").read_text()[-3000:]
+            try:
+                done = sum(t.state == TrialState.COMPLETE for t in fold_trials(url))
+            except KeyError:  # the refit study does not exist yet
+                continue
+        assert 0 < done < K * F, f"saw {done} finished folds"
+        ray_info = json.loads((ws / "studies" / "tiny" / "refit" / RAY_PIDS_FILE).read_text())
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    before = {(t.params["trial"], t.params["fold"]): (t.number, t.value, t.user_attrs["checkpoint"])
+              for t in fold_trials(url) if t.state == TrialState.COMPLETE}
+    weights = {k: digest(Path(v[2]) / "model.weights.h5") for k, v in before.items()}
+    ray_alive_after_kill = _wait_until_gone(ray_info["pids"], 60)
+    proc = run_in(ws, *args, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    killed = {"before": before, "weights": weights, "ray_info": ray_info, "ray_alive": ray_alive_after_kill}
+    return {**json.loads(proc.stdout), "url": url, "ws": ws, "killed": killed}
+
+
+def _wait_until_gone(pids: list[int], seconds: float) -> list[int]:
+    """The pids still alive after waiting up to ``seconds`` for them to end."""
+    from msatune.processes import alive
+
+    deadline = time.time() + seconds
+    while time.time() < deadline and [p for p in pids if alive(p)]:
+        time.sleep(0.5)
+    return [p for p in pids if alive(p)]
+
+
+def test_kill_9_then_rerun_trains_no_finished_fold(refit_a: dict) -> None:
+    from msatune.search.ray_orphans import session_processes
+
+    killed = refit_a["killed"]
+    before, weights, ray_info = killed["before"], killed["weights"], killed["ray_info"]
+    assert 0 < len(before) < K * F
+    # the dead driver's watchdog ended its Ray processes without waiting for a rerun
+    assert killed["ray_alive"] == []
+    assert refit_a["run"]["already_done"] == len(before)
+    assert refit_a["run"]["folds_run"] == K * F - len(before)  # only the unfinished folds trained
+    after = [t for t in fold_trials(refit_a["url"]) if t.state == TrialState.COMPLETE]
+    keys = [(t.params["trial"], t.params["fold"]) for t in after]
+    assert len(keys) == len(set(keys)) == K * F  # one fold model per (configuration, fold)
+    for t in after:
+        key = (t.params["trial"], t.params["fold"])
+        assert Path(t.user_attrs["checkpoint"], "model.weights.h5").is_file()
+        if key in before:
+            assert (t.number, t.value, t.user_attrs["checkpoint"]) == before[key]
+            assert digest(Path(before[key][2]) / "model.weights.h5") == weights[key]
+    assert all(r["oof_mae"] is not None for r in refit_a["configs"])
+    assert _wait_until_gone(ray_info["pids"], 0.5) == []
+    assert not session_processes(ray_info["session_dir"])
 
 
 def test_a_refit_records_every_fold_and_a_rerun_trains_nothing(refit_a: dict) -> None:
     from msatune.augment.dataset import load_dataset
 
-    assert refit_a["run"]["folds_run"] == K * F and refit_a["run"]["complete"] == K * F
+    run = refit_a["run"]  # the continued run trained what the killed one had not (test above)
+    assert run["already_done"] + run["folds_run"] == K * F and run["complete"] == run["folds_run"]
     trials = fold_trials(refit_a["url"])
     assert len(trials) == K * F and all(t.state == TrialState.COMPLETE for t in trials)
     chosen = [c["trial"] for c in refit_a["chosen"]]
@@ -264,62 +333,3 @@ def test_a_rerun_with_other_folds_is_refused_unless_replace(refit_a: dict) -> No
     with pytest.raises(UserError, match="already has a refit.*--folds 2 --repeats 1 --seed 0.*--replace"):
         refit(refit_a["ws"], refit_a["url"], folds=3)
     assert digest(refit_a["ws"] / "studies.db") == before
-
-
-@pytest.mark.slow
-def test_kill_9_then_rerun_trains_no_finished_fold(tiny_study: dict, tmp_path: Path) -> None:
-    from msatune.processes import alive
-    from msatune.search.ray_orphans import RAY_PIDS_FILE, session_processes
-
-    ws = tmp_path / "ws"
-    url = copy_store(tiny_study, ws)
-    args = ["refit", "tiny", "--top-k", str(K), "--folds", str(F), "--concurrency", "1", "--json"]
-    env = cli_env()
-    with open(tmp_path / "driver.err", "w") as err:
-        driver = subprocess.Popen(msatune_argv(*args, workspace=ws),
-                                  stdout=subprocess.DEVNULL, stderr=err, env=env)
-    try:
-        deadline, done = time.time() + 240, 0
-        while time.time() < deadline and not done:
-            time.sleep(0.5)
-            assert driver.poll() is None, "the refit ended before it could be killed: " + (
-                tmp_path / "driver.err").read_text()[-3000:]
-            try:
-                done = sum(t.state == TrialState.COMPLETE for t in fold_trials(url))
-            except KeyError:  # the refit study does not exist yet
-                continue
-        assert 0 < done < K * F, f"saw {done} finished folds"
-        ray_info = json.loads((ws / "studies" / "tiny" / "refit" / RAY_PIDS_FILE).read_text())
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    before = {(t.params["trial"], t.params["fold"]): (t.number, t.value, t.user_attrs["checkpoint"])
-              for t in fold_trials(url) if t.state == TrialState.COMPLETE}
-    weights = {k: digest(Path(v[2]) / "model.weights.h5") for k, v in before.items()}
-    assert 0 < len(before) < K * F
-    # the dead driver's watchdog ends its Ray processes without waiting for a rerun
-    deadline = time.time() + 60
-    while time.time() < deadline and [p for p in ray_info["pids"] if alive(p)]:
-        time.sleep(0.5)
-    assert not [p for p in ray_info["pids"] if alive(p)]
-
-    proc = run_in(ws, *args, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout)
-    assert summary["run"]["already_done"] == len(before)
-    assert summary["run"]["folds_run"] == K * F - len(before)  # only the unfinished folds trained
-    after = [t for t in fold_trials(url) if t.state == TrialState.COMPLETE]
-    keys = [(t.params["trial"], t.params["fold"]) for t in after]
-    assert len(keys) == len(set(keys)) == K * F  # one fold model per (configuration, fold)
-    for t in after:
-        key = (t.params["trial"], t.params["fold"])
-        assert Path(t.user_attrs["checkpoint"], "model.weights.h5").is_file()
-        if key in before:
-            assert (t.number, t.value, t.user_attrs["checkpoint"]) == before[key]
-            assert digest(Path(before[key][2]) / "model.weights.h5") == weights[key]
-    assert all(r["oof_mae"] is not None for r in summary["configs"])
-    time.sleep(0.5)
-    assert not [p for p in ray_info["pids"] if alive(p)]
-    assert not session_processes(ray_info["session_dir"])

@@ -1,11 +1,11 @@
-"""Crash safety and clusters, end to end through the CLI with real Ray and real stores.
+"""Crash safety on PostgreSQL and clusters, end to end through the CLI with real Ray and stores.
 
-* ``kill -9`` of the driver mid-study, then ``msatune resume``: the budget is met exactly, nothing
-  is left RUNNING, every trial finished before the kill is unchanged, the dead driver's Ray
-  processes end without a resume (its watchdog ends them by PID, never ``ray stop``), the
-  trials' temporary checkpoint copies are swept, and the dead driver's lease is taken over at
-  once. On a real SQLite store and on a real PostgreSQL server (then also show, ensemble and a
-  dashboard poll against it).
+* ``kill -9`` of the driver mid-study on a real PostgreSQL server, then ``msatune resume``: the
+  budget is met exactly, nothing is left RUNNING, every trial finished before the kill is
+  unchanged, the dead driver's Ray processes end without a resume (its watchdog ends them by PID,
+  never ``ray stop``), the trials' temporary checkpoint copies are swept, and the dead driver's
+  lease is taken over at once; then show, ensemble and a dashboard poll against it. (The same on
+  the workspace's SQLite store, with Ctrl-C and a polling dashboard, is ``test_drivers.py``'s.)
 * ``--address``: a study runs on a Ray head started by the test on loopback.
 """
 
@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,19 +28,13 @@ from optuna.trial import TrialState
 from msatune.processes import alive
 from msatune.search.ray_orphans import RAY_PIDS_FILE, session_processes
 from msatune.studies.store.connect import open_storage
+from tests.conftest import cli_env, free_port, msatune_argv
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def msatune(ws: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "msatune.studies.cli", "--workspace", str(ws), *args]
-
-
-def env() -> dict[str, str]:
-    e = dict(os.environ)
-    e.pop("RAY_ADDRESS", None)
-    e["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    return e
+def msatune_in(ws: Path, *args: str) -> list[str]:
+    return msatune_argv(*args, workspace=ws)
 
 
 def snapshot(study: optuna.Study) -> dict[int, tuple]:
@@ -49,30 +42,27 @@ def snapshot(study: optuna.Study) -> dict[int, tuple]:
             for t in study.trials if t.state in FINISHED}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path):
-    """The study store of the kill -9 test: the workspace's SQLite file, or a PostgreSQL server
-    started for the test (skipped, saying why, only where its binaries are not installed)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ws' / 'studies.db'}"
-        return
+@pytest.fixture
+def store_url():
+    """A PostgreSQL server started for the test (skipped, saying why, only where its binaries are
+    not installed)."""
     from tests.studies.postgres_server import postgres_url
 
     with postgres_url() as url:
         yield url
 
 
-def test_kill_9_then_resume_meets_the_budget_and_keeps_finished_trials(
+def test_kill_9_then_resume_on_postgresql_meets_the_budget_and_keeps_finished_trials(
     tmp_path: Path, tiny_data: Path, tiny_space_file: Path, store_url: str
 ) -> None:
     ws = tmp_path / "ws"
     url = store_url
-    storage = [] if url.startswith("sqlite") else ["--storage", url]
+    storage = ["--storage", url]
     driver = subprocess.Popen(
-        msatune(ws, "launch", "k9", "--data", str(tiny_data), "--space", str(tiny_space_file),
+        msatune_in(ws, "launch", "k9", "--data", str(tiny_data), "--space", str(tiny_space_file),
                 "--trials", "6", "--max-epochs", "4", "--grace-period", "1", "--reduction-factor", "2",
                 *storage, "--json"),
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "driver.err", "w"), env=env(),  # noqa: SIM115
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "driver.err", "w"), env=cli_env(),  # noqa: SIM115
     )
     try:
         deadline = time.time() + 240
@@ -110,8 +100,8 @@ def test_kill_9_then_resume_meets_the_budget_and_keeps_finished_trials(
     assert TrialState.RUNNING in [t.state for t in study.trials]
 
     # the dead driver's lease does not hold the study: resume takes over at once
-    resumed = subprocess.run(msatune(ws, "resume", "k9", *storage, "--json"), capture_output=True, text=True,
-                             env=env(), timeout=400)
+    resumed = subprocess.run(msatune_in(ws, "resume", "k9", *storage, "--json"), capture_output=True, text=True,
+                             env=cli_env(), timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads(resumed.stdout)["interrupted"] is False
     tmp = ws / "studies" / "k9" / "ray" / "tmp"
@@ -128,22 +118,21 @@ def test_kill_9_then_resume_meets_the_budget_and_keeps_finished_trials(
     assert failed and all(t.user_attrs["msatune_requeued"] for t in failed)
     requeued_from = {t.user_attrs.get("requeued_from") for t in study.trials} - {None}
     assert requeued_from == {t.number for t in failed}  # every orphan ran again
-    if not url.startswith("sqlite"):
-        _read_back_from_postgres(ws, url, study)
+    _read_back_from_postgres(ws, url, study)
 
 
 def _read_back_from_postgres(ws: Path, url: str, study: optuna.Study) -> None:
     """show, ensemble and a dashboard poll against the PostgreSQL store."""
-    shown = subprocess.run(msatune(ws, "show", "k9", "--storage", url, "--json"), capture_output=True,
-                           text=True, env=env(), timeout=120)
+    shown = subprocess.run(msatune_in(ws, "show", "k9", "--storage", url, "--json"), capture_output=True,
+                           text=True, env=cli_env(), timeout=120)
     assert shown.returncode == 0, shown.stderr[-2000:]
     payload = json.loads(shown.stdout)
     assert payload["counts"]["COMPLETE"] + payload["counts"]["PRUNED"] == 6
     assert payload["counts"]["INTERRUPTED"] == sum(t.state == TrialState.FAIL for t in study.trials)
     best = min((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: (t.value, t.number))
     assert payload["best"]["number"] == best.number
-    ens = subprocess.run(msatune(ws, "ensemble", "k9", "--storage", url, "--no-export", "--json"),
-                         capture_output=True, text=True, env=env(), timeout=300)
+    ens = subprocess.run(msatune_in(ws, "ensemble", "k9", "--storage", url, "--no-export", "--json"),
+                         capture_output=True, text=True, env=cli_env(), timeout=300)
     assert ens.returncode == 0, ens.stderr[-2000:]
     assert "msatune:ensemble:greedy" in optuna.load_study(study_name="k9", storage=url).user_attrs
 
@@ -164,12 +153,6 @@ def _read_back_from_postgres(ws: Path, url: str, study: optuna.Study) -> None:
     assert [s["study_name"] for s in listing["study_summaries"]] == ["k9"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_study_runs_on_an_existing_ray_head_via_address(
     tmp_path: Path, tiny_data: Path, tiny_space_file: Path
 ) -> None:
@@ -181,7 +164,7 @@ def test_a_study_runs_on_an_existing_ray_head_via_address(
         [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
          "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={temp_dir}",
          "--disable-usage-stats"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(), start_new_session=True,
     )
     try:
         ws = tmp_path / "ws"
@@ -189,9 +172,9 @@ def test_a_study_runs_on_an_existing_ray_head_via_address(
         launched = None
         while time.time() < deadline:
             launched = subprocess.run(
-                msatune(ws, "launch", "remote", "--address", f"127.0.0.1:{port}", "--data", str(tiny_data),
+                msatune_in(ws, "launch", "remote", "--address", f"127.0.0.1:{port}", "--data", str(tiny_data),
                         "--space", str(tiny_space_file), "--trials", "2", "--max-epochs", "2", "--json"),
-                capture_output=True, text=True, env=env(), timeout=300,
+                capture_output=True, text=True, env=cli_env(), timeout=300,
             )
             if launched.returncode == 0 or "already exists" not in launched.stderr:
                 break
