@@ -89,6 +89,35 @@ def one_error_line(proc: subprocess.CompletedProcess[str], *needles: str) -> str
     return one_line_error(proc, *needles, alone=False)
 
 
+def kill_9(driver: subprocess.Popen, pid_file: Path) -> dict:
+    """``kill -9`` a driver that started a local Ray, after checking its pid file names it; then
+    wait up to 60 s for its watchdog to end that Ray's processes. Returns the pid file's record."""
+    import json
+    import signal
+    import time
+
+    from msatune.processes import alive
+    from msatune.search.ray_orphans import session_processes
+
+    ray_info = json.loads(Path(pid_file).read_text())
+    assert ray_info["driver_pid"] == driver.pid
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    deadline = time.time() + 60
+    while time.time() < deadline and (
+            [p for p in ray_info["pids"] if alive(p)] or session_processes(ray_info["session_dir"])):
+        time.sleep(0.5)
+    return ray_info
+
+
+def ray_left(ray_info: dict) -> list[int]:
+    """What is still alive of the Ray processes a driver's pid file listed (its session's too)."""
+    from msatune.processes import alive
+    from msatune.search.ray_orphans import session_processes
+
+    return [p for p in ray_info["pids"] if alive(p)] + session_processes(ray_info["session_dir"])
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     import socket

@@ -280,7 +280,7 @@ def test_no_class_overrides_a_private_third_party_method_outside_the_boundary() 
     """A class of msatune that defines a private name its third-party base classes also have
     (e.g. a Keras optimizer's ``_backend_apply_gradients``) reaches into their internals."""
     wrong = set()
-    for name, mod in MODULES.items():
+    for name in MODULES:
         if name.endswith(".__main__"):
             continue
         module = importlib.import_module(name)

@@ -42,6 +42,15 @@ def _members(members: list[dict[str, Any]], chosen_on: str, title: str) -> Any:
     return table
 
 
+def _where_written(con: Any, summary: dict[str, Any], saved_model_note: str = "") -> None:
+    """Where the exported model is, and how to predict with it (nothing with --no-export)."""
+    if summary.get("model_path"):
+        con.print(f"model:       {summary['model_path']}")
+        if summary.get("saved_model_path"):
+            con.print(f"SavedModel:  {summary['saved_model_path']}{saved_model_note}")
+        con.print(f"predictions: msatune predict {summary['out_dir']} --data DIR --split test --out preds.csv")
+
+
 def render_result(summary: dict[str, Any]) -> None:
     """Members with weights, then best single vs ensemble (+ constant, floor) on valid and test."""
     from rich.table import Table
@@ -82,11 +91,7 @@ def render_result(summary: dict[str, Any]) -> None:
         con.print(f"selection optimism: ensemble valid MAE {cv['in_sample_valid_mae']:.4f} in-sample, "
                   f"{cv['valid_mae']:.4f} refitted on {cv['folds']}-fold cross-validation "
                   f"(best single: {best['valid']['mae']:.4f} in-sample, {fmt(cv['best_single_valid_mae'])} cross-validated)")
-    if summary.get("model_path"):
-        con.print(f"model:       {summary['model_path']}")
-        if summary.get("saved_model_path"):
-            con.print(f"SavedModel:  {summary['saved_model_path']}  (tf.saved_model.load(dir).serve(inputs); no msatune needed)")
-        con.print(f"predictions: msatune predict {summary['out_dir']} --data DIR --split test --out preds.csv")
+    _where_written(con, summary, '  (tf.saved_model.load(dir).serve(inputs); no msatune needed)')
 
 
 def render_bagged(summary: dict[str, Any]) -> None:
@@ -129,11 +134,7 @@ def render_bagged(summary: dict[str, Any]) -> None:
                   f"validation MAE {fmt(ra.get('val_vs_test'), 2)}, OOF MAE {fmt(ra.get('oof_vs_test'), 2)} "
                   f"(with the bagged test MAE: {fmt(ra.get('val_vs_bagged_test'), 2)} / "
                   f"{fmt(ra.get('oof_vs_bagged_test'), 2)})")
-    if summary.get("model_path"):
-        con.print(f"model:       {summary['model_path']}")
-        if summary.get("saved_model_path"):
-            con.print(f"SavedModel:  {summary['saved_model_path']}")
-        con.print(f"predictions: msatune predict {summary['out_dir']} --data DIR --split test --out preds.csv")
+    _where_written(con, summary)
 
 
 def build_and_render(app: AppContext, storage: Any, study_name: str) -> dict[str, Any]:

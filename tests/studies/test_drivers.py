@@ -33,11 +33,10 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from msatune.processes import alive
-from msatune.search.ray_orphans import RAY_PIDS_FILE, session_processes
+from msatune.search.ray_orphans import RAY_PIDS_FILE
 from msatune.search.reconcile import REQUEUED_ATTR
 from msatune.studies.store.connect import open_storage
-from tests.conftest import cli_env, msatune_argv, run_in
+from tests.conftest import cli_env, kill_9, msatune_argv, ray_left, run_in
 from tests.studies.test_dashboard import Dashboard, http
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -134,7 +133,7 @@ def test_one_driver_at_a_time_kill_9_ctrl_c_and_resume_under_a_polling_dashboard
     assert requeued_from == {t.number for t in failed}  # every orphan ran again
     assert not list((ws / "studies" / "live" / "ray" / "tmp").glob("msatune-ckpt-*")), \
         "temporary checkpoint copies were left behind"
-    assert not [p for p in ray_info["pids"] if alive(p)]
+    assert not ray_left(ray_info)
 
     assert not any("locked" in str(t.user_attrs.get("fail_reason", "")) for t in study.trials)
     assert not poller.errors, poller.errors[:5]
@@ -178,20 +177,12 @@ def _launch_then_kill_9(tmp_path: Path, ws: Path, url: str, data: Path, space: P
                 else None
 
         before = wait_for(finished_and_running, driver, err, 400, "finished and running trials at once")
-        ray_info = json.loads((ws / "studies" / "live" / "ray" / RAY_PIDS_FILE).read_text())
-        assert ray_info["driver_pid"] == driver.pid
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
+        # the driver's watchdog ends its Ray processes (agents included) without waiting for a resume
+        ray_info = kill_9(driver, ws / "studies" / "live" / "ray" / RAY_PIDS_FILE)
     finally:
         if driver.poll() is None:
             driver.kill()
-    # the driver's watchdog ends its Ray processes (agents included) without waiting for a resume
-    deadline = time.time() + 60
-    while time.time() < deadline and (
-            [p for p in ray_info["pids"] if alive(p)] or session_processes(ray_info["session_dir"])):
-        time.sleep(0.5)
-    assert not [p for p in ray_info["pids"] if alive(p)]
-    assert not session_processes(ray_info["session_dir"])
+    assert not ray_left(ray_info)
     assert TrialState.RUNNING in [t.state for t in optuna.load_study(study_name="live", storage=url).trials]
     return before, ray_info
 

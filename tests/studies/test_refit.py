@@ -16,9 +16,7 @@ tests read.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ import pytest
 from optuna.trial import TrialState
 
 from msatune.errors import UserError
-from tests.conftest import cli_env, msatune_argv, one_line_error, run_in
+from tests.conftest import cli_env, kill_9, msatune_argv, one_line_error, ray_left, run_in
 from tests.conftest import file_digest as digest
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -98,35 +96,21 @@ def refit_a(tiny_study: dict, tmp_path_factory: pytest.TempPathFactory, ray_sess
             except KeyError:  # the refit study does not exist yet
                 continue
         assert 0 < done < K * F, f"saw {done} finished folds"
-        ray_info = json.loads((ws / "studies" / "tiny" / "refit" / RAY_PIDS_FILE).read_text())
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
+        ray_info = kill_9(driver, ws / "studies" / "tiny" / "refit" / RAY_PIDS_FILE)
     finally:
         if driver.poll() is None:
             driver.kill()
     before = {(t.params["trial"], t.params["fold"]): (t.number, t.value, t.user_attrs["checkpoint"])
               for t in fold_trials(url) if t.state == TrialState.COMPLETE}
     weights = {k: digest(Path(v[2]) / "model.weights.h5") for k, v in before.items()}
-    ray_alive_after_kill = _wait_until_gone(ray_info["pids"], 60)
+    ray_alive_after_kill = ray_left(ray_info)
     proc = run_in(ws, *args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     killed = {"before": before, "weights": weights, "ray_info": ray_info, "ray_alive": ray_alive_after_kill}
     return {**json.loads(proc.stdout), "url": url, "ws": ws, "killed": killed}
 
 
-def _wait_until_gone(pids: list[int], seconds: float) -> list[int]:
-    """The pids still alive after waiting up to ``seconds`` for them to end."""
-    from msatune.processes import alive
-
-    deadline = time.time() + seconds
-    while time.time() < deadline and [p for p in pids if alive(p)]:
-        time.sleep(0.5)
-    return [p for p in pids if alive(p)]
-
-
 def test_kill_9_then_rerun_trains_no_finished_fold(refit_a: dict) -> None:
-    from msatune.search.ray_orphans import session_processes
-
     killed = refit_a["killed"]
     before, weights, ray_info = killed["before"], killed["weights"], killed["ray_info"]
     assert 0 < len(before) < K * F
@@ -144,8 +128,7 @@ def test_kill_9_then_rerun_trains_no_finished_fold(refit_a: dict) -> None:
             assert (t.number, t.value, t.user_attrs["checkpoint"]) == before[key]
             assert digest(Path(before[key][2]) / "model.weights.h5") == weights[key]
     assert all(r["oof_mae"] is not None for r in refit_a["configs"])
-    assert _wait_until_gone(ray_info["pids"], 0.5) == []
-    assert not session_processes(ray_info["session_dir"])
+    assert ray_left(ray_info) == []
 
 
 def test_a_refit_records_every_fold_and_a_rerun_trains_nothing(refit_a: dict) -> None:

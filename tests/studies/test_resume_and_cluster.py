@@ -25,10 +25,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from msatune.processes import alive
 from msatune.search.ray_orphans import RAY_PIDS_FILE, session_processes
 from msatune.studies.store.connect import open_storage
-from tests.conftest import cli_env, free_port, msatune_argv
+from tests.conftest import cli_env, free_port, kill_9, msatune_argv, ray_left
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -80,21 +79,12 @@ def test_kill_9_then_resume_on_postgresql_meets_the_budget_and_keeps_finished_tr
                 before = snapshot(study)
                 break
         assert before, "never saw finished and running trials at once"
-        pid_file = ws / "studies" / "k9" / "ray" / RAY_PIDS_FILE
-        ray_info = json.loads(pid_file.read_text())
-        assert ray_info["driver_pid"] == driver.pid
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
+        # the driver's watchdog ends its Ray processes (agents included) without waiting for a resume
+        ray_info = kill_9(driver, ws / "studies" / "k9" / "ray" / RAY_PIDS_FILE)
     finally:
         if driver.poll() is None:
             driver.kill()
-    # the driver's watchdog ends its Ray processes (agents included) without waiting for a resume
-    deadline = time.time() + 60
-    while time.time() < deadline and (
-            [p for p in ray_info["pids"] if alive(p)] or session_processes(ray_info["session_dir"])):
-        time.sleep(0.5)
-    assert not [p for p in ray_info["pids"] if alive(p)]
-    assert not session_processes(ray_info["session_dir"])
+    assert not ray_left(ray_info)
 
     study = optuna.load_study(study_name="k9", storage=url)
     assert TrialState.RUNNING in [t.state for t in study.trials]
