@@ -97,6 +97,25 @@ def render_show(payload: dict, steps: list[str] | None = None) -> None:
         con.print(line)
 
 
+def render_importance(importance: dict) -> None:
+    """A study's hyperparameter importance (``Importance.as_dict()``): a table of the shares and
+    one line saying what they rest on (epoch, trials, evaluator), or one line saying why none."""
+    con = console()
+    if not importance.get("importances"):
+        con.print(f"importance: not computed: {importance.get('reason')}", soft_wrap=True)
+        return
+    from rich.table import Table
+
+    con.print(f"hyperparameter importance at {importance['where']}:")
+    table = Table()
+    table.add_column("parameter")
+    table.add_column("importance", justify="right")
+    for param, share in importance["importances"].items():
+        table.add_row(param, f"{share:.3f}")
+    con.print(table)
+    con.print(f"importance: {importance['basis']}", soft_wrap=True)
+
+
 def _clock(seconds: float) -> str:
     return time.strftime("%H:%M:%S" if seconds >= 3600 else "%M:%S", time.gmtime(seconds))
 def best_is_preset_line(payload: dict) -> str | None:

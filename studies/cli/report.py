@@ -19,7 +19,8 @@ criteria with numbers: best val MAE < 1.2, train/val gap < 0.3 at the best epoch
 (std of epoch-to-epoch val MAE changes, baseline vs best), test MAE improvement over the better
 of the baseline trial and the constant predictor. Every criterion shows the constant predictor
 (median of the labels) and the noise floor (when known) beside its numbers, and none passes while
-the best trial is no better than the constant predictor. Importance needs 20 complete trials.
+the best trial is no better than the constant predictor. Importance needs 15 trials at one of
+ASHA's rungs (pruned trials count; show NAME --importance says which rung).
 criteria.json and report.json hold the same numbers.
 
 \b

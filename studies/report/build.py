@@ -5,16 +5,17 @@ What :func:`build_report` writes into ``out_dir``:
 * ``history.png``: every trial's validation MAE by trial number, with the best-so-far line.
 * ``curves.png``: train and validation MAE per epoch of the top trials and of the ``baseline``
   and ``improved`` preset trials (the overfitting story).
-* ``importance.png``: hyperparameter importance by PED-ANOVA (Optuna's evaluator), only from
-  :data:`MIN_COMPLETE_FOR_IMPORTANCE` complete trials on (with fewer, a note says why not).
+* ``importance.png``: hyperparameter importance by PED-ANOVA (Optuna's evaluator) over every
+  trial that reached one of ASHA's rungs, pruned ones included, at the deepest rung enough trials
+  reached (:mod:`msatune.studies.importance`; with too few, a note says why not).
 * ``ensemble.png``: ensemble vs best single trial, only when an ensemble is recorded on the study.
 * ``report.html`` (every PNG embedded as base64, nothing else needed), ``report.json`` (every
   number shown) and ``criteria.json`` (the criteria table alone).
 
 Where the numbers come from: :mod:`msatune.studies.report.curves` (curves, test MAE),
 :mod:`msatune.studies.report.criteria` (the users' success criteria), :mod:`msatune.studies.ensembles`
-(recorded ensembles); :mod:`msatune.studies.report.plots` draws, :mod:`msatune.studies.report.page`
-writes the page.
+(recorded ensembles), :mod:`msatune.studies.importance` (hyperparameter importance);
+:mod:`msatune.studies.report.plots` draws, :mod:`msatune.studies.report.page` writes the page.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from optuna.trial import TrialState
 
 from msatune.errors import UserError
 from msatune.json_values import jsonable
+from msatune.studies.importance import study_importance
 from msatune.studies.queries import VALUE_RULE
 from msatune.studies.refit.table import refit_table
 from msatune.studies.report.criteria import compute_criteria, criteria_rows, study_reference
@@ -60,33 +61,6 @@ class Report:
     html: Path
     figures: dict[str, Path]
     payload: dict[str, Any] = field(default_factory=dict)
-
-
-#: PED-ANOVA contrasts the top 10% (its target quantile) of the complete trials with all of them:
-#: below 20 that top holds a single trial, and the numbers are noise.
-MIN_COMPLETE_FOR_IMPORTANCE = 20
-#: What the report says about which trials the importance is computed from.
-IMPORTANCE_TRIALS = ("computed by Optuna's PED-ANOVA from the COMPLETE trials only: pruned and "
-                     "failed trials are left out, as Optuna does")
-
-
-def param_importance(study: optuna.Study) -> tuple[dict[str, float], str | None]:
-    """PED-ANOVA importances over COMPLETE trials, or ``({}, why not)``."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    if len(done) < MIN_COMPLETE_FOR_IMPORTANCE:
-        return {}, (f"needs at least {MIN_COMPLETE_FOR_IMPORTANCE} complete trials (has {len(done)}): "
-                    "PED-ANOVA compares the best 10% of them with all of them, and with fewer that "
-                    "best 10% is a single trial, so the numbers would be noise")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            imp = optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
-    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-        return {}, f"PED-ANOVA failed: {exc}"
-    if not imp:
-        return {}, "no hyperparameter varies across the complete trials"
-    return {k: float(v) for k, v in imp.items()}, None
 
 
 def tensorboard_hint(ws: Workspace, name: str) -> str:
@@ -131,14 +105,13 @@ def build_report(storage: optuna.storages.BaseStorage, name: str, out_dir: Path,
         notes.append(f"no training MAE found for trials {missing_train} (Ray's progress.csv missing); "
                      "their curves show validation MAE only")
 
-    importance, why = param_importance(study)
-    n_complete = sum(t.state == TrialState.COMPLETE for t in trials)
-    if importance:
+    importance = study_importance(study)
+    if importance.importances:
         figures["importance"] = out_dir / "importance.png"
-        plot_importance(importance, name, n_complete, figures["importance"])
-        notes.append(f"hyperparameter importance is {IMPORTANCE_TRIALS}")
+        plot_importance(importance.importances, name, importance.caption, figures["importance"])
+        notes.append(f"hyperparameter importance is {importance.basis()}")
     else:
-        notes.append(f"hyperparameter importance not computed: {why}")
+        notes.append(f"hyperparameter importance not computed: {importance.reason}")
 
     ensembles = ensemble_records(study.user_attrs)
     if ensembles:
@@ -162,7 +135,8 @@ def build_report(storage: optuna.storages.BaseStorage, name: str, out_dir: Path,
         "criteria": criteria,
         "criteria_table": criteria_rows(criteria),
         "curves": [{**asdict(c), "role": roles.get(c.number)} for c in curves],
-        "importance": importance,
+        "importance": importance.importances,
+        "importance_basis": {k: v for k, v in importance.as_dict().items() if k != "importances"},
         "ensembles": ensembles,
         "refit": refit_table(storage, name),
         "figures": {k: p.name for k, p in figures.items()},

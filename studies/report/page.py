@@ -53,6 +53,16 @@ def _reference_html(reference: dict[str, Any] | None) -> str:
             " (a model is worth something only below the constant predictor).</p>")
 
 
+def importance_blurb(basis: dict[str, Any] | None) -> str:
+    """What the importance figure shows and what it rests on (``Importance.as_dict()``)."""
+    if not (basis and basis.get("basis")):
+        return ("PED-ANOVA (Optuna): how much each hyperparameter sets the best trials apart from "
+                "the rest, as shares of the total.")
+    return (f"{_sentence(basis['basis'])} ASHA lets few trials finish, so the importance is taken "
+            "at the deepest epoch where it compared enough trials: pruned trials count there with "
+            "the value they had reached; failed trials are left out.")
+
+
 def render_html(payload: dict[str, Any], figures: dict[str, Path]) -> str:
     """The self-contained report page (figures embedded as base64 PNG)."""
     e = html.escape
@@ -89,9 +99,7 @@ def render_html(payload: dict[str, Any], figures: dict[str, Path]) -> str:
          "for scale: a trial above the constant line learned nothing."),
         ("curves", "Learning curves", "Training and validation MAE per epoch. A validation curve far above the "
          "training curve is overfitting (the criterion is a gap < 0.3 at the best epoch)."),
-        ("importance", "Hyperparameter importance", "PED-ANOVA (Optuna) over the complete trials: how much each "
-         "hyperparameter explains of reaching the best validation MAEs. Pruned and failed trials are "
-         "left out, as Optuna's evaluator does."),
+        ("importance", "Hyperparameter importance", importance_blurb(payload.get("importance_basis"))),
         ("ensemble", "Ensemble vs best single trial", "Recorded by msatune ensemble; members were chosen on "
          "validation predictions only, test is reported, never used to choose. The axis is zoomed to the "
          "values; each ensemble bar is labelled with its change vs the best single trial."),

@@ -124,7 +124,9 @@ def plot_curves(curves: list[TrialCurve], roles: dict[int, str], name: str, path
     fig.savefig(path)
 
 
-def plot_importance(importance: dict[str, float], name: str, n_trials: int, path: Path) -> None:
+def plot_importance(importance: dict[str, float], name: str, caption: str, path: Path) -> None:
+    """Importance bars; ``caption`` (under the title) says what it rests on: epoch and trials
+    (:attr:`msatune.studies.importance.Importance.caption`)."""
     items = sorted(importance.items(), key=lambda kv: kv[1])
     fig = _figure(8, 1.2 + 0.45 * max(len(items), 1))
     ax = fig.add_subplot()
@@ -134,7 +136,7 @@ def plot_importance(importance: dict[str, float], name: str, n_trials: int, path
     ax.set_xlim(0, max([v for _, v in items] + [0.01]) * 1.2)
     ax.set_xlabel("importance (PED-ANOVA, share of the total; unitless)")
     ax.set_ylabel("hyperparameter")
-    ax.set_title(f"Hyperparameter importance for validation MAE, study '{name}' ({n_trials} complete trials)")
+    ax.set_title(f"Hyperparameter importance for validation MAE, study '{name}'\n{caption}", fontsize=11)
     ax.grid(axis="x", alpha=0.3)
     fig.savefig(path)
 

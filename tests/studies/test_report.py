@@ -59,7 +59,8 @@ def test_report_on_the_tiny_study_matches_the_store(tiny_study: dict, tmp_path: 
         assert data.startswith(PNG) and len(data) > 10_000, name
     # 6 trials: too few for a meaningful importance, and the report says so instead of a chart
     assert not (out / "importance.png").exists()
-    assert any("needs at least 20 complete trials" in n for n in printed["notes"])
+    assert any("importance not computed: needs at least 15 trials at one epoch ASHA compares" in n
+               for n in printed["notes"])
     # the shared study may hold an ensemble record (other tests build one): the report follows it
     study = optuna.load_study(study_name=tiny_study["name"], storage=tiny_study["storage_url"])
     has_ensemble = any(k.startswith("msatune:ensemble:") for k in study.user_attrs)
@@ -341,7 +342,7 @@ def test_importance_needs_enough_complete_trials_and_says_which_it_uses(tmp_path
     few = build_report(storage, "many", tmp_path / "r0")  # 21 complete: enough
     assert "importance" in few.figures
     assert set(few.payload["importance"]) == {"dropout", "learning_rate"}
-    assert any("COMPLETE trials only" in n for n in few.payload["notes"])
+    assert any("over the 24 trials that reached it (21 complete, 3 pruned)" in n for n in few.payload["notes"])
     assert max(few.payload["importance"], key=few.payload["importance"].get) == "dropout"
 
 
