@@ -26,7 +26,7 @@ from msatune.augment.dataset import (
     file_name,
     load_dataset,
 )
-from msatune.errors import UserError
+from msatune.errors import UserError, first_line
 from msatune.modalities import MODALITIES
 
 log = logging.getLogger(__name__)
@@ -82,12 +82,12 @@ def write_dataset(
     try:
         for split in SPLITS:
             for m in MODALITIES:  # finite values only: non-finite ones were replaced by 0 (counted)
-                _write_h5(tmp / file_name(m, split), getattr(checked[split], m))
-            _write_h5(tmp / file_name("labels", split), checked[split].labels.reshape(-1, 1))
+                _write_h5(tmp / file_name(m, split), getattr(checked[split], m), target=target)
+            _write_h5(tmp / file_name("labels", split), checked[split].labels.reshape(-1, 1), target=target)
             if checked[split].oracle is not None:
-                _write_h5(tmp / file_name("oracle", split), checked[split].oracle)
+                _write_h5(tmp / file_name("oracle", split), checked[split].oracle, target=target)
             if checked[split].ids is not None:
-                _write_h5(tmp / file_name("ids", split), checked[split].ids, strings=True)
+                _write_h5(tmp / file_name("ids", split), checked[split].ids, strings=True, target=target)
         loaded = load_dataset(tmp)
         _move_into_place(tmp, target, overwrite)
     except BaseException:
@@ -106,41 +106,75 @@ def _umask() -> int:
 
 
 def check_output_dir(target: Path, overwrite: bool = False) -> None:
-    """Refuse an output path that is a file, or a non-empty directory unless ``overwrite``."""
+    """Refuse an output path that is a file, or a non-empty directory unless ``overwrite`` (which
+    replaces the dataset's files there and keeps every other file)."""
     if target.exists() and not target.is_dir():
         raise UserError(f"{target}: exists and is not a directory; choose another output directory")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise UserError(
             f"{target}: directory exists and is not empty; choose a new directory or pass "
-            "--overwrite to replace it"
+            "--overwrite to replace the dataset files in it (other files are kept)"
         )
 
 
-def _write_h5(path: Path, arr: np.ndarray, *, strings: bool = False) -> None:
+def _write_h5(path: Path, arr: np.ndarray, *, strings: bool = False, target: Path | None = None) -> None:
+    """Write one array file; ``target`` is the dataset directory a failure names (``path`` may lie
+    in a temporary directory beside it)."""
     import h5py
 
-    with h5py.File(path, "w") as f:
-        if strings:
-            f.create_dataset(H5_KEY, data=[str(v) for v in arr], dtype=h5py.string_dtype("utf-8"))
-        else:
-            f.create_dataset(H5_KEY, data=arr)
+    try:
+        with h5py.File(path, "w") as f:
+            if strings:
+                f.create_dataset(H5_KEY, data=[str(v) for v in arr], dtype=h5py.string_dtype("utf-8"))
+            else:
+                f.create_dataset(H5_KEY, data=arr)
+    except (OSError, RuntimeError) as exc:  # h5py: OSError on write, then RuntimeError on close
+        raise UserError(f"cannot write {path.name} of dataset {target or path.parent}: {_why(exc)}; free space "
+                        "(or raise the file size limit) and run it again (nothing was kept)") from None
+
+
+def _why(exc: BaseException) -> str:
+    """The operating system's reason behind an HDF5 write failure (h5py chains them)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            return os.strerror(seen.errno)
+        seen = seen.__context__
+    return first_line(exc)
+
+
+def dataset_file_names() -> set[str]:
+    """Every file name of the msa-tf2 layout (all kinds, all splits): what ``--overwrite`` replaces."""
+    return {file_name(kind, split) for kind in FILE_PATTERNS for split in SPLITS}
 
 
 def _move_into_place(tmp: Path, target: Path, overwrite: bool) -> None:
+    """Move the written dataset from ``tmp`` to ``target``. Into an existing directory only the
+    layout's files are moved (an old one the new dataset lacks, e.g. an oracle, is removed);
+    every other file there is the user's and stays. A failure midway puts the old files back."""
     check_output_dir(target, overwrite)  # again: something may have appeared meanwhile
     if not target.exists():
         os.replace(tmp, target)
         return
-    if not any(target.iterdir()):
-        target.rmdir()
-        os.replace(tmp, target)
-        return
+    ours = sorted(dataset_file_names())
     trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.replace(target, trash / "old")
+    moved_old: list[str] = []
+    moved_new: list[str] = []
     try:
-        os.replace(tmp, target)
+        for name in ours:
+            if (target / name).is_file():
+                os.replace(target / name, trash / name)
+                moved_old.append(name)
+        for name in ours:
+            if (tmp / name).exists():
+                os.replace(tmp / name, target / name)
+                moved_new.append(name)
     except OSError:
-        os.replace(trash / "old", target)
+        for name in moved_new:
+            (target / name).unlink(missing_ok=True)
+        for name in moved_old:
+            os.replace(trash / name, target / name)
         raise
     finally:
         shutil.rmtree(trash, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,6 +283,17 @@ def _keras_dims(model: Any) -> tuple[dict[str, int] | None, int | None]:
     return None, None
 
 
+def _msatune_dims(model: Any, path: Path) -> tuple[dict[str, int], int | None]:
+    """A loaded model's modality dims; a UserError when its inputs are not msatune's (a dict of
+    ``text``, ``audio`` and ``video`` sequences): a foreign model cannot predict our datasets."""
+    dims, seq_len = _keras_dims(model)
+    if dims is None:
+        raise UserError(f"{path} is a Keras model but not one of msatune's: its inputs are not the "
+                        f"named sequences {', '.join(MODALITIES)}; give a model msatune wrote (a trial "
+                        "checkpoint, an ensemble directory or its ensemble.keras)")
+    return dims, seq_len
+
+
 def load_keras_file(path: Path) -> Any:
     """A ``.keras`` file loaded with ``safe_mode=True``; every failure is one UserError line."""
     import keras
@@ -289,6 +301,9 @@ def load_keras_file(path: Path) -> Any:
     from msatune.keras_objects import register
 
     register()
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"cannot load the Keras model {path}: it is not a .keras file (a zip archive); "
+                        "damaged or of another format: export the model again (msatune ensemble)")
     try:
         return keras.saving.load_model(path, safe_mode=True)
     except TypeError as exc:  # a class Keras cannot find: not ours, or from another msatune
@@ -312,7 +327,7 @@ def load_predictor(path: str | os.PathLike[str]) -> Predictor:
         model = load_keras_file(p / MODEL_FILE) if (p / MODEL_FILE).is_file() else None
         if model is None:
             raise UserError(f"ensemble directory {p} has no {MODEL_FILE}; rebuild it with msatune ensemble")
-        dims, seq_len = _keras_dims(model)
+        dims, seq_len = _msatune_dims(model, p / MODEL_FILE)
         return Predictor("ensemble", p, model, dims, seq_len)
     if p.is_dir() and (p / META_FILE).is_file():
         model, _, meta = load_checkpoint(p)
@@ -321,7 +336,7 @@ def load_predictor(path: str | os.PathLike[str]) -> Predictor:
                          None if seq_len is None else int(seq_len))
     if p.is_file() and p.suffix == ".keras":
         model = load_keras_file(p)
-        dims, seq_len = _keras_dims(model)
+        dims, seq_len = _msatune_dims(model, p)
         return Predictor("keras", p, model, dims, seq_len)
     if not p.exists():
         raise UserError(f"model {p} does not exist; give a trial checkpoint directory, an ensemble "

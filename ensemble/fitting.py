@@ -44,6 +44,10 @@ from msatune.models.metrics import msa_metrics
 log = logging.getLogger(__name__)
 
 
+#: Greedy selection's round limit: each round scores every candidate on every validation sample.
+MAX_ROUNDS = 10_000
+
+
 @dataclass(frozen=True)
 class EnsembleOptions:
     method: str = DEFAULT_METHOD
@@ -58,8 +62,10 @@ class EnsembleOptions:
             raise UserError(f"unknown ensemble method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.top_k < 1:
             raise UserError(f"--top-k must be at least 1, got {self.top_k}")
-        if self.rounds < 1:
-            raise UserError(f"--rounds must be at least 1, got {self.rounds}")
+        if not 1 <= self.rounds <= MAX_ROUNDS:
+            raise UserError(f"--rounds must be between 1 and {MAX_ROUNDS}, got {self.rounds} (greedy "
+                            "selection settles within tens of rounds; the default is "
+                            f"{DEFAULT_ROUNDS})")
         if self.max_candidates < 1:
             raise UserError(f"--max-candidates must be at least 1, got {self.max_candidates}")
         if self.cv_folds < 2:

@@ -91,13 +91,17 @@ def start_ray(*, address: str | None, verbose: bool, work_dir: Path, record: boo
             # "local": always a new instance owned by this driver. Without it ray.init() joins any
             # cluster that `ray start` left on this machine, and its processes are not ours to end.
             kwargs["address"] = "local"
+            # Ray's usage-stats reporting: nothing of msatune needs it (a user's own value wins).
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             if not verbose:
                 lean_local_ray_environment()
         try:
             ray.init(**kwargs)
-        except (ConnectionError, TimeoutError, ValueError) as exc:
+        except Exception as exc:  # Ray raises a bare Exception when its processes do not come up
             if not address:
-                raise UserError(f"cannot start Ray on this machine: {first_line(exc)}") from None
+                raise UserError(f"cannot start Ray on this machine: {first_line(exc)} (a full disk or a "
+                                "file size limit stops its processes; its logs are under "
+                                "/tmp/ray/session_latest/logs)") from None
             raise UserError(
                 f"cannot connect to the Ray cluster at {address}: {first_line(exc)}; "
                 "check the address (ray start --head prints it) and that this machine can reach it"
@@ -115,6 +119,9 @@ def parse_address(address: str) -> tuple[str, int] | None:
     """``(host, port)`` of a Ray address (``HOST:PORT``, ``[IPv6]:PORT``, ``ray://HOST:PORT``);
     ``None`` for ``auto``. Raises a UserError naming the expected form."""
     text = address.strip()
+    if not text:
+        raise UserError("--address is empty; leave it out to run on this machine, or give HOST:PORT as "
+                        "printed by `ray start --head` (or auto)")
     if text == "auto":
         return None
     bare = text.split("://", 1)[1] if "://" in text else text
@@ -152,8 +159,10 @@ def check_address(address: str | None, timeout_s: float | None = None) -> None:
     last: OSError | None = None
     while True:
         try:
-            with socket.create_connection((host, port), timeout=min(5.0, max(0.5, timeout_s))):
+            wait = min(5.0, max(0.5, deadline - time.monotonic()))
+            if _answers_grpc(host, port, wait):
                 return
+            last = OSError(0, "the port accepts connections but does not answer as a Ray head (gRPC)")
         except OSError as exc:
             last = exc
         if time.monotonic() >= deadline:
@@ -163,6 +172,29 @@ def check_address(address: str | None, timeout_s: float | None = None) -> None:
     raise UserError(f"cannot reach the Ray cluster at {address} within {timeout_s:g} s ({reason}); "
                     f"check that `ray start --head` runs there and the port is open "
                     f"(${CONNECT_TIMEOUT_ENV} sets the wait)")
+
+
+#: An HTTP/2 client's connection preface and an empty SETTINGS frame (RFC 9113 3.4, 6.5).
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def _answers_grpc(host: str, port: int, timeout_s: float) -> bool:
+    """Whether ``host:port`` speaks HTTP/2 as a Ray head's gRPC servers (GCS, Ray client) do: its
+    first frame answers our preface with SETTINGS within ``timeout_s``. A port that accepts and
+    then stays silent (a wrong service, a stuck head) would make ``ray.init`` wait forever."""
+    with socket.create_connection((host, port), timeout=timeout_s) as sock:
+        sock.settimeout(timeout_s)
+        sock.sendall(_H2_PREFACE)
+        head = b""
+        try:
+            while len(head) < 9:
+                chunk = sock.recv(9 - len(head))
+                if not chunk:
+                    return False
+                head += chunk
+        except TimeoutError:
+            return False
+        return head[3] == 0x04  # frame type SETTINGS
 
 
 def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> dict[str, float]:

@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import optuna
 
 from msatune.errors import UserError
 from msatune.json_values import jsonable
+from msatune.output_files import check_output_file, header_line
 from msatune.search.reconcile import FAIL_REASON_ATTR, REQUEUED_ATTR
 from msatune.studies.queries import trial_value
 from msatune.studies.store.studies import load_study, study_attrs, trial_kind
@@ -83,16 +85,31 @@ def _trial_config(t: optuna.trial.FrozenTrial, base: dict[str, Any], attrs: dict
     return config
 
 
-def write_export(rows: list[dict[str, Any]], out: Path) -> Path:
-    """Write ``rows`` as ``.csv`` (one column per field and config key) or ``.json``."""
-    suffix = out.suffix.lower()
-    if suffix not in (".csv", ".json"):
+def _is_export(head: bytes) -> bool:
+    """Whether a file's head is an export of msatune's (CSV header, or a JSON list of trial rows)."""
+    if header_line(head).startswith(",".join(EXPORT_COLUMNS)):
+        return True
+    text = head.decode("utf-8", "replace").lstrip()
+    return text.startswith("[") and ('"number"' in text or text.rstrip() == "[]")
+
+
+def check_export_target(out: Path, force: bool = False) -> None:
+    """A UserError unless ``out`` can receive an export (checked before the store is read)."""
+    if out.suffix.lower() not in (".csv", ".json"):
         raise UserError(f"--out {out}: give a .csv or .json file name")
     if out.is_dir():
         raise UserError(f"--out {out} is a directory; give a .csv or .json file name")
     if not out.parent.is_dir():
         raise UserError(f"--out {out}: directory {out.parent} does not exist")
-    tmp = out.with_name(out.name + ".tmp")
+    check_output_file(out, _is_export, force=force, what="an export of msatune's")
+
+
+def write_export(rows: list[dict[str, Any]], out: Path, *, force: bool = False) -> Path:
+    """Write ``rows`` as ``.csv`` (one column per field and config key) or ``.json``; an existing
+    ``out`` is replaced only when it is an export of msatune's, or with ``force``."""
+    check_export_target(out, force)
+    suffix = out.suffix.lower()
+    tmp = Path(tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)[1])
     try:
         with tmp.open("w", newline="", encoding="utf-8") as fh:
             if suffix == ".json":

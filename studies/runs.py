@@ -85,7 +85,7 @@ def launch(
 
     check_study_name(name)
     settings.validate()
-    if settings.address:
+    if settings.address is not None:
         parse_address(settings.address)
     existing = open_existing(storage) if isinstance(storage, str) else storage
     check_name_free(existing, name)
@@ -179,7 +179,7 @@ def resume(
     if more_trials is not None and more_trials <= 0:
         raise UserError(f"--trials must be > 0 (got {more_trials})")
     settings = SearchSettings.from_study(attrs, **(where or {})).validate()
-    if settings.address:
+    if settings.address is not None:
         parse_address(settings.address)
     check_free(study, "resume")
     budget = settings.trials if more_trials is None else used_budget(study) + more_trials

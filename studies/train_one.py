@@ -20,6 +20,14 @@ from msatune.json_values import jsonable
 from msatune.studies.store.workspace import Workspace, default_dataset
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`train_one`: ``out`` was removed when the run had created it."""
+
+    def __init__(self, out: Path, removed: bool) -> None:
+        super().__init__(str(out))
+        self.out, self.removed = out, removed
+
+
 def train_one(
     ws: Workspace,
     *,
@@ -57,9 +65,11 @@ def train_one(
     t0 = time.perf_counter()
     try:
         outcome = run_trial(config, data, out_dir=out, on_epoch=on_epoch, verbose=verbose)
-    except Exception:
-        if created:  # a failed run leaves nothing it made (an existing --out is left as it was)
+    except BaseException as exc:
+        if created:  # a failed or interrupted run leaves nothing it made (an existing --out stays)
             shutil.rmtree(created[-1], ignore_errors=True)
+        if isinstance(exc, KeyboardInterrupt):
+            raise TrainingInterrupted(out, removed=bool(created)) from None
         raise
     wall = time.perf_counter() - t0
     result = outcome.result

@@ -9,6 +9,7 @@ line ``msatune: error: ...`` to stderr and exits 2; ``--debug`` shows the traceb
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -50,7 +51,7 @@ workspace: --workspace DIR, or ${WORKSPACE_ENV}, default {DEFAULT_WORKSPACE}.
 @click.group(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--workspace",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False),
     envvar=WORKSPACE_ENV,
     default=DEFAULT_WORKSPACE,
     show_default=True,
@@ -60,12 +61,28 @@ workspace: --workspace DIR, or ${WORKSPACE_ENV}, default {DEFAULT_WORKSPACE}.
 @click.option("--verbose", "-v", is_flag=True, help="More output (e.g. Ray's own progress tables).")
 @click.version_option(__version__, "--version", prog_name="msatune")
 @click.pass_context
-def cli(ctx: click.Context, workspace: Path, debug: bool, verbose: bool) -> None:
+def cli(ctx: click.Context, workspace: str, debug: bool, verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if debug else (logging.INFO if verbose else logging.WARNING),
         format="%(levelname)s %(name)s: %(message)s",
     )
-    ctx.obj = AppContext(workspace=workspace.expanduser().resolve(), debug=debug, verbose=verbose)
+    ctx.obj = AppContext(workspace=checked_workspace(workspace), debug=debug, verbose=verbose)
+
+
+def checked_workspace(workspace: str) -> Path:
+    """The workspace as an absolute path; a UserError for an empty name, or a path under a regular
+    file (no command could create or read it), before any command looks at it."""
+    if not workspace.strip():
+        raise UserError(f"--workspace (or ${WORKSPACE_ENV}) is empty; give a directory, e.g. "
+                        f"--workspace {DEFAULT_WORKSPACE}")
+    path = Path(workspace).expanduser().resolve()
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--workspace {workspace}: {parent} is a file, not a directory; "
+                                "choose another workspace directory")
+            break
+    return path
 
 
 def _register() -> None:
@@ -192,4 +209,34 @@ def _main(args: list[str], debug: bool) -> int:
     except KeyboardInterrupt:
         click.echo("msatune: interrupted", err=True)
         return 130
+    except Exception as exc:
+        message = environment_failure(exc)
+        if message is None or debug:
+            raise
+        click.echo(f"msatune: error: {message}", err=True)
+        return 2
     return rv if isinstance(rv, int) else 0
+
+
+#: errno values of "the disk (or the file size limit) is full": the user frees space and retries.
+_DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def environment_failure(exc: BaseException) -> str | None:
+    """One line for a failure of what a command stands on (a full disk, a damaged or unreachable
+    study store) that surfaced past the command's own checks; ``None`` for a bug (traceback)."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return (f"{os.strerror(exc.errno).lower()}{where}; free space (or raise the file size limit) "
+                "and run the command again (nothing finished is lost)")
+    store_errors = []
+    if "optuna" in sys.modules:
+        store_errors.append(sys.modules["optuna"].exceptions.StorageInternalError)
+    if "sqlalchemy" in sys.modules:
+        store_errors.append(sys.modules["sqlalchemy"].exc.OperationalError)
+        store_errors.append(sys.modules["sqlalchemy"].exc.DatabaseError)
+    if store_errors and isinstance(exc, tuple(store_errors)):
+        from msatune.studies.store.connect import store_failure
+
+        return f"the study store failed: {store_failure(exc)}"
+    return None

@@ -62,7 +62,7 @@ Example:
               help="Sizes of the dataset.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Random seed: same seed, same data.")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty OUT: its dataset files (msa-tf2 names) are replaced, every other file is kept.")
 @click.option("--json", "as_json", is_flag=True, help="Print the 'data info --json' payload.")
 @pass_app
 def synth_cmd(app: AppContext, out: Path, preset: str, seed: int, overwrite: bool,
@@ -163,7 +163,7 @@ Example:
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--allow-pickle", is_flag=True,
               help="Allow unpickling PKL (pickle runs code: trusted files only).")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty OUT: its dataset files (msa-tf2 names) are replaced, every other file is kept.")
 @click.option("--clip-labels", is_flag=True,
               help="Clip labels outside [-3, 3] instead of refusing the import.")
 @pass_app

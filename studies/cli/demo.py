@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import click
 
 from msatune.errors import UserError
 from msatune.studies.cli.context import AppContext, console, pass_app
+from msatune.studies.cli.launch import SEED_RANGE
 
 DEMO_HELP = """Run the whole product once on the embedded synthetic MOSI-like dataset.
 
@@ -32,7 +34,7 @@ Example:
 @click.option("--trials", type=click.IntRange(min=2), default=10, show_default=True, help="Trial budget.")
 @click.option("--max-epochs", type=click.IntRange(min=1), default=12, show_default=True, help="Epochs per trial at most.")
 @click.option("--cpus-per-trial", type=float, default=1.0, show_default=True, help="CPUs per trial.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the study.")
+@click.option("--seed", type=SEED_RANGE, default=0, show_default=True, help="Seed of the study.")
 @pass_app
 def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_trial: float, seed: int) -> None:
     from msatune.augment.dataset import load_dataset
@@ -41,10 +43,18 @@ def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_tria
     from msatune.studies.cli.render import Progress, render_show
     from msatune.studies.queries import show_study
     from msatune.studies.runs import launch
-    from msatune.studies.store.studies import free_study_name
+    from msatune.studies.store.studies import check_study_name, free_study_name
     from msatune.studies.store.workspace import default_dataset
 
     t0 = time.monotonic()
+    # Every check before the first write (the dataset): a refused demo leaves the workspace as it was.
+    check_study_name(name)
+    settings = SearchSettings(trials=trials, max_epochs=max_epochs, cpus_per_trial=cpus_per_trial, seed=seed,
+                              verbose=app.verbose).validate()
+    machine_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cpus_per_trial > machine_cpus:
+        raise UserError(f"--cpus-per-trial {cpus_per_trial:g} asks for more CPUs than this machine has "
+                        f"({machine_cpus}); lower --cpus-per-trial")
     con = console()
     ws = app.ws
     data_path = default_dataset(ws.ensure())
@@ -57,8 +67,6 @@ def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_tria
 
     store = app.storage(None)
     study_name = free_study_name(store, name)
-    settings = SearchSettings(trials=trials, max_epochs=max_epochs, cpus_per_trial=cpus_per_trial, seed=seed,
-                              verbose=app.verbose)
     con.print(f"[bold]2. search[/bold] study {study_name!r}: {trials} trials x up to {max_epochs} epochs "
               f"(TPE + ASHA, {cpus_per_trial:g} CPU per trial)")
     with Progress(study_name) as progress:

@@ -28,11 +28,14 @@ Examples:
 @click.argument("name")
 @click.option("--out", "out_file", type=click.Path(path_type=Path), required=True,
               help="File to write: .csv or .json.")
+@click.option("--force", is_flag=True,
+              help="Replace --out even when it is not an export of msatune's (never a study store).")
 @storage_option
 @pass_app
-def export(app: AppContext, name: str, out_file: Path, storage: str | None) -> None:
-    from msatune.studies.export import export_trials, write_export
+def export(app: AppContext, name: str, out_file: Path, force: bool, storage: str | None) -> None:
+    from msatune.studies.export import check_export_target, export_trials, write_export
 
+    check_export_target(out_file.expanduser(), force)
     rows = export_trials(app.reader(storage), name)
-    path = write_export(rows, out_file.expanduser())
+    path = write_export(rows, out_file.expanduser(), force=force)
     click.echo(f"wrote {len(rows)} trials of study {name!r} to {path}")

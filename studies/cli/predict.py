@@ -15,7 +15,10 @@ MODEL is one of
   a trial checkpoint directory   (msatune show NAME prints the best one)
   an ensemble directory          (msatune ensemble NAME writes WORKSPACE/studies/NAME/ensembles/greedy)
   a .keras file                  (e.g. .../ensembles/greedy/ensemble.keras)
-The CSV has one row per sample: index, id (when the data has ids), prediction, label.
+An ensemble directory is predicted by its ensemble.keras (the whole model, members and weights);
+its ensemble.json describes it and is not read here.
+The CSV has one row per sample: index, id (when the data has ids), prediction, label. An existing
+--out is replaced only when it is such a CSV (or with --force); a study store never is.
 
 \b
 Examples:
@@ -32,12 +35,15 @@ Examples:
               help="Which split to predict.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="CSV file to write.")
+@click.option("--force", is_flag=True,
+              help="Replace --out even when it is not a predictions CSV of msatune's (never a study store).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @pass_app
-def predict(app: AppContext, model: Path, data_dir: Path, split: str, out_file: Path, as_json: bool) -> None:
+def predict(app: AppContext, model: Path, data_dir: Path, split: str, out_file: Path, force: bool,
+            as_json: bool) -> None:
     from msatune.studies.predictions import predict_split
 
-    payload = predict_split(model, data_dir, split, out_file, on_step=step_printer(app))
+    payload = predict_split(model, data_dir, split, out_file, on_step=step_printer(app), force=force)
     if as_json:
         echo_json(payload)
         return

@@ -21,6 +21,7 @@ validation MAE, and writes under --out (default WORKSPACE/train/<preset>-<time>/
   checkpoint/           model.weights.h5, config.json, checkpoint.json, predictions.npz
   training_log.csv      msa-tf2 columns: epoch,learning_rate,loss,mae,mse,val_loss,val_mae,val_mse
   metrics.json          MMSA metrics on valid and test, constant predictor, floor
+Ctrl-C stops it and removes the run directory it created (nothing half-written is kept).
 
 \b
 Examples:
@@ -45,11 +46,17 @@ Examples:
 @pass_app
 def train(app: AppContext, data_dir: Path | None, preset: str, overrides: tuple[str, ...],
           epochs: int | None, out_dir: Path | None, clip_labels: bool, as_json: bool) -> None:
-    from msatune.studies.train_one import train_one
+    from msatune.studies.train_one import TrainingInterrupted, train_one
 
-    payload = train_one(app.ws, preset=preset, overrides=overrides, epochs=epochs, data_dir=data_dir,
-                        out_dir=out_dir, clip_labels=clip_labels, verbose=2 if app.verbose else 0,
-                        on_epoch=epoch_printer(sys.stderr if as_json else sys.stdout))
+    try:
+        payload = train_one(app.ws, preset=preset, overrides=overrides, epochs=epochs, data_dir=data_dir,
+                            out_dir=out_dir, clip_labels=clip_labels, verbose=2 if app.verbose else 0,
+                            on_epoch=epoch_printer(sys.stderr if as_json else sys.stdout))
+    except TrainingInterrupted as stop:
+        what = (f"removed the unfinished run directory {stop.out}" if stop.removed
+                else f"{stop.out} existed before and keeps what the run wrote so far")
+        click.echo(f"msatune: interrupted: {what}", err=True)
+        raise click.exceptions.Exit(130) from None
     if as_json:
         echo_json(payload)
         return

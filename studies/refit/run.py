@@ -61,6 +61,10 @@ from msatune.studies.store.workspace import Workspace, next_run_index
 log = logging.getLogger(__name__)
 
 
+#: More repeats than this is no refit but a typo (each one trains top-k x folds models).
+MAX_REPEATS = 100
+
+
 @dataclass(frozen=True)
 class RefitOptions:
     top_k: int = 5
@@ -75,8 +79,9 @@ class RefitOptions:
         if self.folds < 2:
             raise UserError(f"--folds must be at least 2 (got {self.folds}): a refit holds out one fold "
                             "at a time and trains on the others")
-        if self.repeats < 1:
-            raise UserError(f"--repeats must be at least 1 (got {self.repeats})")
+        if not 1 <= self.repeats <= MAX_REPEATS:
+            raise UserError(f"--repeats must be between 1 and {MAX_REPEATS} (got {self.repeats}): each repeat "
+                            "trains --top-k x --folds more models")
         if self.seed < 0:
             raise UserError(f"--seed must be >= 0 (got {self.seed})")
         return self
@@ -184,7 +189,7 @@ def run_refit(
               "binning": BINNING, "data_fingerprint": data.fingerprint,
               "assignment": assignment_digest(assignment)}
     _check_scheme(existing_spec(storage, name), name, scheme, options.replace)
-    if settings.address:
+    if settings.address is not None:
         parse_address(settings.address)
     check_free(study, "refit")  # one driver per study: a launch, resume, refit or delete
 

@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,11 +84,39 @@ def build_report(storage: optuna.storages.BaseStorage, name: str, out_dir: Path,
     if not finished:
         raise UserError(f"study {name!r} has no finished trial yet; nothing to report "
                         f"(see msatune show {name})")
+    created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out_dir))
     except OSError as exc:
         raise UserError(f"cannot create report directory {out_dir}: {exc.strerror or exc}") from None
+    # Written into a staging directory first, then moved in file by file: a failure (a full disk)
+    # leaves the earlier report as it was and no half-written file.
+    try:
+        report = _write_report(storage, study, trials, name, staging, ws, top)
+        for path in sorted(staging.iterdir()):
+            os.replace(path, out_dir / path.name)
+        for stale in REPORT_FILES - {p.name for p in report.figures.values()} - _ALWAYS:
+            (out_dir / stale).unlink(missing_ok=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    log.info("report of %s written to %s", name, out_dir)
+    figures = {k: out_dir / p.name for k, p in report.figures.items()}
+    return Report(out_dir=out_dir, html=out_dir / report.html.name, figures=figures, payload=report.payload)
 
+
+#: Every file a report writes (its figures only when it has them).
+_ALWAYS = {"criteria.json", "report.json", "report.html"}
+REPORT_FILES = {"history.png", "curves.png", "importance.png", "ensemble.png", *_ALWAYS}
+
+
+def _write_report(storage: optuna.storages.BaseStorage, study: optuna.Study, trials: list[Any], name: str, out_dir: Path, ws: Workspace | None,
+                  top: int) -> Report:
+    """The report's files written into ``out_dir`` (see :func:`build_report`)."""
     attrs = study_attrs(study)
     reference = study_reference(attrs, trials)
     criteria = compute_criteria(trials, reference)
@@ -147,7 +178,6 @@ def build_report(storage: optuna.storages.BaseStorage, name: str, out_dir: Path,
     _write_json(out_dir / "report.json", payload)
     html_path = out_dir / "report.html"
     html_path.write_text(render_html(payload, figures), encoding="utf-8")
-    log.info("report of %s written to %s", name, out_dir)
     return Report(out_dir=out_dir, html=html_path, figures=figures, payload=payload)
 
 

@@ -8,6 +8,7 @@ that only looks can never change it; nothing here creates a store a command was 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,20 @@ import optuna
 from msatune.errors import UserError, first_line
 
 SQLITE_TIMEOUT_S = 60
+#: Overrides :data:`SQLITE_TIMEOUT_S` (seconds a command waits for a store another process holds).
+SQLITE_TIMEOUT_ENV = "MSATUNE_SQLITE_TIMEOUT_S"
+
+
+def sqlite_timeout_s() -> float:
+    """How long a SQLite store's lock is waited for: ``$MSATUNE_SQLITE_TIMEOUT_S`` or 60 s."""
+    try:
+        value = float(os.environ.get(SQLITE_TIMEOUT_ENV, SQLITE_TIMEOUT_S))
+    except ValueError:
+        raise UserError(f"${SQLITE_TIMEOUT_ENV}={os.environ[SQLITE_TIMEOUT_ENV]!r} is not a number of seconds") from None
+    return value if value > 0 else float(SQLITE_TIMEOUT_S)
+#: How long opening a database server's store may take before it is a one-line error (a server that
+#: accepts connections but never answers would otherwise hang every command).
+SERVER_CONNECT_TIMEOUT_S = 10
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -86,9 +101,12 @@ def open_storage(url: str, *, read_only: bool = False, create: bool = True) -> o
             target = ro_url if read_only and ro_url else target
         elif not path.parent.is_dir():
             raise UserError(f"--storage {url!r}: directory {path.parent} does not exist")
-        engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
+        engine_kwargs["connect_args"] = {"timeout": sqlite_timeout_s()}
     else:
         engine_kwargs["pool_pre_ping"] = True
+        timeout_arg = _CONNECT_TIMEOUT_ARGS.get(parsed.get_backend_name())
+        if timeout_arg:
+            engine_kwargs["connect_args"] = {timeout_arg: SERVER_CONNECT_TIMEOUT_S}
     try:
         storage = optuna.storages.RDBStorage(
             target, engine_kwargs=engine_kwargs,
@@ -97,8 +115,32 @@ def open_storage(url: str, *, read_only: bool = False, create: bool = True) -> o
         if read_only:
             storage.get_all_studies()  # fail here, in one line, rather than on the first read
         return storage
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-        raise UserError(f"cannot open study store {url!r}: {first_line(exc)}") from None
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError,
+            ValueError) as exc:
+        shown = parsed.render_as_string(hide_password=True)
+        raise UserError(f"cannot open study store {shown!r}: {store_failure(exc)}") from None
+
+
+#: The connect-timeout argument of each server backend's DB-API driver (seconds).
+_CONNECT_TIMEOUT_ARGS = {"postgresql": "connect_timeout", "mysql": "connect_timeout"}
+
+
+def store_failure(exc: BaseException) -> str:
+    """What went wrong in a store, in one line: the database's own message (Optuna wraps it in a
+    generic "exception during the commit"), with a hint for the usual causes."""
+    cause = exc
+    while cause.__cause__ is not None and type(cause).__module__.startswith("optuna"):
+        cause = cause.__cause__
+    text = first_line(cause)
+    text = text.split("\n")[0]
+    if "file is not a database" in text or "malformed" in text:
+        return f"{text} (not an intact SQLite study store: restore it from a copy, or pass another --storage)"
+    if "database is locked" in text:
+        return (f"{text} (another process held it for {sqlite_timeout_s():g} s: a study's driver writing, or a "
+                f"program that keeps it open; retry when it is done, or wait longer with ${SQLITE_TIMEOUT_ENV})")
+    if "timeout expired" in text or "Connection refused" in text or "could not connect" in text:
+        return f"{text} (is the database server running and reachable?)"
+    return text
 
 
 def is_sqlite_url(url: str) -> bool:

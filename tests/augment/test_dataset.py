@@ -220,9 +220,28 @@ def test_write_refuses_non_empty_dir_unless_overwrite(tmp_path: Path, tiny_array
         write_dataset(out, tiny_arrays)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     write_dataset(out, tiny_arrays, overwrite=True)
-    assert not (out / "keep.txt").exists()
+    assert (out / "keep.txt").read_text() == "mine"  # --overwrite replaces dataset files only
     assert (out / "text_train_emb.h5").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_overwrite_replaces_the_dataset_files_and_keeps_everything_else(tmp_path: Path, tiny_arrays) -> None:
+    """Pointed at a workspace by mistake, --overwrite must not delete a store, checkpoints or notes;
+    an old dataset file the new dataset lacks (here an oracle) must not survive to be read with it."""
+    out = tmp_path / "ws"
+    (out / "studies" / "s1").mkdir(parents=True)
+    (out / "studies" / "s1" / "ckpt.keras").write_bytes(b"weights")
+    (out / "studies.db").write_bytes(b"SQLite format 3\x00store")
+    (out / "notes.txt").write_text("mine")
+    (out / "oracle_train.h5").write_bytes(b"stale")
+    (out / "y_train.h5").write_bytes(b"stale")
+    ds = write_dataset(out, tiny_arrays, overwrite=True)
+    assert (out / "studies.db").read_bytes() == b"SQLite format 3\x00store"
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "studies" / "s1" / "ckpt.keras").read_bytes() == b"weights"
+    assert not (out / "oracle_train.h5").exists()
+    assert load_dataset(out).fingerprint == ds.fingerprint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ws"]  # no temp or trash dirs left
 
 
 def test_write_into_empty_dir(tmp_path: Path, tiny_arrays) -> None:

@@ -39,8 +39,8 @@ def test_stop_ray_leaves_the_pid_file_of_the_driver_that_took_the_study_over(tmp
 
 
 def test_a_local_ray_starts_lean_no_idle_workers_and_no_metrics(tmp_path: Path) -> None:
-    """msatune's own local Ray pre-starts no Python workers (trial actors start theirs) and
-    collects no metrics: the processes a study runs besides its trials are Ray's seven helpers."""
+    """msatune's own local Ray pre-starts no Python workers (trial actors start theirs),
+    collects no metrics and reports no usage stats: the processes a study runs besides its trials are Ray's seven helpers."""
     import subprocess
     import sys
 
@@ -58,7 +58,8 @@ for pid in session_processes(session):
         names.append(pathlib.Path(f"/proc/{{pid}}/cmdline").read_bytes().replace(b"\\0", b" ").decode())
     except OSError:
         pass
-env = {{k: os.environ.get(k) for k in ("RAY_enable_metrics_collection", "RAY_enable_worker_prestart")}}
+env = {{k: os.environ.get(k) for k in ("RAY_enable_metrics_collection", "RAY_enable_worker_prestart",
+                                     "RAY_USAGE_STATS_ENABLED")}}
 print(json.dumps({{"names": names, "env": env}}))
 stop_ray(pathlib.Path({str(tmp_path)!r}))
 """
@@ -66,7 +67,8 @@ stop_ray(pathlib.Path({str(tmp_path)!r}))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["env"] == {"RAY_enable_metrics_collection": "0", "RAY_enable_worker_prestart": "0"}
+    assert out["env"] == {"RAY_enable_metrics_collection": "0", "RAY_enable_worker_prestart": "0",
+                          "RAY_USAGE_STATS_ENABLED": "0"}
     workers = [n for n in out["names"]  # the raylet's own command line names the worker script too
                if not n.split()[0].endswith("raylet") and ("default_worker.py" in n or "ray::IDLE" in n)]
     assert not workers, workers
