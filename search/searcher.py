@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.callback import Callback
 from ray.tune.search import Searcher
+from ray.tune.stopper import Stopper
 
 from msatune.search.reconcile import FAIL_REASON_ATTR, fail_and_requeue
 from msatune.search.space import SearchSpace
@@ -67,8 +69,14 @@ class SearchCounters:
 
 
 class StudySearcher(Searcher):
-    def __init__(self, space: SearchSpace, study: optuna.Study, sampler: optuna.samplers.BaseSampler) -> None:
+    def __init__(self, space: SearchSpace, study: optuna.Study, sampler: optuna.samplers.BaseSampler,
+                 fence: Callable[[], bool] | None = None) -> None:
+        """``fence()`` is asked before every write to the store (a new trial, a result, a trial's
+        end): once it says False (the study was taken over), nothing more is written, no trial is
+        started and :meth:`fenced` is true (the run's stopper ends the run)."""
         super().__init__(metric=METRIC, mode="min")
+        self.fence = fence
+        self.fenced = False
         self.space = space
         self.study = optuna.load_study(study_name=study.study_name, storage=study_storage(study),
                                        sampler=sampler, pruner=optuna.pruners.NopPruner())
@@ -81,7 +89,18 @@ class StudySearcher(Searcher):
         self._pending_errors: dict[str, Any] = {}
 
     # -- Ray Tune searcher API -------------------------------------------------------------
+    def __getstate__(self) -> dict:  # Ray pickles the searcher with the experiment state
+        return {**self.__dict__, "fence": None}
+
+    def may_write(self) -> bool:
+        """Whether this driver may still write to the study (the lease's fence; once no, no)."""
+        if not self.fenced and self.fence is not None and not self.fence():
+            self.fenced = True
+        return not self.fenced
+
     def suggest(self, trial_id: str) -> dict | None:
+        if not self.may_write():
+            return Searcher.FINISHED
         if trial_id not in self._trials:
             self._trials[trial_id] = self.study.ask()
         trial = self._trials[trial_id]
@@ -101,7 +120,7 @@ class StudySearcher(Searcher):
                            "in the store), never by restoring a Tune experiment")
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._finished or trial_id not in self._trials:
+        if trial_id in self._finished or trial_id not in self._trials or not self.may_write():
             return
         self._last_result[trial_id] = result
         if result.get("diverged"):
@@ -118,7 +137,7 @@ class StudySearcher(Searcher):
             self._set_attr(trial_id, "best_val_mae", float(result["best_val_mae"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._finished or trial_id not in self._trials:
+        if trial_id in self._finished or trial_id not in self._trials or not self.may_write():
             return
         if error:
             # Ray calls the searcher before the callbacks that know the error: wait for the reason
@@ -148,10 +167,11 @@ class StudySearcher(Searcher):
     # -- called by StoreCallback ------------------------------------------------------------
     def record_checkpoint(self, trial_id: str, path: str) -> None:
         self._checkpoints[trial_id] = path
-        self._record_checkpoint_attr(trial_id)
+        if self.may_write():
+            self._record_checkpoint_attr(trial_id)
 
     def record_error(self, trial_id: str, reason: str) -> None:
-        if self._pending_errors.pop(trial_id, None) is None:
+        if self._pending_errors.pop(trial_id, None) is None or not self.may_write():
             return
         self._record_checkpoint_attr(trial_id)
         self._finish(trial_id, TrialState.FAIL, reason=reason)
@@ -162,7 +182,8 @@ class StudySearcher(Searcher):
             self.record_error(trial_id, "trial raised an error (see the Ray trial's error.txt)")
 
     def record_cuda_devices(self, trial_id: str, devices: str) -> None:
-        self._set_attr(trial_id, "cuda_visible_devices", devices)
+        if self.may_write():
+            self._set_attr(trial_id, "cuda_visible_devices", devices)
 
     # -- helpers ------------------------------------------------------------------------------
     def _report_last(self, trial_id: str, result: dict) -> int:
@@ -227,6 +248,22 @@ class StudySearcher(Searcher):
     def _done(self, trial_id: str) -> None:
         self._finished.add(trial_id)
         self.counters.running.discard(trial_id)
+
+
+class FencedStopper(Stopper):
+    """Ends the whole run once the searcher is fenced (its driver lost the study's lease)."""
+
+    def __init__(self, searcher: StudySearcher) -> None:
+        self.searcher: StudySearcher | None = searcher
+
+    def __getstate__(self) -> dict:  # Ray pickles the stopper with the experiment state
+        return {"searcher": None}
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return self.stop_all()
+
+    def stop_all(self) -> bool:
+        return self.searcher is not None and (self.searcher.fenced or not self.searcher.may_write())
 
 
 class StoreCallback(Callback):

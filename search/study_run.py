@@ -23,7 +23,7 @@ from ray.tune.callback import Callback
 from msatune.augment.dataset import MSADataset
 from msatune.search.reconcile import reconcile
 from msatune.search.search_settings import SearchSettings
-from msatune.search.searcher import SearchCounters, StoreCallback, StudySearcher
+from msatune.search.searcher import FencedStopper, SearchCounters, StoreCallback, StudySearcher
 from msatune.search.space import SearchSpace
 from msatune.search.trainable import RUNG_METRIC
 from msatune.search.tune_run import run_tune
@@ -64,6 +64,7 @@ class RunSummary:
     wall_seconds: float
     concurrency: int
     interrupted: bool = False
+    fenced: bool = False
 
 
 ProgressFn = Callable[[ProgressState], None]
@@ -148,12 +149,15 @@ def run_search(
     progress: ProgressFn | None = None,
     trainable: Callable[..., None] | None = None,
     sampler: optuna.samplers.BaseSampler | None = None,
+    fence: Callable[[], bool] | None = None,
 ) -> RunSummary:
     """Run ``settings.trials`` trials of ``study`` with Ray Tune; the store is reconciled at the end.
 
     ``trainable`` replaces the function trainable (default ``search.trainable.train_trial``);
     it is called as ``trainable(config, data=data)`` and reports through ``ray.tune.report``.
-    ``sampler`` replaces the TPE sampler (benchmarks compare with random search).
+    ``sampler`` replaces the TPE sampler (benchmarks compare with random search). ``fence()``
+    (the study lease's ``held``) is asked before every write; once it says no, the run writes
+    nothing more, stops, and its summary says ``fenced``.
     """
     from ray.tune import CheckpointConfig
     from ray.tune.schedulers import ASHAScheduler
@@ -162,7 +166,7 @@ def run_search(
 
     if settings.trials <= 0:
         raise ValueError("settings.trials must be > 0")
-    searcher = StudySearcher(space, study, sampler or make_sampler(settings))
+    searcher = StudySearcher(space, study, sampler or make_sampler(settings), fence=fence)
     scheduler = make_scheduler(ASHAScheduler)(
         time_attr="training_iteration",
         metric=RUNG_METRIC,  # best val MAE so far and train MAE (search/trainable.rung_score)
@@ -178,6 +182,8 @@ def run_search(
 
     def on_end() -> None:
         searcher.flush()
+        if not searcher.may_write():
+            return  # another driver owns the study now: its reconciliation is not ours to do
         requeued.extend(reconcile(study, "interrupted: the driver stopped while the trial was running"))
 
     run = run_tune(
@@ -190,6 +196,7 @@ def run_search(
         checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="best_val_mae",
                                            checkpoint_score_order="min"),
         on_end=on_end,
+        stop=FencedStopper(searcher),
     )
     c = searcher.counters
     return RunSummary(
@@ -201,4 +208,5 @@ def run_search(
         wall_seconds=run.wall_seconds,
         concurrency=run.concurrency,
         interrupted=run.interrupted,
+        fenced=searcher.fenced,
     )

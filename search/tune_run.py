@@ -60,10 +60,12 @@ def run_tune(
     param_space: dict[str, Any] | None = None,
     checkpoint_config: Any = None,
     on_end: Callable[[], None] | None = None,
+    stop: Any = None,
 ) -> TuneRun:
     """Run ``trainable`` (given ``params`` through the object store) as one Ray Tune experiment
     ``run_name`` under ``ray_dir``: ``trials`` trials at most, resources and retries from
-    ``settings``. ``on_end`` runs when the run ends, before a Ray started here is stopped."""
+    ``settings``. ``on_end`` runs when the run ends, before a Ray started here is stopped;
+    ``stop`` is a Ray Tune stopper (a search's: its driver lost the study)."""
     from ray import tune
 
     ray_dir = Path(ray_dir).resolve()
@@ -99,6 +101,7 @@ def run_tune(
                 sync_config=tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=False),
                 verbose=1 if settings.verbose else 0,
                 callbacks=callbacks,
+                stop=stop,
                 log_to_file=True,
             ),
         )

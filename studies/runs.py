@@ -100,9 +100,10 @@ def launch(
         store = existing if existing is not None else _create_store(ws, storage)
         study = create_search_study(store, name, settings, data, space, presets=presets,
                                     clip_labels=clip_labels)
-        with StudyLease(study, "launch"):
+        with StudyLease(study, "launch") as lease:
             ray.own()
-            return _run(ws, study, space, data, settings, settings.trials, progress, trainable, sampler)
+            return _run(ws, study, space, data, settings, settings.trials, progress, trainable, sampler,
+                        lease=lease)
 
 
 def _space(space_file: Path | None, settings: SearchSettings) -> Any:
@@ -193,7 +194,7 @@ def resume(
     data = study_data(attrs, name, force=force,
                       needed_for="results would not be comparable; pass --force to continue anyway")
     _phase(progress, "starting Ray")
-    with _ray(ws, name, settings) as ray, StudyLease(study, "resume"):
+    with _ray(ws, name, settings) as ray, StudyLease(study, "resume") as lease:
         ended = end_orphans(ws.ray_dir(name))
         sweep_checkpoint_work_dirs(ws.ray_dir(name))
         requeued = reconcile(study)
@@ -203,15 +204,18 @@ def resume(
             set_metric_name(study)  # studies made before metric names were set
         remaining = budget - used_budget(study)
         ray.own()
-        summary = _run(ws, study, space, data, settings, remaining, progress)
+        summary = _run(ws, study, space, data, settings, remaining, progress, lease=lease)
     summary.update(requeued_before=requeued, orphans_ended=ended)
     return summary
 
 
 def _run(ws: Workspace, study: optuna.Study, space: Any, data: Any, settings: SearchSettings,
          trials: int, progress: Any, trainable: Any = None,
-         sampler: optuna.samplers.BaseSampler | None = None) -> dict[str, Any]:
+         sampler: optuna.samplers.BaseSampler | None = None, lease: StudyLease | None = None) -> dict[str, Any]:
     """One run of ``trials`` trials, recorded on the study (``runs``); returns that record.
+
+    Every write of the run is fenced by ``lease``: a driver whose study was taken over while it
+    stalled writes nothing more and raises :class:`~msatune.studies.store.lease.LeaseLost`.
 
     ``interrupted`` is true when the run ended before its trials finished (Ctrl-C: Ray Tune ends
     the run itself and returns, so fewer trials than asked have finished).
@@ -225,7 +229,10 @@ def _run(ws: Workspace, study: optuna.Study, space: Any, data: Any, settings: Se
     summary = run_search(
         study, space, data, run_settings, ray_dir=ws.ray_dir(study.study_name),
         run_name=f"run{run_index}", progress=progress, trainable=trainable, sampler=sampler,
+        fence=lease.held if lease is not None else None,
     )
+    if summary.fenced and lease is not None:
+        raise lease.lost_error()
     record = {
         "run": run_index,
         "trials": summary.trials_run,

@@ -10,6 +10,9 @@
 * ``optuna.storages._cached_storage._CachedStorage`` and its ``_backend``: Optuna's cache of
   finished trials (the dashboard serves through it: a poll of a 2,000-trial study drops from
   seconds to tens of milliseconds), and the RDB storage behind it (the SQL queries).
+* ``optuna.storages._rdb.models.StudyUserAttributeModel``: the RDB table of study user attrs, for
+  the one conditional update the lease's heartbeat needs (compare-and-set: Optuna has none). A
+  value is stored as ``json.dumps(value)``, which the comparison relies on.
 * ``BaseDistribution._contains``: whether a value lies in a distribution (a preset's value outside
   the searched range becomes a constant of its config, not a param).
 """
@@ -59,6 +62,27 @@ def uncached(storage: Any) -> Any:
     return getattr(storage, "_backend", storage)
 
 
+def compare_and_set_study_attr(storage: Any, study: int, key: str, expected: Any, new: Any) -> bool | None:
+    """Set study user attr ``key`` to ``new`` only if it still is ``expected``, in one SQL
+    ``UPDATE ... WHERE``; True when it was set, False when another writer changed it, ``None``
+    for a store without SQL tables (the caller falls back to write-then-verify)."""
+    import json
+
+    import optuna
+
+    backend = uncached(storage)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        return None
+    import sqlalchemy
+    from optuna.storages._rdb.models import StudyUserAttributeModel as Attr
+
+    statement = (sqlalchemy.update(Attr)
+                 .where(Attr.study_id == study, Attr.key == key, Attr.value_json == json.dumps(expected))
+                 .values(value_json=json.dumps(new)))
+    with backend.engine.begin() as connection:
+        return connection.execute(statement).rowcount == 1
+
+
 def distribution_contains(dist: Any, value: Any) -> bool:
     """Whether ``value`` lies in the Optuna distribution ``dist`` (False for a value of the wrong
     type)."""
@@ -97,6 +121,15 @@ def check() -> list[str]:
     cached = attempt("_CachedStorage", lambda: cached_storage(storage))
     if cached is not None and uncached(cached) is not storage:
         problems.append("_CachedStorage._backend: not the wrapped storage")
+    rdb = attempt("RDBStorage", lambda: optuna.storages.RDBStorage("sqlite:///:memory:"))
+    if rdb is not None:
+        sid = rdb.create_new_study([optuna.study.StudyDirection.MINIMIZE], "boundary-check")
+        rdb.set_study_user_attr(sid, "k", {"token": 1})
+        swapped = attempt("StudyUserAttributeModel", lambda: (
+            compare_and_set_study_attr(rdb, sid, "k", {"token": 1}, {"token": 2}),
+            compare_and_set_study_attr(rdb, sid, "k", {"token": 1}, {"token": 3})))
+        if swapped is not None and (swapped != (True, False) or rdb.get_study_user_attrs(sid)["k"] != {"token": 2}):
+            problems.append(f"StudyUserAttributeModel: compare-and-set answered {swapped}")
     dist = optuna.distributions.FloatDistribution(0.0, 1.0)
     if attempt("BaseDistribution._contains", lambda: distribution_contains(dist, 0.5)) is not True \
             or distribution_contains(dist, 2.0):
