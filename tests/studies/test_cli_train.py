@@ -64,3 +64,33 @@ def test_bad_train_input_is_one_line(tmp_path: Path, args: list[str], needle: st
     data = [] if "--data" in args else ["--data", str(tmp_path / "missing")]
     proc = run_in(tmp_path / "ws", "train", *data, *args, env=os.environ, timeout=120)
     one_line_error(proc, needle)
+
+
+def test_ctrl_c_during_train_removes_the_unfinished_run_directory(tmp_path: Path, tiny_data: Path) -> None:
+    """Ctrl-C (SIGINT) after the first epoch: exit 130, one line naming the directory it removed,
+    and nothing of the run left in the workspace."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import cli_env, msatune_argv
+
+    ws = tmp_path / "ws"
+    proc = subprocess.Popen(msatune_argv("train", "--data", tiny_data, "--preset", "baseline", "--epochs", "500",
+                                         workspace=ws),
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # "epoch 1: ..." once an epoch finished (the run dir exists)
+        assert first.startswith("epoch 1:"), (first, proc.stderr.read() if proc.poll() is not None else "")
+        assert any((ws / "train").iterdir())
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err, err
+    assert "msatune: interrupted: removed the unfinished run directory" in err, err
+    assert not ws.exists()  # the run created the workspace too: nothing of it is left
