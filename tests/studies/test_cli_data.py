@@ -181,7 +181,8 @@ def test_synth_refuses_non_empty_output(tmp_path: Path) -> None:
     assert_user_error(run_cli("data", "synth", out, "--preset", "tiny"), str(out), "--overwrite")
     assert tree(tmp_path) == ["out", "out/notes.txt"]
     assert run_cli("data", "synth", out, "--preset", "tiny", "--overwrite").returncode == 0
-    assert "notes.txt" not in tree(out)
+    assert (out / "notes.txt").read_text() == "mine"  # --overwrite replaces the dataset's files only
+    assert "text_train_emb.h5" in tree(out)
 
 
 def test_synth_bad_preset(tmp_path: Path) -> None:

@@ -90,7 +90,7 @@ def test_none_beats_the_constant_predictor(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args, needle", [
     (["--top-k", "0"], "--top-k must be at least 1, got 0"),
     (["--method", "mean", "--top-k", "-2"], "--top-k must be at least 1, got -2"),
-    (["--rounds", "0"], "--rounds must be at least 1"),
+    (["--rounds", "0"], "--rounds must be between 1 and"),
     (["--max-candidates", "0"], "--max-candidates must be at least 1"),
     (["--method", "stacking"], "'stacking' is not one of"),
 ])

@@ -296,7 +296,7 @@ def test_deleting_a_study_deletes_its_refit(refit_a: dict, tmp_path: Path) -> No
     (["refit", "tiny", "--top-k", "40"], "--top-k 40 is more than the"),
     (["refit", "tiny", "--folds", "1"], "--folds must be at least 2"),
     (["refit", "tiny", "--top-k", "1", "--folds", "6"], "smallest label bin"),
-    (["refit", "tiny", "--repeats", "0"], "--repeats must be at least 1"),
+    (["refit", "tiny", "--repeats", "0"], "--repeats must be between 1 and 100"),
     (["ensemble", "tiny", "--from", "refit"], "has no refit yet"),
     (["refit", "tiny", "--top-k", "2", "--gpus-per-trial", "64"], "asks for more GPUs than Ray sees"),
 ])
