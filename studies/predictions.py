@@ -62,6 +62,7 @@ def write_predictions_csv(path: Path, pred: Any, labels: Any, ids: Any | None) -
     pred = np.asarray(pred).reshape(-1)
     labels = None if labels is None else np.asarray(labels).reshape(-1)
     header = ["index"] + (["id"] if ids is not None else []) + ["prediction"] + (["label"] if labels is not None else [])
+    tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -79,6 +80,6 @@ def write_predictions_csv(path: Path, pred: Any, labels: Any, ids: Any | None) -
                 w.writerow(row)
         tmp.replace(path)
     except OSError as exc:
-        if "tmp" in locals():
+        if tmp is not None:
             tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc
