@@ -138,14 +138,9 @@ class MSADataset:
             s = self.splits[name]
             y = s.labels.astype(np.float64)
             splits[name] = {
-                "n": s.n,
-                "seq_len": self.seq_len,
-                "dims": self.dims,
-                "nan_count": int(s.nan_count),
-                "label_mean": _r(y.mean()),
-                "label_std": _r(y.std()),
-                "label_min": _r(y.min()),
-                "label_max": _r(y.max()),
+                "n": s.n, "seq_len": self.seq_len, "dims": self.dims, "nan_count": int(s.nan_count),
+                "label_mean": _r(y.mean()), "label_std": _r(y.std()),
+                "label_min": _r(y.min()), "label_max": _r(y.max()),
                 **{k: None if v is None else _r(v) for k, v in s.reference_maes().items()},
             }
         return {"path": str(self.path), "splits": splits, "fingerprint": self.fingerprint}
@@ -161,11 +156,24 @@ def fingerprint(splits: Mapping[str, SplitData]) -> str:
     Independent of file names, mtimes and HDF5 metadata; ids and oracle are not part of it."""
     h = hashlib.sha256(b"msatune-dataset-v1")
     for name in SPLITS:
-        s = splits[name]
-        for kind, arr in (*((m, getattr(s, m)) for m in MODALITIES), ("labels", s.labels)):
-            a = np.ascontiguousarray(arr, dtype="<f4")
-            h.update(f"|{name}/{kind}:{'x'.join(map(str, a.shape))}|".encode())
-            h.update(a.tobytes())
+        _hash_split(h, name, splits[name])
+    return h.hexdigest()
+
+
+def _hash_split(h: Any, name: str, s: SplitData) -> None:
+    for kind, arr in (*((m, getattr(s, m)) for m in MODALITIES), ("labels", s.labels)):
+        a = np.ascontiguousarray(arr, dtype="<f4")
+        h.update(f"|{name}/{kind}:{'x'.join(map(str, a.shape))}|".encode())
+        h.update(memoryview(a).cast("B"))  # no bytes copy of a split's array
+
+
+def files_fingerprint(path: str | os.PathLike[str], *, clip_labels: bool = False) -> str:
+    """:func:`fingerprint` of the dataset files in ``path``, read and validated one split at a
+    time (a writer's read-back holds one split beside the arrays it wrote, not all three)."""
+    root = Path(path).expanduser()
+    h = hashlib.sha256(b"msatune-dataset-v1")
+    for split in SPLITS:
+        _hash_split(h, split, _read_split(root, split, clip_labels)[0])
     return h.hexdigest()
 
 
@@ -380,12 +388,13 @@ def load_dataset(path: str | os.PathLike[str], *, clip_labels: bool = False) -> 
     splits: dict[str, SplitData] = {}
     where: dict[str, dict[str, str]] = {}
     for split in SPLITS:
-        where[split] = {k: _where(root, split, k) for k in FILE_PATTERNS}
-        raw = {
-            kind: _read_h5(root / file_name(kind, split), required=kind in REQUIRED_KINDS)
-            for kind in FILE_PATTERNS
-        }
-        splits[split] = build_split(split, raw, where[split], clip_labels)
+        splits[split], where[split] = _read_split(root, split, clip_labels)
         if splits[split].nan_count:
             log.info("%s: replaced %d non-finite feature values by 0", split, splits[split].nan_count)
     return assemble(root.resolve(), splits, where)
+
+
+def _read_split(root: Path, split: str, clip_labels: bool) -> tuple[SplitData, dict[str, str]]:
+    where = {k: _where(root, split, k) for k in FILE_PATTERNS}
+    raw = {k: _read_h5(root / file_name(k, split), required=k in REQUIRED_KINDS) for k in FILE_PATTERNS}
+    return build_split(split, raw, where, clip_labels), where

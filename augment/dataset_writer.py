@@ -24,7 +24,7 @@ from msatune.augment.dataset import (
     assemble,
     build_split,
     file_name,
-    load_dataset,
+    files_fingerprint,
 )
 from msatune.errors import UserError, first_line
 from msatune.modalities import MODALITIES
@@ -88,15 +88,16 @@ def write_dataset(
                 _write_h5(tmp / file_name("oracle", split), checked[split].oracle, target=target)
             if checked[split].ids is not None:
                 _write_h5(tmp / file_name("ids", split), checked[split].ids, strings=True, target=target)
-        loaded = load_dataset(tmp)
+        # Read back one split at a time: a MOSEI-sized dataset is not held twice.
+        written = files_fingerprint(tmp)
         _move_into_place(tmp, target, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("wrote dataset %s (fingerprint %s)", target, loaded.fingerprint[:12])
+    log.info("wrote dataset %s (fingerprint %s)", target, written[:12])
     # The splits as written; their ``nan_count`` is how many non-finite feature values the
     # writer replaced by 0 (a reader of the files finds none).
-    return MSADataset(path=target.resolve(), splits=checked, fingerprint=loaded.fingerprint)
+    return MSADataset(path=target.resolve(), splits=checked, fingerprint=written)
 
 
 def _umask() -> int:

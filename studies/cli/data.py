@@ -49,33 +49,40 @@ The same seed gives the same data (same fingerprint).
 
 \b
 Presets:
-  mosi  1284/229/686 samples, T=20, dims text 300, audio 74, video 47 (CMU-MOSI's shapes)
-  tiny  48/24/24 samples, T=8, dims 16/8/6 (for quick tests)
+  mosi   1284/229/686 samples, T=20, dims text 300, audio 74, video 47 (CMU-MOSI's shapes)
+  mosei  16326/1871/4659 samples, T=20, dims 300/74/713 (CMU-MOSEI's, MMSA's split; ~2 GB)
+  tiny   48/24/24 samples, T=8, dims 16/8/6 (for quick tests)
+  video  900/200/600 samples, T=32, dims 64/32/96 (video carries the sentiment)
 
 \b
 Example:
   msatune data synth data/mosi-synth --preset mosi --seed 1
+  msatune data synth /tmp/mosei-small --preset mosei --scale 0.01
 """,
 )
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--preset", type=click.Choice(["mosi", "tiny", "video"]), default="mosi", show_default=True,
+@click.option("--preset", type=click.Choice(["mosi", "mosei", "tiny", "video"]), default="mosi", show_default=True,
               help="Sizes of the dataset.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Random seed: same seed, same data.")
+@click.option("--scale", type=float, default=1.0, show_default=True, metavar="F",
+              help="Multiply every split size by F (0 < F <= 1, at least 8 samples per split): "
+              "a small dataset of the preset's shapes, e.g. --preset mosei --scale 0.01.")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty OUT: its dataset files (msa-tf2 names) are replaced, every other file is kept.")
 @click.option("--json", "as_json", is_flag=True, help="Print the 'data info --json' payload.")
 @pass_app
-def synth_cmd(app: AppContext, out: Path, preset: str, seed: int, overwrite: bool,
+def synth_cmd(app: AppContext, out: Path, preset: str, seed: int, scale: float, overwrite: bool,
               as_json: bool) -> None:
     from msatune.augment.synth import synthesize
 
-    ds = synthesize(out, preset=preset, seed=seed, overwrite=overwrite)
+    ds = synthesize(out, preset=preset, seed=seed, overwrite=overwrite, scale=scale)
     if as_json:
         echo_json(ds.info())
         return
     sizes = "/".join(str(s.n) for s in ds.splits.values())
     click.echo(
-        f"wrote {ds.path} (preset {preset}, seed {seed}): {sizes} samples, T={ds.seq_len}, "
+        f"wrote {ds.path} (preset {preset}{'' if scale == 1.0 else f' x{scale:g}'}, seed {seed}): "
+        f"{sizes} samples, T={ds.seq_len}, "
         f"dims {ds.dims['text']}/{ds.dims['audio']}/{ds.dims['video']}, "
         f"fingerprint {ds.fingerprint[:12]}"
     )

@@ -188,3 +188,20 @@ def test_synth_refuses_non_empty_output(tmp_path: Path) -> None:
 def test_synth_bad_preset(tmp_path: Path) -> None:
     assert_user_error(run_cli("data", "synth", tmp_path / "o", "--preset", "huge"), "huge")
     assert tree(tmp_path) == []
+
+
+def test_synth_scaled_mosei_then_info(tmp_path: Path) -> None:
+    out = tmp_path / "mosei"
+    proc = run_cli("data", "synth", out, "--preset", "mosei", "--scale", "0.002", "--seed", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "preset mosei x0.002" in proc.stdout and "33/8/9 samples" in proc.stdout
+    info = json.loads(run_cli("data", "info", out, "--json").stdout)
+    assert [info["splits"][s]["n"] for s in ("train", "valid", "test")] == [33, 8, 9]
+    assert info["splits"]["train"]["dims"] == {"text": 300, "audio": 74, "video": 713}
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "1.5", "nan", "abc"])
+def test_synth_bad_scale(tmp_path: Path, bad: str) -> None:
+    proc = run_cli("data", "synth", tmp_path / "o", "--preset", "mosei", "--scale", bad)
+    assert_user_error(proc, "--scale", bad)
+    assert tree(tmp_path) == []
