@@ -97,6 +97,8 @@ Validates every file (shapes, N per split, T and dims across splits, labels fini
 [-3, 3]), then shows per split: N, T, dims, how many non-finite feature values were read as 0,
 label statistics, the MAE of the best constant predictor (the median) and, when oracle files
 exist, the floor MAE (noise-free target vs labels). The fingerprint identifies the content.
+Last, the memory one trial needs on this dataset, and this machine's memory. A split larger
+than half the machine's memory (or $MSATUNE_STREAM_ABOVE_BYTES) is streamed from its HDF5 files.
 
 \b
 Examples:
@@ -113,13 +115,16 @@ Examples:
 @pass_app
 def info_cmd(app: AppContext, directory: Path, as_json: bool, clip_labels: bool) -> None:
     from msatune.augment.dataset import load_dataset
+    from msatune.augment.footprint import split_bytes, trial_memory
 
     ds = load_dataset(directory, clip_labels=clip_labels)
     payload = ds.info()
+    memory = trial_memory(split_bytes(ds.splits))
     if as_json:
-        echo_json(payload)
+        echo_json({**payload, "memory": memory.as_json()})
         return
     _render_info(payload)
+    console().print(f"memory: {memory.describe()}")
 
 
 def _render_info(payload: dict) -> None:

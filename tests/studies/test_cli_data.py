@@ -33,7 +33,7 @@ def test_synth_then_info_json(tmp_path: Path, tiny_data: Path) -> None:
     proc = run_cli("data", "info", out, "--json")
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
-    assert set(info) == {"path", "splits", "fingerprint"}
+    assert set(info) == {"path", "splits", "fingerprint", "memory"}
     assert [info["splits"][s]["n"] for s in ("train", "valid", "test")] == [48, 24, 24]
     assert info["splits"]["train"]["dims"] == {"text": 16, "audio": 8, "video": 6}
     assert info["splits"]["train"]["seq_len"] == 8
@@ -205,3 +205,26 @@ def test_synth_bad_scale(tmp_path: Path, bad: str) -> None:
     proc = run_cli("data", "synth", tmp_path / "o", "--preset", "mosei", "--scale", bad)
     assert_user_error(proc, "--scale", bad)
     assert tree(tmp_path) == []
+
+
+def test_info_says_what_a_trial_needs_in_memory(tmp_path: Path) -> None:
+    out = tmp_path / "mosei"
+    assert run_cli("data", "synth", out, "--preset", "mosei", "--scale", "0.002").returncode == 0
+    info = json.loads(run_cli("data", "info", out, "--json").stdout)
+    mem = info["memory"]
+    split_bytes = {"train": 33 * 20 * 1087 * 4 + 33 * 4, "valid": 8 * 20 * 1087 * 4 + 8 * 4,
+                   "test": 9 * 20 * 1087 * 4 + 9 * 4}
+    assert mem["data_bytes"] == sum(split_bytes.values())
+    # held in memory: the arrays, TensorFlow's copy, the train split in the shuffle buffer
+    assert mem["tf_copy_bytes"] == mem["data_bytes"] and mem["shuffle_buffer_bytes"] == split_bytes["train"]
+    assert mem["trial_bytes"] > 2 * mem["data_bytes"] + split_bytes["train"]
+    assert mem["machine_bytes"] > mem["trial_bytes"] and mem["streamed_splits"] == []
+    proc = run_cli("data", "info", out)
+    assert "a trial needs about" in proc.stdout and "this machine has" in proc.stdout
+    # a split that cannot be held twice is streamed: no copy of it in the trial
+    env = {**os.environ, "MSATUNE_STREAM_ABOVE_BYTES": str(split_bytes["train"] - 1)}
+    streamed = json.loads(run_msatune("data", "info", out, "--json", env=env).stdout)["memory"]
+    assert streamed["streamed_splits"] == ["train"] and streamed["shuffle_buffer_bytes"] == 0
+    assert streamed["tf_copy_bytes"] == split_bytes["valid"] + split_bytes["test"]
+    env["MSATUNE_STREAM_ABOVE_BYTES"] = "lots"
+    assert_user_error(run_msatune("data", "info", out, env=env), "MSATUNE_STREAM_ABOVE_BYTES", "lots")
