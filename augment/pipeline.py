@@ -15,16 +15,21 @@ from __future__ import annotations
 
 import logging
 import numbers
+import threading
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from msatune.augment.dataset import H5_KEY, LABEL_RANGE, MSADataset, file_name
+from msatune.augment.footprint import split_bytes, streamed_splits
 from msatune.augment.transforms import augment_batch, validate_aug_config
 from msatune.errors import UserError
 from msatune.modalities import MODALITIES
 
-__all__ = ["TRAIN_SPLIT", "make_datasets"]
+__all__ = ["TRAIN_SPLIT", "H5Split", "make_datasets", "trial_splits"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,91 @@ def _split_arrays(
     return features, labels.reshape(n, 1)
 
 
+@dataclass(eq=False)
+class H5Split:
+    """One split of a dataset directory, read from its HDF5 files a batch at a time (a split
+    too large to hold twice). Rows come back as :func:`load_dataset` gives them: float32
+    features with non-finite values 0, labels clipped to [-3, 3] (a dataset that loaded)."""
+
+    root: Path
+    split: str
+    _files: dict = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _dataset(self, kind: str) -> object:
+        import h5py
+
+        if kind not in self._files:  # opened once per process, on first use
+            self._files[kind] = h5py.File(Path(self.root) / file_name(kind, self.split), "r")[H5_KEY]
+        return self._files[kind]
+
+    @property
+    def n(self) -> int:
+        with self._lock:
+            return int(self._dataset("labels").shape[0])
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        with self._lock:
+            return {m: tuple(self._dataset(m).shape[1:]) for m in MODALITIES}
+
+    def read(self, index: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The rows ``index`` (any order, no repeats): text, audio, video, labels (B, 1)."""
+        index = np.asarray(index, dtype=np.int64)
+        order = np.argsort(index)
+        rows = index[order]  # HDF5 reads increasing indices
+        out = []
+        with self._lock:  # h5py is not to be read from several threads at once
+            for kind in (*MODALITIES, "labels"):
+                got = np.asarray(self._dataset(kind)[rows], dtype=np.float32)
+                x = np.empty_like(got)
+                x[order] = got
+                out.append(x)
+        *feats, labels = out
+        feats = [np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) for x in feats]
+        return (*feats, np.clip(labels.reshape(-1, 1), *LABEL_RANGE))
+
+    def __getstate__(self) -> dict:  # open files and locks stay in their process
+        return {"root": self.root, "split": self.split}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+
+def trial_splits(data: MSADataset, threshold: int | None = None) -> dict[str, object]:
+    """A trial's splits for :func:`make_datasets`: the in-memory arrays, or an :class:`H5Split`
+    for a split too large to hold twice (see :func:`msatune.augment.footprint.streamed_splits`;
+    ``threshold`` in bytes overrides it)."""
+    streamed = streamed_splits(split_bytes(data.splits), threshold)
+    if streamed:
+        log.info("streaming split(s) %s from %s", ", ".join(sorted(streamed)), data.path)
+    return {
+        name: H5Split(Path(data.path), name) if name in streamed else split.arrays()
+        for name, split in data.splits.items()
+    }
+
+
+def _streamed(src: H5Split, batch_size: int, drop: bool, shuffle_seed: int | None) -> tf.data.Dataset:
+    """Batches of ``src`` read from HDF5: the same order as shuffling (or not) the split's
+    elements with the same seed, since a shuffle's order does not depend on the elements."""
+    n = src.n
+    idx = tf.data.Dataset.range(n)
+    if shuffle_seed is not None:
+        idx = idx.shuffle(max(n, 1), seed=shuffle_seed, reshuffle_each_iteration=True)
+    idx = idx.batch(batch_size, drop_remainder=drop)
+    shapes = src.shapes()
+
+    def read(i: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        *feats, labels = tf.numpy_function(src.read, [i], [tf.float32] * (len(MODALITIES) + 1))
+        x = {}
+        for m, f in zip(MODALITIES, feats, strict=True):
+            f.set_shape((None, *shapes[m]))
+            x[m] = f
+        labels.set_shape((None, 1))
+        return x, labels
+
+    return idx.map(read, num_parallel_calls=None, deterministic=True)
+
+
 def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise UserError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -81,7 +171,8 @@ def make_datasets(
 
     Args:
         splits: split name -> ``{"text", "audio", "video"`` (any present), ``"labels"}`` arrays;
-            features ``(N, T, D)``, labels ``(N,)`` or ``(N, 1)``. Other keys are ignored.
+            features ``(N, T, D)``, labels ``(N,)`` or ``(N, 1)``. Other keys are ignored. An
+            :class:`H5Split` is read from its files a batch at a time, in the same order.
         batch_size: samples per train batch; the last batch may be smaller.
         aug: flat config whose ``aug_*`` keys set the augmentation strengths (others ignored);
             ``None`` means no augmentation.
@@ -109,16 +200,28 @@ def make_datasets(
 
     out: dict[str, tf.data.Dataset] = {}
     for name, arrays in splits.items():
-        features, labels = _split_arrays(name, arrays)
-        n = labels.shape[0]
-        ds = tf.data.Dataset.from_tensor_slices((features, labels))
-        if name == TRAIN_SPLIT:
-            if shuffle:
-                ds = ds.shuffle(max(n, 1), seed=seed + _SHUFFLE_SALT, reshuffle_each_iteration=True)
-            ds = ds.batch(
-                batch_size,
-                drop_remainder=drop_last_partial and n >= batch_size, num_parallel_calls=autotune, deterministic=True
+        if isinstance(arrays, H5Split):  # read a batch at a time: the trial holds no copy
+            n = arrays.n
+            train = name == TRAIN_SPLIT
+            ds = _streamed(
+                arrays,
+                batch_size if train else (eval_batch_size or batch_size),
+                train and drop_last_partial and n >= batch_size,
+                seed + _SHUFFLE_SALT if train and shuffle else None,
             )
+        else:
+            features, labels = _split_arrays(name, arrays)
+            n = labels.shape[0]
+            ds = tf.data.Dataset.from_tensor_slices((features, labels))
+        if name == TRAIN_SPLIT:
+            if not isinstance(arrays, H5Split):
+                if shuffle:
+                    ds = ds.shuffle(max(n, 1), seed=seed + _SHUFFLE_SALT, reshuffle_each_iteration=True)
+                ds = ds.batch(
+                    batch_size,
+                    drop_remainder=drop_last_partial and n >= batch_size, num_parallel_calls=autotune,
+                    deterministic=True,
+                )
             if augmenting:
                 seeds = tf.data.Dataset.random(
                     seed=seed + _AUG_SALT, rerandomize_each_iteration=True
@@ -128,7 +231,7 @@ def make_datasets(
                     num_parallel_calls=autotune,
                     deterministic=True,
                 )
-        else:
+        elif not isinstance(arrays, H5Split):
             ds = ds.batch(
                 eval_batch_size or batch_size,
                 drop_remainder=False,

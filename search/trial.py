@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from msatune.augment.dataset import MSADataset
-from msatune.augment.pipeline import make_datasets
+from msatune.augment.pipeline import make_datasets, trial_splits
 from msatune.augment.transforms import validate_aug_config
 from msatune.models.checkpoint import PREDICTION_SPLITS, save_checkpoint, write_predictions
 from msatune.models.metrics import msa_metrics
@@ -50,7 +50,7 @@ def build_pipelines(config: Mapping[str, Any], data: MSADataset) -> dict:
     import keras
 
     keras.utils.set_random_seed(int(config["seed"]))
-    splits = {name: split.arrays() for name, split in data.splits.items()}
+    splits = trial_splits(data)  # in memory, or streamed from HDF5 when too large to hold twice
     return make_datasets(
         splits,
         batch_size=int(config["batch_size"]),
