@@ -62,9 +62,16 @@ def train_one(
 
     from msatune.search.trial import run_trial
 
+    epoch_seconds: list[float] = []  # wall time of each epoch (train + validation), in order
+
+    def timed(report: Any, extra: dict) -> None:
+        epoch_seconds.append(round(report.seconds, 3))
+        if on_epoch is not None:
+            on_epoch(report, extra)
+
     t0 = time.perf_counter()
     try:
-        outcome = run_trial(config, data, out_dir=out, on_epoch=on_epoch, verbose=verbose)
+        outcome = run_trial(config, data, out_dir=out, on_epoch=timed, verbose=verbose)
     except BaseException as exc:
         if created:  # a failed or interrupted run leaves nothing it made (an existing --out stays)
             shutil.rmtree(created[-1], ignore_errors=True)
@@ -88,6 +95,7 @@ def train_one(
         "train_mae_at_best": best["mae"],
         "gap_at_best": best["gap"],
         "wall_seconds": round(wall, 2),
+        "epoch_seconds": epoch_seconds,  # the first includes tracing the train and validation graphs
         "metrics": outcome.metrics,
         "reference": {split: data.splits[split].reference_maes() for split in ("valid", "test")},
         "config": config,
