@@ -3,6 +3,15 @@
 The config is the whole trial config; keys this module does not own (learning_rate, batch_size,
 aug_* ...) are ignored, and missing model keys take :data:`MODEL_DEFAULTS`. Bad model values raise
 :class:`msatune.errors.UserError` with one line naming the key and the allowed values.
+
+Families (:data:`FAMILIES`): ``baseline`` and ``improved`` (:mod:`msatune.models.networks`, msa-tf2's
+``MSAModel`` and ``ImprovedMSAModel``) and ``seqlevel`` (:mod:`msatune.models.seqlevel`, their
+``MSASeqLevelModel``). :data:`FAMILY_MODEL_KEYS` lists the model keys each family reads; a family
+ignores the others (seqlevel ignores ``l2``, ``l2_scope``, ``adaptive_fusion``, ``key_dim`` and the
+gate/head widths: they are validated, never errors, and change nothing). ``bidirectional_fusion``
+and ``pooling_method`` (:data:`FAMILY_ONLY_KEYS`) are read by seqlevel only. seqlevel needs
+``model_dim`` divisible by ``num_heads`` (its heads are ``model_dim // num_heads`` wide),
+``model_dim >= 4`` (its fusion head has ``model_dim // 4`` wide layers) and a fixed ``seq_len``.
 """
 
 from __future__ import annotations
@@ -34,12 +43,31 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "gate_units": 64,  # improved: adaptive-fusion gate's hidden width; 0 = model_dim
     "head_units": 128,  # improved: the head's first hidden Dense
     "head_units2": 64,  # improved: the head's second hidden Dense
+    "bidirectional_fusion": False,  # seqlevel: audio and video also attend to text
+    "pooling_method": "mean",  # seqlevel: the fusion head's pooling over time
 }
 
-FAMILIES = ("baseline", "improved")
+FAMILIES = ("baseline", "improved", "seqlevel")
 
 #: String-valued model keys and their allowed values.
-MODEL_CHOICES: dict[str, tuple[str, ...]] = {"family": FAMILIES, "l2_scope": ("theirs", "all")}
+MODEL_CHOICES: dict[str, tuple[str, ...]] = {
+    "family": FAMILIES,
+    "l2_scope": ("theirs", "all"),
+    "pooling_method": ("mean", "attention"),
+}
+
+_SHARED_KEYS = ("family", "model_dim", "num_heads", "ff_dim", "n_layers_mod", "n_layers_fuse", "dropout")
+_BASELINE_KEYS = _SHARED_KEYS + ("l2", "adaptive_fusion", "key_dim", "l2_scope")
+
+#: The model keys each family reads (``family`` included); the others do not change its model.
+FAMILY_MODEL_KEYS: dict[str, tuple[str, ...]] = {
+    "baseline": _BASELINE_KEYS,
+    "improved": _BASELINE_KEYS + ("gate_units", "head_units", "head_units2"),
+    "seqlevel": _SHARED_KEYS + ("bidirectional_fusion", "pooling_method"),
+}
+
+#: Model keys only the seqlevel family reads.
+FAMILY_ONLY_KEYS: tuple[str, ...] = ("bidirectional_fusion", "pooling_method")
 
 
 def _where(key: str) -> str:
@@ -96,16 +124,30 @@ def resolve_model_config(config: Mapping[str, Any]) -> dict[str, Any]:
         out[key] = _as_int(key, merged[key], 1)
     for key in ("n_layers_mod", "n_layers_fuse", "key_dim", "gate_units"):
         out[key] = _as_int(key, merged[key], 0)
-    scope = merged["l2_scope"]
-    if scope not in MODEL_CHOICES["l2_scope"]:
-        raise UserError(
-            f"model config key 'l2_scope' = {scope!r}: allowed values are "
-            f"{', '.join(MODEL_CHOICES['l2_scope'])}"
-        )
-    out["l2_scope"] = scope
+    for key in ("l2_scope", "pooling_method"):
+        if merged[key] not in MODEL_CHOICES[key]:
+            raise UserError(
+                f"model config key '{key}' = {merged[key]!r}: allowed values are "
+                f"{', '.join(MODEL_CHOICES[key])}"
+            )
+        out[key] = merged[key]
     out["dropout"] = _as_float("dropout", merged["dropout"], 0.0, 1.0, "numbers in [0, 1)")
     out["l2"] = _as_float("l2", merged["l2"], 0.0, None, "numbers >= 0")
     out["adaptive_fusion"] = _as_bool("adaptive_fusion", merged["adaptive_fusion"])
+    out["bidirectional_fusion"] = _as_bool("bidirectional_fusion", merged["bidirectional_fusion"])
+    if family == "seqlevel":
+        dim, heads = out["model_dim"], out["num_heads"]
+        if dim % heads:
+            raise UserError(
+                f"model config keys 'model_dim' = {dim} and 'num_heads' = {heads}: the seqlevel "
+                "family needs model_dim divisible by num_heads (each head is model_dim // num_heads "
+                "wide); change either"
+            )
+        if dim < 4:
+            raise UserError(
+                f"model config key 'model_dim' = {dim}: allowed values for the seqlevel family are "
+                "integers >= 4 (its fusion head has model_dim // 4 wide layers)"
+            )
     return out
 
 
@@ -125,13 +167,17 @@ def build_model(
 ) -> keras.Model:
     """Build the model of ``config["family"]`` for feature sizes ``dims`` (text/audio/video).
 
-    ``seq_len`` fixes T in the input spec; ``None`` (the default) accepts any T. The returned
-    model is built (``count_params()`` works) and not compiled.
+    ``seq_len`` fixes T in the input spec; ``None`` (the default) accepts any T (baseline and
+    improved only: seqlevel needs it). The returned model is built (``count_params()`` works)
+    and not compiled.
     """
     resolved = resolve_model_config(config)
     feature_dims = _check_dims(dims)
     if seq_len is not None:
         seq_len = _as_int("seq_len", seq_len, 1)
+
+    if resolved["family"] == "seqlevel":
+        return _build_seqlevel(resolved, feature_dims, seq_len)
 
     from msatune.models.networks import ImprovedMSAModel, MSAModel
 
@@ -158,4 +204,30 @@ def build_model(
         head_units=resolved["head_units"],
         head_units2=resolved["head_units2"],
         **common,
+    )
+
+
+def _build_seqlevel(
+    resolved: Mapping[str, Any], feature_dims: Mapping[str, int], seq_len: int | None
+) -> keras.Model:
+    if seq_len is None:
+        raise UserError(
+            "the seqlevel family needs a fixed sequence length (its positional embedding has one "
+            "per step): pass seq_len to build_model, the T of your data"
+        )
+    from msatune.models.seqlevel import SeqLevelMSAModel
+
+    return SeqLevelMSAModel(
+        text_dim=feature_dims["text"],
+        audio_dim=feature_dims["audio"],
+        video_dim=feature_dims["video"],
+        seq_len=seq_len,
+        model_dim=resolved["model_dim"],
+        num_heads=resolved["num_heads"],
+        ff_dim=resolved["ff_dim"],
+        n_layers_mod=resolved["n_layers_mod"],
+        n_layers_fuse=resolved["n_layers_fuse"],
+        dropout=resolved["dropout"],
+        bidirectional_fusion=resolved["bidirectional_fusion"],
+        pooling_method=resolved["pooling_method"],
     )

@@ -20,7 +20,11 @@ log = logging.getLogger(__name__)
 
 #: The modules that register msatune's Keras classes (package names ``msatune`` and
 #: ``msatune_ensemble``).
-KERAS_MODULES: tuple[str, ...] = ("msatune.models.networks", "msatune.ensemble.layers")
+KERAS_MODULES: tuple[str, ...] = (
+    "msatune.models.networks",
+    "msatune.models.seqlevel",
+    "msatune.ensemble.layers",
+)
 
 #: What to tell a user whose ``.keras`` file names classes Keras cannot find.
 IMPORT_HINT = "import msatune (before keras.saving.load_model)"
