@@ -16,11 +16,17 @@ replaces it::
     value = 0.3              # fix a key (not searched)
 
 Conditional keys: ``weight_decay`` is sampled only with ``optimizer = "adamw"`` and
-``huber_delta`` only with ``loss = "huber"``.
+``huber_delta`` only with ``loss = "huber"``; a model key only for the families that read it
+(``models.build.FAMILY_MODEL_KEYS``: ``bidirectional_fusion`` and ``pooling_method`` only with
+``family = "seqlevel"``; ``l2`` and ``adaptive_fusion`` not with it).
 
-The model family is searchable from a file (``[family]`` with ``choices = ["baseline",
-"improved"]``): trials then train msa-tf2's ``MSAModel`` or ``ImprovedMSAModel`` with the rest of
-the trial's config, so a study (and its ensembles) can mix both architectures.
+The families a study searches (``launch --family``, :data:`~msatune.search.trial_config.SEARCH_FAMILIES`):
+``improved`` (the default: msa-tf2's ``ImprovedMSAModel``), ``seqlevel`` (their sequence-level
+cross-attention ``MSASeqLevelModel``) or ``all`` (both, a ``family`` choice the sampler picks per
+trial: recommendation 1 of the users' document, ensembles of different architectures). Every
+family trains with the same searched recipe frame (cosine over the budget, warm-up before the
+first rung), so families differ by architecture, not by schedule. The family is searchable from a
+file too (``[family]`` with ``choices = ["baseline", "improved", "seqlevel"]``).
 
 Not in the default space, searchable from a file: msatune's architecture variants (``key_dim``,
 ``l2_scope``, ``gate_units``, ``head_units``, ``head_units2``; their defaults are msa-tf2's) and
@@ -44,23 +50,35 @@ from optuna.distributions import (
 )
 
 from msatune.errors import UserError
+from msatune.models.build import FAMILIES, FAMILY_MODEL_KEYS, MODEL_DEFAULTS
 from msatune.search.trial_config import (
     PRESETS,
+    SEARCH_FAMILIES,
     TRIAL_DEFAULTS,
     validate_config,
 )
 from msatune.thirdparty.optuna_internals import distribution_contains, fixed_params
 
-#: key -> the key/value that must hold for it to be sampled
-CONDITIONS: dict[str, tuple[str, Any]] = {
-    "weight_decay": ("optimizer", "adamw"),
-    "huber_delta": ("loss", "huber"),
+#: key -> the key and the values it must have for the key to be sampled
+CONDITIONS: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "weight_decay": ("optimizer", ("adamw",)),
+    "huber_delta": ("loss", ("huber",)),
 }
+for _key in MODEL_DEFAULTS:
+    _readers = tuple(f for f in FAMILIES if _key in FAMILY_MODEL_KEYS[f])
+    if _key != "family" and len(_readers) < len(FAMILIES):
+        CONDITIONS[_key] = ("family", _readers)  # a model key some families do not read
+del _key, _readers
+
+#: The key a space searches families with (sampled before every key conditioned on it).
+FAMILY_KEY = "family"
 
 #: Keys a study fixes itself; a space may not search them.
 RESERVED = ("epochs", "seed", "lr_schedule", "jit_compile", "mixed_precision")
 #: Trial user attr: the enqueued values of searched keys that lie outside their distributions.
 CONSTANTS_ATTR = "constants"
+#: Trial user attr: the model family the trial trains.
+FAMILY_ATTR = "family"
 #: Keys whose one home is the study's own record (``max_epochs``, ``seed``), not the stored space.
 STUDY_KEYS = ("epochs", "seed")
 
@@ -69,9 +87,33 @@ STUDY_KEYS = ("epochs", "seed")
 MAX_WARMUP = 5
 
 
-def default_distributions(first_rung: int | None = None) -> dict[str, BaseDistribution]:
-    """The default space. Its warm-up ends before ``first_rung`` (the first epoch ASHA compares
-    trials at), so no trial is compared while its learning rate is still ramping up."""
+def check_search_family(family: str) -> tuple[str, ...]:
+    """The model families ``launch --family`` searches; an unknown name is a one-line UserError."""
+    if family not in SEARCH_FAMILIES:
+        raise UserError(f"--family {family!r} is not a family msatune searches; choose one of "
+                        f"{', '.join(SEARCH_FAMILIES)}")
+    return SEARCH_FAMILIES[family][0]
+
+
+def default_distributions(first_rung: int | None = None, family: str = "improved") -> dict[str, BaseDistribution]:
+    """The default space of ``family`` (a :data:`SEARCH_FAMILIES` name). Its warm-up ends before
+    ``first_rung`` (the first epoch ASHA compares trials at), so no trial is compared while its
+    learning rate is still ramping up."""
+    families = check_search_family(family)
+    out: dict[str, BaseDistribution] = {}
+    if len(families) > 1:
+        out[FAMILY_KEY] = CategoricalDistribution(list(families))
+    for key, dist in _common_distributions(first_rung).items():
+        cond = CONDITIONS.get(key)
+        if cond is None or cond[0] != FAMILY_KEY or set(cond[1]) & set(families):
+            out[key] = dist  # not a model key that none of the searched families reads
+    if "seqlevel" in families:
+        out["bidirectional_fusion"] = CategoricalDistribution([False, True])
+        out["pooling_method"] = CategoricalDistribution(["mean", "attention"])
+    return out
+
+
+def _common_distributions(first_rung: int | None) -> dict[str, BaseDistribution]:
     return {
         "learning_rate": FloatDistribution(1e-4, 3e-3, log=True),
         "optimizer": CategoricalDistribution(["adam", "adamw"]),
@@ -102,11 +144,17 @@ def warmup_limit(first_rung: int) -> int:
     return max(0, min(MAX_WARMUP, int(first_rung) - 1))
 
 
-def default_base() -> dict[str, Any]:
+def default_base(family: str = "improved") -> dict[str, Any]:
     """What a searched trial starts from: the improved recipe, its cosine decay spread over the
     study's epoch budget (``cosine_epochs = 0``) rather than msa-tf2's fixed 50 epochs, so every
-    trial anneals by the end of the budget whatever the budget is."""
-    return {**PRESETS["improved"], "cosine_epochs": 0}
+    trial anneals by the end of the budget whatever the budget is. For ``family = "seqlevel"`` the
+    same recipe frame with the seqlevel preset's architecture (``all``: the improved one; the
+    ``family`` choice then picks per trial)."""
+    base = {**PRESETS["improved"], "cosine_epochs": 0}
+    if check_search_family(family) == ("seqlevel",):
+        seq = PRESETS["seqlevel"]
+        base.update({k: seq[k] for k in FAMILY_MODEL_KEYS["seqlevel"]})
+    return base
 
 
 @dataclass
@@ -176,9 +224,12 @@ class SearchSpace:
         fixed = fixed_params(trial)  # an enqueued trial's values (Optuna has no public accessor)
         config = {**self.base, **fixed}
         constants: dict[str, Any] = {}
-        for name, dist in self.distributions.items():
+        # the family first: which model keys are sampled depends on it
+        order = sorted(self.distributions, key=lambda k: k != FAMILY_KEY)
+        for name in order:
+            dist = self.distributions[name]
             cond = CONDITIONS.get(name)
-            if cond is not None and config.get(cond[0]) != cond[1]:
+            if cond is not None and config.get(cond[0]) not in cond[1]:
                 continue
             if name in fixed and not distribution_contains(dist, fixed[name]):
                 constants[name] = fixed[name]  # a preset value outside the space: a constant
@@ -188,6 +239,8 @@ class SearchSpace:
             # not params (outside their distributions): recorded so the dashboard and
             # `msatune export` show what the trial trained with (e.g. the baseline's batch size 4)
             trial.set_user_attr(CONSTANTS_ATTR, constants)
+        if callable(getattr(trial, "set_user_attr", None)):
+            trial.set_user_attr(FAMILY_ATTR, config.get(FAMILY_KEY))  # `show` and reports list it
         config["seed"] = int(config.get("seed", 0)) + int(trial.number)
         preset = (getattr(trial, "user_attrs", None) or {}).get("preset")
         if preset:
@@ -206,9 +259,33 @@ def _suggest(trial: Any, name: str, dist: BaseDistribution) -> Any:
 
 
 def default_space(max_epochs: int | None = None, seed: int | None = None,
-                  first_rung: int | None = None) -> SearchSpace:
-    """The default space for a study (``first_rung``: the first epoch ASHA compares trials at)."""
-    return SearchSpace(default_distributions(first_rung)).for_study(max_epochs, seed, first_rung)
+                  first_rung: int | None = None, family: str = "improved") -> SearchSpace:
+    """The default space for a study of ``family`` (a :data:`SEARCH_FAMILIES` name;
+    ``first_rung``: the first epoch ASHA compares trials at)."""
+    return SearchSpace(default_distributions(first_rung, family), default_base(family)).for_study(
+        max_epochs, seed, first_rung)
+
+
+def space_families(space: SearchSpace) -> tuple[str, ...]:
+    """The families a space's trials can train: its ``family`` choices, or the base's family."""
+    dist = space.distributions.get(FAMILY_KEY)
+    if isinstance(dist, CategoricalDistribution):
+        return tuple(str(c) for c in dist.choices)
+    return (str(space.base.get(FAMILY_KEY, MODEL_DEFAULTS[FAMILY_KEY])),)
+
+
+def check_family_keys(space: SearchSpace, keys: Any, where: str) -> None:
+    """A UserError at ``where`` when one of ``keys`` is a model key none of the space's families
+    reads (e.g. ``pooling_method`` in a space that trains only ``improved`` models)."""
+    families = space_families(space)
+    for key in keys:
+        cond = CONDITIONS.get(key)
+        if cond is None or cond[0] != FAMILY_KEY or set(families) & set(cond[1]):
+            continue
+        raise UserError(
+            f"{where}, key {key!r}: only the {', '.join(cond[1])} family reads it, and this space "
+            f"trains {', '.join(families)}; remove the key, or search that family "
+            f"(launch --family, or [family] choices in the file)")
 
 
 def _check_legal(key: str, value: Any, where: str) -> None:

@@ -28,6 +28,8 @@ from msatune.search.space import (
     CONDITIONS,
     RESERVED,
     SearchSpace,
+    check_family_keys,
+    default_base,
     default_distributions,
     warmup_limit,
 )
@@ -40,10 +42,12 @@ else:  # pragma: no cover
 
 
 def load_space(path: str | Path, max_epochs: int | None = None, seed: int | None = None,
-               first_rung: int | None = None) -> SearchSpace:
+               first_rung: int | None = None, family: str = "improved") -> SearchSpace:
     """Read a TOML space file; every mistake is a UserError naming the file and the key.
 
-    ``first_rung``: ASHA's first rung; a warm-up the file sets must end before it.
+    ``first_rung``: ASHA's first rung; a warm-up the file sets must end before it. ``family``
+    (``launch --family``) is the default space the file narrows; a ``[family]`` table in the file
+    overrides it. A model key that none of the space's families reads is refused.
     """
     path = Path(path)
     try:
@@ -62,7 +66,8 @@ def load_space(path: str | Path, max_epochs: int | None = None, seed: int | None
     replace = payload.pop("replace", False)
     if not isinstance(replace, bool):
         raise UserError(f"space file {path}: 'replace' must be true or false")
-    space = SearchSpace({} if replace else default_distributions(first_rung))
+    family = _file_family(payload.get("family"), family)
+    space = SearchSpace({} if replace else default_distributions(first_rung, family), default_base(family))
     for key, spec in payload.items():
         where = f"space file {path}, key {key!r}"
         if key not in TRIAL_DEFAULTS:
@@ -88,10 +93,24 @@ def load_space(path: str | Path, max_epochs: int | None = None, seed: int | None
             raise UserError(f"{where}: give low/high, choices or value")
     if first_rung is not None and "warmup_epochs" in payload:
         _check_warmup(space, first_rung, f"space file {path}, key 'warmup_epochs'")
+    check_family_keys(space, list(payload), f"space file {path}")
     space.for_study(max_epochs, seed, first_rung)
     if not space.distributions:
         raise UserError(f"space file {path} leaves nothing to search (every key is fixed)")
     return space.validate(f"space file {path}")
+
+
+def _file_family(spec: Any, family: str) -> str:
+    """The default space a file narrows: that of the families its ``[family]`` table names (a
+    seqlevel-only file starts from the seqlevel space), else ``family`` (``launch --family``)."""
+    if not isinstance(spec, dict):
+        return family
+    names = spec.get("choices") if "choices" in spec else [spec.get("value")]
+    if not isinstance(names, list) or not names:
+        return family  # a malformed table: the key's own check names the mistake
+    if "seqlevel" not in names:
+        return "improved"
+    return "seqlevel" if set(names) == {"seqlevel"} else "all"
 
 
 def _check_warmup(space: SearchSpace, first_rung: int, where: str) -> None:
@@ -173,9 +192,9 @@ def _toml_value(value: Any) -> str:
     return str(value)
 
 
-def example_space_toml() -> str:
-    """The default search space as a ``--space`` file: every searched key with its range or
-    choices, in the format :func:`msatune.search.space.load_space` reads (it reads back equal)."""
+def example_space_toml(family: str = "improved") -> str:
+    """The default search space of ``family`` as a ``--space`` file: every searched key with its
+    range or choices, in the format :func:`load_space` reads (it reads back equal)."""
     from msatune.search.search_settings import DEFAULT_GRACE_PERIOD, SearchSettings
 
     first_rung = SearchSettings().first_rung
@@ -190,11 +209,14 @@ def example_space_toml() -> str:
         f"# default --grace-period {DEFAULT_GRACE_PERIOD} (longer with a larger --grace-period).",
         "replace = false",
     ]
-    for key, dist in default_distributions(first_rung).items():
+    if family == "seqlevel":
+        lines += ["", "[family]", 'value = "seqlevel"']
+    for key, dist in default_distributions(first_rung, family).items():
         lines.append("")
         cond = CONDITIONS.get(key)
         if cond is not None:
-            lines.append(f"# sampled only when {cond[0]} = {_toml_value(cond[1])}")
+            values = " or ".join(_toml_value(v) for v in cond[1])
+            lines.append(f"# sampled only when {cond[0]} = {values}")
         lines.append(f"[{key}]")
         if isinstance(dist, CategoricalDistribution):
             lines.append(f"choices = {_toml_value(list(dist.choices))}")

@@ -1,4 +1,4 @@
-"""Trial configurations: the flat dict of JSON values that one trial trains, and the two presets.
+"""Trial configurations: the flat dict of JSON values that one trial trains, and the users' presets.
 
 A trial config is the union of the model keys (``models.build.MODEL_DEFAULTS``), the training keys
 (``models.training.TRAIN_DEFAULTS``) and the augmentation keys (``augment.transforms.AUG_DEFAULTS``).
@@ -94,8 +94,69 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-#: The presets in the order a study runs them (its first two trials).
+#: msa-tf2's later recipes: ``train_seqlevel.py`` (``MSASeqLevelModel``, the users' final model,
+#: at ``weights/seqlevel_config_20251019_010827.json``'s sizes) and ``balanced_train.py``
+#: (``BalancedMSAModel``: the baseline architecture, with dropout and L2).
+PRESETS["seqlevel"] = {
+    **TRIAL_DEFAULTS,
+    **_THEIR_ARCHITECTURE,
+    "family": "seqlevel",
+    "model_dim": 128,
+    "num_heads": 4,
+    "ff_dim": 256,
+    "n_layers_mod": 2,
+    "n_layers_fuse": 1,
+    "bidirectional_fusion": False,
+    "pooling_method": "mean",
+    "dropout": 0.1,
+    "l2": 0.0,
+    "optimizer": "adam",  # Adam(1e-4, beta_1 0.9, beta_2 0.999), no clipping
+    "learning_rate": 1e-4,
+    "weight_decay": 0.0,
+    "clipnorm": 0.0,
+    "loss": "mae",
+    "lr_schedule": "plateau",  # ReduceLROnPlateau(val_mae, 0.5, patience 15 // 2, min_lr 1e-6)
+    "plateau_metric": "val_mae",
+    "plateau_factor": 0.5,
+    "plateau_patience": 7,
+    "min_lr": 1e-6,
+    "warmup_epochs": 0,
+    "batch_size": 32,
+    "epochs": 100,
+    "early_stop_metric": "val_mae",  # EarlyStopping(val_mae, patience 15, restore best)
+    "patience": 15,
+    **_NO_AUGMENTATION,
+}
+PRESETS["balanced"] = {
+    **PRESETS["baseline"],
+    "dropout": 0.2,
+    "l2": 0.001,
+    "optimizer": "adam",  # Adam(8e-4, clipnorm 0.5)
+    "learning_rate": 8e-4,
+    "clipnorm": 0.5,
+    "loss": "mae",
+    "lr_schedule": "plateau",  # ReduceLROnPlateau(val_mae, 0.7, patience 6, min_lr 1e-6)
+    "plateau_metric": "val_mae",
+    "plateau_factor": 0.7,
+    "plateau_patience": 6,
+    "min_lr": 1e-6,
+    "batch_size": 8,
+    "epochs": 100,
+    "early_stop_metric": "val_mae",  # EarlyStopping(val_mae, patience 12, restore best)
+    "patience": 12,
+}
+
+#: Every preset, in the order a study that starts with it runs it.
 PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
+
+#: What ``launch --family`` searches: the model families searched, and the presets the study
+#: starts with (those of the searched families; the default keeps the users' first two recipes,
+#: baseline and improved, as every earlier study had them).
+SEARCH_FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "improved": (("improved",), ("baseline", "improved")),
+    "seqlevel": (("seqlevel",), ("seqlevel",)),
+    "all": (("improved", "seqlevel"), ("baseline", "improved", "balanced", "seqlevel")),
+}
 
 
 def preset_config(name: str) -> dict[str, Any]:

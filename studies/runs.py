@@ -42,12 +42,13 @@ log = logging.getLogger(__name__)
 Storage = optuna.storages.BaseStorage
 
 
-def enqueue_presets(study: optuna.Study) -> None:
-    """The users' recipes as the study's first trials (what every report compares with)."""
+def enqueue_presets(study: optuna.Study, family: str = "improved") -> None:
+    """The users' recipes of the searched ``family`` (``launch --family``) as the study's first
+    trials (what every report compares with)."""
     from msatune.search.space import STUDY_KEYS
-    from msatune.search.trial_config import PRESET_NAMES, PRESETS
+    from msatune.search.trial_config import PRESETS, SEARCH_FAMILIES
 
-    for name in PRESET_NAMES:
+    for name in SEARCH_FAMILIES[family][1]:
         params = {k: v for k, v in PRESETS[name].items() if k not in STUDY_KEYS}
         study.enqueue_trial(params, user_attrs={"preset": name}, skip_if_exists=True)
 
@@ -72,6 +73,7 @@ def launch(
     trainable: Any = None,
     sampler: optuna.samplers.BaseSampler | None = None,
     presets: bool = True,
+    family: str = "improved",
 ) -> dict[str, Any]:
     """Create study ``name`` and run its budget; returns the run record (see :func:`_run`).
 
@@ -79,7 +81,8 @@ def launch(
     check passed). ``clip_labels`` clips labels outside [-3, 3] (recorded, applied on resume).
     ``trainable`` replaces the Ray Tune function trainable (tests inject faults with it),
     ``sampler`` the TPE sampler and ``presets=False`` leaves out the enqueued presets
-    (benchmarks decide exactly what a study trains).
+    (benchmarks decide exactly what a study trains). ``family`` (``improved``, ``seqlevel`` or
+    ``all``) chooses the model families searched and the presets the study starts with.
     """
     from msatune.augment.dataset import load_dataset
 
@@ -92,27 +95,28 @@ def launch(
     if existing is None and storage != ws.storage_url:
         check_can_create(storage)
     data = load_dataset(Path(data_dir), clip_labels=clip_labels) if data_dir is not None else None
-    space = _space(space_file, settings)  # imports TensorFlow (the config's legal values)
+    space = _space(space_file, settings, family)  # imports TensorFlow (the config's legal values)
     _phase(progress, "starting Ray")
     with _ray(ws, name, settings) as ray:
         if data is None:
             data = load_dataset(default_dataset(ws), clip_labels=clip_labels)
         store = existing if existing is not None else _create_store(ws, storage)
         study = create_search_study(store, name, settings, data, space, presets=presets,
-                                    clip_labels=clip_labels)
+                                    clip_labels=clip_labels, family=family)
         with StudyLease(study, "launch") as lease:
             ray.own()
             return _run(ws, study, space, data, settings, settings.trials, progress, trainable, sampler,
                         lease=lease)
 
 
-def _space(space_file: Path | None, settings: SearchSettings) -> Any:
-    from msatune.search.space import default_space
+def _space(space_file: Path | None, settings: SearchSettings, family: str = "improved") -> Any:
+    from msatune.search.space import check_search_family, default_space
     from msatune.search.space_file import load_space
 
+    check_search_family(family)
     if space_file:
-        return load_space(space_file, settings.max_epochs, settings.seed, settings.first_rung)
-    return default_space(settings.max_epochs, settings.seed, settings.first_rung)
+        return load_space(space_file, settings.max_epochs, settings.seed, settings.first_rung, family)
+    return default_space(settings.max_epochs, settings.seed, settings.first_rung, family)
 
 
 def _ray(ws: Workspace, name: str, settings: SearchSettings) -> RaySession:
@@ -127,7 +131,8 @@ def _create_store(ws: Workspace, url: str) -> Storage:
 
 
 def create_search_study(storage: Storage, name: str, settings: SearchSettings, data: Any, space: Any,
-                        *, presets: bool = True, clip_labels: bool = False) -> optuna.Study:
+                        *, presets: bool = True, clip_labels: bool = False,
+                        family: str = "improved") -> optuna.Study:
     """Create study ``name`` recording what it is (data, its reference MAEs, space, settings), with
     the presets enqueued unless ``presets=False``; nothing runs yet (:func:`launch` = this + a run)."""
     study = create_study(
@@ -141,12 +146,13 @@ def create_search_study(storage: Storage, name: str, settings: SearchSettings, d
             "clip_labels": bool(clip_labels),
             "reference": {split: data.splits[split].reference_maes() for split in ("valid", "test")},
             "space": space.to_json(),
+            "family": family,
             **settings.study_record(),
             "runs": [],
         },
     )
     if presets:
-        enqueue_presets(study)
+        enqueue_presets(study, family)
     return study
 
 

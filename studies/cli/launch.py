@@ -31,8 +31,9 @@ SEED_RANGE = click.IntRange(0, 2**31 - 1)
 LAUNCH_HELP = f"""Launch a new study: Optuna TPE picks configurations, Ray Tune runs them, ASHA stops poor ones.
 
 \b
-The first two trials are the users' `baseline` and `improved` recipes, so every study shows
-what the search gained over both. Trials report validation MAE every epoch; a trial's value is
+The first trials are the users' recipes of the searched families (--family improved, the
+default: `baseline` and `improved`; seqlevel: `seqlevel`, msa-tf2's MSASeqLevelModel recipe;
+all: those and `balanced`), so every study shows what the search gained over them. Trials report validation MAE every epoch; a trial's value is
 its best validation MAE. ASHA stops a trial at a rung (grace period × reduction factor^k epochs:
 3, 9, 27 by default) when it is not in the best 1/R there, ranked on the mean of its best
 validation MAE so far and its training MAE (measured to rank configurations by their final
@@ -53,6 +54,8 @@ Examples:
   msatune launch demo1 --trials 20 --max-epochs 27
   msatune launch mosi-a --data data/mosi --trials 100 --gpus-per-trial 0.5
   msatune launch narrow --space space.toml --trials 40
+  msatune launch xattn --data data/mosei --family seqlevel --trials 30
+  msatune launch mixed --family all --trials 40      (ensembles across architectures)
   msatune launch raw --data data/mmsa --clip-labels      (labels outside [-3, 3] clipped)
   msatune launch big --address 10.0.0.5:6379 --gpus-per-trial 1
 """
@@ -72,6 +75,11 @@ Examples:
 @resource_options
 @click.option("--space", "space_file", type=click.Path(path_type=Path), default=None,
               help="TOML file narrowing or replacing the search space.")
+@click.option("--family", default="improved", show_default=True, metavar="improved|seqlevel|all",
+              help="Model families searched: improved (ImprovedMSAModel), seqlevel (the "
+                   "sequence-level cross-attention MSASeqLevelModel) or all (the sampler picks per "
+                   "trial; ensembles then mix architectures). The study starts with those families' "
+                   "presets.")
 @click.option("--seed", type=SEED_RANGE, default=DEFAULTS.seed, show_default=True, help="Seed of the sampler and of the trials.")
 @click.option("--clip-labels", is_flag=True,
               help="Clip labels outside [-3, 3] instead of refusing the data (recorded; resume applies it too).")
@@ -83,9 +91,12 @@ Examples:
 def launch(app: AppContext, name: str, data_dir: Path | None, trials: int, max_epochs: int,
            grace_period: int | None, reduction_factor: int, cpus_per_trial: float | None,
            gpus_per_trial: float | None, concurrency: int | None, address: str | None,
-           space_file: Path | None, seed: int, clip_labels: bool, max_failures: int, storage: str | None,
-           as_json: bool) -> None:
+           space_file: Path | None, family: str, seed: int, clip_labels: bool, max_failures: int,
+           storage: str | None, as_json: bool) -> None:
+    from msatune.search.space import check_search_family
     from msatune.studies.runs import launch as do_launch
+
+    check_search_family(family)
 
     settings = SearchSettings(
         trials=trials, max_epochs=max_epochs, grace_period=grace_period, reduction_factor=reduction_factor,
@@ -95,7 +106,8 @@ def launch(app: AppContext, name: str, data_dir: Path | None, trials: int, max_e
     ).validate()
     with Progress(name, json_mode=as_json) as progress:
         summary = do_launch(app.ws, app.storage_url(storage), name, settings, data_dir=data_dir,
-                            space_file=space_file, clip_labels=clip_labels, progress=progress)
+                            space_file=space_file, clip_labels=clip_labels, progress=progress,
+                            family=family)
     _finish(app, storage, name, summary, as_json)
 
 

@@ -40,15 +40,20 @@ Examples:
 @click.option("--example", is_flag=True, help="Print the default search space as a TOML file.")
 @click.option("--check", "check_file", type=click.Path(path_type=Path), default=None,
               help="Check a space file and show what it searches.")
-def space(example: bool, check_file: Path | None) -> None:
+@click.option("--family", default="improved", show_default=True, metavar="improved|seqlevel|all",
+              help="The families' default space that --example prints and --check narrows (as "
+                   "launch --family).")
+def space(example: bool, check_file: Path | None, family: str) -> None:
     from msatune.errors import UserError
+    from msatune.search.space import check_search_family
 
     if example == (check_file is not None):
         raise UserError("msatune space: give --example or --check FILE (see msatune space --help)")
+    check_search_family(family)
     if example:
         from msatune.search.space_file import example_space_toml
 
-        sys.stdout.write(example_space_toml())
+        sys.stdout.write(example_space_toml(family))
         return
     from rich.table import Table
 
@@ -56,7 +61,7 @@ def space(example: bool, check_file: Path | None) -> None:
     from msatune.search.space_file import load_space
 
     defaults = SearchSettings()
-    loaded = load_space(check_file, first_rung=defaults.first_rung)
+    loaded = load_space(check_file, first_rung=defaults.first_rung, family=family)
     click.echo(f"{check_file}: valid; {len(loaded.distributions)} searched keys "
                f"(with the default --grace-period {defaults.grace})")
     table = Table()

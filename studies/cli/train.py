@@ -27,6 +27,7 @@ Ctrl-C stops it and removes the run directory it created (nothing half-written i
 Examples:
   msatune train --preset improved --epochs 3
   msatune train --data data/mosi --preset baseline --set dropout=0.3 --set batch_size=16
+  msatune train --data data/mosei --preset seqlevel --set pooling_method=attention
   msatune analyze WORKSPACE/train/improved-*/training_log.csv
 """
 
@@ -35,7 +36,8 @@ Examples:
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
               help="Dataset directory in the msa-tf2 layout [default: the synthetic mosi set in the workspace].")
 @click.option("--preset", default="improved", show_default=True,
-              help="Starting recipe: baseline | improved.")
+              help="Starting recipe: baseline | improved | seqlevel | balanced (msa-tf2's train.py, "
+                   "improved_train.py, train_seqlevel.py, balanced_train.py).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Change one config key (repeatable), e.g. --set dropout=0.3.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs (overrides the preset).")

@@ -23,7 +23,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_presets_are_complete_valid_configs() -> None:
     for name, preset in PRESETS.items():
         cfg = validate_config(preset)
-        assert cfg["family"] == name
+        assert cfg["family"] == ("baseline" if name == "balanced" else name)
     assert PRESETS["baseline"]["batch_size"] == 4 and PRESETS["baseline"]["loss"] == "mae"
     assert PRESETS["improved"]["optimizer"] == "adamw" and PRESETS["improved"]["lr_schedule"] == "cosine"
 
