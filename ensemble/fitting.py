@@ -107,7 +107,8 @@ class EnsembleResult:
         best = by_trial[self.best_single]
         members = []
         for trial, weight in self.members:
-            entry: dict[str, Any] = {"trial": trial, "weight": round(weight, 6)}
+            entry: dict[str, Any] = {"trial": trial, "weight": round(weight, 6),
+                                     "family": by_trial[trial].config.get("family")}
             if self.combination.method == "greedy":
                 entry["count"] = int(round(weight * self.combination.info["rounds_used"]))
             entry.update({"checkpoint": str(by_trial[trial].checkpoint),

@@ -39,6 +39,13 @@ STATE_FILTERS: dict[str, tuple[str, ...]] = {
 DEFAULT_STATES: tuple[str, ...] = ("complete", "pruned", "fail")
 
 
+#: The family of each preset (``search.trial_config.PRESETS``; read here without importing
+#: TensorFlow, which the presets' module does; a test keeps the two equal).
+PRESET_FAMILIES: dict[str | None, str] = {
+    "baseline": "baseline", "improved": "improved", "seqlevel": "seqlevel", "balanced": "baseline",
+}
+
+
 def trial_value(t: optuna.trial.FrozenTrial) -> float | None:
     """The trial's best validation MAE (see :data:`VALUE_RULE`); None when it has none."""
     if t.state == TrialState.COMPLETE:
@@ -49,9 +56,18 @@ def trial_value(t: optuna.trial.FrozenTrial) -> float | None:
     return t.value if t.state == TrialState.PRUNED else None
 
 
+def trial_family(t: optuna.trial.FrozenTrial) -> str | None:
+    """The model family a trial trains (recorded at sampling; for older studies, its searched
+    ``family`` param or its preset's family); None when the store does not say."""
+    family = t.user_attrs.get("family") or t.params.get("family")  # search.space.FAMILY_ATTR
+    family = family or (t.user_attrs.get("constants") or {}).get("family")  # .CONSTANTS_ATTR
+    return str(family) if family else PRESET_FAMILIES.get(t.user_attrs.get("preset"))
+
+
 def trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     return {
         "number": t.number,
+        "family": trial_family(t),
         "state": trial_kind(t),
         "val_mae": trial_value(t),
         "epochs": t.user_attrs.get("epochs"),
@@ -129,6 +145,7 @@ def show_study(storage: optuna.storages.BaseStorage, name: str, top: int,
         "counts": summary.counts,
         "budget": attrs.get("budget"),
         "data_path": attrs.get("data_path"),
+        "family": attrs.get("family", "improved"),
         "reference": attrs.get("reference"),
         "value_rule": VALUE_RULE,
         "states": list(states),
@@ -140,4 +157,4 @@ def show_study(storage: optuna.storages.BaseStorage, name: str, top: int,
     }
 
 
-__all__ = ["STATE_FILTERS", "VALUE_RULE", "list_studies", "show_study", "trial_record"]
+__all__ = ["STATE_FILTERS", "VALUE_RULE", "list_studies", "show_study", "trial_family", "trial_record"]

@@ -35,10 +35,11 @@ def _members(members: list[dict[str, Any]], chosen_on: str, title: str) -> Any:
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("trial", "weight", f"{'OOF' if chosen_on == 'oof' else chosen_on} MAE", "test MAE"):
-        table.add_column(col, justify="right")
+    for col in ("trial", "family", "weight", f"{'OOF' if chosen_on == 'oof' else chosen_on} MAE", "test MAE"):
+        table.add_column(col, justify="left" if col == "family" else "right")
     for m in members:
-        table.add_row(str(m["trial"]), f"{m['weight']:.3f}", fmt(m[chosen_on]["mae"]), fmt(m["test"]["mae"]))
+        table.add_row(str(m["trial"]), m.get("family") or "-", f"{m['weight']:.3f}", fmt(m[chosen_on]["mae"]),
+                      fmt(m["test"]["mae"]))
     return table
 
 

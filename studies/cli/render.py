@@ -64,9 +64,9 @@ def render_show(payload: dict, steps: list[str] | None = None) -> None:
 
     con = console()
     con.print(f"[bold]{payload['name']}[/bold]: {counts_line(payload['counts'])} "
-              f"(budget {payload.get('budget', '?')})")
+              f"(budget {payload.get('budget', '?')}; family {payload.get('family', 'improved')})")
     table = Table(title=f"trials: {', '.join(payload.get('states') or ['complete'])}, best first")
-    for col in ("#", "state", "val MAE", "epochs", "preset", "key params / reason"):
+    for col in ("#", "state", "val MAE", "epochs", "family", "preset", "key params / reason"):
         table.add_column(col)
     for t in payload["trials"]:
         p = t["params"]
@@ -74,7 +74,8 @@ def render_show(payload: dict, steps: list[str] | None = None) -> None:
         if t.get("fail_reason") and t["state"] in ("FAIL", "INTERRUPTED"):
             key = t["fail_reason"][:160]
         table.add_row(str(t["number"]), t["state"], fmt(t["val_mae"]), str(t["epochs"] or "-"),
-                      t.get("preset") or "", key, style="dim" if t["state"] != "COMPLETE" else None)
+                      t.get("family") or "-", t.get("preset") or "", key,
+                      style="dim" if t["state"] != "COMPLETE" else None)
     con.print(table)
     if payload.get("refit"):
         render_refit_table(payload["refit"])
