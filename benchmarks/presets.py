@@ -1,11 +1,12 @@
-"""The two presets (the users' msa-tf2 recipes) trained to early stopping on synthetic mosi.
+"""The presets (the users' msa-tf2 recipes) trained to early stopping on synthetic mosi (or --data).
 
 Each preset runs as ``msatune train --preset NAME --json`` in its own process, one after the
 other (never side by side), on the workspace's synthetic mosi set (seed 0). The result keeps
 the previous committed numbers under ``previous`` so a re-run shows old vs new::
 
-    python benchmarks/presets.py                      # both presets, full recipes (~10-15 min here)
+    python benchmarks/presets.py                      # the four presets, full recipes
     python benchmarks/presets.py --presets improved   # one preset
+    python benchmarks/presets.py --data DIR           # on any msa-tf2 directory (recorded)
     python benchmarks/presets.py --smoke --out /tmp/p.json   # tiny data, 2 epochs (tests)
 
 Columns: valid/test MAE of the best-val-MAE epoch, that epoch (1-based), epochs trained, the
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import REPO, base_doc, loadavg, mode_of, print_table, result_path, write_json  # noqa: E402
 
-NAMES = ("baseline", "improved")
+NAMES = ("baseline", "improved", "balanced", "seqlevel")
 
 
 #: ``--keras-optimizer``: ``msatune train`` with Keras' own Adam/AdamW instead of the fused ones
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--presets", nargs="+", choices=NAMES, default=list(NAMES))
     ap.add_argument("--smoke", action="store_true", help="tiny data, 2 epochs (what the tests run)")
     ap.add_argument("--workspace", type=Path, default=None, help="workspace (default: a temp dir)")
+    ap.add_argument("--data", type=Path, default=None, help="msa-tf2 data directory (default: synthetic mosi)")
+    ap.add_argument("--epochs", type=int, default=None, help="cap every preset's epochs")
     ap.add_argument("--out", type=Path, default=None, help="JSON to write")
     ap.add_argument("--seeds", nargs="+", type=int, default=None,
                     help="noise runs: train each preset with these model seeds (--set seed=N), "
@@ -82,15 +85,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds:
         return seed_runs(args)
     mode = mode_of(args)
-    out = result_path("presets_mosi", mode, args.out)
+    out = result_path(f"presets_{args.data.name}" if args.data else "presets_mosi", mode, args.out)
     ws = args.workspace or Path(tempfile.mkdtemp(prefix="msatune-presets-"))
     extra: list[str] = []
     if mode == "smoke":
         subprocess.run([sys.executable, "-m", "msatune.studies.cli", "data", "synth", str(ws / "tiny"),
                         "--preset", "tiny"], check=True, capture_output=True, cwd=REPO)
         extra = ["--data", str(ws / "tiny"), "--epochs", "2"]
+    elif args.data is not None:
+        extra = ["--data", str(args.data.resolve())]
+    if args.epochs is not None and mode != "smoke":
+        extra += ["--epochs", str(args.epochs)]
     doc = base_doc("presets", mode, {"data": 0, "model": 0})
-    doc["data"] = "tiny (smoke)" if mode == "smoke" else "the workspace's synthetic mosi set (seed 0)"
+    doc["data"] = ("tiny (smoke)" if mode == "smoke" else str(args.data.resolve()) if args.data
+                   else "the workspace's synthetic mosi set (seed 0)")
     previous = json.loads(out.read_text()) if out.is_file() else None
     doc["presets"] = {name: train(ws, name, extra) for name in args.presets}
     if previous:
