@@ -176,3 +176,18 @@ def test_same_sizes_in_other_shapes_do_not_load(tmp_path):
     message = str(info.value)
     assert "only in the file: (2, 8) x12, (16, 2, 8) x12" in message
     assert "only in the model: (1, 16) x12, (16, 1, 16) x12" in message
+
+
+def test_seqlevel_checkpoint_keeps_its_sequence_length(tmp_path):
+    # The seqlevel family needs its fixed T to rebuild (one positional vector per step).
+    config = {"family": "seqlevel", **TINY, "model_dim": 8, "pooling_method": "attention",
+              "bidirectional_fusion": True}
+    model = build_model(config, DIMS, seq_len=5)
+    rng = np.random.default_rng(3)
+    model.set_weights([w + rng.uniform(0.05, 0.1, size=w.shape).astype(w.dtype)
+                       for w in model.get_weights()])
+    path = save_checkpoint(tmp_path / "ckpt", model, config, DIMS, {"epoch": 1})
+    loaded, _, meta = load_checkpoint(path)
+    assert meta["seq_len"] == 5
+    x = batch(t=5, seed=7)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))

@@ -195,3 +195,19 @@ def test_whole_model_keras_round_trip_in_fresh_process(tmp_path):
     for family in FAMILIES:
         got = np.load(tmp_path / f"{family}.pred.npy")
         np.testing.assert_array_equal(got, expected[family])
+
+
+# msa-tf2's balanced_train.py: BalancedMSAModel is the baseline architecture (plus a Dropout
+# before the output Dense, weightless) with dropout_rate 0.2 and l2_reg 0.001 on the three
+# projection kernels, at model_dim 64, 4 heads, ff 256, 2 + 1 layers, adaptive fusion.
+BALANCED_ARCHITECTURE = {"family": "baseline", "model_dim": 64, "num_heads": 4, "ff_dim": 256,
+                         "n_layers_mod": 2, "n_layers_fuse": 1, "adaptive_fusion": True,
+                         "dropout": 0.2, "l2": 0.001, "l2_scope": "theirs", "key_dim": 0}
+
+
+@pytest.mark.parametrize(("video_dim", "params"), [(47, 725_380), (713, 768_004)])
+def test_balanced_recipe_architecture_parameter_counts(video_dim, params):
+    model = build_model(BALANCED_ARCHITECTURE, {"text": 300, "audio": 74, "video": video_dim},
+                        seq_len=20)
+    assert model.count_params() == params
+    assert len(model.losses) == 3  # L2 on text_proj, audio_proj and video_proj, as theirs
