@@ -153,7 +153,8 @@ class EnsembleResult:
         s = self.summary()
         return {
             "method": s["method"],
-            "members": [{"trial": m["trial"], "weight": m["weight"]} for m in s["members"]],
+            "members": [{"trial": m["trial"], "weight": m["weight"], "family": m.get("family")}
+                        for m in s["members"]],
             "valid": s["valid"],
             "test": s["test"],
             "best_single": {"trial": s["best_single"]["trial"],

@@ -24,6 +24,7 @@ from msatune.errors import UserError
 from msatune.models.checkpoint import prediction_mae
 from msatune.search.reconcile import REQUEUED_ATTR
 from msatune.search.trial_config import PRESET_NAMES
+from msatune.studies.queries import trial_family
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class TrialCurve:
     train_mae: list[float | None]
     train_source: str | None
     best_epoch: int | None
+    family: str | None = None  # the model family the trial trains
 
     @property
     def label(self) -> str:
@@ -126,6 +128,7 @@ def trial_curve(trial: FrozenTrial) -> TrialCurve:
         train_mae=[train.get(e) for e in epochs],
         train_source=source if train else None,
         best_epoch=best_epoch(trial, val),
+        family=trial_family(trial),
     )
 
 

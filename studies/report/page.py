@@ -121,16 +121,21 @@ def render_html(payload: dict[str, Any], figures: dict[str, Path]) -> str:
         if ref:
             parts.append(ref)
         for key, rec in payload["ensembles"].items():
+            if rec.get("members"):
+                listed = ", ".join(f"#{m.get('trial')} {m.get('family') or '-'} ({_fmt(m.get('weight'), 3)})"
+                                   for m in rec["members"])
+                parts.append(f"<p>{e(key)} members (family, weight): {e(listed)}</p>")
             if rec.get("cv_valid_mae") is not None:
                 parts.append(f"<p>{e(key)}: validation MAE of the selection under cross-validated refit "
                              f"{_fmt(rec['cv_valid_mae'])} (in-sample {_fmt(mae_of(rec['ensemble'].get('valid')))}); "
                              "the gap is the selection's optimism.</p>")
     parts.extend(refit_html(payload.get("refit")))
     if payload.get("curves"):
-        parts.append("<h2>Trials shown</h2><table><tr><th>trial</th><th>role</th><th>state</th><th>epochs</th>"
-                     "<th>best val MAE</th><th>best epoch</th><th>train MAE source</th></tr>")
+        parts.append("<h2>Trials shown</h2><table><tr><th>trial</th><th>family</th><th>role</th><th>state</th>"
+                     "<th>epochs</th><th>best val MAE</th><th>best epoch</th><th>train MAE source</th></tr>")
         for cv in payload["curves"]:
-            parts.append(f"<tr><td>#{cv['number']}</td><td>{e(str(cv['role']))}</td><td>{cv['state']}</td>"
+            parts.append(f"<tr><td>#{cv['number']}</td><td>{e(str(cv.get('family') or '-'))}</td>"
+                         f"<td>{e(str(cv['role']))}</td><td>{cv['state']}</td>"
                          f"<td>{len(cv['epochs'])}</td><td>{_fmt(min(cv['val_mae']) if cv['val_mae'] else None)}</td>"
                          f"<td>{_fmt(cv['best_epoch'])}</td><td>{e(str(cv['train_source'] or '-'))}</td></tr>")
         parts.append("</table>")

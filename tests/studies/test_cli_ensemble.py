@@ -187,8 +187,9 @@ def test_ensemble_then_predict_on_a_real_study(tiny_study: dict, tmp_path: Path)
     from msatune.studies.store.studies import load_study, study_attrs
 
     recorded = study_attrs(load_study(open_storage(tiny_study["storage_url"]), tiny_study["name"]))
-    assert recorded["ensemble:greedy"]["members"] == [{"trial": m["trial"], "weight": m["weight"]}
-                                                     for m in res["members"]]
+    assert recorded["ensemble:greedy"]["members"] == [
+        {"trial": m["trial"], "weight": m["weight"], "family": m["family"]} for m in res["members"]]
+    assert {m["family"] for m in res["members"]} <= {"baseline", "improved"}
     assert recorded["ensemble:greedy"]["test"]["mae"] == pytest.approx(res["test"]["mae"])
     # the report's table shows every best-single metric, so the record holds them all
     assert recorded["ensemble:greedy"]["best_single"]["test"] == pytest.approx(res["best_single"]["test"])

@@ -90,6 +90,13 @@ def test_an_ensemble_across_families_names_each_members_family(mixed_study: dict
     assert [m["family"] for m in members] == [by_number[m["trial"]] for m in members]
     assert {"seqlevel", "baseline"} <= {m["family"] for m in members}
 
+    report = run_in(mixed_study["workspace"], "report", "mixed")
+    assert report.returncode == 0, report.stderr
+    html = (Path(mixed_study["workspace"]) / "studies" / "mixed" / "report" / "report.html").read_text()
+    assert "<th>family</th>" in html and "<td>seqlevel</td>" in html
+    listed = ", ".join(f"#{m['trial']} {m['family']}" for m in members[:1])
+    assert listed in html  # the ensemble's members with their families
+
 
 def test_refit_retrains_the_seqlevel_configuration(mixed_study: dict) -> None:
     from msatune.studies.refit.run import RefitOptions, run_refit
