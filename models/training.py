@@ -27,6 +27,7 @@ import tensorflow as tf
 from msatune.errors import UserError
 from msatune.models.build import build_model
 from msatune.models.graph_registry import released_custom_gradients
+from msatune.models.monitoring import TrainingMonitor
 from msatune.models.recipe import (
     EarlyStopRule,
     PlateauRule,
@@ -67,6 +68,8 @@ class EpochReport:
     valid_predictions: np.ndarray | None = None  # this epoch's validation predictions (flat)
     started: float = 0.0  # time.perf_counter() when the epoch began
     validation_seconds: float = 0.0  # the part of ``seconds`` spent validating
+    #: gradient norms and modality weights of the epoch (:mod:`msatune.models.monitoring`)
+    monitor: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -82,6 +85,8 @@ class TrainResult:
     #: The epoch of the best ``early_stop_metric``: the weights Keras' EarlyStopping
     #: (restore_best_weights=True) leaves in the model. Equals ``best_epoch`` for val_mae.
     early_stop_best_epoch: int = -1
+    #: each epoch's monitoring scalars (:attr:`EpochReport.monitor`; empty dicts when off)
+    monitor: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def best(self) -> dict[str, float]:
@@ -97,8 +102,11 @@ class _EpochDriver(keras.callbacks.Callback):
         on_epoch: EpochCallback | None,
         csv_path: Path | None,
         valid: tf.data.Dataset,
+        monitor: TrainingMonitor | None = None,
     ) -> None:
         super().__init__()
+        self.monitor = monitor
+        self.monitored: list[dict[str, float]] = []
         self.settings = settings
         self.valid = valid
         self.valid_labels = np.concatenate([np.asarray(y, np.float32).reshape(-1) for _, y in valid])
@@ -131,6 +139,8 @@ class _EpochDriver(keras.callbacks.Callback):
         if self.settings["lr_schedule"] == "cosine":
             self.model.optimizer.learning_rate = epoch_learning_rate(self.settings, epoch)
         self._lr_at_start = current_learning_rate(self.model.optimizer)
+        if self.monitor is not None:
+            self.monitor.begin_epoch()
         self._t0 = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -139,6 +149,8 @@ class _EpochDriver(keras.callbacks.Callback):
         valid_metrics = self._valid_metrics(valid_pred)
         logs = logs if logs is not None else {}
         logs.update(valid_metrics)  # in place: Keras' History and progress bar run after this callback
+        monitored = self.monitor.end_epoch(epoch) if self.monitor is not None else {}
+        self.monitored.append(monitored)
         t_end = time.perf_counter()
         seconds = t_end - self._t0
         self.train_seconds += seconds
@@ -168,6 +180,8 @@ class _EpochDriver(keras.callbacks.Callback):
             self.best_val = row["val_mae"]
             self.best_epoch = epoch
             self.best_weights = [np.copy(w) for w in self.model.get_weights()]
+            if self.monitor is not None:
+                self.monitor.keep_best(epoch)
         stop = self.stopper.update(epoch, row[self.settings["early_stop_metric"]])
         last = stop or epoch + 1 >= int(self.settings["epochs"])
         if last and not improved and self.best_weights is not None:
@@ -176,7 +190,8 @@ class _EpochDriver(keras.callbacks.Callback):
             self.model.set_weights(self.best_weights)
         if self.on_epoch is not None:
             self.on_epoch(EpochReport(epoch, dict(row), improved, self.model, seconds, last, valid_pred,
-                                      started=self._t0, validation_seconds=t_end - t_valid))
+                                      started=self._t0, validation_seconds=t_end - t_valid,
+                                      monitor=dict(monitored)))
         if self.settings["lr_schedule"] == "plateau":
             opt = self.model.optimizer
             new_lr = self.plateau.update(row[self.settings["plateau_metric"]], current_learning_rate(opt))
@@ -263,6 +278,8 @@ def train_model(
     csv_path: str | Path | None = None,
     verbose: int = 0,
     steps_per_execution: int | None = None,
+    monitor: bool = True,
+    monitor_dir: str | Path | None = None,
 ) -> TrainResult:
     """Train one configuration to its best epoch (the best val MAE: its weights are returned).
 
@@ -276,6 +293,10 @@ def train_model(
     same steps in the same order, so the same results); default: a whole epoch, up to
     :data:`MAX_STEPS_PER_EXECUTION` (Python's per-step share of a small-batch step goes; nothing
     here needs per-batch callbacks).
+
+    ``monitor``: record each epoch's gradient norms and (for a model with an ``attention_probe``)
+    its validation attention (:mod:`msatune.models.monitoring`), into the epoch reports and, with
+    ``monitor_dir``, a TensorBoard event file there.
 
     ``datasets`` must hold ``train`` and ``valid`` (batched ``({text,audio,video}, labels)``).
     Raises :class:`TrainingDiverged` when the loss goes NaN, ``UserError`` for a bad config.
@@ -292,15 +313,18 @@ def train_model(
     with released_custom_gradients(), _global_policy("mixed_float16" if use_mp else None):
         keras.utils.set_random_seed(int(settings["seed"]))
         model = build_model(config, dims, seq_len)
+        optimizer = make_optimizer(settings)
         model.compile(
-            optimizer=make_optimizer(settings),
+            optimizer=optimizer,
             loss=make_loss(settings),
             metrics=["mae", "mse"],
             jit_compile=bool(settings["jit_compile"]),
             steps_per_execution=steps_per_execution if steps_per_execution else min(steps, MAX_STEPS_PER_EXECUTION),
         )
         _prebuild(model, datasets["train"])
-        driver = _EpochDriver(settings, on_epoch, Path(csv_path) if csv_path else None, datasets["valid"])
+        watch = (TrainingMonitor(model, optimizer, datasets["valid"], Path(monitor_dir) if monitor_dir else None)
+                 if monitor else None)
+        driver = _EpochDriver(settings, on_epoch, Path(csv_path) if csv_path else None, datasets["valid"], watch)
         try:
             model.fit(
                 datasets["train"],
@@ -311,6 +335,8 @@ def train_model(
             )
         finally:
             driver.close()
+            if watch is not None:
+                watch.close()
     if driver.best_weights is not None:
         model.set_weights(driver.best_weights)
     return TrainResult(
@@ -323,6 +349,7 @@ def train_model(
         train_seconds=driver.train_seconds,
         config=dict(config),
         early_stop_best_epoch=driver.stopper.best_epoch,
+        monitor=driver.monitored,
     )
 
 

@@ -6,7 +6,10 @@ trial's CPUs, memory growth is set on visible GPUs before any op, the previous t
 state is dropped (Ray reuses actors), the trial keeps its working checkpoint in a directory that
 is removed when it ends, and a NaN loss ends it with a ``diverged`` report (stored as FAIL).
 Every epoch reports the same metrics (:class:`EpochReports`): ``val_mae, train_mae, gap,
-learning_rate, loss, val_loss, epoch, best_val_mae, rung_mae`` and the epoch's timings.
+learning_rate, loss, val_loss, epoch, best_val_mae, rung_mae``, the epoch's timings and its
+monitoring (``grad_norm_*`` and, for a model with attention, ``modality_weight_*``: see
+:mod:`msatune.models.monitoring`), which Ray writes to the trial's ``progress.csv`` and TensorBoard
+files.
 
 :func:`train_trial` is a study's trainable: a checkpoint goes with an epoch's report when val
 MAE improved (weights, config, valid predictions) and with the last epoch's report (the best
@@ -177,6 +180,7 @@ class EpochReports:
             RUNG_METRIC: rung_score(self.best, m["mae"]),
             "epoch_seconds": report.seconds,
             "validation_seconds": report.validation_seconds,
+            **getattr(report, "monitor", {}),  # grad_norm_*, modality_weight_* (models.monitoring)
         }
 
 

@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 #: small enough for MOSEI-sized splits on a GPU. Results do not depend on it.
 EVAL_BATCH_SIZE = 256
 
+#: Under a trial's ``out_dir``: the TensorBoard event file of its gradient norms and attention
+#: (:mod:`msatune.models.monitoring`), and the best epoch's attention maps.
+MONITOR_DIR = "monitor"
+
 
 @dataclass
 class TrialOutcome:
@@ -140,6 +144,7 @@ def run_trial(
     of on every improvement; a trial the scheduler stops leaves weights and validation
     predictions, and :func:`msatune.models.checkpoint.fill_predictions` adds test when asked.
     ``checkpoint_dir`` puts the checkpoint elsewhere than ``out_dir/checkpoint``.
+    Each epoch's gradient norms and attention go to ``out_dir/monitor`` (:data:`MONITOR_DIR`).
     """
     datasets = build_pipelines(config, data)
     out = Path(out_dir) if out_dir is not None else None
@@ -175,6 +180,7 @@ def run_trial(
         on_epoch=hook,
         csv_path=(out / "training_log.csv") if out is not None else None,
         verbose=verbose,
+        monitor_dir=(out / MONITOR_DIR) if out is not None else None,
     )
     # The study path already predicted with the best weights when it wrote the last checkpoint.
     best_preds = checkpointed.get("best")
