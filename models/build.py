@@ -176,58 +176,20 @@ def build_model(
     if seq_len is not None:
         seq_len = _as_int("seq_len", seq_len, 1)
 
-    if resolved["family"] == "seqlevel":
-        return _build_seqlevel(resolved, feature_dims, seq_len)
-
-    from msatune.models.networks import ImprovedMSAModel, MSAModel
-
-    common = dict(
-        text_dim=feature_dims["text"],
-        audio_dim=feature_dims["audio"],
-        video_dim=feature_dims["video"],
-        model_dim=resolved["model_dim"],
-        num_heads=resolved["num_heads"],
-        ff_dim=resolved["ff_dim"],
-        n_layers_mod=resolved["n_layers_mod"],
-        n_layers_fuse=resolved["n_layers_fuse"],
-        dropout=resolved["dropout"],
-        l2=resolved["l2"],
-        adaptive_fusion=resolved["adaptive_fusion"],
-        key_dim=resolved["key_dim"],
-        l2_scope=resolved["l2_scope"],
-        seq_len=seq_len,
-    )
-    if resolved["family"] == "baseline":
-        return MSAModel(**common)
-    return ImprovedMSAModel(
-        gate_units=resolved["gate_units"],
-        head_units=resolved["head_units"],
-        head_units2=resolved["head_units2"],
-        **common,
-    )
-
-
-def _build_seqlevel(
-    resolved: Mapping[str, Any], feature_dims: Mapping[str, int], seq_len: int | None
-) -> keras.Model:
-    if seq_len is None:
+    family = resolved["family"]
+    if family == "seqlevel" and seq_len is None:
         raise UserError(
             "the seqlevel family needs a fixed sequence length (its positional embedding has one "
             "per step): pass seq_len to build_model, the T of your data"
         )
-    from msatune.models.seqlevel import SeqLevelMSAModel
+    # every key the family reads, by name: FAMILY_MODEL_KEYS is its constructor's model signature
+    kwargs = {k: resolved[k] for k in FAMILY_MODEL_KEYS[family] if k != "family"}
+    kwargs.update(text_dim=feature_dims["text"], audio_dim=feature_dims["audio"],
+                  video_dim=feature_dims["video"], seq_len=seq_len)
+    if family == "seqlevel":
+        from msatune.models.seqlevel import SeqLevelMSAModel
 
-    return SeqLevelMSAModel(
-        text_dim=feature_dims["text"],
-        audio_dim=feature_dims["audio"],
-        video_dim=feature_dims["video"],
-        seq_len=seq_len,
-        model_dim=resolved["model_dim"],
-        num_heads=resolved["num_heads"],
-        ff_dim=resolved["ff_dim"],
-        n_layers_mod=resolved["n_layers_mod"],
-        n_layers_fuse=resolved["n_layers_fuse"],
-        dropout=resolved["dropout"],
-        bidirectional_fusion=resolved["bidirectional_fusion"],
-        pooling_method=resolved["pooling_method"],
-    )
+        return SeqLevelMSAModel(**kwargs)
+    from msatune.models.networks import ImprovedMSAModel, MSAModel
+
+    return MSAModel(**kwargs) if family == "baseline" else ImprovedMSAModel(**kwargs)

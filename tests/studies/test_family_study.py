@@ -12,27 +12,12 @@ import optuna
 import pytest
 
 from msatune.search.trial_config import PRESETS
-from tests.conftest import one_line_error, run_in
+from tests.conftest import TINY_SPACE, one_line_error, run_in
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 #: Searched trials small (the presets train their own sizes); both families searched.
-MIXED_SPACE = """
-[family]
-choices = ["improved", "seqlevel"]
-[model_dim]
-value = 16
-[ff_dim]
-value = 32
-[num_heads]
-value = 2
-[n_layers_mod]
-value = 1
-[n_layers_fuse]
-value = 1
-[batch_size]
-value = 16
-"""
+MIXED_SPACE = '[family]\nchoices = ["improved", "seqlevel"]\n' + TINY_SPACE
 
 
 @pytest.fixture(scope="module")
