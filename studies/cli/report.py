@@ -21,6 +21,10 @@ of the baseline trial and the constant predictor. Every criterion shows the cons
 (median of the labels) and the noise floor (when known) beside its numbers, and none passes while
 the best trial is no better than the constant predictor. Importance needs 15 trials at one of
 ASHA's rungs (pruned trials count; show NAME --importance says which rung).
+Gradient norms per epoch of the trials shown (gradients.png; the criteria name each trial's first
+gradient-norm spike beside stability: an epoch whose max step norm exceeds 5x the median of the
+earlier epochs' mean norms) and, for models with attention, the modality weights and attention
+maps of the best trials' best epoch (attention.png).
 criteria.json and report.json hold the same numbers.
 
 \b

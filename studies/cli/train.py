@@ -21,6 +21,9 @@ validation MAE, and writes under --out (default WORKSPACE/train/<preset>-<time>/
   checkpoint/           model.weights.h5, config.json, checkpoint.json, predictions.npz
   training_log.csv      msa-tf2 columns: epoch,learning_rate,loss,mae,mse,val_loss,val_mae,val_mse
   metrics.json          MMSA metrics on valid and test, constant predictor, floor
+  monitor/              TensorBoard events: gradient norms per epoch (global and per branch),
+                        modality weights and attention maps (models with attention), and
+                        attention.npz (the best epoch's maps)
 Ctrl-C stops it and removes the run directory it created (nothing half-written is kept).
 
 \b
@@ -66,13 +69,17 @@ def train(app: AppContext, data_dir: Path | None, preset: str, overrides: tuple[
 
 
 def epoch_printer(stream: TextIO) -> Callable[[Any, dict], None]:
-    """One flushed line per epoch (1-based): train and val MAE, learning rate, time."""
+    """One flushed line per epoch (1-based): train and val MAE, learning rate, gradient norm (mean
+    and max over the epoch's steps), time."""
 
     def on_epoch(report: Any, extra: dict) -> None:
         m = report.metrics
         best = "  (best so far)" if report.improved else ""
+        mon = getattr(report, "monitor", None) or {}
+        grads = (f", grad norm {mon['grad_norm_mean']:.3g} (max {mon['grad_norm_max']:.3g})"
+                 if "grad_norm_mean" in mon else "")
         stream.write(f"epoch {report.epoch + 1}: train MAE {m['mae']:.4f}, val MAE {m['val_mae']:.4f}, "
-                     f"lr {m['learning_rate']:.2e}, {report.seconds:.1f} s{best}\n")
+                     f"lr {m['learning_rate']:.2e}{grads}, {report.seconds:.1f} s{best}\n")
         stream.flush()
 
     return on_epoch
@@ -97,3 +104,8 @@ def _render(payload: dict) -> None:
     con.print(table)
     con.print(f"wrote {payload['out']} (checkpoint, training_log.csv, metrics.json) "
               f"in {payload['wall_seconds']:.1f} s")
+    from msatune.search.trial import MONITOR_DIR  # loaded by the training already
+
+    monitor = Path(payload["out"]) / MONITOR_DIR
+    if monitor.is_dir():
+        con.print(f"gradient norms and attention per epoch: tensorboard --logdir {monitor}")

@@ -5,6 +5,11 @@ What :func:`build_report` writes into ``out_dir``:
 * ``history.png``: every trial's validation MAE by trial number, with the best-so-far line.
 * ``curves.png``: train and validation MAE per epoch of the top trials and of the ``baseline``
   and ``improved`` preset trials (the overfitting story).
+* ``gradients.png``: the same trials' gradient norm per epoch (global mean and max over the
+  epoch's steps, each branch's mean) with the first gradient-norm spike marked
+  (:mod:`msatune.studies.report.monitoring` states the rule); when the trials recorded them.
+* ``attention.png``: for the shown trials whose model has attention (best first): the modality
+  weights at the best epoch and the cross-attention maps of the best epoch (validation means).
 * ``importance.png``: hyperparameter importance by PED-ANOVA (Optuna's evaluator) over every
   trial that reached one of ASHA's rungs, pruned ones included, at the deepest rung enough trials
   reached (:mod:`msatune.studies.importance`; with too few, a note says why not).
@@ -40,8 +45,16 @@ from msatune.studies.queries import VALUE_RULE
 from msatune.studies.refit.table import refit_table
 from msatune.studies.report.criteria import compute_criteria, criteria_rows, study_reference
 from msatune.studies.report.curves import select_curves, test_mae, trial_curve
+from msatune.studies.report.monitoring import SPIKE_RULE, read_monitoring
 from msatune.studies.report.page import note_markdown, render_html
-from msatune.studies.report.plots import plot_curves, plot_ensembles, plot_history, plot_importance
+from msatune.studies.report.plots import (
+    plot_attention,
+    plot_curves,
+    plot_ensembles,
+    plot_gradients,
+    plot_history,
+    plot_importance,
+)
 from msatune.studies.store.ensemble_records import ensemble_records
 from msatune.studies.store.studies import (
     best_complete,
@@ -111,7 +124,10 @@ def build_report(storage: optuna.storages.BaseStorage, name: str, out_dir: Path,
 
 #: Every file a report writes (its figures only when it has them).
 _ALWAYS = {"criteria.json", "report.json", "report.html"}
-REPORT_FILES = {"history.png", "curves.png", "importance.png", "ensemble.png", *_ALWAYS}
+REPORT_FILES = {"history.png", "curves.png", "gradients.png", "attention.png", "importance.png", "ensemble.png",
+                *_ALWAYS}
+#: Trials whose attention the report draws (the best ones first).
+ATTENTION_TRIALS = 2
 
 
 def _write_report(storage: optuna.storages.BaseStorage, study: optuna.Study, trials: list[Any], name: str, out_dir: Path, ws: Workspace | None,
@@ -135,6 +151,7 @@ def _write_report(storage: optuna.storages.BaseStorage, study: optuna.Study, tri
     if missing_train:
         notes.append(f"no training MAE found for trials {missing_train} (Ray's progress.csv missing); "
                      "their curves show validation MAE only")
+    monitoring = _monitoring_figures(chosen, curves, roles, name, out_dir, figures, notes)
 
     importance = study_importance(study)
     if importance.importances:
@@ -166,6 +183,7 @@ def _write_report(storage: optuna.storages.BaseStorage, study: optuna.Study, tri
         "criteria": criteria,
         "criteria_table": criteria_rows(criteria),
         "curves": [{**asdict(c), "role": roles.get(c.number)} for c in curves],
+        "monitoring": monitoring,
         "importance": importance.importances,
         "importance_basis": {k: v for k, v in importance.as_dict().items() if k != "importances"},
         "ensembles": ensembles,
@@ -179,6 +197,29 @@ def _write_report(storage: optuna.storages.BaseStorage, study: optuna.Study, tri
     html_path = out_dir / "report.html"
     html_path.write_text(render_html(payload, figures), encoding="utf-8")
     return Report(out_dir=out_dir, html=html_path, figures=figures, payload=payload)
+
+
+def _monitoring_figures(chosen: list[Any], curves: list[Any], roles: dict[int, str], name: str, out_dir: Path,
+                        figures: dict[str, Path], notes: list[str]) -> list[dict[str, Any]]:
+    """``gradients.png`` and ``attention.png`` of the shown trials; their summaries for report.json."""
+    monitors = [read_monitoring(t) for t in chosen]
+    best_epoch = {c.number: c.best_epoch for c in curves}
+    with_grads = [m for m in monitors if m.has_grads]
+    if with_grads:
+        figures["gradients"] = out_dir / "gradients.png"
+        plot_gradients(with_grads, roles, name, figures["gradients"], SPIKE_RULE)
+        notes.append(SPIKE_RULE)
+    elif monitors:
+        notes.append("no gradient norms recorded for the trials shown (progress.csv has no grad_norm_* "
+                     "columns: trained before msatune recorded them)")
+    ranked = sorted((m for m in monitors if m.attention or m.modality_weights),
+                    key=lambda m: "preset" in roles.get(m.number, "").split(",")[0])  # best/top first
+    entries = [(m, m.weights_at(best_epoch.get(m.number)), roles.get(m.number, ""))
+               for m in ranked[:ATTENTION_TRIALS]]
+    if entries:
+        figures["attention"] = out_dir / "attention.png"
+        plot_attention(entries, name, figures["attention"])
+    return [m.summary(best_epoch.get(m.number)) for m in monitors]
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -6,7 +6,9 @@ From their own analysis of the training log (:data:`msatune.models.log_analysis.
 * ``gap``: validation minus training MAE at that trial's best epoch < 0.3;
 * ``stability``: std of the epoch-to-epoch changes of validation MAE (:func:`instability`), the
   ``baseline`` trial (before) vs the best trial (after); passes when after < before; needs at
-  least 3 epochs on both sides;
+  least 3 epochs on both sides; beside it, each trial's first gradient-norm spike
+  (:func:`msatune.studies.report.monitoring.first_spike`), the epoch where its training became
+  unstable (not part of the verdict);
 * ``test_improvement``: test MAE of the reference (the better of the ``baseline`` trial and the
   constant predictor) minus that of the best trial; passes when > 0.
 
@@ -26,6 +28,7 @@ from optuna.trial import FrozenTrial
 from msatune.errors import UserError
 from msatune.models.log_analysis import CRITERIA, instability
 from msatune.studies.report.curves import preset_trial, test_mae, trial_curve
+from msatune.studies.report.monitoring import first_spike, read_monitoring, spike_text
 from msatune.studies.store.studies import best_complete
 from msatune.studies.study_data import study_data_or_none
 
@@ -124,6 +127,7 @@ def compute_criteria(trials: list[FrozenTrial],
             out["stability"] = _check(0.0, False, **stab, note="the baseline is the best trial")
         else:
             out["stability"] = _check(after - before, bool(after < before and beats), **stab)
+    _gradient_spikes(out["stability"], best, base)
     out["test_improvement"] = _test_improvement(best, base, ref_test.get("constant_mae"), beats)
     if not beats:
         for key in ("best_val_mae", "gap", "stability", "test_improvement"):
@@ -131,6 +135,15 @@ def compute_criteria(trials: list[FrozenTrial],
                 out[key]["note"] = "; ".join(filter(None, [out[key].get("note"), NO_BETTER_THAN_CONSTANT]))
     _attach_reference(out, ref_valid, ref_test)
     return out
+
+
+def _gradient_spikes(stab: dict[str, Any], best: FrozenTrial, base: FrozenTrial | None) -> None:
+    """The first gradient-norm spike of the best and the baseline trial, beside the stability."""
+    mons = {"best": read_monitoring(best)}
+    if base is not None and base.number != best.number:
+        mons["baseline"] = read_monitoring(base)
+    stab["spikes"] = {k: first_spike(m) if m.has_grads else None for k, m in mons.items()}
+    stab["gradients"] = spike_text({f"{k} #{m.number}": m for k, m in mons.items()})
 
 
 def _test_improvement(best: FrozenTrial, base: FrozenTrial | None, constant: float | None,
@@ -192,6 +205,8 @@ def criteria_rows(criteria: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
         elif key == "stability":
             numbers = (f"before {f(c.get('before'))} (#{c.get('baseline_trial')}, {c.get('baseline_epochs', '-')} epochs) "
                        f"-> after {f(c.get('after'))} (#{c.get('best_trial')}, {c.get('best_epochs', '-')} epochs)")
+            if c.get("gradients"):
+                numbers += f"; {c['gradients']}"
         else:
             rel = c.get("relative")
             ref = c.get("reference") or "reference"

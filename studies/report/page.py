@@ -99,6 +99,14 @@ def render_html(payload: dict[str, Any], figures: dict[str, Path]) -> str:
          "for scale: a trial above the constant line learned nothing."),
         ("curves", "Learning curves", "Training and validation MAE per epoch. A validation curve far above the "
          "training curve is overfitting (the criterion is a gap < 0.3 at the best epoch)."),
+        ("gradients", "Gradient norms", "The L2 norm of all gradients per training step (before clipping), as the mean "
+         "and the max over each epoch's steps, and each branch's mean (text, audio, video encoders, fusion, head; "
+         "'shared': layers several branches use). A max far above the earlier epochs marks where training became "
+         "unstable; the criteria table names that epoch beside the stability criterion."),
+        ("attention", "Modality weights and attention", "What the best trials' models attend to on the validation "
+         "split at their best epoch: the adaptive fusion's weights of text, audio and video (means over samples), "
+         "and each cross-modal attention map (mean over samples and heads; a row is a query step, its values "
+         "the weights over the other modality's steps)."),
         ("importance", "Hyperparameter importance", importance_blurb(payload.get("importance_basis"))),
         ("ensemble", "Ensemble vs best single trial", "Recorded by msatune ensemble; members were chosen on "
          "validation predictions only, test is reported, never used to choose. The axis is zoomed to the "

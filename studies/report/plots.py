@@ -188,3 +188,78 @@ def plot_ensembles(records: dict[str, dict[str, Any]], name: str, path: Path,
     ax.grid(axis="y", alpha=0.3)
     fig.savefig(path)
     return ax.get_ylim()
+
+
+def plot_gradients(monitors: list[Any], roles: dict[int, str], name: str, path: Path, rule: str) -> None:
+    """Per trial: the global gradient norm per epoch (mean and max over the epoch's steps) and
+    each branch's mean, log scale; the first spike (``first_spike``) marked. ``monitors`` are
+    :class:`msatune.studies.report.monitoring.TrialMonitoring` with gradient norms."""
+    from msatune.studies.report.monitoring import first_spike
+
+    n = len(monitors)
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig = _figure(4.6 * ncols, 3.3 * nrows + 0.9)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, mon in zip(axes.flat, monitors, strict=False):
+        nan = [np.nan if v is None else v for v in mon.grad_mean]
+        ax.plot(mon.epochs, nan, marker="o", ms=3, color="black", lw=1.8, label="global, mean over steps")
+        ax.plot(mon.epochs, [np.nan if v is None else v for v in mon.grad_max], marker="^", ms=3,
+                color="black", ls="--", lw=1, label="global, max over steps")
+        for branch, values in mon.branch_mean.items():
+            ax.plot(mon.epochs, [np.nan if v is None else v for v in values], lw=1, alpha=0.8,
+                    label=f"{branch} branch, mean")
+        spike = first_spike(mon)
+        title = f"trial #{mon.number} [{roles.get(mon.number, '')}]"
+        if spike is not None:
+            ax.axvline(spike["epoch"], color="tab:red", ls=":", lw=1.5, label="first spike")
+            title += f"\nspike at epoch {spike['epoch']} ({spike['ratio']:.1f}x)"
+        else:
+            title += "\nno gradient-norm spike"
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3, which="both")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("gradient L2 norm (before clipping)", fontsize=9)
+    handles: dict[str, Any] = {}
+    for ax in axes.flat[:n]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(4, len(handles)),
+               fontsize=8)
+    fig.suptitle(f"Gradient norms per epoch, study '{name}'\n{rule}", fontsize=10)
+    fig.savefig(path)
+
+
+def plot_attention(entries: list[tuple[Any, dict[str, float] | None, str]], name: str, path: Path) -> None:
+    """One row per trial ``(monitoring, modality weights, role)``: the modality weights (mean
+    over validation samples) as bars, then each cross-attention map averaged over samples and
+    heads (query step down, context step across)."""
+    ncols = 1 + max(len(mon.attention) for mon, _, _ in entries)
+    fig = _figure(3.4 * ncols, 3.2 * len(entries) + 0.6)
+    axes = fig.subplots(len(entries), ncols, squeeze=False)
+    for row, (mon, weights, role) in zip(axes, entries, strict=True):
+        ax = row[0]
+        if weights:
+            ax.bar(list(weights), list(weights.values()), color=["tab:blue", "tab:orange", "tab:green"])
+            for i, v in enumerate(weights.values()):
+                ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=9)
+            ax.set_ylim(0, 1)
+        else:
+            ax.text(0.5, 0.5, "no modality weights", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(f"trial #{mon.number} [{role}]\nmodality weights", fontsize=10)
+        for ax, (tag, heads) in zip(row[1:], sorted(mon.attention.items()), strict=False):
+            picture = heads.mean(axis=0) if heads.ndim == 3 else heads
+            im = ax.imshow(picture, cmap="viridis", aspect="auto", vmin=0)
+            fig.colorbar(im, ax=ax, shrink=0.8)
+            ax.set_title(f"{tag.replace('_from_', ' <- ')} (epoch {mon.attention_epoch})", fontsize=10)
+            ax.set_xlabel("context step")
+            ax.set_ylabel("query step")
+        for ax in row[1 + len(mon.attention):]:
+            ax.set_visible(False)
+    fig.suptitle(f"Attention on validation at the best epoch, study '{name}' (mean over samples and heads)",
+                 fontsize=11)
+    fig.savefig(path)

@@ -54,7 +54,9 @@ def test_report_on_the_tiny_study_matches_the_store(tiny_study: dict, tmp_path: 
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
 
-    for name in ("history.png", "curves.png"):
+    # gradients.png: every trial records its gradient norms; attention.png: the presets' models
+    # have adaptive fusion, whose modality weights are recorded (tests/studies/test_report_monitoring.py)
+    for name in ("history.png", "curves.png", "gradients.png", "attention.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000, name
     # 6 trials: too few for a meaningful importance, and the report says so instead of a chart
@@ -66,7 +68,7 @@ def test_report_on_the_tiny_study_matches_the_store(tiny_study: dict, tmp_path: 
     has_ensemble = any(k.startswith("msatune:ensemble:") for k in study.user_attrs)
     assert (out / "ensemble.png").exists() == has_ensemble
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 + has_ensemble
+    assert page.count("data:image/png;base64,") == 4 + has_ensemble
     assert "src=\"http" not in page and "<link" not in page  # self-contained
     assert "best validation MAE &lt; 1.2" in page
 
