@@ -62,7 +62,8 @@ def trial_dir(trial: FrozenTrial) -> Path | None:
     return Path(ckpt).parent if ckpt else None
 
 
-def _float(cell: str | None) -> float | None:
+def csv_float(cell: str | None) -> float | None:
+    """A CSV cell as a finite float; None for an empty, non-numeric or non-finite cell."""
     try:
         value = float(cell) if cell not in (None, "") else None
     except ValueError:
@@ -87,9 +88,9 @@ def read_epochs(trial: FrozenTrial) -> tuple[dict[int, tuple[float | None, float
         try:
             with path.open(newline="") as fh:
                 for row in csv.DictReader(fh):
-                    epoch = _float(row.get("epoch"))
+                    epoch = csv_float(row.get("epoch"))
                     if epoch is not None:
-                        out[int(epoch) + offset] = (_float(row.get(val_col)), _float(row.get(train_col)))
+                        out[int(epoch) + offset] = (csv_float(row.get(val_col)), csv_float(row.get(train_col)))
         except (OSError, csv.Error) as exc:
             log.warning("trial %d: cannot read %s: %s", trial.number, path, exc)
             continue

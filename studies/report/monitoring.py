@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +23,7 @@ from optuna.trial import FrozenTrial
 
 from msatune.models.monitoring import ATTENTION_FILE, BRANCHES, MODALITY_WEIGHT_ORDER
 from msatune.search.trial import MONITOR_DIR
-from msatune.studies.report.curves import trial_dir
+from msatune.studies.report.curves import csv_float, trial_dir
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +66,6 @@ class TrialMonitoring:
                 "attention_maps": sorted(self.attention), "attention_epoch": self.attention_epoch}
 
 
-def _float(cell: str | None) -> float | None:
-    try:
-        value = float(cell) if cell not in (None, "") else None
-    except ValueError:
-        return None
-    return value if value is not None and math.isfinite(value) else None
-
-
 def read_monitoring(trial: FrozenTrial) -> TrialMonitoring:
     """The trial's monitoring (empty lists when it recorded none, e.g. an older study)."""
     out = TrialMonitoring(trial.number)
@@ -87,20 +78,20 @@ def read_monitoring(trial: FrozenTrial) -> TrialMonitoring:
         try:
             with path.open(newline="") as fh:
                 for row in csv.DictReader(fh):
-                    epoch = _float(row.get("epoch"))
+                    epoch = csv_float(row.get("epoch"))
                     if epoch is not None:
                         rows[int(epoch)] = row  # a retried trial's later rows win
         except (OSError, csv.Error) as exc:
             log.warning("trial %d: cannot read %s: %s", trial.number, path, exc)
     out.epochs = sorted(rows)
-    out.grad_mean = [_float(rows[e].get("grad_norm_mean")) for e in out.epochs]
-    out.grad_max = [_float(rows[e].get("grad_norm_max")) for e in out.epochs]
+    out.grad_mean = [csv_float(rows[e].get("grad_norm_mean")) for e in out.epochs]
+    out.grad_max = [csv_float(rows[e].get("grad_norm_max")) for e in out.epochs]
     for b in BRANCHES:
-        values = [_float(rows[e].get(f"grad_norm_{b}_mean")) for e in out.epochs]
+        values = [csv_float(rows[e].get(f"grad_norm_{b}_mean")) for e in out.epochs]
         if any(v is not None for v in values):
             out.branch_mean[b] = values
     for m in MODALITY_WEIGHT_ORDER:
-        values = [_float(rows[e].get(f"modality_weight_{m}")) for e in out.epochs]
+        values = [csv_float(rows[e].get(f"modality_weight_{m}")) for e in out.epochs]
         if any(v is not None for v in values):
             out.modality_weights[m] = values
     npz = d / "work" / MONITOR_DIR / ATTENTION_FILE
