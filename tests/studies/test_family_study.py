@@ -17,7 +17,7 @@ from tests.conftest import TINY_SPACE, one_line_error, run_in
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 #: Searched trials small (the presets train their own sizes); both families searched.
-MIXED_SPACE = '[family]\nchoices = ["improved", "seqlevel"]\n' + TINY_SPACE
+MIXED_SPACE = TINY_SPACE + '\n[family]\nchoices = ["improved", "seqlevel"]\n[pooling_method]\nchoices = ["mean", "attention"]\n'
 
 
 @pytest.fixture(scope="module")
