@@ -30,6 +30,8 @@ How a sample is made (all draws from ``np.random.default_rng(seed)``):
 
 ``mosi`` has CMU-MOSI's sizes (1284/229/686, T=20, 300/74/47), ``mosei`` CMU-MOSEI's (MMSA's
 split 16326/1871/4659, T=20, 300/74/713; about 2 GB of float32); ``tiny`` is for fast tests.
+``lexicon`` and ``conflict`` come from other generators (:mod:`msatune.augment.synth_structures`):
+sentiment in polar words with negation, or in trajectories with ironic text and missing faces.
 ``video`` is a set of another structure (benchmarks compare methods on both): video carries most
 of the sentiment and text the least, sequences are longer (T=32) with more distractor steps, the
 train split is smaller (900/200/600), five annotators disagree with light (near-Gaussian) tails,
@@ -47,6 +49,7 @@ import numpy as np
 
 from msatune.augment.dataset import SPLITS, MSADataset
 from msatune.augment.dataset_writer import check_output_dir, write_dataset
+from msatune.augment.synth_structures import STRUCTURES, ConflictPreset, LexiconPreset
 from msatune.errors import UserError
 from msatune.modalities import MODALITIES
 
@@ -80,7 +83,7 @@ class SynthPreset:
     nan_rate: float = 0.01  # fraction of samples with one NaN audio step
 
 
-PRESETS: dict[str, SynthPreset] = {
+PRESETS: dict[str, SynthPreset | LexiconPreset | ConflictPreset] = {
     "mosi": SynthPreset(
         sizes={"train": 1284, "valid": 229, "test": 686},
         seq_len=20,
@@ -113,6 +116,8 @@ PRESETS: dict[str, SynthPreset] = {
         seq_len=20,
         dims={"text": 300, "audio": 74, "video": 713},
     ),
+    # data of other structure than this module's generator (see synth_structures), MOSI's sizes
+    **STRUCTURES,
 }
 
 
@@ -120,7 +125,8 @@ PRESETS: dict[str, SynthPreset] = {
 MIN_SCALED_SAMPLES = 8
 
 
-def scaled(p: SynthPreset, scale: float) -> SynthPreset:
+def scaled(p: SynthPreset | LexiconPreset | ConflictPreset,
+           scale: float) -> SynthPreset | LexiconPreset | ConflictPreset:
     """``p`` with every split size multiplied by ``scale`` (0 < scale <= 1), rounded, and at least
     :data:`MIN_SCALED_SAMPLES` per split: a small dataset of a preset's shapes (e.g. MOSEI's
     713-d video) for quick end-to-end runs. Scale 1 is the preset itself."""
@@ -158,10 +164,12 @@ def synthesize(
     return ds
 
 
-def generate(p: SynthPreset, seed: int) -> dict[str, dict[str, np.ndarray]]:
+def generate(p: SynthPreset | LexiconPreset | ConflictPreset, seed: int) -> dict[str, dict[str, np.ndarray]]:
     """The arrays of a synthetic dataset: split -> {text, audio, video, labels, oracle}."""
     if seed < 0:
         raise UserError(f"seed must be >= 0, got {seed}")
+    if not isinstance(p, SynthPreset):
+        return p.generate(seed)
     rng = np.random.default_rng(seed)
     world = _World.make(p, rng)
     return {split: _split(p, world, rng, p.sizes[split]) for split in SPLITS}

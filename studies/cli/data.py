@@ -55,13 +55,21 @@ Presets:
   video  900/200/600 samples, T=32, dims 64/32/96 (video carries the sentiment)
 
 \b
+Presets of other structure (MOSI's sizes; to check that a result holds beyond one generator):
+  lexicon   T=20, dims 300/74/47: sentiment in 1-3 polar words with negation, scaled by
+            the audio's arousal; labels lean positive; NaN video and -inf audio values
+  conflict  T=30, dims 300/5/20: sentiment builds up over every step; for 20% the text
+            contradicts voice and face (the label follows them); 15% have no video;
+            labels pile up at 0 and lean negative, five annotators
+
+\b
 Example:
   msatune data synth data/mosi-synth --preset mosi --seed 1
   msatune data synth /tmp/mosei-small --preset mosei --scale 0.01
 """,
 )
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--preset", type=click.Choice(["mosi", "mosei", "tiny", "video"]), default="mosi", show_default=True,
+@click.option("--preset", type=click.Choice(["mosi", "mosei", "tiny", "video", "lexicon", "conflict"]), default="mosi", show_default=True,
               help="Sizes of the dataset.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Random seed: same seed, same data.")
