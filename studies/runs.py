@@ -41,6 +41,16 @@ log = logging.getLogger(__name__)
 
 Storage = optuna.storages.BaseStorage
 
+#: Study attribute of ``launch --refit-top``: the refit (top_k, folds) that follows the search.
+REFIT_AFTER_ATTR = "refit_after_search"
+
+
+def refit_after_search(storage: Storage | str, name: str) -> dict[str, int] | None:
+    """The refit ``launch --refit-top`` recorded on study ``name`` (None when there is none)."""
+    store = open_storage(storage, create=False) if isinstance(storage, str) else storage
+    plan = study_attrs(load_study(store, name)).get(REFIT_AFTER_ATTR)
+    return {str(k): int(v) for k, v in plan.items()} if isinstance(plan, dict) else None
+
 
 def enqueue_presets(study: optuna.Study, family: str = "improved") -> None:
     """The users' recipes of the searched ``family`` (``launch --family``) as the study's first
@@ -74,6 +84,7 @@ def launch(
     sampler: optuna.samplers.BaseSampler | None = None,
     presets: bool = True,
     family: str = "improved",
+    refit_after: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Create study ``name`` and run its budget; returns the run record (see :func:`_run`).
 
@@ -83,6 +94,8 @@ def launch(
     ``sampler`` the TPE sampler and ``presets=False`` leaves out the enqueued presets
     (benchmarks decide exactly what a study trains). ``family`` (``improved``, ``seqlevel`` or
     ``all``) chooses the model families searched and the presets the study starts with.
+    ``refit_after`` (``{"top_k": K, "folds": F}``, ``launch --refit-top``) is recorded on the study
+    as :data:`REFIT_AFTER_ATTR`: the refit that follows the search, here and after a resume.
     """
     from msatune.augment.dataset import load_dataset
 
@@ -103,6 +116,8 @@ def launch(
         store = existing if existing is not None else _create_store(ws, storage)
         study = create_search_study(store, name, settings, data, space, presets=presets,
                                     clip_labels=clip_labels, family=family)
+        if refit_after:
+            set_study_attr(study, REFIT_AFTER_ATTR, {k: int(v) for k, v in refit_after.items()})
         with StudyLease(study, "launch") as lease:
             ray.own()
             return _run(ws, study, space, data, settings, settings.trials, progress, trainable, sampler,

@@ -85,6 +85,11 @@ Examples:
               help="Clip labels outside [-3, 3] instead of refusing the data (recorded; resume applies it too).")
 @click.option("--max-failures", type=int, default=DEFAULTS.max_failures, show_default=True,
               help="Retries of a trial after a transient error.")
+@click.option("--refit-top", type=int, default=0, show_default=True,
+              help="After the search, refit its K best configurations on --refit-folds folds of "
+                   "train+valid (msatune refit, in the same command; recorded, so resume continues "
+                   "it); then `msatune ensemble NAME --from refit` bags them. 0: no refit.")
+@click.option("--refit-folds", type=int, default=3, show_default=True, help="Folds of the refit (--refit-top).")
 @storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @pass_app
@@ -92,11 +97,12 @@ def launch(app: AppContext, name: str, data_dir: Path | None, trials: int, max_e
            grace_period: int | None, reduction_factor: int, cpus_per_trial: float | None,
            gpus_per_trial: float | None, concurrency: int | None, address: str | None,
            space_file: Path | None, family: str, seed: int, clip_labels: bool, max_failures: int,
-           storage: str | None, as_json: bool) -> None:
+           refit_top: int, refit_folds: int, storage: str | None, as_json: bool) -> None:
     from msatune.search.space import check_search_family
     from msatune.studies.runs import launch as do_launch
 
     check_search_family(family)
+    refit_after = _refit_plan(refit_top, refit_folds)
 
     settings = SearchSettings(
         trials=trials, max_epochs=max_epochs, grace_period=grace_period, reduction_factor=reduction_factor,
@@ -107,8 +113,38 @@ def launch(app: AppContext, name: str, data_dir: Path | None, trials: int, max_e
     with Progress(name, json_mode=as_json) as progress:
         summary = do_launch(app.ws, app.storage_url(storage), name, settings, data_dir=data_dir,
                             space_file=space_file, clip_labels=clip_labels, progress=progress,
-                            family=family)
-    _finish(app, storage, name, summary, as_json)
+                            family=family, refit_after=refit_after)
+    where = where_it_runs(app, cpus_per_trial, gpus_per_trial, concurrency, address)
+    refit = _refit(app, storage, name, refit_after, summary, where, as_json)
+    _finish(app, storage, name, summary, as_json, refit)
+
+
+def _refit_plan(top_k: int, folds: int) -> dict[str, int] | None:
+    """``--refit-top``/``--refit-folds`` checked before anything runs (None: no refit)."""
+    from msatune.errors import UserError
+    from msatune.studies.refit.run import RefitOptions
+
+    if top_k < 0:
+        raise UserError(f"--refit-top must be >= 0 (got {top_k}); 0 runs no refit")
+    if top_k == 0:
+        return None
+    RefitOptions(top_k=top_k, folds=folds).validate()
+    return {"top_k": top_k, "folds": folds}
+
+
+def _refit(app: AppContext, storage: str | None, name: str, plan: dict[str, int] | None, summary: dict,
+           where: dict, as_json: bool) -> dict | None:
+    """The refit ``--refit-top`` asked for, after a search that was not interrupted: it continues
+    a refit a killed or stopped run began (its finished folds are not trained again)."""
+    if plan is None or summary.get("interrupted"):
+        return None
+    from msatune.studies.cli.refit import RefitProgressLine
+    from msatune.studies.refit.run import RefitOptions, run_refit
+
+    options = RefitOptions(top_k=plan["top_k"], folds=plan["folds"]).validate()
+    with RefitProgressLine(as_json, name) as progress:
+        return run_refit(app.ws, app.storage(storage, create=False), name, options, where=where,
+                         progress=progress)
 
 
 RESUME_HELP = """Continue a study after a crash, kill or Ctrl-C, losing no finished trial.
@@ -136,29 +172,38 @@ Examples:
 def resume(app: AppContext, name: str, trials: int | None, force: bool, cpus_per_trial: float | None,
            gpus_per_trial: float | None, concurrency: int | None, address: str | None,
            storage: str | None, as_json: bool) -> None:
+    from msatune.studies.runs import refit_after_search
     from msatune.studies.runs import resume as do_resume
 
     where = where_it_runs(app, cpus_per_trial, gpus_per_trial, concurrency, address)
     with Progress(name, json_mode=as_json) as progress:
         summary = do_resume(app.ws, app.storage_url(storage), name, more_trials=trials, force=force,
                             where=where, progress=progress)
-    _finish(app, storage, name, summary, as_json)
+    plan = refit_after_search(app.storage_url(storage), name)
+    refit = _refit(app, storage, name, plan, summary, where, as_json)
+    _finish(app, storage, name, summary, as_json, refit)
 
 
-def _finish(app: AppContext, storage: str | None, name: str, summary: dict, as_json: bool) -> None:
-    """Render a run's summary and the study; exit 130 when the run was interrupted (Ctrl-C), so
-    ``msatune launch ... && msatune ensemble ...`` stops there."""
+def _finish(app: AppContext, storage: str | None, name: str, summary: dict, as_json: bool,
+            refit: dict | None = None) -> None:
+    """Render a run's summary, the study and the refit that followed it; exit 130 when the run or
+    the refit was interrupted (Ctrl-C), so ``msatune launch ... && msatune ensemble ...`` stops there."""
+    from msatune.studies.cli.refit import render_refit
     from msatune.studies.queries import show_study
 
     shown = show_study(app.reader(storage), name, 5)
     if as_json:
         message = budget_used_message(summary, name)
         echo_json({**summary, **({"message": message} if message else {}),
-                   "best": shown["best"], "counts": shown["counts"], "reference": shown["reference"]})
+                   "best": shown["best"], "counts": shown["counts"], "reference": shown["reference"],
+                   **({"refit": refit} if refit is not None else {})})
     else:
         render_run(summary, name)
         render_show(shown, next_steps(app.ws, name))
-    if summary.get("interrupted"):
-        click.echo(f"msatune: interrupted; finished trials are stored; continue with: msatune resume {name}",
+        if refit is not None:
+            render_refit(refit)
+    if summary.get("interrupted") or (refit is not None and refit["run"].get("interrupted")):
+        what = "trials" if summary.get("interrupted") else "refit folds"
+        click.echo(f"msatune: interrupted; finished {what} are stored; continue with: msatune resume {name}",
                    err=True)
         raise click.exceptions.Exit(130)
