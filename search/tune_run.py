@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from msatune.errors import UserError
 from msatune.search.ray_session import quiet_ray_environment, start_ray, stop_ray
 from msatune.search.search_settings import SearchSettings
 
@@ -31,6 +32,37 @@ class TuneRun:
     concurrency: int
     wall_seconds: float
     interrupted: bool
+
+
+class OutOfMemory(UserError):
+    """Ray killed a trial's worker because its node ran out of memory. Ray Tune (2.5x) does not
+    count that as a trial failure: the whole run stops, so it is told as one line of what to do
+    (the finished trials and folds are stored; resume reconciles the ones that were running)."""
+
+    def __init__(self, detail: str, concurrency: int) -> None:
+        fewer = (f"run fewer at once (--concurrency {max(1, concurrency - 1)} on resume or on the "
+                 "same refit command)" if concurrency > 1 else "free memory on the node")
+        super().__init__(
+            f"Ray killed a trial's worker because the node ran out of memory ({detail}); the run "
+            f"stopped with {concurrency} trial(s) at once. Finished trials are stored: {fewer}, "
+            "then continue it (msatune resume NAME, or the same refit command); `msatune data info "
+            "DIR` says how much memory one trial needs")
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """``"22.36GB used / 23.54GB limit"`` when ``exc`` (or its cause) is Ray's out-of-memory
+    kill of a worker, else None."""
+    import re
+
+    from ray.exceptions import OutOfMemoryError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OutOfMemoryError) or "running low on memory" in str(seen):
+            m = re.search(r"was ([\d.]+\s*GB used / [\d.]+\s*GB limit)", str(seen))
+            return m.group(1) if m else "the node's memory was nearly full"
+        seen = seen.__cause__
+    return None
 
 
 def default_concurrency(settings: SearchSettings, trials: int) -> int:
@@ -109,6 +141,11 @@ def run_tune(
             tuner.fit()
         except KeyboardInterrupt:
             interrupted = True
+        except RuntimeError as exc:
+            oom = out_of_memory(exc)
+            if oom is None:
+                raise
+            raise OutOfMemory(oom, concurrency) from None
     finally:
         if on_end is not None:
             on_end()
