@@ -1,6 +1,7 @@
-"""Helpers shared by the search benchmarks (``harness_overhead``, ``search_efficiency``,
-``slots_scaling``): the machine and versions record, result paths and JSON, table printing, a
-private Ray instance, msatune studies built for a benchmark, and a timed trainable wrapper.
+"""Helpers shared by the benchmarks: the machine and versions record, result paths and JSON,
+table printing, the data a benchmark runs on (``--data DIR`` or a synthetic preset, and its
+record), a private Ray instance, msatune studies built for a benchmark, and a timed trainable
+wrapper.
 
 Nothing here imports TensorFlow at import time: the benchmark drivers stay light, and the Ray
 workers that run a sleeping trainable never load it.
@@ -157,6 +158,80 @@ def synth_data(root: Path, preset: str, seed: int = 0) -> Path:
     if not (out / "y_train.h5").exists():
         synthesize(out, preset=preset, seed=seed, overwrite=True)
     return out
+
+
+def add_data_args(parser: Any, default_preset: str, *, smoke_preset: str | None = "tiny",
+                  synth: bool = True) -> None:
+    """``--data DIR`` (any msa-tf2 directory, only read) and, with ``synth``, ``--synth NAME``
+    (the synthetic preset to generate instead: any ``msatune.augment.synth.PRESETS`` key); the
+    two exclude each other. ``default_preset`` and ``smoke_preset`` only word the help: the
+    benchmark passes the preset it uses to :func:`resolve_data`."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--data", type=Path, default=None, metavar="DIR",
+                       help="msa-tf2 data directory to run on instead of the synthetic set (only read; "
+                            "recorded with its fingerprint)")
+    if synth:
+        from msatune.augment.synth import PRESETS
+
+        smoke = f"; --smoke: {smoke_preset}" if smoke_preset else ""
+        group.add_argument("--synth", choices=list(PRESETS), default=None, metavar="NAME",
+                           help=f"synthetic preset to generate when no --data: {', '.join(PRESETS)} "
+                                f"[{default_preset}{smoke}]")
+
+
+def data_tag(args: Any, default_preset: str) -> str | None:
+    """What names a result file after its data: ``--data``'s directory name, or a ``--synth``
+    preset other than ``default_preset``; None for the benchmark's own default data."""
+    if getattr(args, "data", None) is not None:
+        return Path(args.data).expanduser().resolve().name
+    synth = getattr(args, "synth", None)
+    return synth if synth not in (None, default_preset) else None
+
+
+def data_record(path: Path, *, synthetic_preset: str | None = None, seed: int | None = None,
+                **extra: Any) -> dict[str, Any]:
+    """Which data a benchmark ran on: ``{"path", "fingerprint", "synthetic_preset", "seed",
+    "sizes": {split: n}}`` (plus ``extra``). The fingerprint is ``load_dataset``'s, read one split
+    at a time (``files_fingerprint``); the sizes come from the label files' headers. Only reads."""
+    import h5py
+
+    from msatune.augment.dataset import H5_KEY, SPLITS, file_name, files_fingerprint
+    from msatune.errors import UserError
+
+    root = Path(path).expanduser().resolve()
+    if not root.is_dir():
+        raise SystemExit(f"{root}: no such data directory (an msa-tf2 directory: 'msatune data synth DIR')")
+    try:
+        fingerprint = files_fingerprint(root)
+    except UserError as exc:
+        raise SystemExit(str(exc)) from exc
+    sizes = {}
+    for split in SPLITS:
+        with h5py.File(root / file_name("labels", split), "r") as f:
+            sizes[split] = int(f[H5_KEY].shape[0])
+    return {"path": str(root), "fingerprint": fingerprint, "synthetic_preset": synthetic_preset,
+            "seed": seed, "sizes": sizes, **extra}
+
+
+def resolve_data(args: Any, root: Path, default_preset: str, seed: int = 0) -> tuple[Path, dict[str, Any]]:
+    """The data directory to run on and its :func:`data_record`: ``args.data`` as given (read,
+    never written), else the synthetic ``args.synth`` (or ``default_preset``) with ``seed``,
+    generated under ``root`` unless already there."""
+    if getattr(args, "data", None) is not None:
+        path = Path(args.data).expanduser().resolve()
+        return path, data_record(path)
+    preset = getattr(args, "synth", None) or default_preset
+    path = synth_data(root, preset, seed)
+    return path, data_record(path, synthetic_preset=preset, seed=seed)
+
+
+def data_label(record: Mapping[str, Any]) -> str:
+    """A record in a few words, for table titles."""
+    if record.get("synthetic_preset"):
+        scale = record.get("scale")
+        return (f"synthetic {record['synthetic_preset']}" + (f" x{scale:g}" if scale not in (None, 1.0) else "")
+                + f" (seed {record['seed']})")
+    return f"{record['path']} ({str(record.get('fingerprint'))[:12]})"
 
 
 def start_ray(num_cpus: float, num_gpus: float | None = None) -> float:

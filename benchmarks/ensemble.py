@@ -1,6 +1,7 @@
 """Ensembles of a finished study: test MAE of best single vs each combiner, and fused throughput.
 
-On a study (``--workspace WS --study NAME``, or one this script builds on the synthetic mosi set),
+On a study (``--workspace WS --study NAME``, or one this script builds on the synthetic mosi set,
+``--synth NAME`` another preset, ``--data DIR`` any msa-tf2 directory),
 for the best single trial and each combiner (greedy, mean, weighted, median; members chosen on
 validation predictions only): valid and test MAE, the k-fold cross-validated valid MAE, the
 change against the best single. Then prediction throughput on the test split of
@@ -17,6 +18,7 @@ predicts. Prints a table, writes ``benchmarks/results/ensemble[_quick].json``; n
     python benchmarks/ensemble.py --workspace runs --study demo     # an existing study
     python benchmarks/ensemble.py                                   # builds a mosi study (20 x 12 epochs)
     python benchmarks/ensemble.py --quick                           # builds a small one (6 x 4 epochs)
+    python benchmarks/ensemble.py --data DIR                        # builds one on any msa-tf2 directory (recorded)
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_common import add_data_args, data_label, data_record, data_tag, resolve_data  # noqa: E402
+
 METHODS = ("greedy", "mean", "weighted", "median")
 GOAL_TEST_GAIN_PCT = 3.0
 GOAL_SPEEDUP = 2.0
@@ -78,15 +84,15 @@ def machine() -> dict[str, Any]:
             "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
-def build_study(ws_root: Path, name: str, trials: int, max_epochs: int, seed: int, space_name: str) -> dict[str, Any]:
-    """A study on the synthetic mosi set (the workspace's default dataset)."""
+def build_study(ws_root: Path, name: str, trials: int, max_epochs: int, seed: int, space_name: str,
+                data: Path) -> dict[str, Any]:
+    """A study on ``data`` (by default the synthetic mosi set, as a workspace's default dataset)."""
     from msatune.search.search_settings import SearchSettings
     from msatune.studies.runs import launch
     from msatune.studies.store.connect import open_storage
-    from msatune.studies.store.workspace import Workspace, default_dataset
+    from msatune.studies.store.workspace import Workspace
 
     ws = Workspace(ws_root).ensure()
-    data = default_dataset(ws)
     space = None
     if space_name == "small":
         space = ws_root / "small_space.toml"
@@ -183,7 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=9, help="Timed repeats, interleaved (median reported).")
     ap.add_argument("--request", type=int, default=16, help="Samples per request in the online regime.")
     ap.add_argument("--out", type=Path, default=None, help="JSON file to write.")
+    add_data_args(ap, "mosi", smoke_preset=None)
     args = ap.parse_args(argv)
+    if args.workspace and args.study and (args.data is not None or args.synth is not None):
+        ap.error("--data/--synth choose the data of the study this script builds; an existing study "
+                 "(--workspace with --study) runs on its own data (recorded)")
 
     sys.path.insert(0, str(REPO))
     from msatune.augment.dataset import load_dataset
@@ -201,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workspace and args.study:
         ws, name = Workspace(args.workspace.resolve()), args.study
         record["study_source"] = "existing"
+        data_rec = None
     else:
         if args.workspace:  # build into a workspace that stays (rerun with --study bench)
             ws = Workspace(args.workspace.resolve())
@@ -210,13 +221,16 @@ def main(argv: list[str] | None = None) -> int:
         name = "bench"
         trials = args.trials or (6 if args.quick else 20)
         epochs = args.max_epochs or (4 if args.quick else 12)
-        print(f"building study {name!r}: {trials} trials x up to {epochs} epochs on synthetic mosi ...", flush=True)
+        data_dir, data_rec = resolve_data(args, ws.root, "mosi", 0)
+        print(f"building study {name!r}: {trials} trials x up to {epochs} epochs on {data_label(data_rec)} ...",
+              flush=True)
         record["study_source"] = "built"
-        record["built"] = build_study(ws.root, name, trials, epochs, args.seed, args.space)
+        record["built"] = build_study(ws.root, name, trials, epochs, args.seed, args.space, data_dir)
 
     study = load_study(open_storage(ws.storage_url), name)
     attrs = study_attrs(study)
     data = load_dataset(attrs["data_path"])
+    record["data"] = data_rec or data_record(attrs["data_path"])
     pool = select_candidates(trial_refs(study.get_trials()), study_name=name, expected_fingerprint=attrs.get("data_fingerprint"))
     record["study"] = {"name": name, "data": attrs.get("data_path"), "trials": pool.n_trials,
                        "complete": pool.n_complete, "candidates": len(pool.candidates),
@@ -275,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
 
     record["machine"]["load_avg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     _print(record)
-    out = args.out or RESULTS / ("ensemble_quick.json" if args.quick else "ensemble.json")
+    tag = data_tag(args, "mosi")
+    stem = "ensemble" + (f"_{tag}" if tag else "")
+    out = args.out or RESULTS / (f"{stem}_quick.json" if args.quick else f"{stem}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")

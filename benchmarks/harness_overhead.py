@@ -31,6 +31,7 @@ their JSONs.
     python benchmarks/harness_overhead.py           # 20 configs x 16 epochs, improved model, mosi (~35 s trials)
     python benchmarks/harness_overhead.py --parts plain --out /tmp/p.json   # then study rung, then --merge
     python benchmarks/harness_overhead.py --quick   # 4 configs x 3 epochs (a few minutes)
+    python benchmarks/harness_overhead.py --data DIR   # any msa-tf2 directory (recorded)
     python benchmarks/harness_overhead.py --smoke --out /tmp/h.json   # tiny data, 2 x 2 (tests)
 """
 
@@ -52,7 +53,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (  # noqa: E402
     REPO,
     SMALL_MODEL,
+    add_data_args,
     base_doc,
+    data_label,
+    data_tag,
     first_epoch_extra,
     max_rss_mb,
     median,
@@ -61,11 +65,11 @@ from bench_common import (  # noqa: E402
     overheads,
     print_table,
     read_events,
+    resolve_data,
     result_path,
     rss_mb,
     start_ray,
     steady_train_secs,
-    synth_data,
     timed_trainable,
     trial_slices,
     trial_timeline,
@@ -324,6 +328,10 @@ def print_results(results: dict[str, dict[str, Any]], goals: dict[str, Any], tit
 def merge(paths: list[Path], out_path: Path) -> int:
     """One document from runs of separate parts (``--parts``), each run's load and time kept."""
     docs = [json.loads(Path(p).read_text()) for p in paths]
+    fingerprints = {(d.get("data") or {}).get("fingerprint") for d in docs} - {None}
+    if len(fingerprints) > 1:
+        raise SystemExit(f"--merge: the parts ran on different data (fingerprints "
+                         f"{', '.join(sorted(f[:12] for f in fingerprints))})")
     doc = dict(docs[0])
     doc["results"], doc["pieces"] = {}, []
     for d in docs:
@@ -352,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge", nargs="+", type=Path, default=None, help="join these JSONs into --out")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
     p.add_argument("--timeout", type=float, default=7200.0, help="seconds for the plain process")
+    add_data_args(p, "mosi")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -360,10 +369,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     mode = mode_of(args)
-    out_path = result_path("harness_overhead", mode, args.out)
+    preset, n, epochs, batch, model = SIZES[mode]
+    tag = None if args.merge else data_tag(args, preset)
+    out_path = result_path("harness_overhead" + (f"_{tag}" if tag else ""), mode, args.out)
     if args.merge:
         return merge(args.merge, out_path)
-    preset, n, epochs, batch, model = SIZES[mode]
     model = args.model or model
     n = args.configs or n
     epochs = args.epochs or epochs
@@ -379,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     ray_init_s = None
     with tempfile.TemporaryDirectory(prefix="msatune-overhead-") as tmp:
         root = Path(tmp)
-        data = synth_data(root, preset, DATA_SEED)
+        data, data_rec = resolve_data(args, root, preset, DATA_SEED)
         if "plain" in args.parts:
             print(f"plain: {n} configs x {epochs} epochs ...", file=sys.stderr, flush=True)
             results["plain"] = run_plain(data, base, params, root / "plain", args.timeout)
@@ -400,13 +410,13 @@ def main(argv: list[str] | None = None) -> int:
                 ray.shutdown()
     load_after = os.getloadavg()
     goals = evaluate_goals(results)
-    print_results(results, goals, f"{n} configurations x {epochs} epochs ({preset}, {model} model, batch {batch}); "
+    print_results(results, goals, f"{n} configurations x {epochs} epochs ({data_label(data_rec)}, {model} model, batch {batch}); "
                                   f"rung: {n_rung} x {RUNG_EPOCHS}")
 
     doc = base_doc("harness_overhead", mode, {"data": DATA_SEED, "model": MODEL_SEED,
                                               "config_seeds": [MODEL_SEED + i for i in range(n)]})
     doc.update({
-        "data": {"synthetic_preset": preset, "seed": DATA_SEED},
+        "data": data_rec,
         "configs": {"n": n, "epochs": epochs, "batch_size": batch, "model": SMALL_MODEL if model == "small" else model,
                     "varied": params, "base": base, "rung": {"n": n_rung, "epochs": RUNG_EPOCHS}},
         "parts": list(args.parts),

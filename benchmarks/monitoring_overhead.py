@@ -1,19 +1,20 @@
 """Monitoring's cost: the same training with and without :mod:`msatune.models.monitoring`.
 
 For each model (the ``improved`` and ``seqlevel`` presets at their batch sizes), on the synthetic
-mosi set, ``train_model`` runs ``--epochs`` epochs with monitoring on (gradient norms summed in
-the train step, the attention probe on validation at every epoch's end, the event file written)
-and off, alternating on/off ``--repeat`` times in one process (this includes the epoch-end probe).
-First, the train step alone: two copies of the model in one process, one with the gradient
-norms, trained epoch by epoch in turns (``--rounds``), so the machine's other load slows both
-alike; its slowdown is the median of the per-round time ratios. The steady training step rate
-excludes the first epoch (tracing): steps of epochs 2..k over their training time (epoch begin to
-validation begin). The epoch-end cost (validation + probe + event file) is reported apart. Goal:
-monitoring slows a training step by at most 5%. Records the load average around every run (the
-machine is shared); never asserts times.
+mosi set (or ``--data DIR``, ``--synth NAME``), ``train_model`` runs ``--epochs`` epochs with
+monitoring on (gradient norms summed in the train step, the attention probe on validation at every
+epoch's end, the event file written) and off, alternating on/off ``--repeat`` times in one process
+(this includes the epoch-end probe). First, the train step alone: two copies of the model in one
+process, one with the gradient norms, trained epoch by epoch in turns (``--rounds``), so the
+machine's other load slows both alike; its slowdown is the median of the per-round time ratios. The
+steady training step rate excludes the first epoch (tracing): steps of epochs 2..k over their
+training time (epoch begin to validation begin). The epoch-end cost (validation + probe + event
+file) is reported apart. Goal: monitoring slows a training step by at most 5%. Records the load
+average around every run (the machine is shared); never asserts times.
 
     python benchmarks/monitoring_overhead.py              # improved + seqlevel, 4 epochs, 3 repeats
     python benchmarks/monitoring_overhead.py --quick      # improved only, 3 epochs, 2 repeats
+    python benchmarks/monitoring_overhead.py --data DIR   # any msa-tf2 directory (recorded)
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (  # noqa: E402
+    add_data_args,
     base_doc,
+    data_label,
+    data_tag,
     loadavg,
     median,
     mode_of,
     print_table,
+    resolve_data,
     result_path,
-    synth_data,
     write_json,
 )
 
@@ -125,6 +129,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--rounds", type=int, default=None, help="interleaved epochs per copy (after tracing)")
     parser.add_argument("--skip-runs", action="store_true", help="only the interleaved measurement")
+    add_data_args(parser, "mosi", smoke_preset=None)
     args = parser.parse_args()
     mode = mode_of(args)
     epochs = args.epochs or (3 if args.quick else 4)
@@ -137,7 +142,8 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     pairs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = load_dataset(synth_data(Path(tmp), "mosi", 0))
+        data_path, doc["data"] = resolve_data(args, Path(tmp), "mosi", 0)
+        data = load_dataset(data_path)
         for preset in presets:
             pairs.append(_interleaved(preset, data, rounds))
             p = pairs[-1]
@@ -168,9 +174,11 @@ def main() -> None:
     print_table(rows, [("preset", "preset", 0), ("off", "steps/s off (median)", 1), ("on", "steps/s on (median)", 1),
                        ("slowdown_pct", "slowdown % (median)", 1), ("slowdown_best_pct", "slowdown % (best)", 1),
                        ("epoch_end_off_s", "epoch end off s", 2), ("epoch_end_on_s", "epoch end on s", 2)],
-                title=f"Monitoring overhead ({epochs} epochs, {repeat} repeats; goal: slowdown <= 5%)")
+                title=f"Monitoring overhead ({data_label(doc['data'])}; {epochs} epochs, {repeat} repeats; "
+                      "goal: slowdown <= 5%)")
     doc.update(epochs=epochs, repeat=repeat, rounds=rounds, interleaved=pairs, runs=runs, summary=rows)
-    write_json(result_path("monitoring_overhead", mode, args.out), doc)
+    tag = data_tag(args, "mosi")
+    write_json(result_path("monitoring_overhead" + (f"_{tag}" if tag else ""), mode, args.out), doc)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """The presets (the users' msa-tf2 recipes) trained to early stopping on synthetic mosi (or --data).
 
 Each preset runs as ``msatune train --preset NAME --json`` in its own process, one after the
-other (never side by side), on the workspace's synthetic mosi set (seed 0). The result keeps
+other (never side by side), on synthetic mosi (seed 0) generated into the workspace (``--synth
+NAME``: another preset; ``--data DIR``: any msa-tf2 directory, only read). The result keeps
 the previous committed numbers under ``previous`` so a re-run shows old vs new::
 
     python benchmarks/presets.py                      # the four presets, full recipes
     python benchmarks/presets.py --presets improved   # one preset
-    python benchmarks/presets.py --data DIR           # on any msa-tf2 directory (recorded)
+    python benchmarks/presets.py --data DIR           # on any msa-tf2 directory (recorded with its fingerprint)
     python benchmarks/presets.py --smoke --out /tmp/p.json   # tiny data, 2 epochs (tests)
 
 Columns: valid/test MAE of the best-val-MAE epoch, that epoch (1-based), epochs trained, the
@@ -26,7 +27,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import REPO, base_doc, loadavg, mode_of, print_table, result_path, write_json  # noqa: E402
+from bench_common import (  # noqa: E402
+    REPO,
+    add_data_args,
+    base_doc,
+    data_tag,
+    loadavg,
+    mode_of,
+    print_table,
+    resolve_data,
+    result_path,
+    write_json,
+)
 
 NAMES = ("baseline", "improved", "balanced", "seqlevel")
 
@@ -75,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--presets", nargs="+", choices=NAMES, default=list(NAMES))
     ap.add_argument("--smoke", action="store_true", help="tiny data, 2 epochs (what the tests run)")
     ap.add_argument("--workspace", type=Path, default=None, help="workspace (default: a temp dir)")
-    ap.add_argument("--data", type=Path, default=None, help="msa-tf2 data directory (default: synthetic mosi)")
+    add_data_args(ap, "mosi")
     ap.add_argument("--epochs", type=int, default=None, help="cap every preset's epochs")
     ap.add_argument("--out", type=Path, default=None, help="JSON to write")
     ap.add_argument("--seeds", nargs="+", type=int, default=None,
@@ -85,20 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds:
         return seed_runs(args)
     mode = mode_of(args)
-    out = result_path(f"presets_{args.data.name}" if args.data else "presets_mosi", mode, args.out)
+    out = result_path(f"presets_{data_tag(args, 'mosi') or 'mosi'}", mode, args.out)
     ws = args.workspace or Path(tempfile.mkdtemp(prefix="msatune-presets-"))
-    extra: list[str] = []
+    data, data_rec = resolve_data(args, ws, "tiny" if mode == "smoke" else "mosi", 0)
+    extra = ["--data", str(data)]
     if mode == "smoke":
-        subprocess.run([sys.executable, "-m", "msatune.studies.cli", "data", "synth", str(ws / "tiny"),
-                        "--preset", "tiny"], check=True, capture_output=True, cwd=REPO)
-        extra = ["--data", str(ws / "tiny"), "--epochs", "2"]
-    elif args.data is not None:
-        extra = ["--data", str(args.data.resolve())]
-    if args.epochs is not None and mode != "smoke":
+        extra += ["--epochs", "2"]
+    elif args.epochs is not None:
         extra += ["--epochs", str(args.epochs)]
     doc = base_doc("presets", mode, {"data": 0, "model": 0})
-    doc["data"] = ("tiny (smoke)" if mode == "smoke" else str(args.data.resolve()) if args.data
-                   else "the workspace's synthetic mosi set (seed 0)")
+    doc["data"] = data_rec
     previous = json.loads(out.read_text()) if out.is_file() else None
     doc["presets"] = {name: train(ws, name, extra) for name in args.presets}
     if previous:
@@ -123,14 +131,16 @@ def main(argv: list[str] | None = None) -> int:
 def seed_runs(args: argparse.Namespace) -> int:
     """The presets at several seeds, with the fused optimizer and with Keras' own: how far a
     valid MAE moves with the seed, and with the optimizer's rounding alone."""
-    out = args.out or (REPO / "benchmarks" / "results" / "presets_mosi_seeds.json")
+    out = args.out or (REPO / "benchmarks" / "results" / f"presets_{data_tag(args, 'mosi') or 'mosi'}_seeds.json")
     ws = args.workspace or Path(tempfile.mkdtemp(prefix="msatune-presets-"))
+    data, data_rec = resolve_data(args, ws, "mosi", 0)
     doc = base_doc("presets_seeds", "full", {"data": 0, "model": list(args.seeds)})
+    doc["data"] = data_rec
     runs = []
     for name in args.presets:
         for seed in args.seeds:
             for keras_opt in (False, True):
-                rec = train(ws, name, ["--set", f"seed={seed}"], keras_optimizer=keras_opt,
+                rec = train(ws, name, ["--data", str(data), "--set", f"seed={seed}"], keras_optimizer=keras_opt,
                             tag=f"-s{seed}{'-keras' if keras_opt else ''}")
                 runs.append({"preset": name, "seed": seed, "optimizer": "keras" if keras_opt else "fused",
                              **{k: rec[k] for k in ("valid_mae", "test_mae", "best_epoch", "epochs_trained",

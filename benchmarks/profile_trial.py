@@ -23,6 +23,7 @@ Prints a table, writes JSON (``--out``, default ``benchmarks/results/profile_tri
 never asserts times. Hold the machine lock: ``/work/locks/exclusive python benchmarks/profile_trial.py``.
 
     python benchmarks/profile_trial.py --model baseline --batch 4 --variants users service service:spe=16
+    python benchmarks/profile_trial.py --data DIR     # on any msa-tf2 directory (default: synthetic mosi; recorded)
 """
 
 from __future__ import annotations
@@ -312,10 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--variants", nargs="+", default=["users", "service"])
     p.add_argument("--repeat", type=int, default=1)
-    p.add_argument("--data", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--append", action="store_true", help="add to the JSON at --out instead of replacing it")
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    from bench_common import add_data_args
+
+    add_data_args(p, "mosi", smoke_preset=None)
     args = p.parse_args(argv)
     if args.worker:
         print("RESULT " + json.dumps(_worker(json.loads(args.worker))), flush=True)
@@ -323,11 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or REPO / "benchmarks" / "results" / "profile_trial.json"
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="msatune-profile-") as tmp:
-        data = args.data
-        if data is None:
-            from bench_common import synth_data
+        from bench_common import resolve_data
 
-            data = synth_data(Path(tmp), "mosi", 0)
+        data, data_rec = resolve_data(args, Path(tmp), "mosi", 0)
         for rep in range(args.repeat):
             for text in args.variants:
                 spec = {"model": args.model, "batch": args.batch, "epochs": args.epochs, "data": str(data),
@@ -341,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench_common import machine, versions
 
     doc["runs"].append({"machine": machine(), "versions": versions(("numpy", "tensorflow", "keras")),
-                        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows})
+                        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "data": data_rec, "rows": rows})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {out}")

@@ -1,8 +1,10 @@
 """Refits and bagged ensembles vs selection on one validation split (issue 17).
 
-On one synthetic dataset per run (``--dataset mosi``: the embedded MOSI-like set; ``--dataset
-video``: a set of another structure, see ``augment/synth.py``), in three stages that can run as
-separate processes (each stage reads what the previous one left in ``--workspace``):
+On one dataset per run (``--dataset mosi``: the embedded MOSI-like set; ``--dataset video``: a set
+of another structure, see ``augment/synth.py``; any other synthetic preset, e.g. ``lexicon``;
+``--data DIR``: any msa-tf2 directory, only read, its entry named after the directory), in three
+stages that can run as separate processes (each stage reads what the previous one left in
+``--workspace``):
 
 1. ``study``: a study of small models (``model_dim`` 16/32, one layer each; ``family`` baseline
    or improved searched too, so ensembles mix both architectures) with msatune's TPE, no ASHA
@@ -27,6 +29,7 @@ dataset, merged), prints the table; never asserts.
     python benchmarks/refit.py --dataset mosi --stage refit    # top 10 x 5 folds (~12 min)
     python benchmarks/refit.py --dataset mosi --stage score    # both ensembles, exported (~3 min)
     python benchmarks/refit.py --dataset video --stage all     # all three in one process
+    python benchmarks/refit.py --data DIR                      # any msa-tf2 directory (recorded)
     python benchmarks/refit.py --smoke --out /tmp/refit.json   # tiny data, every stage (~2 min)
 """
 
@@ -42,7 +45,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import base_doc, print_table, result_path, synth_data, write_json  # noqa: E402
+from bench_common import (  # noqa: E402
+    add_data_args,
+    base_doc,
+    data_label,
+    data_tag,
+    print_table,
+    resolve_data,
+    result_path,
+    write_json,
+)
 
 STAGES = ("study", "refit", "score")
 GOAL_RATIO = 0.95
@@ -102,8 +114,17 @@ value = 0
 NAME = "bench"
 
 
+def dataset_key(args: argparse.Namespace) -> str:
+    """The run's entry in the result: ``--dataset``, or ``--data``'s directory name (with
+    ``-data`` when that is also a synthetic preset's name)."""
+    from msatune.augment.synth import PRESETS
+
+    tag = data_tag(args, args.dataset) if args.data is not None else None
+    return args.dataset if tag is None else f"{tag}-data" if tag in PRESETS else tag
+
+
 def workspace(args: argparse.Namespace) -> Path:
-    return Path(args.workspace or f"/tmp/msatune-bench-refit/{args.dataset}{'-smoke' if args.smoke else ''}")
+    return Path(args.workspace or f"/tmp/msatune-bench-refit/{dataset_key(args)}{'-smoke' if args.smoke else ''}")
 
 
 def stage_study(ws_root: Path, data: Path, size: dict[str, Any]) -> dict[str, Any]:
@@ -189,8 +210,12 @@ def table(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from msatune.augment.synth import PRESETS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", choices=("mosi", "video"), default="mosi")
+    p.add_argument("--dataset", choices=list(PRESETS), default="mosi",
+                   help="the synthetic preset when no --data (--smoke: tiny) [mosi]")
+    add_data_args(p, "mosi", synth=False)
     p.add_argument("--stage", choices=(*STAGES, "all"), default="all")
     p.add_argument("--workspace", type=Path, default=None, help="Where the stages keep the study.")
     p.add_argument("--smoke", action="store_true", help="Tiny data and sizes (tests).")
@@ -202,14 +227,17 @@ def main(argv: list[str] | None = None) -> int:
     ws_root.mkdir(parents=True, exist_ok=True)
     state_file = ws_root / "stages.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
-    preset = "tiny" if args.smoke else args.dataset
-    data = synth_data(ws_root / "data", preset, seed=0)
+    key = dataset_key(args)
     stages = STAGES if args.stage == "all" else (args.stage,)
     for stage in stages:
-        print(f"[{time.strftime('%H:%M:%S')}] {args.dataset}: stage {stage} ...", flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}] {key}: stage {stage} ...", flush=True)
         t_load = base_doc("refit", mode, {"data": 0, "study": 0, "folds": 0})["machine"]["loadavg"]
         if stage == "study":
+            # the data is the study's: the later stages read it from the study, its record from here
+            data, data_rec = resolve_data(args, ws_root / "data", "tiny" if args.smoke else args.dataset, seed=0)
+            print(f"  on {data_label(data_rec)}", flush=True)
             state = {"study": stage_study(ws_root, data, size)}
+            state["study"]["data"] = data_rec
         elif stage == "refit":
             state["refit"] = stage_refit(ws_root, size)
         else:
@@ -220,17 +248,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stages done so far: {[s for s in STAGES if s in state]}; run the others to get the table")
         return 0
 
-    entry = {"preset": preset, "sizes": size, "stages": {s: {k: v for k, v in state[s].items()
-                                                           if k in ("wall_s", "ensemble_wall_s", "bagged_wall_s",
-                                                                    "loadavg_start", "run")} for s in STAGES},
+    data_rec = state["study"].get("data")
+    if data_rec is None:  # a workspace whose study stage ran before the data was recorded there
+        data_rec = resolve_data(args, ws_root / "data", "tiny" if args.smoke else args.dataset, seed=0)[1]
+    stage_keys = ("wall_s", "ensemble_wall_s", "bagged_wall_s", "loadavg_start", "run")
+    entry = {"preset": data_rec["synthetic_preset"], "data": data_rec, "sizes": size,
+             "stages": {s: {k: v for k, v in state[s].items() if k in stage_keys} for s in STAGES},
              **table(state)}
     out = result_path("refit", "smoke" if args.smoke else "full", args.out)
     doc = json.loads(out.read_text()) if out.exists() else base_doc("refit", mode, {"data": 0, "study": 0, "folds": 0})
-    doc.setdefault("datasets", {})[args.dataset] = {**entry, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                    "machine": base_doc("refit", mode, {})["machine"]}
+    doc.setdefault("datasets", {})[key] = {**entry, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                           "machine": base_doc("refit", mode, {})["machine"]}
     print_table(entry["rows"], [("approach", "approach", 0), ("test_mae", "test MAE", 4), ("ratio", "x best single", 3),
                                 ("wall_s", "wall s", 0)],
-                title=f"{args.dataset}: test MAE (constant {entry['reference']['constant_mae']:.4f}, "
+                title=f"{key}: test MAE (constant {entry['reference']['constant_mae']:.4f}, "
                       f"floor {entry['reference'].get('floor_mae') or 0:.4f})")
     print_table(entry["configs"], [("trial", "trial", 0), ("val_mae", "val MAE", 4), ("oof_mae", "OOF MAE", 4),
                                    ("test_mae_single", "test (trial)", 4), ("test_mae_bagged", "test (bagged)", 4)],

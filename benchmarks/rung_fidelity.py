@@ -21,6 +21,8 @@ A trial that stopped early keeps its last values for later rungs.
     python benchmarks/rung_fidelity.py                         # 32 configs x 27 epochs, synthetic mosi
     python benchmarks/rung_fidelity.py --cosine-epochs 50      # every config on the improved preset's 50-epoch cosine
     python benchmarks/rung_fidelity.py --quick                 # 8 configs x 9 epochs
+    python benchmarks/rung_fidelity.py --data DIR              # any msa-tf2 directory (recorded)
+    python benchmarks/rung_fidelity.py --synth lexicon         # a synthetic set of another structure
     python benchmarks/rung_fidelity.py --smoke --out /tmp/r.json   # tiny data (tests)
 
 Two processes train side by side (one TensorFlow thread each). Never asserts anything.
@@ -40,12 +42,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import (  # noqa: E402
+    add_data_args,
     base_doc,
+    data_tag,
     loadavg,
     mode_of,
     print_table,
+    resolve_data,
     result_path,
-    synth_data,
     write_json,
 )
 
@@ -234,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    add_data_args(ap, "mosi")
     ap.add_argument("--label", default=None, help="suffix of the result file name (e.g. before)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
@@ -257,13 +262,15 @@ def main(argv: list[str] | None = None) -> int:
     variant = ", ".join(filter(None, [
         "space default" if args.cosine_epochs is None else f"cosine_epochs={args.cosine_epochs}",
         f"first_rung={args.first_rung}" if args.first_rung else "", args.label or ""]))
-    name = "rung_fidelity" + (f"_{args.label}" if args.label else "")
+    tag = data_tag(args, size["data"])
+    name = "rung_fidelity" + (f"_{tag}" if tag else "") + (f"_{args.label}" if args.label else "")
     out = result_path(name, mode, args.out)
-    data_path = synth_data(Path(os.environ.get("MSATUNE_BENCH_DATA", "/tmp/msatune-bench-data")),
-                           size["data"], seed=0)
+    data_path, data_rec = resolve_data(args, Path(os.environ.get("MSATUNE_BENCH_DATA", "/tmp/msatune-bench-data")),
+                                       size["data"], seed=0)
+    size["data"] = data_rec["synthetic_preset"] or data_rec["path"]
     configs = sample_configs(size["configs"], size["epochs"], args.seed, args.cosine_epochs, args.first_rung)
     doc = base_doc("rung_fidelity", mode, {"sampler": args.seed, "data": 0})
-    doc.update(size=size, variant=variant, loadavg_before=loadavg())
+    doc.update(size=size, variant=variant, data=data_rec, loadavg_before=loadavg())
     t0 = time.time()
     import multiprocessing as mp
 

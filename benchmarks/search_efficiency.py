@@ -1,10 +1,10 @@
 """Search efficiency: random search at full budget vs TPE at full budget vs TPE + ASHA.
 
-On the synthetic mosi set (seed 0), three searches with the same trial count, the same space
-(the default space's optimisation, regularisation and augmentation keys on a small model) and
-the same seeds (sampler seed and model seeds), each through msatune's runner
-(``search.study_run.run_search``: Ray Tune, the store-truthful study searcher, SQLite store,
-``cpus_per_trial = 1``, the same concurrency):
+On the synthetic mosi set (seed 0; or ``--data DIR``, ``--synth NAME``), three searches with the
+same trial count, the same space (the default space's optimisation, regularisation and
+augmentation keys on a small model) and the same seeds (sampler seed and model seeds), each
+through msatune's runner (``search.study_run.run_search``: Ray Tune, the store-truthful study
+searcher, SQLite store, ``cpus_per_trial = 1``, the same concurrency):
 
 * ``random``: ``optuna.samplers.RandomSampler(seed)``, scheduler off (every trial runs
   ``max_epochs``, the recipe's early stopping aside): MMSA's tuning mode;
@@ -24,6 +24,7 @@ asserts.
 
     python benchmarks/search_efficiency.py            # 24 trials x 15 epochs, seeds 0 1 2 (~40 min)
     python benchmarks/search_efficiency.py --quick    # 8 trials x 4 epochs, seed 0 (a few minutes)
+    python benchmarks/search_efficiency.py --data DIR # any msa-tf2 directory (recorded)
     python benchmarks/search_efficiency.py --smoke --out /tmp/s.json   # tiny data (tests)
 """
 
@@ -43,15 +44,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import (  # noqa: E402
     SMALL_MODEL,
+    add_data_args,
     base_doc,
+    data_label,
+    data_tag,
     median,
     mode_of,
     new_study,
     print_table,
     read_events,
+    resolve_data,
     result_path,
     start_ray,
-    synth_data,
     timed_trainable,
     write_json,
 )
@@ -296,14 +300,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random-from", type=Path, default=None,
                    help="a results JSON whose runs of the methods not run now (same size and seeds) are compared with")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
+    add_data_args(p, "mosi")
     p.add_argument("--from-workspace", type=Path, default=None,
                    help="rebuild the records of the searches that finished in an interrupted run's "
                         "workspace (its temp dir's ws/, kept when the run was killed) instead of running")
     args = p.parse_args(argv)
 
     mode = mode_of(args)
-    out_path = result_path("search_efficiency", mode, args.out)
     size = dict(SIZES[mode])
+    tag = data_tag(args, size["preset"])
+    out_path = result_path("search_efficiency" + (f"_{tag}" if tag else ""), mode, args.out)
     for key, val in (("trials", args.trials), ("epochs", args.epochs), ("seeds", args.seeds),
                      ("slots", args.slots), ("grace", args.grace), ("rf", args.rf)):
         if val is not None:
@@ -316,11 +322,23 @@ def main(argv: list[str] | None = None) -> int:
 
     t_all = time.time()
     load_before = os.getloadavg()
-    if args.from_workspace is not None:
-        runs, ray_init_s = recover_runs(args.from_workspace, args.methods, size), None
-    else:
-        runs, ray_init_s = run_all(args.methods, size)
-    finish(args, mode, out_path, size, runs, ray_init_s, t_all, load_before)
+    with tempfile.TemporaryDirectory(prefix="msatune-searcheff-") as tmp:
+        root = Path(tmp)
+        # a recovered run's data: the same --data or synthetic preset again (same seed, same fingerprint)
+        data, data_rec = resolve_data(args, root, size["preset"], DATA_SEED)
+        size["preset"] = data_rec["synthetic_preset"]
+        if args.random_from is not None:  # its runs are compared with these: the same data
+            import json
+
+            earlier = (json.loads(args.random_from.read_text()).get("data") or {}).get("fingerprint")
+            if earlier not in (None, data_rec["fingerprint"]):
+                raise SystemExit(f"--random-from {args.random_from}: ran on other data (fingerprint "
+                                 f"{earlier[:12]}, not {data_rec['fingerprint'][:12]})")
+        if args.from_workspace is not None:
+            runs, ray_init_s = recover_runs(args.from_workspace, args.methods, size), None
+        else:
+            runs, ray_init_s = run_all(args.methods, size, root, data)
+    finish(args, mode, out_path, size, runs, ray_init_s, t_all, load_before, data_rec)
     return 0
 
 
@@ -351,27 +369,24 @@ def recover_runs(ws: Path, methods: list[str], size: dict[str, Any]) -> list[dic
     return runs
 
 
-def run_all(methods: list[str], size: dict[str, Any]) -> tuple[list[dict[str, Any]], float]:
+def run_all(methods: list[str], size: dict[str, Any], root: Path, data: Path) -> tuple[list[dict[str, Any]], float]:
     runs: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="msatune-searcheff-") as tmp:
-        root = Path(tmp)
-        data = synth_data(root, size["preset"], DATA_SEED)
-        ray_init_s = start_ray(num_cpus=max(float(os.cpu_count() or 1), float(size["slots"])))
-        import ray
+    ray_init_s = start_ray(num_cpus=max(float(os.cpu_count() or 1), float(size["slots"])))
+    import ray
 
-        try:
-            for seed in size["seeds"]:
-                for method in [m for m in ALL_METHODS if m in methods]:  # back to back per seed
-                    print(f"{method} seed {seed} ...", file=sys.stderr, flush=True)
-                    runs.append(run_one(method, seed, size, root / "ws", data))
-        finally:
-            ray.shutdown()
+    try:
+        for seed in size["seeds"]:
+            for method in [m for m in ALL_METHODS if m in methods]:  # back to back per seed
+                print(f"{method} seed {seed} ...", file=sys.stderr, flush=True)
+                runs.append(run_one(method, seed, size, root / "ws", data))
+    finally:
+        ray.shutdown()
     return runs, ray_init_s
 
 
 def finish(args: argparse.Namespace, mode: str, out_path: Path, size: dict[str, Any],
            runs: list[dict[str, Any]], ray_init_s: float | None, t_all: float,
-           load_before: tuple[float, float, float]) -> None:
+           load_before: tuple[float, float, float], data_rec: dict[str, Any]) -> None:
     """Compare, print, plot and write the results of ``runs``."""
     seeds = sorted({r["seed"] for r in runs}) if args.from_workspace is not None else size["seeds"]
     size = {**size, "seeds": seeds}
@@ -386,7 +401,7 @@ def finish(args: argparse.Namespace, mode: str, out_path: Path, size: dict[str, 
     cmp = compare(runs, size["seeds"])
     cmp_more = {m: compare(runs, size["seeds"], m) for m in MORE_TRIALS if m in args.methods}
     seeds_txt = f"seed {size['seeds'][0]}" if len(size["seeds"]) == 1 else f"median of {len(size['seeds'])} seeds"
-    title = (f"{size['trials']} trials x {size['epochs']} epochs, {size['preset']} "
+    title = (f"{size['trials']} trials x {size['epochs']} epochs, {data_label(data_rec)} "
              f"({seeds_txt}; ASHA grace {size['grace']}, rf {size['rf']})")
     print_table(rows, [
         ("method", "method", 0), ("trials", "trials", 0), ("pruned", "pruned", 0), ("epochs", "epochs", 0),
@@ -411,7 +426,7 @@ def finish(args: argparse.Namespace, mode: str, out_path: Path, size: dict[str, 
     doc = base_doc("search_efficiency", mode, {"data": DATA_SEED, "search": size["seeds"],
                                                "model": "study seed + trial number"})
     doc.update({
-        "data": {"synthetic_preset": size["preset"], "seed": DATA_SEED},
+        "data": data_rec,
         "size": size,
         "space": {"searched": sorted(make_space(size["epochs"], size["batches"], None).distributions),
                   "fixed": {k: v for k, v in SMALL_MODEL.items() if k != "model_dim"} | {"ff_dim": 64}},

@@ -6,8 +6,8 @@
    each, a val MAE computed from the config). The rest is msatune's real path: ``run_search`` with
    the store-truthful study searcher over the default space, TPE, SQLite store, ``reuse_actors``,
    scheduler off (``grace_period = max_epochs``). ``slots x rounds`` trials at 1, 2, 4, 8 slots.
-2. **Real training** on the synthetic mosi set (small model, learning rate and dropout searched,
-   scheduler off) at 1 and 2 slots of 1 CPU each.
+2. **Real training** on the synthetic mosi set (or ``--data DIR``, ``--synth NAME``; small model,
+   learning rate and dropout searched, scheduler off) at 1 and 2 slots of 1 CPU each.
 
 Trials per minute two ways: ``wall`` = trials / the ``run_search`` call (actor start-up included)
 and ``steady`` = trials / (first trial start -> last trial end, in the workers). Scaling =
@@ -17,6 +17,7 @@ rate(k) / (k x rate(1)). Goal (issue 6): the scheduling path reaches >= 0.85 x l
 
     python benchmarks/slots_scaling.py            # 10 s trials, 6 rounds; real: 8 trials x 4 epochs
     python benchmarks/slots_scaling.py --quick    # 2 s trials, 4 rounds; real: 4 trials x 2 epochs
+    python benchmarks/slots_scaling.py --data DIR # the real part on any msa-tf2 directory (recorded)
     python benchmarks/slots_scaling.py --smoke --out /tmp/x.json   # 1-2 slots, tiny data (tests)
 """
 
@@ -36,12 +37,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import (  # noqa: E402
     SMALL_MODEL,
+    add_data_args,
     base_doc,
+    data_label,
+    data_tag,
     median,
     mode_of,
     new_study,
     print_table,
     read_events,
+    resolve_data,
     result_path,
     start_ray,
     synth_data,
@@ -148,12 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epoch-s", type=float, default=None, help="seconds per sleeping epoch")
     p.add_argument("--rounds", type=int, default=None, help="trials per slot")
     p.add_argument("--skip-real", action="store_true", help="only the sleeping part")
+    add_data_args(p, "mosi")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
     args = p.parse_args(argv)
 
     mode = mode_of(args)
-    out_path = result_path("slots_scaling", mode, args.out)
     size = dict(SIZES[mode])
+    tag = None if args.skip_real else data_tag(args, size["real_preset"])
+    out_path = result_path("slots_scaling" + (f"_{tag}" if tag else ""), mode, args.out)
     for key, val in (("slots", args.slots), ("epochs", args.epochs), ("epoch_s", args.epoch_s),
                      ("rounds", args.rounds)):
         if val is not None:
@@ -166,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="msatune-slots-") as tmp:
         root = Path(tmp)
+        # the real part's data (the sleeping trials never read theirs): None with --skip-real
+        data, data_rec = (None, None) if args.skip_real else resolve_data(args, root, size["real_preset"], DATA_SEED)
+        if data_rec is not None:
+            size["real_preset"] = data_rec["synthetic_preset"]
         ray_init_s = start_ray(num_cpus=cores, num_gpus=FAKE_GPUS)
         import ray
 
@@ -182,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                     "sleep", slots, slots * size["rounds"], size["epochs"], root / "ws", tiny,
                     default_space(size["epochs"]), cpus_per_trial=cores / FAKE_GPUS, gpus_per_trial=1.0,
                     inner=inner))
-            if not args.skip_real:
-                data = synth_data(root, size["real_preset"], DATA_SEED)
+            if data is not None:
                 for slots in size["real_slots"]:
                     print(f"real training, {slots} slot(s) ...", file=sys.stderr, flush=True)
                     real.append(run_level(
@@ -201,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if real:
         print_table(real, COLUMNS, title=(
             f"Real training: {size['real_trials']} trials x {size['real_epochs']} epochs "
-            f"({size['real_preset']}, small model, batch {size['real_batch']}), 1 CPU per slot"))
+            f"({data_label(data_rec)}, small model, batch {size['real_batch']}), 1 CPU per slot"))
     top = max(sleeping, key=lambda r: r["slots"])
     goal = {"goal": GOAL_SCALING, "slots": top["slots"], "steady": top["scaling_steady"],
             "wall": top["scaling_wall"],
@@ -212,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
 
     doc = base_doc("slots_scaling", mode, {"data": DATA_SEED, "sampler": SEED})
     doc.update({
-        "size": size, "fake_gpus": FAKE_GPUS, "ray_num_cpus": cores, "ray_init_s": ray_init_s,
+        "size": size, "data": data_rec, "fake_gpus": FAKE_GPUS, "ray_num_cpus": cores, "ray_init_s": ray_init_s,
         "sleeping": sleeping, "real": real, "goal": goal,
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],

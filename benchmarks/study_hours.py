@@ -10,7 +10,8 @@ are steady; ``msatune train --json`` lists every epoch's wall seconds (``epoch_s
     python benchmarks/study_hours.py                     # 4 presets, full synthetic mosei (16,326 train samples)
     python benchmarks/study_hours.py --presets improved  # one preset
     python benchmarks/study_hours.py --scale 0.1         # synthetic mosei at a tenth of its size
-    python benchmarks/study_hours.py --data DIR          # any msa-tf2 directory (recorded)
+    python benchmarks/study_hours.py --data DIR          # any msa-tf2 directory (recorded with its fingerprint)
+    python benchmarks/study_hours.py --synth lexicon     # another synthetic preset (--scale applies too)
     python benchmarks/study_hours.py --smoke --out /tmp/h.json   # tiny data, 2 epochs (seconds of training)
 
 Per preset: parameters, first and steady epoch seconds, the first epoch's extra (tracing), the
@@ -39,7 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import (  # noqa: E402
     REPO,
+    add_data_args,
     base_doc,
+    data_label,
+    data_record,
+    data_tag,
     loadavg,
     median,
     mode_of,
@@ -150,18 +155,20 @@ def measure(ws: Path, preset: str, data: Path, epochs: int, threads: int) -> dic
             "batch_size": payload["config"].get("batch_size"), "data_fingerprint": payload.get("data_fingerprint")}
 
 
-def prepare_data(args: argparse.Namespace, ws: Path, mode: str) -> tuple[Path, str]:
-    """The data directory and how the result names it (synthesized into ``ws`` unless ``--data``)."""
+def prepare_data(args: argparse.Namespace, ws: Path, mode: str) -> tuple[Path, dict[str, Any]]:
+    """The data directory and its record (``bench_common.data_record``; synthesized into ``ws``,
+    in a child process, unless ``--data``)."""
     if args.data is not None:
-        return args.data.resolve(), str(args.data.resolve())
-    preset, scale = ("tiny", 1.0) if mode == "smoke" else ("mosei", args.scale)
+        path = args.data.expanduser().resolve()
+        return path, data_record(path)
+    preset, scale = ("tiny", 1.0) if mode == "smoke" and args.synth is None else (args.synth or "mosei", args.scale)
     path = ws / (f"synthetic-{preset}" + ("" if scale == 1.0 else f"-x{scale:g}"))
     if not (path / "y_train.h5").exists():
         cmd = [sys.executable, "-m", "msatune.studies.cli", "data", "synth", str(path), "--preset", preset,
                "--seed", "0", "--overwrite"] + ([] if scale == 1.0 else ["--scale", str(scale)])
         print(f"synthesizing {preset}{'' if scale == 1.0 else f' x{scale:g}'} into {path} ...", flush=True)
         subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
-    return path, f"synthetic {preset}{'' if scale == 1.0 else f' x{scale:g}'} (seed 0), {path}"
+    return path, data_record(path, synthetic_preset=preset, seed=0, scale=scale)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="TensorFlow threads: a trial's --cpus-per-trial [2]")
     ap.add_argument("--trials", type=int, default=100, help="the projected study's trials [100]")
     ap.add_argument("--concurrency", type=int, default=1, help="trials side by side in the projection [1]")
-    ap.add_argument("--data", type=Path, default=None, help="msa-tf2 data directory (default: synthetic mosei)")
-    ap.add_argument("--scale", type=float, default=1.0, help="synthetic mosei at this fraction of its size [1]")
+    add_data_args(ap, "mosei")
+    ap.add_argument("--scale", type=float, default=1.0, help="the synthetic set at this fraction of its size [1]")
     ap.add_argument("--workspace", type=Path, default=None,
                     help="workspace (kept, and its synthetic data reused; default: a temp dir, removed)")
     ap.add_argument("--smoke", action="store_true", help="tiny data, 2 epochs (seconds of training)")
@@ -183,14 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     mode = mode_of(args)
     if mode == "smoke":
         args.epochs = 2
-    name = (f"study_hours_{args.data.name}" if args.data else
-            "study_hours_mosei" if args.scale == 1.0 else f"study_hours_mosei_x{args.scale:g}")
+    name = f"study_hours_{data_tag(args, 'mosei') or 'mosei'}" + (
+        "" if args.data is not None or args.scale == 1.0 else f"_x{args.scale:g}")
     out = result_path(name, mode, args.out)
     ws = args.workspace or Path(tempfile.mkdtemp(prefix="msatune-study-hours-"))
     try:
-        data, data_label = prepare_data(args, ws, mode)
+        data, data_rec = prepare_data(args, ws, mode)
         doc = base_doc("study_hours", mode, {"data": 0, "model": 0})
-        doc["data"] = data_label
+        doc["data"] = data_rec
         doc["epochs"], doc["threads"] = args.epochs, args.threads
         doc["presets"] = {}
         for preset in args.presets:
@@ -241,7 +248,7 @@ def report(doc: Mapping[str, Any]) -> None:
                        ("first_epoch_s", "1st epoch s", 2), ("steady_epoch_s", "steady epoch s", 2),
                        ("first_epoch_extra_s", "1st extra s", 2), ("outside_epochs_s", "outside epochs s", 2),
                        ("peak_rss_mb", "peak RSS MB", 0), ("error", "error", 0)],
-                title=f"{doc['data']}; {doc['epochs']} epochs, {doc['threads']} threads, one preset at a time")
+                title=f"{data_label(doc['data'])}; {doc['epochs']} epochs, {doc['threads']} threads, one preset at a time")
     for p, r in doc["presets"].items():
         print(f"  {p}: load average before {r['loadavg_before']}" + (f"; {r['error']}" if "error" in r else ""))
     asha = proj["asha"]

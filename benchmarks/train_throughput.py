@@ -1,9 +1,9 @@
 """Training throughput: the service's training loop against the users' original setup.
 
 For the ``baseline`` and ``improved`` models, at their preset batch sizes (4 and 16) and at batch
-64, on the synthetic mosi set (generated with seed 0 into a temporary directory), each setup is
-trained for a few epochs in its own subprocess (thread settings must be fixed before TensorFlow
-initialises):
+64, on the synthetic mosi set (generated with seed 0 into a temporary directory; or ``--data DIR``,
+``--synth NAME``), each setup is trained for a few epochs in its own subprocess (thread settings
+must be fixed before TensorFlow initialises):
 
 * ``users``: the users' original setup: TensorFlow limited to one intra-op and one inter-op
   thread, the same model compiled with the preset's optimizer and loss, plain
@@ -25,6 +25,7 @@ the JSON records the load average before and after every setup.
 
     python benchmarks/train_throughput.py            # 2 models x 2 batch sizes x 3 setups, 3 epochs
     python benchmarks/train_throughput.py --quick    # improved at batch 16, no jit, 2 epochs (~1-2 min)
+    python benchmarks/train_throughput.py --data DIR # any msa-tf2 directory (recorded)
     python benchmarks/train_throughput.py --smoke --out /tmp/t.json   # tiny data, small model (tests)
 """
 
@@ -42,6 +43,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import add_data_args, data_tag, resolve_data  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -354,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", choices=("baseline", "improved"), default=None)
     p.add_argument("--setups", nargs="+", choices=SETUPS + EXTRA_SETUPS, default=None)
     p.add_argument("--epochs", type=int, default=None, help="epochs per setup (the first is excluded)")
-    p.add_argument("--data", type=Path, default=None, help="dataset directory (default: synthesize)")
+    add_data_args(p, "mosi")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
     p.add_argument("--repeat", type=int, default=1, help="runs per setup, alternating; the best counts")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per setup")
@@ -377,20 +381,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 2:
         p.error("--epochs must be at least 2 (the first epoch is excluded)")
     args.preset_batch_only = mode != "full"
-    out_path = args.out or RESULTS / ("train_throughput_quick.json" if mode == "quick" else "train_throughput.json")
+    tag = data_tag(args, "tiny" if mode == "smoke" else "mosi")
+    name = "train_throughput" + (f"_{tag}" if tag else "")
+    out_path = args.out or RESULTS / (f"{name}_quick.json" if mode == "quick" else f"{name}.json")
     if mode == "smoke" and args.out is None:
         p.error("--smoke needs --out (its numbers are not a benchmark result)")
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="msatune-throughput-") as tmp:
-        data_dir = args.data
-        synth_preset = "tiny" if mode == "smoke" else "mosi"
-        if data_dir is None:
-            sys.path.insert(0, str(REPO))
-            from msatune.augment.synth import synthesize
-
-            data_dir = Path(tmp) / f"synthetic-{synth_preset}"
-            synthesize(data_dir, preset=synth_preset, seed=DATA_SEED)
+        data_dir, data_rec = resolve_data(args, Path(tmp), "tiny" if mode == "smoke" else "mosi", DATA_SEED)
         results = []
         for spec in plan(args):
             spec["data"] = str(data_dir)
@@ -405,11 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": mode,
         "goal": f"service train samples/s >= {GOAL_RATIO}x the users' setup, same model and batch size",
         "goal_ratio": GOAL_RATIO,
-        "data": {
-            "synthetic_preset": synth_preset if args.data is None else None,
-            "path": None if args.data is None else str(args.data),
-            "seed": DATA_SEED,
-        },
+        "data": data_rec,
         "seeds": {"data": DATA_SEED, "model": MODEL_SEED},
         "epochs_per_setup": args.epochs,
         "steady_state": "epochs 2..k: train = epoch begin -> validation begin; epoch = whole epoch",

@@ -6,6 +6,9 @@ the three that search start their own Ray): most of their time is process, Tenso
 start-up and the trials' waits, not CPU, so together they take about as long as the longest.
 Measured on 2 cores: 583 s one after another on one shared Ray, 369 s for the three that search
 at once plus 88 s for the throughput smoke after them.
+
+``test_data_dir_recorded`` runs on its own: the cheapest benchmark (one preset's
+``msatune train`` of 2 epochs) on a ``--data`` directory, which it records and never writes.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "benchmarks"
 SCRIPTS = ("harness_overhead", "search_efficiency", "slots_scaling", "train_throughput")
-COMMON_KEYS = {"benchmark", "mode", "machine", "versions", "seeds", "timestamp", "total_s"}
+COMMON_KEYS = {"benchmark", "mode", "machine", "versions", "seeds", "timestamp", "total_s", "data"}
+DATA_KEYS = {"path", "fingerprint", "synthetic_preset", "seed", "sizes"}
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +61,14 @@ def _common(doc: dict, name: str) -> None:
     assert doc["benchmark"] == name and doc["mode"] == "smoke"
     assert {"cpu_count", "platform", "loadavg"} <= set(doc["machine"])
     assert {"python", "tensorflow", "keras", "optuna", "ray"} <= set(doc["versions"])
+    _tiny_data(doc["data"])
+
+
+def _tiny_data(record: dict) -> None:
+    """Without --data a smoke run trains on synthetic tiny, recorded as such."""
+    assert DATA_KEYS <= set(record), DATA_KEYS - set(record)
+    assert record["synthetic_preset"] == "tiny" and record["seed"] == 0 and len(record["fingerprint"]) == 64
+    assert record["sizes"] == {"train": 48, "valid": 24, "test": 24}
 
 
 @pytest.mark.slow
@@ -131,6 +143,7 @@ def test_train_throughput_smoke(smoke_docs: dict[str, dict]) -> None:
     assert {"cpu_count", "platform"} <= set(doc["machine"])
     assert {"python", "tensorflow", "keras", "numpy"} <= set(doc["versions"])
     assert doc["seeds"] == {"data": 0, "model": 0}
+    _tiny_data(doc["data"])
 
     setups = {r["setup"]: r for r in doc["results"]}
     assert set(setups) == {"users", "service"}
@@ -146,3 +159,27 @@ def test_train_throughput_smoke(smoke_docs: dict[str, dict]) -> None:
     (ratio,) = doc["ratios"]
     assert ratio["model"] == "improved" and ratio["batch_size"] == 16
     assert ratio["service_ratio"] > 0 and isinstance(ratio["meets_goal"], bool)
+
+
+@pytest.mark.slow
+def test_data_dir_recorded(tmp_path: Path) -> None:
+    from msatune.augment.dataset import load_dataset
+
+    data = tmp_path / "tiny-data"
+    subprocess.run([sys.executable, "-m", "msatune.studies.cli", "data", "synth", str(data), "--preset", "tiny"],
+                   check=True, capture_output=True, text=True, cwd=REPO)
+    fingerprint = load_dataset(data).fingerprint
+    files = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in data.iterdir()}
+    out = tmp_path / "study_hours.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "study_hours.py"), "--smoke", "--presets", "improved", "--data", str(data),
+         "--out", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "study_hours" and doc["mode"] == "smoke"
+    assert doc["data"] == {"path": str(data.resolve()), "fingerprint": fingerprint, "synthetic_preset": None,
+                           "seed": None, "sizes": {"train": 48, "valid": 24, "test": 24}}
+    assert doc["presets"]["improved"]["data_fingerprint"] == fingerprint  # it trained on that directory
+    assert {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in data.iterdir()} == files  # only read
