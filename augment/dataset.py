@@ -31,12 +31,12 @@ import numpy as np
 
 from msatune.augment.yardsticks import reference_maes
 from msatune.errors import UserError
+from msatune.label_range import LABEL_RANGE  # re-exported: the readers clip labels to it
 from msatune.modalities import MODALITIES
 
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
-LABEL_RANGE: tuple[float, float] = (-3.0, 3.0)
 H5_KEY = "d1"
 
 # File name per array kind; ``{split}`` is one of SPLITS.

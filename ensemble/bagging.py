@@ -143,8 +143,8 @@ def _predict(model: Any, inputs: Mapping[str, np.ndarray], batch: int = 256) -> 
 
 
 def fold_test_predictions(checkpoint: Path, test: SplitData) -> np.ndarray:
-    """A fold model's predictions on the test split: read from its predictions file when they are
-    there (and were made for these test labels), else predicted now and added to that file.
+    """A fold model's raw predictions on the test split: read from its predictions file when they
+    are there (and were made for these test labels), else predicted now and added to that file.
 
     Only the final scoring calls this: the fold's training never saw the test split."""
     from msatune.models.checkpoint import PREDICTIONS_FILE
@@ -158,7 +158,7 @@ def fold_test_predictions(checkpoint: Path, test: SplitData) -> np.ndarray:
 
     model, _, _ = load_checkpoint(checkpoint)
     pred = _predict(model, {m: np.asarray(v, dtype=np.float32) for m, v in test.inputs().items()})
-    arrays = read_predictions(checkpoint, ("valid",))
+    arrays = read_predictions(checkpoint, ("valid",), clip=False)  # written back: the file keeps raw outputs
     arrays.update({"test_pred": pred.astype(np.float32), "test_label": labels,
                    "test_index": np.arange(labels.shape[0], dtype=np.int64)})
     write_predictions(checkpoint, arrays)

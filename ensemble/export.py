@@ -34,6 +34,7 @@ import numpy as np
 from msatune.ensemble.candidates import SPLITS
 from msatune.errors import UserError, first_line
 from msatune.keras_objects import IMPORT_HINT
+from msatune.label_range import clip_predictions
 from msatune.modalities import MODALITIES
 from msatune.models.checkpoint import write_predictions
 
@@ -94,8 +95,13 @@ def build_fused_model(
 
     if not members:
         raise ValueError("an ensemble needs at least one member")
+    from msatune.ensemble.layers import LabelRange
+    from msatune.label_range import LABEL_RANGE
+
     inputs = {m: keras.Input(shape=(seq_len, int(dims[m])), dtype="float32", name=m) for m in MODALITIES}
-    outs = [mdl(inputs) for mdl in members]
+    # each member's output on the sentiment scale, as the recorded predictions are scored
+    outs = [LabelRange(*LABEL_RANGE, name=f"in_range_{i}", dtype="float32")(mdl(inputs))
+            for i, mdl in enumerate(members)]
     stacked = outs[0] if len(outs) == 1 else keras.layers.Concatenate(axis=-1, name="member_predictions")(outs)
     if method == "median":
         from msatune.ensemble.layers import MemberMedian
@@ -175,7 +181,7 @@ def export_ensemble(
         step(f"checking the exported model against the members on the {check_split} inputs")
         idx = result.pool.index(check_split)
         x = split_inputs(data, check_split, idx)
-        each = np.stack([predict_eager(m, x) for _, _, m in members], axis=1)
+        each = np.stack([clip_predictions(predict_eager(m, x)) for _, _, m in members], axis=1)
         in_memory = combine_numpy(method, each, weights)
         fused_pred = np.asarray(fused.predict(x, batch_size=EXPORT_BATCH, verbose=0), dtype=np.float64).reshape(-1)
         check = {
@@ -259,8 +265,11 @@ class Predictor:
     seq_len: int | None
 
     def predict(self, inputs: Mapping[str, np.ndarray], batch_size: int = EXPORT_BATCH) -> np.ndarray:
+        """Predictions of ``inputs``; a trial checkpoint's are clipped to the label range (an
+        ensemble clips inside its graph; a foreign ``.keras`` model's are left as it gives them)."""
         x = {m: np.asarray(inputs[m], dtype=np.float32) for m in MODALITIES}
-        return np.asarray(self.model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32).reshape(-1)
+        out = np.asarray(self.model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32).reshape(-1)
+        return clip_predictions(out) if self.kind == "checkpoint" else out
 
     def check_data(self, dims: Mapping[str, int], seq_len: int, where: str) -> None:
         if self.dims is not None and any(int(self.dims[m]) != int(dims[m]) for m in MODALITIES):

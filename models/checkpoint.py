@@ -10,7 +10,8 @@ A checkpoint directory rebuilds its model without the study::
                        has ids) for split in valid, test: what ensembles and reports read.
                        A search writes test once, at a trial's last epoch: the checkpoint of
                        a trial the scheduler stopped holds valid only until
-                       :func:`fill_predictions` predicts the rest from its weights.
+                       :func:`fill_predictions` predicts the rest from its weights. The file
+                       holds raw model outputs; :func:`read_predictions` clips them to [-3, 3].
 
 ``search`` writes checkpoints, ``ensemble`` and ``studies`` read them: all through this module.
 Files are written to a temporary name and renamed, so a killed writer never leaves a half-written
@@ -33,6 +34,7 @@ import numpy as np
 import msatune
 from msatune.errors import UserError, first_line
 from msatune.json_values import json_default
+from msatune.label_range import clip_predictions
 from msatune.thirdparty.keras_internals import save_weights_without
 
 if TYPE_CHECKING:
@@ -225,10 +227,13 @@ def write_predictions(directory: str | os.PathLike[str], arrays: Mapping[str, np
 
 
 def read_predictions(
-    directory: str | os.PathLike[str], splits: tuple[str, ...] = PREDICTION_SPLITS
+    directory: str | os.PathLike[str], splits: tuple[str, ...] = PREDICTION_SPLITS, *, clip: bool = True
 ) -> dict[str, np.ndarray]:
     """The validated ``{split}_pred/_label/_index[/_id]`` arrays of ``splits`` in a checkpoint (or
-    an exported ensemble, which uses the same layout); a UserError says what is missing or damaged."""
+    an exported ensemble, which uses the same layout); a UserError says what is missing or damaged.
+
+    The file holds the model's raw outputs; the predictions come back clipped to the label range
+    (:mod:`msatune.label_range`: what msatune serves and scores) unless ``clip=False``."""
     path = Path(directory) / PREDICTIONS_FILE
     if not path.is_file():
         raise UserError(f"checkpoint predictions {path} are missing")
@@ -249,6 +254,8 @@ def read_predictions(
             if not np.all(np.isfinite(arr)):
                 raise UserError(f"checkpoint predictions {path}: {key!r} holds NaN or inf")
             out[key] = arr.astype(np.float32)
+        if clip:
+            out[f"{split}_pred"] = clip_predictions(out[f"{split}_pred"])
         n = out[f"{split}_pred"].shape[0]
         if out[f"{split}_label"].shape[0] != n or n == 0:
             raise UserError(f"checkpoint predictions {path}: {split} predictions and labels differ in length")
@@ -265,7 +272,8 @@ def read_predictions(
 
 
 def prediction_mae(directory: str | os.PathLike[str], split: str) -> float:
-    """MAE of a checkpoint's recorded ``split`` predictions against their labels."""
+    """MAE of a checkpoint's recorded ``split`` predictions (clipped to the label range) against
+    their labels."""
     arrays = read_predictions(directory, (split,))
     err = arrays[f"{split}_pred"].astype(np.float64) - arrays[f"{split}_label"].astype(np.float64)
     return float(np.mean(np.abs(err)))

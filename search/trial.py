@@ -21,6 +21,7 @@ import numpy as np
 from msatune.augment.dataset import MSADataset
 from msatune.augment.pipeline import make_datasets, trial_splits
 from msatune.augment.transforms import validate_aug_config
+from msatune.label_range import clip_predictions, outside_range
 from msatune.models.checkpoint import PREDICTION_SPLITS, save_checkpoint, write_predictions
 from msatune.models.metrics import msa_metrics
 from msatune.models.training import EpochReport, TrainResult, predict, train_model
@@ -94,8 +95,11 @@ def predict_splits(
 
 
 def split_metrics(predictions: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """MMSA metrics per split of the predictions clipped to the label range (what msatune serves:
+    :mod:`msatune.label_range`), with ``outside``: how many raw predictions lay outside it."""
     return {
-        split: msa_metrics(predictions[f"{split}_pred"], predictions[f"{split}_label"])
+        split: {**msa_metrics(clip_predictions(predictions[f"{split}_pred"]), predictions[f"{split}_label"]),
+                "outside": outside_range(predictions[f"{split}_pred"])}
         for split in PREDICTION_SPLITS
         if f"{split}_pred" in predictions
     }

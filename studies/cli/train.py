@@ -20,7 +20,8 @@ as their train.py / improved_train.py), changes keys with --set, keeps the epoch
 validation MAE, and writes under --out (default WORKSPACE/train/<preset>-<time>/):
   checkpoint/           model.weights.h5, config.json, checkpoint.json, predictions.npz
   training_log.csv      msa-tf2 columns: epoch,learning_rate,loss,mae,mse,val_loss,val_mae,val_mse
-  metrics.json          MMSA metrics on valid and test, constant predictor, floor
+  metrics.json          MMSA metrics on valid and test (predictions clipped to [-3, 3]; `outside`
+                        counts the raw ones beyond it), constant predictor, floor
   monitor/              TensorBoard events: gradient norms per epoch (global and per branch),
                         modality weights and attention maps (models with attention), and
                         attention.npz (the best epoch's maps)
@@ -96,7 +97,11 @@ def _render(payload: dict) -> None:
     for split in ("valid", "test"):
         table.add_column(split, justify="right")
     for key in payload["metrics"]["valid"]:
+        if key == "outside":  # a count, shown below the metrics
+            continue
         table.add_row(key, *(f"{payload['metrics'][s][key]:.4f}" for s in ("valid", "test")))
+    if "outside" in payload["metrics"]["valid"]:
+        table.add_row("outside [-3, 3]", *(f"{payload['metrics'][s]['outside']:d} clipped" for s in ("valid", "test")))
     table.add_row("constant MAE", *(f"{payload['reference'][s]['constant_mae']:.4f}" for s in ("valid", "test")))
     floors = [payload["reference"][s]["floor_mae"] for s in ("valid", "test")]
     if all(f is not None for f in floors):

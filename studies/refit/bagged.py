@@ -46,6 +46,7 @@ from msatune.ensemble.fitting import (
 )
 from msatune.errors import UserError, first_line
 from msatune.json_values import jsonable
+from msatune.label_range import clip_predictions
 from msatune.studies.refit.table import bagged_configs
 from msatune.studies.store.studies import trial_refs
 from msatune.studies.study_data import study_data
@@ -185,8 +186,9 @@ class RefitSource:
         self.unpredictable: dict[int, str] = {}
         for c in self.configs:  # a fold checkpoint that cannot predict drops its configuration, not the run
             try:
-                self.test_preds[c.trial] = np.mean(
-                    [fold_test_predictions(fm.checkpoint, data.test) for fm in c.folds], axis=0)
+                # the bag's average on the sentiment scale, as its exported model clips it
+                self.test_preds[c.trial] = clip_predictions(np.mean(
+                    [fold_test_predictions(fm.checkpoint, data.test) for fm in c.folds], axis=0))
             except (UserError, OSError, ValueError) as exc:
                 self.unpredictable[c.trial] = f"a fold model could not predict the test split ({first_line(exc)})"
         self.folds_of = {c.trial: c.folds for c in self.configs}
