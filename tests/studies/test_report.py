@@ -154,6 +154,12 @@ def _fake_trial_dir(root: Path, number: int, val: list[float], train: list[float
     return ckpt
 
 
+def _toward_zero(labels: np.ndarray, err: float) -> np.ndarray:
+    """Predictions off by exactly `err` that stay on the sentiment scale (what msatune scores is
+    clipped to [-3, 3], so labels + err would score less than err at the scale's ends)."""
+    return (labels - np.sign(labels) * err).astype(np.float32)
+
+
 ENSEMBLE = {
     "method": "greedy",
     "members": [{"trial": 1, "weight": 0.6}, {"trial": 2, "weight": 0.4}],
@@ -182,7 +188,7 @@ def synthetic_study(tmp_path: Path) -> dict:
         (3, None, [1.45, 1.20, 1.15, 1.16], [1.40, 1.10, 1.00, 0.95], 0.6, TrialState.COMPLETE),
     ]
     for number, preset, val, train, err, state in specs:
-        ckpt = _fake_trial_dir(runs, number, val, train, labels + err, labels)
+        ckpt = _fake_trial_dir(runs, number, val, train, _toward_zero(labels, err), labels)
         attrs = {"checkpoint": str(ckpt), "epochs": len(val)}
         if preset:
             attrs["preset"] = preset
@@ -296,7 +302,7 @@ def _worse_than_constant(tmp_path: Path) -> dict:
         (1, "improved", [1.50, 1.40, 1.3628, 1.37], [1.30, 1.25, 1.20, 1.18], 1.59),
     ]
     for number, preset, val, train, err in specs:
-        ckpt = _fake_trial_dir(runs, number, val, train, labels + err, labels)
+        ckpt = _fake_trial_dir(runs, number, val, train, _toward_zero(labels, err), labels)
         study.add_trial(create_trial(
             state=TrialState.COMPLETE, value=min(val), params={}, distributions={},
             user_attrs={"checkpoint": str(ckpt), "epochs": len(val), "preset": preset},
