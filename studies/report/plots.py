@@ -4,6 +4,7 @@ ensemble vs best single."""
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -230,7 +231,9 @@ def plot_gradients(monitors: list[Any], roles: dict[int, str], name: str, path: 
             handles.setdefault(lab, h)
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(4, len(handles)),
                fontsize=8)
-    fig.suptitle(f"Gradient norms per epoch, study '{name}'\n{rule}", fontsize=10)
+    # ~12 characters per inch at 10 pt: the rule wraps inside the figure instead of running off it
+    fig.suptitle(f"Gradient norms per epoch, study '{name}'\n" + textwrap.fill(rule, width=int(12 * 4.6 * ncols)),
+                 fontsize=10)
     fig.savefig(path)
 
 
