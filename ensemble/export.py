@@ -275,9 +275,11 @@ class Predictor:
         if self.dims is not None and any(int(self.dims[m]) != int(dims[m]) for m in MODALITIES):
             have = "/".join(str(self.dims[m]) for m in MODALITIES)
             want = "/".join(str(dims[m]) for m in MODALITIES)
-            raise UserError(f"{self.path} takes text/audio/video dims {have} but {where} has {want}")
+            raise UserError(f"{self.path} takes text/audio/video dims {have} but {where} has {want}: "
+                            "point --data at features of the model's dims (or train one on these)")
         if self.seq_len is not None and int(self.seq_len) != int(seq_len):
-            raise UserError(f"{self.path} takes sequences of length {self.seq_len} but {where} has {seq_len}")
+            raise UserError(f"{self.path} takes sequences of length {self.seq_len} but {where} has {seq_len}: "
+                            "point --data at features of the model's length (or train one on these)")
 
 
 def _keras_dims(model: Any) -> tuple[dict[str, int] | None, int | None]:
