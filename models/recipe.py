@@ -128,9 +128,9 @@ def make_optimizer(settings: Mapping[str, Any], *, fused: bool = False) -> keras
     """Adam or AdamW with a plain learning-rate variable (schedules set it per epoch).
 
     ``fused=True``: :mod:`msatune.models.optimizers`' versions (one fused op per variable, ~2 s
-    less tracing per trial), not the default: trained to the end, the improved preset scored a
-    worse test MAE with them at 6 of 6 seeds (benchmarks/README.md, "Cheap trials"), which
-    rounding alone should not do; until that is explained, Keras' own Adam/AdamW train.
+    less tracing per trial). They are Keras' update with the betas rounded to float32 (bitwise
+    equal to it over a whole preset run); not the default, so the presets keep the users' update
+    bit for bit until the presets' multi-seed check makes the switch (issue 25).
     """
     lr = float(settings["learning_rate"])
     if settings["lr_schedule"] == "cosine":
