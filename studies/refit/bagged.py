@@ -102,7 +102,8 @@ class BaggedResult(EnsembleResult):
         return jsonable({
             "method": s["method"], "source": "refit",
             "folds": self.refit.get("folds"), "repeats": self.refit.get("repeats"),
-            "members": [{"trial": m["trial"], "weight": m["weight"]} for m in s["members"]],
+            "members": [{"trial": m["trial"], "weight": m["weight"], "family": m.get("family")}
+                        for m in s["members"]],
             "oof": s["oof"], "test": s["test"],
             "best_single": {"trial": single.get("trial"),
                             "valid_mae": (single.get("valid") or {}).get("mae"),

@@ -41,7 +41,7 @@ from optuna.trial import TrialState
 from msatune.errors import UserError
 from msatune.json_values import jsonable
 from msatune.studies.importance import study_importance
-from msatune.studies.queries import VALUE_RULE
+from msatune.studies.queries import VALUE_RULE, trial_family
 from msatune.studies.refit.table import refit_table
 from msatune.studies.report.criteria import compute_criteria, criteria_rows, study_reference
 from msatune.studies.report.curves import select_curves, test_mae, trial_curve
@@ -162,6 +162,11 @@ def _write_report(storage: optuna.storages.BaseStorage, study: optuna.Study, tri
         notes.append(f"hyperparameter importance not computed: {importance.reason}")
 
     ensembles = ensemble_records(study.user_attrs)
+    by_number = {t.number: t for t in trials}
+    for rec in ensembles.values():  # records of bagged refits written before they kept the family
+        for member in rec.get("members") or []:
+            if not member.get("family") and member.get("trial") in by_number:
+                member["family"] = trial_family(by_number[member["trial"]])
     if ensembles:
         figures["ensemble"] = out_dir / "ensemble.png"
         plot_ensembles(ensembles, name, figures["ensemble"], reference)

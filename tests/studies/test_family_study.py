@@ -100,6 +100,16 @@ def test_refit_retrains_the_seqlevel_configuration(mixed_study: dict) -> None:
     config = json.loads((Path(seq_folds[0].user_attrs["checkpoint"]) / "config.json").read_text())
     assert config["family"] == "seqlevel"
 
+    # The bagged ensemble keeps each member's family in its record, so the report names it.
+    made = run_in(mixed_study["workspace"], "ensemble", "mixed", "--from", "refit", "--method", "mean",
+                  "--top-k", str(top_k), "--no-export")
+    assert made.returncode == 0, made.stderr
+    study = optuna.load_study(study_name="mixed", storage=mixed_study["url"])
+    record = study.user_attrs["msatune:ensemble:refit-mean"]
+    by_number = {t.number: t.user_attrs.get("family") for t in study.trials}
+    assert record["members"] and all(m["family"] == by_number[m["trial"]] for m in record["members"])
+    assert all(m["family"] in {"baseline", "improved", "seqlevel"} for m in record["members"])
+
 
 def test_a_checkpoint_refuses_data_of_other_video_dims_in_one_line(mixed_study: dict, tmp_path: Path) -> None:
     study = optuna.load_study(study_name="mixed", storage=mixed_study["url"])
