@@ -180,11 +180,16 @@ class TrainingMonitor:
     """
 
     def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                 valid: tf.data.Dataset, log_dir: Path | None) -> None:
-        self.grads = GradientNorms(model.trainable_variables)
-        self.grads.attach(optimizer)
+                 valid: tf.data.Dataset, log_dir: Path | None, *,
+                 grads: GradientNorms | None = None, probe: AttentionProbe | None = None) -> None:
+        # grads/probe: a previous run's, whose traced train step (forward pass) this run reuses
+        # (models.step_cache): its step already records into those variables
+        if grads is None:
+            grads = GradientNorms(model.trainable_variables)
+            grads.attach(optimizer)
+        self.grads = grads
         self.valid = valid
-        self.probe = AttentionProbe.of(model, valid)
+        self.probe = probe if probe is not None else AttentionProbe.of(model, valid)
         self.log_dir = log_dir
         self.maps: dict[str, np.ndarray] = {}  # the last epoch's
         self._writer = None

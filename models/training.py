@@ -28,6 +28,7 @@ from msatune.errors import UserError
 from msatune.models.build import build_model
 from msatune.models.graph_registry import released_custom_gradients
 from msatune.models.monitoring import TrainingMonitor
+from msatune.models.prediction import predict
 from msatune.models.recipe import (
     EarlyStopRule,
     PlateauRule,
@@ -37,6 +38,7 @@ from msatune.models.recipe import (
     make_optimizer,
     training_settings,
 )
+from msatune.models.step_cache import CompiledRun, StepCache, count_traces, graph_key, reuse_run
 from msatune.thirdparty.keras_internals import symbolic_build
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,11 @@ class TrainResult:
     early_stop_best_epoch: int = -1
     #: each epoch's monitoring scalars (:attr:`EpochReport.monitor`; empty dicts when off)
     monitor: list[dict[str, float]] = field(default_factory=list)
+    #: the compiled run (model, optimizer, traced step) a caller done with the model may hand to
+    #: the ``step_cache`` it trained with (:meth:`msatune.models.step_cache.StepCache.keep`)
+    compiled: CompiledRun | None = None
+    #: how many times this run traced its train step (0: it reused a kept run's graph)
+    traces: int = 0
 
     @property
     def best(self) -> dict[str, float]:
@@ -280,6 +287,7 @@ def train_model(
     steps_per_execution: int | None = None,
     monitor: bool = True,
     monitor_dir: str | Path | None = None,
+    step_cache: StepCache | None = None,
 ) -> TrainResult:
     """Train one configuration to its best epoch (the best val MAE: its weights are returned).
 
@@ -298,6 +306,10 @@ def train_model(
     its validation attention (:mod:`msatune.models.monitoring`), into the epoch reports and, with
     ``monitor_dir``, a TensorBoard event file there.
 
+    ``step_cache``: reuse the compiled train step of a finished run of the same graph that its
+    caller kept there (:mod:`msatune.models.step_cache`; the same results as building anew), and
+    make this run's :attr:`TrainResult.compiled` keepable. Keep it only once done with the model.
+
     ``datasets`` must hold ``train`` and ``valid`` (batched ``({text,audio,video}, labels)``).
     Raises :class:`TrainingDiverged` when the loss goes NaN, ``UserError`` for a bad config.
     """
@@ -309,21 +321,39 @@ def train_model(
         raise UserError("the training split is empty or of unknown size; nothing to train on")
 
     use_mp = bool(settings["mixed_precision"]) and bool(tf.config.list_physical_devices("GPU"))
+    key = graph_key(config, dims, seq_len, datasets["train"].element_spec, monitor=monitor, mixed_precision=use_mp)
+    run = step_cache.take(key) if step_cache is not None else None
     # released_custom_gradients: the train step's graph goes with the model (models.graph_registry)
     with released_custom_gradients(), _global_policy("mixed_float16" if use_mp else None):
         keras.utils.set_random_seed(int(settings["seed"]))
         model = build_model(config, dims, seq_len)
         optimizer = make_optimizer(settings)
-        model.compile(
-            optimizer=optimizer,
-            loss=make_loss(settings),
-            metrics=["mae", "mse"],
-            jit_compile=bool(settings["jit_compile"]),
-            steps_per_execution=steps_per_execution if steps_per_execution else min(steps, MAX_STEPS_PER_EXECUTION),
-        )
-        _prebuild(model, datasets["train"])
-        watch = (TrainingMonitor(model, optimizer, datasets["valid"], Path(monitor_dir) if monitor_dir else None)
+        if run is not None:
+            run = reuse_run(run, model, optimizer)
+            if run is not None:
+                model, optimizer = run.model, run.optimizer
+                # _prebuild's batch: iterating the train pipeline advances its reshuffle and
+                # augmentation seeds, so the epochs must see the same data as a fresh build's
+                next(iter(datasets["train"].take(1)))
+            else:
+                optimizer = make_optimizer(settings)  # the checked one was built on the fresh model
+        if run is None:
+            model.compile(
+                optimizer=optimizer,
+                loss=make_loss(settings),
+                metrics=["mae", "mse"],
+                jit_compile=bool(settings["jit_compile"]),
+                steps_per_execution=steps_per_execution if steps_per_execution else min(steps, MAX_STEPS_PER_EXECUTION),
+            )
+            _prebuild(model, datasets["train"])
+            run = CompiledRun(key, model, optimizer)
+            count_traces(model, run.traces)
+        traces_before = run.traces[0]
+        watch = (TrainingMonitor(model, optimizer, datasets["valid"], Path(monitor_dir) if monitor_dir else None,
+                                 grads=run.grads, probe=run.probe)
                  if monitor else None)
+        if watch is not None:
+            run.grads, run.probe = watch.grads, watch.probe
         driver = _EpochDriver(settings, on_epoch, Path(csv_path) if csv_path else None, datasets["valid"], watch)
         try:
             model.fit(
@@ -350,30 +380,6 @@ def train_model(
         config=dict(config),
         early_stop_best_epoch=driver.stopper.best_epoch,
         monitor=driver.monitored,
+        compiled=run,
+        traces=run.traces[0] - traces_before,
     )
-
-
-_FORWARD_ATTR = "_msatune_forward"
-
-
-def predict(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
-    """Predictions of a batched ``(inputs, labels)`` dataset as a flat float32 array.
-
-    One graph per model, traced on the first call with the batch dimension left open, serves
-    every split and batch size (validation every epoch, then test for the checkpoints). Keras'
-    ``model.predict`` traces again for each new batch shape: with validation's 229-sample batch
-    and test's 256 + 174 that is two traces, about 0.5 s each on CPU, in every trial.
-    """
-    forward = model.__dict__.get(_FORWARD_ATTR)
-    if forward is None:
-        spec = tf.nest.map_structure(  # batch dimension open even if this dataset's is fixed
-            lambda s: tf.TensorSpec([None, *s.shape[1:]], s.dtype), dataset.element_spec[0]
-        )
-
-        def _forward(inputs: Any) -> tf.Tensor:
-            return model(inputs, training=False)
-
-        forward = tf.function(_forward, input_signature=[spec], autograph=False)
-        object.__setattr__(model, _FORWARD_ATTR, forward)  # not a tracked Keras attribute
-    parts = [np.asarray(forward(x), dtype=np.float32).reshape(-1) for x, _ in dataset]
-    return np.concatenate(parts) if parts else np.zeros((0,), np.float32)

@@ -76,6 +76,8 @@ class FoldOutcome:
     n_train: int | None = None
     n_held_out: int | None = None
     reason: str | None = None
+    #: how many times the fold traced its train step (0: it reused the previous fold's, models.step_cache)
+    traces: int | None = None
 
 
 @dataclass
@@ -130,6 +132,7 @@ def train_fold(config: dict[str, Any], pool: SplitData | None = None,
     import ray.tune as tune
 
     from msatune.models.checkpoint import write_predictions
+    from msatune.models.step_cache import process_step_cache
     from msatune.search.trial import run_trial
 
     if pool is None or assignment is None:
@@ -146,7 +149,8 @@ def train_fold(config: dict[str, Any], pool: SplitData | None = None,
 
     with tune_trial() as ckpt_work:
         outcome = run_trial(task["config"], data, out_dir=trial_artifact_dir() / "work",
-                            on_epoch=on_epoch, checkpoint_dir=ckpt_work / "checkpoint")
+                            on_epoch=on_epoch, checkpoint_dir=ckpt_work / "checkpoint",
+                            step_cache=process_step_cache())  # the next fold of this configuration reuses its step
         ckpt = outcome.checkpoint
         pred = np.asarray(outcome.predictions["valid_pred"], dtype=np.float32)
         labels = np.asarray(data.valid.labels, dtype=np.float32)
@@ -158,7 +162,7 @@ def train_fold(config: dict[str, Any], pool: SplitData | None = None,
                      "held_out_mae": float(np.mean(np.abs(pred.astype(np.float64) - labels))),
                      "best_epoch": outcome.result.best_epoch + 1, "epochs": outcome.result.epochs_trained,
                      "fold_seconds": time.time() - t0, "n_train": data.train.n, "n_held_out": data.valid.n,
-                     "final": True},
+                     "traces": outcome.result.traces, "final": True},
                     checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
 
 
@@ -214,7 +218,8 @@ class FoldCallback(Callback):
                 task, "COMPLETE", held_out_mae=float(result["held_out_mae"]), checkpoint=ckpt,
                 best_epoch=int(result["best_epoch"]), epochs=int(result["epochs"]),
                 seconds=float(result["fold_seconds"]), n_train=int(result["n_train"]),
-                n_held_out=int(result["n_held_out"]))
+                n_held_out=int(result["n_held_out"]),
+                traces=int(result["traces"]) if result.get("traces") is not None else None)
         else:
             out = FoldOutcome(task, "FAIL", reason="the fold ended without its final report")
         self._end(trial.trial_id, out)

@@ -24,6 +24,7 @@ from typing import Any
 
 import msatune
 from msatune.errors import UserError, first_line
+from msatune.models.step_cache import STEP_CACHE_ENV
 from msatune.search.ray_orphans import forget_processes, record_ray_processes, start_watchdog
 from msatune.thirdparty.ray_internals import AUTH_TOKEN_LOGGER, reread_auth_mode
 
@@ -85,7 +86,10 @@ def start_ray(*, address: str | None, verbose: bool, work_dir: Path, record: boo
         if address:
             kwargs["address"] = address
             shipped = package_for_workers(Path(staging))
-            kwargs["runtime_env"] = {"py_modules": [str(shipped)], "env_vars": dict(WORKER_ENV)}
+            env_vars = dict(WORKER_ENV)
+            if STEP_CACHE_ENV in os.environ:  # a cluster's workers do not inherit the driver's environment
+                env_vars[STEP_CACHE_ENV] = os.environ[STEP_CACHE_ENV]
+            kwargs["runtime_env"] = {"py_modules": [str(shipped)], "env_vars": env_vars}
             _enable_token_auth_if_available()
         else:
             # "local": always a new instance owned by this driver. Without it ray.init() joins any

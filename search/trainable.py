@@ -188,6 +188,7 @@ def train_trial(config: dict[str, Any], data: MSADataset | None = None) -> None:
     """Ray Tune function trainable (wrap with ``tune.with_parameters(train_trial, data=...)``)."""
     import ray.tune as tune
 
+    from msatune.models.step_cache import process_step_cache
     from msatune.search.trial import run_trial
 
     if data is None:
@@ -209,4 +210,4 @@ def train_trial(config: dict[str, Any], data: MSADataset | None = None) -> None:
     # checkpoint itself, and a stopped trial deletes its copy while the final sync may be running.
     with tune_trial() as ckpt_work:
         run_trial(trial_config, data, out_dir=work, on_epoch=on_epoch, checkpoint_every_improvement=True,
-                  checkpoint_dir=ckpt_work / "checkpoint")
+                  checkpoint_dir=ckpt_work / "checkpoint", step_cache=process_step_cache())

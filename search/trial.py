@@ -24,6 +24,7 @@ from msatune.augment.transforms import validate_aug_config
 from msatune.label_range import clip_predictions, outside_range
 from msatune.models.checkpoint import PREDICTION_SPLITS, save_checkpoint, write_predictions
 from msatune.models.metrics import msa_metrics
+from msatune.models.step_cache import StepCache
 from msatune.models.training import EpochReport, TrainResult, predict, train_model
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ def run_trial(
     checkpoint_every_improvement: bool = False,
     checkpoint_dir: str | Path | None = None,
     verbose: int = 0,
+    step_cache: StepCache | None = None,
 ) -> TrialOutcome:
     """Train ``config`` on ``data``; write the best checkpoint (and CSV log) under ``out_dir``.
 
@@ -149,6 +151,11 @@ def run_trial(
     predictions, and :func:`msatune.models.checkpoint.fill_predictions` adds test when asked.
     ``checkpoint_dir`` puts the checkpoint elsewhere than ``out_dir/checkpoint``.
     Each epoch's gradient norms and attention go to ``out_dir/monitor`` (:data:`MONITOR_DIR`).
+
+    ``step_cache``: the trial reuses a compiled train step kept there by an earlier trial of the
+    same graph, and keeps its own there once its checkpoint is written
+    (:mod:`msatune.models.step_cache`): the returned outcome's model is then lent back, and the
+    next trial with that cache trains it in place. For callers that are done with the model.
     """
     datasets = build_pipelines(config, data)
     out = Path(out_dir) if out_dir is not None else None
@@ -185,6 +192,7 @@ def run_trial(
         csv_path=(out / "training_log.csv") if out is not None else None,
         verbose=verbose,
         monitor_dir=(out / MONITOR_DIR) if out is not None else None,
+        step_cache=step_cache,
     )
     # The study path already predicted with the best weights when it wrote the last checkpoint.
     best_preds = checkpointed.get("best")
@@ -200,4 +208,6 @@ def run_trial(
             predictions,
             {"best_epoch": result.best_epoch, "val_mae": result.best_val_mae, "metrics": metrics},
         )
+    if step_cache is not None:
+        step_cache.keep(result.compiled)  # everything that needed the model is written
     return TrialOutcome(result=result, predictions=predictions, metrics=metrics, checkpoint=ckpt_dir)

@@ -9,7 +9,8 @@ The refit of study ``NAME`` is a second Optuna study, ``NAME:refit``:
 * one Optuna trial per finished fold, written by the driver the moment the fold ends: params
   ``trial`` (the source trial), ``repeat``, ``fold``; value = the held-out fold's MAE; user attrs
   ``checkpoint`` (the fold model, its held-out predictions indexed by position in train+valid),
-  ``best_epoch``, ``epochs``, ``seconds``, ``n_train``, ``n_held_out``, ``seed``, ``run``. A fold
+  ``best_epoch``, ``epochs``, ``seconds``, ``n_train``, ``n_held_out``, ``seed``, ``run``,
+  ``traces`` (0: the fold reused the train step a previous fold traced, models.step_cache). A fold
   that failed is a FAIL trial with ``fail_reason``.
 
 :mod:`msatune.studies.refit.run` writes it, :mod:`msatune.studies.refit.table` reads it into the
@@ -99,6 +100,8 @@ def record_fold(study: optuna.Study, outcome: Any, run_index: int) -> None:
         attrs.update(checkpoint=str(outcome.checkpoint), best_epoch=outcome.best_epoch,
                      epochs=outcome.epochs, seconds=round(float(outcome.seconds or 0.0), 2),
                      n_train=outcome.n_train, n_held_out=outcome.n_held_out)
+        if getattr(outcome, "traces", None) is not None:
+            attrs["traces"] = int(outcome.traces)
         study.add_trial(create_trial(state=TrialState.COMPLETE, value=float(outcome.held_out_mae),
                                      params=params, distributions=FOLD_PARAMS, user_attrs=attrs))
     else:

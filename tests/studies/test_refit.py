@@ -162,6 +162,23 @@ def test_a_refit_records_every_fold_and_a_rerun_trains_nothing(refit_a: dict) ->
     assert len(fold_trials(refit_a["url"])) == K * F
 
 
+def test_folds_on_a_reused_worker_reuse_the_previous_folds_compiled_step(refit_a: dict) -> None:
+    """One fold at a time (--concurrency 1) on Ray's reused actor: a fold whose configuration's
+    graph the previous fold on that worker traced trains without tracing (models.step_cache);
+    the first fold in a new worker process must trace."""
+    trials = [t for t in fold_trials(refit_a["url"]) if t.state == TrialState.COMPLETE]
+    assert all(isinstance(t.user_attrs.get("traces"), int) for t in trials)
+    rerun = sorted((t for t in trials if t.user_attrs["run"] == max(x.user_attrs["run"] for x in trials)),
+                   key=lambda t: t.number)
+    assert len(rerun) >= 2
+    assert rerun[0].user_attrs["traces"] >= 1  # a fresh worker has nothing kept
+    # the graph differs between the configurations only by what they sampled: a fold that
+    # follows one of its own configuration on the same worker reuses the step
+    follows_own = [b for a, b in zip(rerun, rerun[1:], strict=False) if a.params["trial"] == b.params["trial"]]
+    assert follows_own, "no two consecutive folds of one configuration in the rerun"
+    assert all(t.user_attrs["traces"] == 0 for t in follows_own), [t.user_attrs for t in rerun]
+
+
 def poisoned_copy(source: Path, dest: Path) -> Path:
     """``source`` with the test split's labels and features replaced by garbage."""
     import h5py
