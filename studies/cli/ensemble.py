@@ -171,6 +171,12 @@ WORKSPACE/studies/NAME/ensembles/METHOD/ (ensemble.keras, saved_model/, ensemble
 on the study (user attr msatune:ensemble:METHOD).
 
 \b
+By default (--from auto) a study with a refit (msatune refit NAME, or launch --refit-top K) gets
+the bagged ensemble below: on every dataset benchmarked it predicted test better than the
+validation-selected best single model (by 4-11%; benchmarks/README.md). A study without one gets
+the trials' ensemble, and a note with the command for the refit. --from trials / --from refit choose.
+
+\b
 --from refit builds a bagged ensemble on the study's refit (msatune refit NAME): the candidates are
 the refit configurations, fitted on their out-of-fold predictions of train+valid, each member the
 average of its fold models; it is scored on test next to the best single trial (refit and not) and
@@ -182,6 +188,7 @@ Examples:
   msatune ensemble demo1 --method mean --top-k 3
   msatune ensemble demo1 --method greedy --rounds 50 --json | jq .test.mae
   msatune ensemble demo1 --no-export          (compare combiners quickly)
+  msatune ensemble demo1 --from trials       (the trials' ensemble even when a refit exists)
   msatune ensemble demo1 --from refit         (bagged, after msatune refit demo1 --top-k 5 --folds 5)
 """
 
@@ -198,8 +205,9 @@ Examples:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output directory [default: WORKSPACE/studies/NAME/ensembles/METHOD].")
 @click.option("--no-export", is_flag=True, help="Fit and evaluate only; write no model.")
-@click.option("--from", "source", type=click.Choice(["trials", "refit"]), default="trials", show_default=True,
-              help="Candidates: the study's trials, or its refit configurations (bagged).")
+@click.option("--from", "source", type=click.Choice(["auto", "trials", "refit"]), default="auto", show_default=True,
+              help="Candidates: the study's refit configurations, bagged, when it has a finished one (auto), "
+                   "else its trials; or either one explicitly.")
 @storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_app
@@ -217,7 +225,7 @@ def ensemble(app: AppContext, name: str, method: str, top_k: int, rounds: int, m
     print_messages(summary)
     if as_json:
         echo_json(summary)
-    elif source == "refit":
+    elif summary.get("source") == "refit":
         render_bagged(summary)
     else:
         render_result(summary)

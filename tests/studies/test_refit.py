@@ -179,6 +179,24 @@ def test_folds_on_a_reused_worker_reuse_the_previous_folds_compiled_step(refit_a
     assert all(t.user_attrs["traces"] == 0 for t in follows_own), [t.user_attrs for t in rerun]
 
 
+def test_ensemble_by_default_bags_the_refit_and_says_how_to_get_one_without(refit_a: dict, study_copy: Path) -> None:
+    """``msatune ensemble NAME`` (--from auto): the bagged refit ensemble where the study has a
+    finished refit, the trials' ensemble with a note naming the refit command where it has none."""
+    from msatune.ensemble.fitting import EnsembleOptions
+    from msatune.studies.ensembles import run_ensemble
+    from msatune.studies.store.workspace import Workspace
+
+    options = EnsembleOptions(method="mean", top_k=2)
+    bagged = run_ensemble(Workspace(refit_a["ws"]), refit_a["url"], "tiny", options, export=False,
+                          source="auto").summary()
+    assert bagged["source"] == "refit" and "oof" in bagged
+    assert not any("msatune refit" in n for n in bagged.get("notes", []))
+    url = f"sqlite:///{(study_copy / 'studies.db').resolve()}"
+    plain = run_ensemble(Workspace(study_copy), url, "tiny", options, export=False, source="auto").summary()
+    assert plain.get("source") != "refit" and "valid" in plain
+    assert any("msatune refit tiny" in n for n in plain["notes"]), plain["notes"]
+
+
 def poisoned_copy(source: Path, dest: Path) -> Path:
     """``source`` with the test split's labels and features replaced by garbage."""
     import h5py
