@@ -145,27 +145,19 @@ def count_traces(model: keras.Model, traces: list[int]) -> None:
     object.__setattr__(model, "train_step", counted)  # not a tracked Keras attribute
 
 
-def reset_variables(run: CompiledRun, fresh_model: keras.Model, fresh_optimizer: keras.optimizers.Optimizer) -> None:
-    """Give ``run``'s model and optimizer the values of a fresh build (same config and seed).
-
-    ``fresh_optimizer`` must be built on ``fresh_model``'s trainable variables. Raises
-    ``ValueError`` when the two do not match variable for variable (then the caller builds anew).
-    """
-    _copy(fresh_model.variables, run.model.variables, "model")
-    _copy(fresh_optimizer.variables, run.optimizer.variables, "optimizer")
-    if run.grads is not None:
-        run.grads.reset()
-
-
 def reuse_run(run: CompiledRun, fresh: keras.Model, optimizer: keras.optimizers.Optimizer) -> CompiledRun | None:
-    """``run`` with the variables of the fresh build ``fresh`` (see models.step_cache); None when
-    they do not match (the caller then compiles ``fresh``)."""
+    """``run`` with the values of a fresh build (same config and seed): ``fresh``'s variables and
+    those of ``optimizer`` built on them, the gradient-norm accumulators zeroed. None when the two
+    do not match variable for variable (the caller then compiles ``fresh``)."""
     optimizer.build(fresh.trainable_variables)
     try:
-        reset_variables(run, fresh, optimizer)
+        _copy(fresh.variables, run.model.variables, "model")
+        _copy(optimizer.variables, run.optimizer.variables, "optimizer")
     except ValueError as exc:  # a key that missed a graph difference: build anew, never train a wrong graph
         log.warning("compiled step not reused: %s", exc)
         return None
+    if run.grads is not None:
+        run.grads.reset()
     return run
 
 
