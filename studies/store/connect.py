@@ -107,18 +107,62 @@ def open_storage(url: str, *, read_only: bool = False, create: bool = True) -> o
         timeout_arg = _CONNECT_TIMEOUT_ARGS.get(parsed.get_backend_name())
         if timeout_arg:
             engine_kwargs["connect_args"] = {timeout_arg: SERVER_CONNECT_TIMEOUT_S}
+    shown = parsed.render_as_string(hide_password=True)
     try:
-        storage = optuna.storages.RDBStorage(
-            target, engine_kwargs=engine_kwargs,
-            skip_compatibility_check=read_only, skip_table_creation=read_only,
-        )
+        if read_only and path is None:
+            _require_initialised(target, engine_kwargs, shown)
+        for attempt in range(_CREATE_ATTEMPTS):
+            try:
+                storage = optuna.storages.RDBStorage(
+                    target, engine_kwargs=engine_kwargs,
+                    skip_compatibility_check=read_only, skip_table_creation=read_only,
+                )
+                break
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+                # Another process created the same tables at the same moment (PostgreSQL's
+                # "duplicate key ... pg_type_typname_nsp_index", or "relation ... already exists"):
+                # they exist now, so look again.
+                lost_race = "duplicate key" in str(exc) or "already exists" in str(exc)
+                if read_only or not lost_race or attempt == _CREATE_ATTEMPTS - 1:
+                    raise
         if read_only:
             storage.get_all_studies()  # fail here, in one line, rather than on the first read
         return storage
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError,
             ValueError) as exc:
-        shown = parsed.render_as_string(hide_password=True)
         raise UserError(f"cannot open study store {shown!r}: {store_failure(exc)}") from None
+
+
+#: Opens of a store that may meet another process creating its tables at the same moment.
+_CREATE_ATTEMPTS = 3
+#: What Optuna's RDBStorage writes when it opens a store without these: a read-only open must not.
+_INITIALISED_BY = ("studies", "version_info", "alembic_version")
+
+
+def _require_initialised(url: str, engine_kwargs: dict[str, Any], shown: str) -> None:
+    """A UserError unless the database server's store at ``url`` has its tables and schema stamp.
+
+    Optuna's RDBStorage, even told to skip table creation, inserts the schema version and creates
+    the ``alembic_version`` table when they are missing: a reader that opened a store another
+    process was creating would race that process's CREATE TABLE (and could make it fail). SQLite
+    stores are opened through a read-only connection instead, so only server stores need this.
+    """
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        with engine.connect() as connection:
+            inspector = sqlalchemy.inspect(connection)
+            missing = [table for table in _INITIALISED_BY if not inspector.has_table(table)]
+            stamped = not missing and connection.execute(
+                sqlalchemy.text("SELECT count(*) FROM alembic_version")).scalar()
+    finally:
+        engine.dispose()
+    if missing or not stamped:
+        raise UserError(
+            f"no study store at {shown!r} yet (its tables are not all created); launch a study first "
+            "(msatune launch NAME --storage URL), or wait until the launch that creates it has started"
+        )
 
 
 #: The connect-timeout argument of each server backend's DB-API driver (seconds).
