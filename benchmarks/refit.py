@@ -30,6 +30,7 @@ dataset, merged), prints the table; never asserts.
     python benchmarks/refit.py --dataset mosi --stage score    # both ensembles, exported (~3 min)
     python benchmarks/refit.py --dataset video --stage all     # all three in one process
     python benchmarks/refit.py --data DIR                      # any msa-tf2 directory (recorded)
+    python benchmarks/refit.py --dataset lexicon --seed 1      # another seed of one structure
     python benchmarks/refit.py --smoke --out /tmp/refit.json   # tiny data, every stage (~2 min)
 """
 
@@ -120,14 +121,15 @@ def dataset_key(args: argparse.Namespace) -> str:
     from msatune.augment.synth import PRESETS
 
     tag = data_tag(args, args.dataset) if args.data is not None else None
-    return args.dataset if tag is None else f"{tag}-data" if tag in PRESETS else tag
+    key = args.dataset if tag is None else f"{tag}-data" if tag in PRESETS else tag
+    return key if args.seed == 0 else f"{key}@seed{args.seed}"
 
 
 def workspace(args: argparse.Namespace) -> Path:
     return Path(args.workspace or f"/tmp/msatune-bench-refit/{dataset_key(args)}{'-smoke' if args.smoke else ''}")
 
 
-def stage_study(ws_root: Path, data: Path, size: dict[str, Any]) -> dict[str, Any]:
+def stage_study(ws_root: Path, data: Path, size: dict[str, Any], seed: int) -> dict[str, Any]:
     from msatune.search.search_settings import SearchSettings
     from msatune.studies.runs import launch
     from msatune.studies.store.connect import open_storage
@@ -143,13 +145,13 @@ def stage_study(ws_root: Path, data: Path, size: dict[str, Any]) -> dict[str, An
     space = ws_root / "space.toml"
     space.write_text(SPACE)
     settings = SearchSettings(trials=size["trials"], max_epochs=size["epochs"], grace_period=size["epochs"],
-                              cpus_per_trial=1.0, seed=0)
+                              cpus_per_trial=1.0, seed=seed)
     t0 = time.perf_counter()
     run = launch(ws, open_storage(ws.storage_url), NAME, settings, data_dir=data, space_file=space, presets=False)
     return {"wall_s": time.perf_counter() - t0, "run": run}
 
 
-def stage_refit(ws_root: Path, size: dict[str, Any]) -> dict[str, Any]:
+def stage_refit(ws_root: Path, size: dict[str, Any], seed: int) -> dict[str, Any]:
     from msatune.studies.refit.run import RefitOptions, run_refit
     from msatune.studies.store.connect import open_storage
     from msatune.studies.store.workspace import Workspace
@@ -157,7 +159,7 @@ def stage_refit(ws_root: Path, size: dict[str, Any]) -> dict[str, Any]:
     ws = Workspace(ws_root)
     t0 = time.perf_counter()
     summary = run_refit(ws, open_storage(ws.storage_url), NAME,
-                        RefitOptions(top_k=size["top_k"], folds=size["folds"], seed=0))
+                        RefitOptions(top_k=size["top_k"], folds=size["folds"], seed=seed))
     return {"wall_s": time.perf_counter() - t0, "run": summary["run"], "configs": summary["configs"]}
 
 
@@ -218,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     add_data_args(p, "mosi", synth=False)
     p.add_argument("--stage", choices=(*STAGES, "all"), default="all")
     p.add_argument("--workspace", type=Path, default=None, help="Where the stages keep the study.")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the study (sampler, trials) and of the refit's folds; the data stays the "
+                        "structure's seed-0 set, so seeds replicate one dataset [0]; its entry is NAME@seedN")
     p.add_argument("--smoke", action="store_true", help="Tiny data and sizes (tests).")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -236,10 +241,10 @@ def main(argv: list[str] | None = None) -> int:
             # the data is the study's: the later stages read it from the study, its record from here
             data, data_rec = resolve_data(args, ws_root / "data", "tiny" if args.smoke else args.dataset, seed=0)
             print(f"  on {data_label(data_rec)}", flush=True)
-            state = {"study": stage_study(ws_root, data, size)}
+            state = {"study": stage_study(ws_root, data, size, args.seed)}
             state["study"]["data"] = data_rec
         elif stage == "refit":
-            state["refit"] = stage_refit(ws_root, size)
+            state["refit"] = stage_refit(ws_root, size, args.seed)
         else:
             state["score"] = stage_score(ws_root)
         state[stage]["loadavg_start"] = t_load
@@ -252,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     if data_rec is None:  # a workspace whose study stage ran before the data was recorded there
         data_rec = resolve_data(args, ws_root / "data", "tiny" if args.smoke else args.dataset, seed=0)[1]
     stage_keys = ("wall_s", "ensemble_wall_s", "bagged_wall_s", "loadavg_start", "run")
-    entry = {"preset": data_rec["synthetic_preset"], "data": data_rec, "sizes": size,
+    entry = {"preset": data_rec["synthetic_preset"], "data": data_rec, "sizes": size, "seed": args.seed,
              "stages": {s: {k: v for k, v in state[s].items() if k in stage_keys} for s in STAGES},
              **table(state)}
     out = result_path("refit", "smoke" if args.smoke else "full", args.out)

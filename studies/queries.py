@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from msatune.search.reconcile import FAIL_REASON_ATTR, REQUEUED_ATTR
-from msatune.studies.refit.table import refit_table
+from msatune.studies.refit.table import finalists_ranking, refit_table
 from msatune.studies.store import sql as store_sql
 from msatune.studies.store.refit_records import REFIT_SUFFIX, SPEC_KEY
 from msatune.studies.store.studies import (
@@ -138,6 +138,7 @@ def show_study(storage: optuna.storages.BaseStorage, name: str, top: int,
     attrs = study_attrs(study)
     summary = _Summary(storage, study_id(study), top, states)
     best = summary.ranked[0] if summary.ranked else None
+    refit = refit_table(storage, name)
     presets = {t.user_attrs["preset"]: trial_record(t) for t in summary.presets
                if t.state != TrialState.WAITING and not t.user_attrs.get(REQUEUED_ATTR)}
     return {
@@ -153,7 +154,8 @@ def show_study(storage: optuna.storages.BaseStorage, name: str, top: int,
         "best": trial_record(best) if best else None,
         "presets": presets,
         "failed": [trial_record(t) for t in summary.failed],
-        "refit": refit_table(storage, name),
+        "refit": refit,
+        "ranking": finalists_ranking(refit, trial_record(best) if best else None, name),
     }
 
 

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from msatune.studies.cli.context import console
+from msatune.studies.refit.table import ranking_line
 from msatune.studies.store.workspace import Workspace
 
 
@@ -65,7 +66,7 @@ def render_show(payload: dict, steps: list[str] | None = None) -> None:
     con = console()
     con.print(f"[bold]{payload['name']}[/bold]: {counts_line(payload['counts'])} "
               f"(budget {payload.get('budget', '?')}; family {payload.get('family', 'improved')})")
-    table = Table(title=f"trials: {', '.join(payload.get('states') or ['complete'])}, best first")
+    table = Table(title=f"trials: {', '.join(payload.get('states') or ['complete'])}, best validation MAE first")
     for col in ("#", "state", "val MAE", "epochs", "family", "preset", "key params / reason"):
         table.add_column(col)
     for t in payload["trials"]:
@@ -80,9 +81,13 @@ def render_show(payload: dict, steps: list[str] | None = None) -> None:
     if payload.get("refit"):
         render_refit_table(payload["refit"])
     best = payload["best"]
+    ranking = payload.get("ranking")
+    if ranking:
+        con.print(ranking_line(ranking), soft_wrap=True)
     if best:
         preset = f" (the {best['preset']} preset)" if best.get("preset") else ""
-        con.print(f"best: trial {best['number']}{preset} val MAE {best['val_mae']:.4f}; "
+        by = " by validation MAE" if ranking and ranking["measure"] != "val_mae" else ""
+        con.print(f"best{by}: trial {best['number']}{preset} val MAE {best['val_mae']:.4f}; "
                   f"checkpoint {best['checkpoint']}")
         preset_note = best_is_preset_line(payload)
         if preset_note:

@@ -2,7 +2,8 @@
 
 :func:`refit_table` is what ``show`` and the report show: per refit configuration its validation
 MAE, folds done, out-of-fold (OOF) MAE, held-out fold MAE, both ranks and the rank change.
-:func:`bagged_configs` gives the fold models and OOF predictions that ``ensemble --from refit``
+:func:`finalists_ranking` says which measure ranks a study's finalists (OOF MAE once a refit has
+one, else validation MAE) and who leads. :func:`bagged_configs` gives the fold models and OOF predictions that ``ensemble --from refit``
 combines. The records themselves are :mod:`msatune.studies.store.refit_records`'.
 """
 
@@ -57,6 +58,53 @@ def refit_table(storage: optuna.storages.BaseStorage, name: str,
     return jsonable({"study": name, "refit_study": rstudy.study_name, "folds": folds, "repeats": repeats,
                      "seed": spec.get("seed"), "pool": spec.get("pool"), "failed_folds": failed,
                      "configs": rows})
+
+
+#: What the choice of ranking measure rests on (benchmarks/README.md, "What ranks finalists").
+OOF_BASIS = ("out-of-fold MAE scores every sample of train+valid, and it predicted the refit models' test MAE "
+             "better than the small validation split's MAE did (benchmarks/README.md, refit.py)")
+
+
+def finalists_ranking(table: dict[str, Any] | None, best: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+    """Which measure ranks study ``name``'s finalists, and which configuration leads by it.
+
+    Out-of-fold MAE when the refit ``table`` (:func:`refit_table`) has a configuration with every
+    fold trained (ranked over those), else validation MAE over the trials (``best``: the best
+    COMPLETE trial's record, with ``number`` and ``val_mae``). None when neither exists.
+    """
+    scored = [r for r in (table or {}).get("configs", []) if r.get("oof_mae") is not None]
+    if scored:
+        lead = min(scored, key=lambda r: (r["oof_mae"], r["trial"]))
+        val_lead = (best or {}).get("number")
+        return {"measure": "oof_mae", "label": "out-of-fold MAE", "trial": lead["trial"], "value": lead["oof_mae"],
+                "val_mae": lead.get("val_mae"), "preset": lead.get("preset"), "configs": len(scored),
+                "agrees_with_val": val_lead is None or val_lead == lead["trial"], "val_best_trial": val_lead,
+                "basis": OOF_BASIS}
+    if best:
+        return {"measure": "val_mae", "label": "validation MAE", "trial": best["number"], "value": best["val_mae"],
+                "val_mae": best["val_mae"], "preset": best.get("preset"), "configs": None,
+                "agrees_with_val": True, "val_best_trial": best["number"],
+                "basis": (f"no refit yet: msatune refit {name} ranks the top configurations by out-of-fold "
+                          "MAE, which predicted test better")}
+    return None
+
+
+def ranking_line(ranking: dict[str, Any]) -> str:
+    """``finalists ranked by out-of-fold MAE: trial 7 leads (OOF 0.61, val 0.64) ...``: which
+    measure ranks a study's finalists, who leads, and why that measure."""
+    if ranking["measure"] == "val_mae":
+        return f"finalists ranked by validation MAE ({ranking['basis']})"
+    preset = f" (the {ranking['preset']} preset)" if ranking.get("preset") else ""
+    line = (f"finalists ranked by {ranking['label']}: trial {ranking['trial']}{preset} leads "
+            f"({ranking['label']} {_fmt4(ranking['value'])}, val MAE {_fmt4(ranking.get('val_mae'))}; "
+            f"{ranking['configs']} configuration(s) refit")
+    if not ranking["agrees_with_val"]:
+        line += f"; validation MAE alone would pick trial {ranking['val_best_trial']}"
+    return line + f"). Why: {ranking['basis']}"
+
+
+def _fmt4(v: Any) -> str:
+    return "-" if v is None else f"{v:.4f}"
 
 
 def bagged_configs(storage: optuna.storages.BaseStorage, name: str) -> tuple[dict[str, Any], list[BaggedConfig], list[str]]:

@@ -42,7 +42,7 @@ from msatune.errors import UserError
 from msatune.json_values import jsonable
 from msatune.studies.importance import study_importance
 from msatune.studies.queries import VALUE_RULE, trial_family
-from msatune.studies.refit.table import refit_table
+from msatune.studies.refit.table import finalists_ranking, refit_table
 from msatune.studies.report.criteria import compute_criteria, criteria_rows, study_reference
 from msatune.studies.report.curves import select_curves, test_mae, trial_curve
 from msatune.studies.report.monitoring import SPIKE_RULE, read_monitoring
@@ -172,6 +172,8 @@ def _write_report(storage: optuna.storages.BaseStorage, study: optuna.Study, tri
         plot_ensembles(ensembles, name, figures["ensemble"], reference)
 
     best = best_complete(trials)
+    refit = refit_table(storage, name)
+    best_record = {"number": best.number, "val_mae": best.value, "preset": best.user_attrs.get("preset")} if best else None
     payload: dict[str, Any] = {
         "study": name,
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -192,7 +194,8 @@ def _write_report(storage: optuna.storages.BaseStorage, study: optuna.Study, tri
         "importance": importance.importances,
         "importance_basis": {k: v for k, v in importance.as_dict().items() if k != "importances"},
         "ensembles": ensembles,
-        "refit": refit_table(storage, name),
+        "refit": refit,
+        "ranking": finalists_ranking(refit, best_record, name),
         "figures": {k: p.name for k, p in figures.items()},
         "tensorboard": tensorboard_hint(ws, name) if ws is not None else None,
         "notes": notes,

@@ -7,6 +7,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+from msatune.studies.refit.table import ranking_line
 from msatune.studies.store.ensemble_records import mae_of
 
 _CSS = """
@@ -92,6 +93,8 @@ def render_html(payload: dict[str, Any], figures: dict[str, Path]) -> str:
         preset = f" (the {e(best['preset'])} preset)" if best.get("preset") else ""
         parts.append(f"<p>Best trial <b>#{best['trial']}</b>{preset}: validation MAE {_fmt(best['val_mae'])}, "
                      f"test MAE {_fmt(best['test_mae'])}; {e(params)}<br>checkpoint <code>{e(str(best['checkpoint']))}</code></p>")
+    if payload.get("ranking"):
+        parts.append(f"<p>{e(ranking_line(payload['ranking']))}.</p>")
     sections = [
         ("history", "Optimization history", "Each trial's best validation MAE; the red line is the best so far. "
          "Trials stopped early by ASHA show their best validation MAE up to the epoch they were stopped. "

@@ -130,8 +130,10 @@ def test_show_lists_pruned_and_failed_trials_and_counts_interrupted_apart(mixed_
     assert [(t["number"], t["state"]) for t in shown["trials"]] == [(0, "COMPLETE"), (1, "PRUNED"), (2, "FAIL")]
     assert shown["trials"][1]["val_mae"] == 1.2  # a pruned trial's value: its best val MAE
     assert "best validation MAE" in shown["value_rule"]
+    assert shown["ranking"]["measure"] == "val_mae" and shown["ranking"]["trial"] == 0  # no refit: val ranks
 
     text = run(mixed_ws, "show", "mix").stdout
+    assert "finalists ranked by validation MAE (no refit yet: msatune refit mix" in text
     assert "1 failed, 1 interrupted (re-run)" in text
     assert "PRUNED" in text and "injected for the test" in text
     assert "constant predictor valid MAE 1.2500, noise floor 0.5000" in text

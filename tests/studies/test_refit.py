@@ -301,12 +301,23 @@ def test_show_and_the_report_gain_the_refit_table(refit_a: dict, tmp_path: Path,
     rows = payload["refit"]["configs"]
     assert {r["trial"] for r in rows} == {c["trial"] for c in refit_a["chosen"]}
     assert all({"val_mae", "oof_mae", "rank_val", "rank_oof", "rank_change"} <= set(r) for r in rows)
+    # the finalists are ranked by OOF MAE once a refit has them, and show and the report say so
+    lead = min(rows, key=lambda r: r["oof_mae"])
+    ranking = payload["ranking"]
+    assert (ranking["measure"], ranking["trial"], ranking["value"]) == ("oof_mae", lead["trial"], lead["oof_mae"])
+    assert ranking["agrees_with_val"] == (lead["trial"] == payload["best"]["number"])
     render_show(payload)
-    assert "out-of-fold MAE" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "out-of-fold MAE" in out
+    assert f"finalists ranked by out-of-fold MAE: trial {lead['trial']}" in " ".join(out.split())
+    assert f"best by validation MAE: trial {payload['best']['number']}" in out
     assert "tiny:refit" not in [s["name"] for s in list_studies(store)]
     report = build_report(store, "tiny", tmp_path / "report")
-    assert "Refit: validation MAE vs out-of-fold MAE" in report.html.read_text()
+    page = report.html.read_text()
+    assert "Refit: validation MAE vs out-of-fold MAE" in page
+    assert f"finalists ranked by out-of-fold MAE: trial {lead['trial']}" in page
     assert report.payload["refit"]["configs"][0]["oof_mae"] is not None
+    assert report.payload["ranking"] == ranking
 
 
 def test_deleting_a_study_deletes_its_refit(refit_a: dict, tmp_path: Path) -> None:
@@ -351,3 +362,28 @@ def test_a_rerun_with_other_folds_is_refused_unless_replace(refit_a: dict) -> No
     with pytest.raises(UserError, match="already has a refit.*--folds 2 --repeats 1 --seed 0.*--replace"):
         refit(refit_a["ws"], refit_a["url"], folds=3)
     assert digest(refit_a["ws"] / "studies.db") == before
+
+
+def test_the_ranking_names_the_oof_leader_and_the_val_pick_it_overrules() -> None:
+    """Configurations with unfinished folds do not rank; a lead that validation MAE would not pick
+    is said; a study without a finished refit configuration ranks by validation MAE."""
+    from msatune.studies.refit.table import finalists_ranking, ranking_line
+
+    best = {"number": 4, "val_mae": 0.80, "preset": None}
+    table = {"configs": [
+        {"trial": 4, "val_mae": 0.80, "oof_mae": 0.95, "preset": None},
+        {"trial": 9, "val_mae": 0.83, "oof_mae": 0.91, "preset": "improved"},
+        {"trial": 2, "val_mae": 0.85, "oof_mae": None, "preset": None},  # folds still training
+    ]}
+    ranking = finalists_ranking(table, best, "s")
+    assert (ranking["measure"], ranking["trial"], ranking["configs"], ranking["agrees_with_val"]) == (
+        "oof_mae", 9, 2, False)
+    line = ranking_line(ranking)
+    assert "trial 9 (the improved preset) leads (out-of-fold MAE 0.9100, val MAE 0.8300" in line
+    assert "validation MAE alone would pick trial 4" in line
+    unfinished = {"configs": [{**table["configs"][2]}]}
+    for refit in (None, unfinished):
+        ranking = finalists_ranking(refit, best, "s")
+        assert (ranking["measure"], ranking["trial"]) == ("val_mae", 4)
+        assert "msatune refit s" in ranking_line(ranking)
+    assert finalists_ranking(None, None, "s") is None
