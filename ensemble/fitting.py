@@ -94,6 +94,7 @@ class EnsembleResult:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     export: dict[str, Any] = field(default_factory=dict)  # filled by ensemble.export
+    cost: dict[str, Any] = field(default_factory=dict)  # wall seconds of what it rests on (studies.ensembles)
 
     @property
     def members(self) -> list[tuple[int, float]]:
@@ -143,6 +144,7 @@ class EnsembleResult:
             "saved_model_path": self.export.get("saved_model_path"),
             "out_dir": self.export.get("out_dir"),
             "export_check": self.export.get("check"),
+            "cost": self.cost,
             "notes": self.notes,
             "warnings": self.warnings,
         }
@@ -166,6 +168,7 @@ class EnsembleResult:
             "options": s["options"],
             "model_path": s["model_path"],
             "saved_model_path": s["saved_model_path"],
+            "cost": s["cost"],
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
 

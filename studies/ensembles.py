@@ -18,6 +18,7 @@ the combiner refitted without it), and recorded on the study
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -121,6 +122,7 @@ def run_ensemble(
     step before it starts (the CLI shows them)."""
     from msatune.ensemble.export import MemberLoadError
 
+    t0 = time.perf_counter()
     step = on_step or (lambda text: None)
     options.validate()
     if source not in SOURCES:
@@ -151,5 +153,24 @@ def run_ensemble(
             dropped[exc.trial] = exc.reason
     if note:
         result.notes.append(note)
+    result.cost = wall_cost(store, study, source, time.perf_counter() - t0)
     record_ensemble(study, src.name, result.record())
     return result
+
+
+def wall_cost(storage: optuna.storages.BaseStorage, study: optuna.Study, source: str,
+              ensemble_s: float) -> dict[str, Any]:
+    """What an ensemble of ``source`` cost in wall seconds: the study's search runs (their
+    recorded walls), the refit's runs when it bags the refit, and the ensemble itself; ``total_s``
+    sums them (``None`` parts: not recorded, e.g. a study written by another tool)."""
+    from msatune.studies.store.refit_records import load_refit, refit_runs
+
+    runs = study_attrs(study).get("runs") or []
+    search_s = sum(float(r.get("wall_seconds") or 0.0) for r in runs) if runs else None
+    refit_s = None
+    if source == "refit":
+        loaded = load_refit(storage, study.study_name)
+        refit_s = sum(float(r.get("wall_seconds") or 0.0) for r in refit_runs(loaded[0])) if loaded else None
+    parts = {"search_s": search_s, "refit_s": refit_s, "ensemble_s": round(ensemble_s, 1)}
+    total = sum(v for v in parts.values() if v is not None)
+    return {**{k: None if v is None else round(v, 1) for k, v in parts.items()}, "total_s": round(total, 1)}

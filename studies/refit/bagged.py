@@ -115,7 +115,7 @@ class BaggedResult(EnsembleResult):
                            "test_mae": (s["non_bagged"].get("test") or {}).get("mae")},
             "cv_oof_mae": (s["cv"] or {}).get("valid_mae"),
             "reference": s["reference"], "options": s["options"],
-            "model_path": s["model_path"], "saved_model_path": s["saved_model_path"],
+            "model_path": s["model_path"], "saved_model_path": s["saved_model_path"], "cost": s["cost"],
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         })
 

@@ -218,9 +218,14 @@ def test_build_and_render_for_the_demo(tiny_study: dict, capsys: pytest.CaptureF
 
     app = AppContext(workspace=Path(tiny_study["workspace"]))
     summary = build_and_render(app, open_storage(tiny_study["storage_url"]), tiny_study["name"])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "best single vs ensemble" in out and "members" in out and "selection optimism" in out
     assert summary["method"] == "greedy"
+    # what `msatune ensemble NAME` builds: no refit here, so the trials', and how to get the bagged one
+    assert "note: built from the study's trials (it has no finished refit)" in captured.err
+    assert f"msatune refit {tiny_study['name']}" in captured.err
+    assert "wall time: search " in out and summary["cost"]["refit_s"] is None
     assert Path(summary["model_path"]).parent == app.ws.study_dir(tiny_study["name"]) / "ensembles" / "greedy"
 
 

@@ -196,6 +196,22 @@ def test_ensemble_by_default_bags_the_refit_and_says_how_to_get_one_without(refi
     assert plain.get("source") != "refit" and "valid" in plain
     assert any("msatune refit tiny" in n for n in plain["notes"]), plain["notes"]
 
+    # each says what it cost in wall time: the recorded search runs, the refit's when it bags it
+    from msatune.studies.cli.ensemble import cost_line
+    from msatune.studies.store.refit_records import refit_runs
+
+    study = optuna.load_study(study_name="tiny", storage=refit_a["url"])
+    search_s = round(sum(r["wall_seconds"] for r in study.user_attrs["msatune:runs"]), 1)
+    refit_study = optuna.load_study(study_name="tiny:refit", storage=refit_a["url"])
+    refit_s = round(sum(r["wall_seconds"] for r in refit_runs(refit_study)), 1)
+    cost = bagged["cost"]
+    assert (cost["search_s"], cost["refit_s"]) == (search_s, refit_s) and search_s > 0 and refit_s > 0
+    assert cost["ensemble_s"] > 0
+    assert cost["total_s"] == pytest.approx(search_s + refit_s + cost["ensemble_s"], abs=0.2)
+    assert cost_line(cost).startswith("wall time: search ") and " + refit " in cost_line(cost)
+    assert plain["cost"]["refit_s"] is None and plain["cost"]["search_s"] == search_s
+    assert "refit" not in cost_line(plain["cost"])
+
 
 def poisoned_copy(source: Path, dest: Path) -> Path:
     """``source`` with the test split's labels and features replaced by garbage."""
