@@ -31,6 +31,7 @@ dataset, merged), prints the table; never asserts.
     python benchmarks/refit.py --dataset video --stage all     # all three in one process
     python benchmarks/refit.py --data DIR                      # any msa-tf2 directory (recorded)
     python benchmarks/refit.py --dataset lexicon --seed 1      # another seed of one structure
+    python benchmarks/refit.py --across-seeds                  # medians over seeds per structure
     python benchmarks/refit.py --smoke --out /tmp/refit.json   # tiny data, every stage (~2 min)
 """
 
@@ -211,6 +212,49 @@ def table(entry: dict[str, Any]) -> dict[str, Any]:
             "flat_members": [(m["trial"], m["weight"]) for m in flat["members"]]}
 
 
+def across_seeds(datasets: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per structure (an entry's name without ``@seedN``): how many seeds, and the median over them
+    of each approach's test MAE ratio to the val-selected best single and of each Spearman."""
+    import statistics
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for key, entry in datasets.items():
+        groups.setdefault(key.split("@seed")[0], []).append(entry)
+
+    def med(values: list[Any]) -> float | None:
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    out = []
+    for structure, entries in sorted(groups.items()):
+        ratios = [[r["ratio"] for r in e["rows"]] for e in entries]
+        g = [e["goals"] for e in entries]
+        out.append({
+            "structure": structure, "seeds": len(entries),
+            "greedy_val": med([r[1] for r in ratios]), "refit_single": med([r[2] for r in ratios]),
+            "bagged": med([r[3] for r in ratios]), "bagged_worst": max(r[3] for r in ratios),
+            "bagged_met": sum(r[3] <= GOAL_RATIO for r in ratios),
+            "bagged_wall": med([e["rows"][3]["wall_s"] / e["rows"][0]["wall_s"] for e in entries]),
+            "sp_val_single": med([x["spearman_val_test"] for x in g]),
+            "sp_oof_single": med([x["spearman_oof_test"] for x in g]),
+            "sp_val_bagged": med([x["spearman_val_bagged_test"] for x in g]),
+            "sp_oof_bagged": med([x["spearman_oof_bagged_test"] for x in g]),
+        })
+    return out
+
+
+def print_across_seeds(path: Path) -> None:
+    doc = json.loads(path.read_text())
+    rows = across_seeds(doc.get("datasets", {}))
+    print_table(rows, [("structure", "structure", 0), ("seeds", "seeds", 0),
+                       ("greedy_val", "greedy (val) x", 3), ("refit_single", "refit single x", 3),
+                       ("bagged", "bagged x", 3), ("bagged_worst", "bagged worst x", 3),
+                       ("bagged_met", f"seeds <= {GOAL_RATIO}", 0), ("bagged_wall", "bagged wall x search", 1),
+                       ("sp_val_single", "rho val/test", 2), ("sp_oof_single", "rho OOF/test", 2),
+                       ("sp_val_bagged", "rho val/bagged test", 2), ("sp_oof_bagged", "rho OOF/bagged test", 2)],
+                title=f"{path.name}: medians over seeds (x = test MAE / val-selected best single's)")
+
+
 def main(argv: list[str] | None = None) -> int:
     from msatune.augment.synth import PRESETS
 
@@ -225,7 +269,12 @@ def main(argv: list[str] | None = None) -> int:
                         "structure's seed-0 set, so seeds replicate one dataset [0]; its entry is NAME@seedN")
     p.add_argument("--smoke", action="store_true", help="Tiny data and sizes (tests).")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--across-seeds", action="store_true",
+                   help="only print the medians over seeds per structure from the result file (runs nothing)")
     args = p.parse_args(argv)
+    if args.across_seeds:
+        print_across_seeds(result_path("refit", "full", args.out))
+        return 0
     mode = "smoke" if args.smoke else "full"
     size = SIZES[mode]
     ws_root = workspace(args)
