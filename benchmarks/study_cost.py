@@ -214,7 +214,6 @@ def main(argv: list[str] | None = None) -> int:
         tag = f"{tag or 'mosi'}_x{args.scale:g}"
     out = args.out or result_path("study_cost" + (f"_{tag}" if tag else ""), mode, None)
     write_json(out, doc)
-    print(f"wrote {out}")
     return 0
 
 
