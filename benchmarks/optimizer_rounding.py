@@ -53,7 +53,7 @@ stock = recipe.make_optimizer
 made = {}
 
 def make(settings, **_):
-    opt = stock(settings, fused=arm == "fused")
+    opt = stock(settings, update="fused" if arm == "fused" else "keras")
     if arm == "keras32":
         opt.beta_1, opt.beta_2 = float(np.float32(opt.beta_1)), float(np.float32(opt.beta_2))
     made["opt"] = opt

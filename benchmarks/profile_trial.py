@@ -17,7 +17,8 @@ Variants (``--variants``; any mix, each ``name[:key=value,...]``):
 * ``service``: ``models.training.train_model`` on ``search.trial.build_pipelines``; options
   ``intra``/``inter`` (threads), ``spe`` (steps_per_execution), ``jit`` (0/1), ``grappler``
   (a preset name from :data:`GRAPPLER`), ``aug`` (a noise strength, to see the augmentation map),
-  ``fused`` (1: models.optimizers' fused Adam/AdamW, 0: Keras' own, the default), ``onednn`` (``TF_ENABLE_ONEDNN_OPTS``).
+  ``update`` (how Adam updates: ``grouped``, msatune's default, ``keras``, Keras' own class,
+  ``fused``: models.optimizers), ``onednn`` (``TF_ENABLE_ONEDNN_OPTS``).
 
 Prints a table, writes JSON (``--out``, default ``benchmarks/results/profile_trial.json``);
 never asserts times. Hold the machine lock: ``/work/locks/exclusive python benchmarks/profile_trial.py``.
@@ -92,13 +93,13 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     import keras
     from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
 
-    if "fused" in v:  # fused=1: models.optimizers' Adam/AdamW; fused=0: Keras' own (the default since issue 15)
+    if "update" in v:  # models.recipe.OPTIMIZER_UPDATES: grouped (the default), keras, fused
         import msatune.models.recipe as recipe
         import msatune.models.training as training
 
         stock = recipe.make_optimizer
-        fused = v["fused"] == "1"
-        training.make_optimizer = lambda settings, **_: stock(settings, fused=fused)
+        update = v["update"]
+        training.make_optimizer = lambda settings, **_: stock(settings, update=update)
 
     from msatune.augment.dataset import load_dataset
     from msatune.search.trial_config import resolve_config
@@ -194,9 +195,9 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def keras_optimizer(settings: dict[str, Any], make_optimizer: Any) -> Any:
-    """The recipe's optimizer as Keras ships it (the users' own), not msatune's fused one."""
+    """The recipe's optimizer as Keras ships it (the users' own), not msatune's grouped one."""
     try:
-        return make_optimizer(settings, fused=False)
+        return make_optimizer(settings, update="keras")
     except TypeError:  # an msatune before models.optimizers (old-vs-new runs)
         return make_optimizer(settings)
 

@@ -144,9 +144,9 @@ def _mean(xs: list[float]) -> float | None:
 
 
 def keras_optimizer(settings: dict[str, Any], make_optimizer: Any) -> Any:
-    """The recipe's optimizer as Keras ships it (the users' own), not msatune's fused one."""
+    """The recipe's optimizer as Keras ships it (the users' own), not msatune's grouped one."""
     try:
-        return make_optimizer(settings, fused=False)
+        return make_optimizer(settings, update="keras")
     except TypeError:  # an msatune before models.optimizers (old-vs-new runs)
         return make_optimizer(settings)
 

@@ -124,23 +124,33 @@ def epoch_learning_rate(settings: Mapping[str, Any], epoch: int) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_optimizer(settings: Mapping[str, Any], *, fused: bool = False) -> keras.optimizers.Optimizer:
+#: How an optimizer applies Adam's update (``make_optimizer(update=)``; models.optimizers).
+OPTIMIZER_UPDATES = ("grouped", "keras", "fused")
+
+
+def make_optimizer(settings: Mapping[str, Any], *, update: str = "grouped") -> keras.optimizers.Optimizer:
     """Adam or AdamW with a plain learning-rate variable (schedules set it per epoch).
 
-    ``fused=True``: :mod:`msatune.models.optimizers`' versions (one fused op per variable, ~2 s
-    less tracing per trial). They are Keras' update with the betas rounded to float32 (bitwise
-    equal to it over a whole preset run); not the default, so the presets keep the users' update
-    bit for bit until the presets' multi-seed check makes the switch (issue 25).
+    ``update``: ``grouped`` (the default) is Keras' own Adam/AdamW arithmetic run once per step
+    over all variables (:mod:`msatune.models.optimizers`): bit for bit Keras' results, so the
+    presets keep the users' update, with ~2 s less tracing per trial; ``keras`` is Keras' class
+    itself (the users' setup, for comparisons); ``fused`` the one-kernel-per-variable update
+    whose betas are rounded to float32 (opt-in: its results differ as any rounding does).
     """
+    if update not in OPTIMIZER_UPDATES:
+        raise ValueError(f"update must be one of {OPTIMIZER_UPDATES}, got {update!r}")
     lr = float(settings["learning_rate"])
     if settings["lr_schedule"] == "cosine":
         lr = epoch_learning_rate(settings, 0)
     kwargs: dict[str, Any] = {"learning_rate": lr}
     if float(settings["clipnorm"]) > 0:
         kwargs["clipnorm"] = float(settings["clipnorm"])
-    if fused:
+    if update == "fused":
         from msatune.models.optimizers import FusedAdam as Adam
         from msatune.models.optimizers import FusedAdamW as AdamW
+    elif update == "grouped":
+        from msatune.models.optimizers import GroupedAdam as Adam
+        from msatune.models.optimizers import GroupedAdamW as AdamW
     else:
         Adam, AdamW = keras.optimizers.Adam, keras.optimizers.AdamW
     if settings["optimizer"] == "adamw":

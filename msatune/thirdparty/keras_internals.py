@@ -8,7 +8,9 @@ tensorflow 2.21.0).
   traced step, so TensorFlow does not trace the whole train step twice (an optional speed-up).
 * A Keras optimizer's ``_backend_apply_gradients`` (overridden by :class:`ApplyGradientsHook`),
   and the ``_clip_gradients``, ``_use_weight_decay``, ``_get_variable_index``, ``_momentums`` and
-  ``_velocities`` it needs: the opt-in fused Adam/AdamW (:mod:`msatune.models.optimizers`).
+  ``_velocities`` it needs: msatune's grouped and fused Adam/AdamW (:mod:`msatune.models.optimizers`);
+  the grouped one replicates ``tf.clip_by_norm`` (what Keras' TensorFlow optimizer clips
+  ``clipnorm`` with) over all gradients at once.
 * ``tensorflow.python.framework.ops._gradient_registry._registry``: TensorFlow's process-wide
   registry of custom gradients, from which each training run's entries are released
   (:mod:`msatune.models.graph_registry`).
@@ -73,11 +75,19 @@ class ApplyGradientsHook:
     def apply_fused(self, grads: list, variables: list) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    #: True: :meth:`apply_fused` gets the gradients unclipped and clips them itself (as Keras'
+    #: TensorFlow optimizer does: ``tf.clip_by_norm`` per gradient for ``clipnorm``)
+    clips_itself = False
+
     def _backend_apply_gradients(self, grads: list, trainable_variables: list) -> None:
         if not self.can_fuse(grads, trainable_variables):
             super()._backend_apply_gradients(grads, trainable_variables)
             return
-        self.apply_fused(self._clip_gradients(grads), trainable_variables)
+        self.apply_fused(grads if self.clips_itself else self._clip_gradients(grads), trainable_variables)
+
+    def clip_gradients(self, grads: list) -> list:
+        """Keras' own clipping of ``grads`` (clipnorm, global_clipnorm or clipvalue, as set)."""
+        return self._clip_gradients(grads)
 
     def moment_slots(self, variable: Any) -> tuple[Any, Any]:
         """The first and second moment variables Adam keeps for ``variable``."""

@@ -60,20 +60,20 @@ def test_predict_matches_keras_and_traces_once_for_all_batch_shapes():
     assert model._msatune_forward.experimental_get_tracing_count() == 1
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_a_finished_training_leaves_no_train_graph_behind(fused, monkeypatch):
+@pytest.mark.parametrize("update", ["grouped", "keras", "fused"])
+def test_a_finished_training_leaves_no_train_graph_behind(update, monkeypatch):
     """Trials run one after another in a reused Ray worker: each must free its traced train step.
 
     TensorFlow's custom-gradient registry used to pin every train step's graph (~75 MB per
     improved-model trial, growing without bound on a long study): Keras' own optimizer registers
-    one per step trace (its gradient all-reduce), which models.graph_registry releases; the fused
-    one (models.optimizers, opt-in) registers none.
+    one per step trace (its gradient all-reduce), which models.graph_registry releases; msatune's
+    grouped update (the default) and the fused one (models.optimizers) register none.
     """
     import msatune.models.recipe as recipe
     import msatune.models.training as training
 
     stock = recipe.make_optimizer
-    monkeypatch.setattr(training, "make_optimizer", lambda settings: stock(settings, fused=fused))
+    monkeypatch.setattr(training, "make_optimizer", lambda settings: stock(settings, update=update))
     import gc
 
     import keras
@@ -104,7 +104,7 @@ def test_a_finished_training_leaves_no_train_graph_behind(fused, monkeypatch):
     gc.collect()
     assert custom_gradient_count() == registered_before
     assert train_step_graphs() == graphs_before
-    if fused:
+    if update != "keras":
         assert max(registered_while_training) == registered_before
     else:  # the checks above are not vacuous: Keras' optimizer does register custom gradients
         assert min(registered_while_training) > registered_before
