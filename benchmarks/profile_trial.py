@@ -17,8 +17,8 @@ Variants (``--variants``; any mix, each ``name[:key=value,...]``):
 * ``service``: ``models.training.train_model`` on ``search.trial.build_pipelines``; options
   ``intra``/``inter`` (threads), ``spe`` (steps_per_execution), ``jit`` (0/1), ``grappler``
   (a preset name from :data:`GRAPPLER`), ``aug`` (a noise strength, to see the augmentation map),
-  ``update`` (how Adam updates: ``grouped``, msatune's default, ``keras``, Keras' own class,
-  ``fused``: models.optimizers), ``onednn`` (``TF_ENABLE_ONEDNN_OPTS``).
+  ``update`` (how Adam updates: ``grouped``, msatune's default, or ``keras``, Keras' own class;
+  ``models.recipe.OPTIMIZER_UPDATES``), ``onednn`` (``TF_ENABLE_ONEDNN_OPTS``).
 
 Prints a table, writes JSON (``--out``, default ``benchmarks/results/profile_trial.json``);
 never asserts times. Hold the machine lock: ``/work/locks/exclusive python benchmarks/profile_trial.py``.
@@ -93,7 +93,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     import keras
     from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
 
-    if "update" in v:  # models.recipe.OPTIMIZER_UPDATES: grouped (the default), keras, fused
+    if "update" in v:  # models.recipe.OPTIMIZER_UPDATES: grouped (the default) or keras
         import msatune.models.recipe as recipe
         import msatune.models.training as training
 

@@ -1,12 +1,12 @@
-"""Keras' Adam and AdamW in far fewer traced ops: grouped (Keras' arithmetic, bit for bit) and fused.
+"""Keras' Adam and AdamW, bit for bit, in a fraction of the traced ops.
 
 Keras 3 builds Adam's update from ~30 small ops per variable (casts, the beta powers, the moment
-updates, the step, the distribution strategy's wrappers), AdamW adds ~8 more for the weight decay,
-and a traced train step holds them once per variable: 4,270 of the baseline model's 7,921
-train-step ops (122 variables), 8,410 of the improved model's 13,570. Each op costs its Python
-construction when the step is traced and its dispatch on every step: measured on 2 cores, the
-optimizer was a third of a batch-4 baseline step (12.0 ms vs 7.8 ms with SGD) and 2-4 s of each
-trial's tracing, a third of a first-rung trial's (issue 25).
+updates, the step, the distribution strategy's wrappers), AdamW and ``clipnorm`` add ~15 more,
+and a traced train step holds them once per variable: 9,288 of the improved model's 14,734
+train-step ops at MOSI's dimensions (145 variables), 5,010 update ops for the baseline's 122.
+Each op costs its Python construction when the step is traced and its dispatch on every step:
+measured on 2 cores, the optimizer was a third of a batch-4 baseline step (12.0 ms vs 7.8 ms
+with SGD) and 2-4 s of each trial's tracing, a third of a first-rung trial's (issue 25).
 
 :class:`GroupedAdam` and :class:`GroupedAdamW` (the default, ``models.recipe.make_optimizer``)
 run Keras' own ``update_step`` arithmetic once per step on one flat tensor per dtype instead of
@@ -15,28 +15,25 @@ slot each, and the step is split back and subtracted from each variable. Every e
 through exactly Keras' operations in Keras' order (the same ``keras.ops`` calls, the same Python
 float constants, the moments updated in place and read back as Keras does), so a run is bitwise
 the run with Keras' optimizer: pinned over the improved and baseline presets' whole recipes
-(schedule, dropout, augmentation, clipnorm, AdamW weight decay) by
-``tests/models/test_optimizers.py``. What it changes is the graph: ~4 ops per variable instead of
-~30, one elementwise pass over all weights instead of one per variable. ``clipnorm`` is
-``tf.clip_by_norm`` per gradient (what Keras' TensorFlow optimizer calls) with only its sum of
-squares kept per variable and the rest done once; weight decay (``var -= var * wd * lr`` before
-the update) stays per variable; ``global_clipnorm`` and ``clipvalue`` are Keras' own code. Its slots are its own (``momentum_float32``,
+(schedule, dropout, augmentation, clipnorm, AdamW weight decay), under XLA and loss scaling, by
+``tests/models/test_optimizers.py``, and over a whole improved-preset run at MOSI's size by
+``benchmarks/optimizer_rounding.py``. What changes is the graph: 2,438 update ops for the
+improved model instead of 9,288, one elementwise pass over all weights instead of one per
+variable. ``clipnorm`` is ``tf.clip_by_norm`` per gradient (what Keras' TensorFlow optimizer
+calls) with only its sum of squares kept per variable and the rest done once; weight decay
+(``var -= var * wd * lr`` before the update) stays per variable; ``global_clipnorm`` and
+``clipvalue`` are Keras' own code. Its slots are its own (``momentum_float32``,
 ``velocity_float32``, flat): optimizer state saved by Keras' Adam does not load into it, which
 nothing in msatune does (checkpoints hold weights only).
 
-:class:`FusedAdam` and :class:`FusedAdamW` (opt-in, ``make_optimizer(update="fused")``) update each
-variable with one ``ResourceApplyAdam``, whose CPU and GPU kernels compute Keras' formulas but
-form ``1 - beta`` from the float32 betas (``1 - 0.999`` -> 0.00099998713; Keras, from Python
-floats: 0.0010000000). Over the improved preset's whole run they are bitwise Keras' AdamW given
-``beta_1=float(np.float32(0.9))``, ``beta_2=float(np.float32(0.999))``, and Keras' with the exact
-betas is not: the weights differ by 0.3% after one epoch and 35% after ten, and the test MAE was
-0.9287 (float32 betas, fused) against 0.9746 (exact). Training amplifies any rounding this way;
-the earlier "worse at 6 of 6 seeds" (1.032 vs 0.981) was that noise, not a different update
-(benchmarks/README.md, "The fused optimizer's difference").
+Issue 15's fused optimizer (one ``ResourceApplyAdam`` per variable) is gone: that kernel forms
+``1 - beta`` from float32 betas, so it was Keras' update with rounded betas, and its results
+differed from the users' as any rounding does (benchmarks/README.md, "The fused optimizer's
+difference"); this one traces fewer ops than it did for the improved model and changes nothing.
 
 Anything unusual (AMSGrad, a ``tf.distribute`` strategy, gradient accumulation, EMA, a variable
-that is overwritten with its gradient) falls back to Keras' own code path; the grouped update
-decides that when it builds its slots.
+that is overwritten with its gradient) falls back to Keras' own code path, decided when the
+optimizer builds its slots.
 """
 
 from __future__ import annotations
@@ -51,77 +48,11 @@ from keras import ops
 
 from msatune.thirdparty.keras_internals import ApplyGradientsHook
 
-__all__ = ["FusedAdam", "FusedAdamW", "GroupedAdam", "GroupedAdamW"]
+__all__ = ["GroupedAdam", "GroupedAdamW"]
 
 
 def _tf_variable(variable: Any) -> tf.Variable:
     return variable.value if isinstance(variable, keras.Variable) else variable
-
-
-class _FusedAdamUpdate(ApplyGradientsHook):
-    """The fused update of an Adam-family Keras optimizer (mixed into Adam and AdamW). Keras'
-    internals it needs (the gradient step it replaces, the moment slots, which variables decay)
-    are :class:`msatune.thirdparty.keras_internals.ApplyGradientsHook`'s."""
-
-    def can_fuse(self, grads: list, variables: list) -> bool:
-        return (
-            keras.backend.backend() == "tensorflow"
-            and not self.amsgrad
-            and not tf.distribute.has_strategy()
-            and not self.gradient_accumulation_steps
-            and not self.use_ema
-            and all(not isinstance(g, tf.IndexedSlices) for g in grads)
-        )
-
-    def apply_fused(self, grads: list, trainable_variables: list) -> None:
-        """One ``ResourceApplyAdam`` per variable on the clipped ``grads``, after weight decay."""
-        variables = [_tf_variable(v) for v in trainable_variables]
-        lr = tf.convert_to_tensor(self.learning_rate)  # one read per step, not one per variable
-        by_dtype: dict[tf.DType, dict[str, tf.Tensor]] = {}
-
-        def scalars(dtype: tf.DType) -> dict[str, tf.Tensor]:
-            if dtype not in by_dtype:
-                step = tf.cast(self.iterations + 1, dtype)
-                beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-                by_dtype[dtype] = {
-                    "lr": tf.cast(lr, dtype), "beta_1": beta_1, "beta_2": beta_2,
-                    "beta_1_power": tf.pow(beta_1, step), "beta_2_power": tf.pow(beta_2, step),
-                    "epsilon": tf.cast(self.epsilon, dtype),
-                }
-            return by_dtype[dtype]
-
-        if self.weight_decay is not None:
-            for variable in variables:
-                if self.decays(variable):
-                    s = scalars(variable.dtype)
-                    variable.assign_sub(variable * tf.cast(self.weight_decay, variable.dtype) * s["lr"])
-        for grad, variable in zip(grads, variables, strict=True):
-            m, v = self.moment_slots(variable)
-            s = scalars(variable.dtype)
-            tf.raw_ops.ResourceApplyAdam(
-                var=variable.handle,
-                m=_tf_variable(m).handle,
-                v=_tf_variable(v).handle,
-                beta1_power=s["beta_1_power"],
-                beta2_power=s["beta_2_power"],
-                lr=s["lr"],
-                beta1=s["beta_1"],
-                beta2=s["beta_2"],
-                epsilon=s["epsilon"],
-                grad=tf.cast(grad, variable.dtype),
-                use_locking=False,
-                use_nesterov=False,
-            )
-
-
-@keras.saving.register_keras_serializable(package="msatune")
-class FusedAdam(_FusedAdamUpdate, keras.optimizers.Adam):
-    """``keras.optimizers.Adam`` updating each variable with one fused op (see the module doc)."""
-
-
-@keras.saving.register_keras_serializable(package="msatune")
-class FusedAdamW(_FusedAdamUpdate, keras.optimizers.AdamW):
-    """``keras.optimizers.AdamW`` updating each variable with one fused op (see the module doc)."""
 
 
 @dataclass(frozen=True)
@@ -156,14 +87,14 @@ class _GroupedAdamUpdate(ApplyGradientsHook):
         if not self._grouped:
             super().build(var_list)  # Keras' own per-variable slots and update
             return
-        keras.optimizers.Optimizer.build(self, var_list)  # the step count and the variable index
+        self.build_base(self, var_list)  # the step count and the variable index, no per-variable slots
         self._momentums, self._velocities = [], []
         self._layout: dict[str, list[_Slot]] = {}
         for variable in var_list:
             slots = self._layout.setdefault(variable.dtype, [])
             size = int(np.prod(variable.shape, dtype=np.int64))
             offset = slots[-1].offset + slots[-1].size if slots else 0
-            slots.append(_Slot(self._get_variable_index(variable), tuple(variable.shape), offset, size))
+            slots.append(_Slot(self.variable_index(variable), tuple(variable.shape), offset, size))
         self._flat_slots = {}
         for dtype, slots in self._layout.items():
             total = slots[-1].offset + slots[-1].size
@@ -172,10 +103,10 @@ class _GroupedAdamUpdate(ApplyGradientsHook):
                 self.add_variable((total,), dtype=dtype, name=f"velocity_{dtype}"),
             )
 
-    def can_fuse(self, grads: list, variables: list) -> bool:
+    def can_apply(self, grads: list, variables: list) -> bool:
         return bool(getattr(self, "_grouped", False))
 
-    def apply_fused(self, grads: list, trainable_variables: list) -> None:
+    def apply_update(self, grads: list, trainable_variables: list) -> None:
         """Weight decay per variable, then clipping and Keras' update over each dtype's variables
         at once (the gradients come unclipped: :attr:`clips_itself`)."""
         # Keras' priority: clipnorm first; clipped here over all gradients when each has its
@@ -194,7 +125,7 @@ class _GroupedAdamUpdate(ApplyGradientsHook):
                         wd[tf_var.dtype] = tf.cast(self.weight_decay, tf_var.dtype)
                     tf_var.assign_sub(tf_var * wd[tf_var.dtype] * lr[tf_var.dtype])
         learning_rate = self.learning_rate
-        given = {self._get_variable_index(v): (g, v) for g, v in zip(grads, trainable_variables, strict=True)}
+        given = {self.variable_index(v): (g, v) for g, v in zip(grads, trainable_variables, strict=True)}
         for dtype, slots in self._layout.items():
             present = [s for s in slots if s.index in given]
             if present:

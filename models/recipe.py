@@ -125,7 +125,7 @@ def epoch_learning_rate(settings: Mapping[str, Any], epoch: int) -> float:
 
 
 #: How an optimizer applies Adam's update (``make_optimizer(update=)``; models.optimizers).
-OPTIMIZER_UPDATES = ("grouped", "keras", "fused")
+OPTIMIZER_UPDATES = ("grouped", "keras")
 
 
 def make_optimizer(settings: Mapping[str, Any], *, update: str = "grouped") -> keras.optimizers.Optimizer:
@@ -134,8 +134,7 @@ def make_optimizer(settings: Mapping[str, Any], *, update: str = "grouped") -> k
     ``update``: ``grouped`` (the default) is Keras' own Adam/AdamW arithmetic run once per step
     over all variables (:mod:`msatune.models.optimizers`): bit for bit Keras' results, so the
     presets keep the users' update, with ~2 s less tracing per trial; ``keras`` is Keras' class
-    itself (the users' setup, for comparisons); ``fused`` the one-kernel-per-variable update
-    whose betas are rounded to float32 (opt-in: its results differ as any rounding does).
+    itself (the users' setup, for comparisons).
     """
     if update not in OPTIMIZER_UPDATES:
         raise ValueError(f"update must be one of {OPTIMIZER_UPDATES}, got {update!r}")
@@ -145,10 +144,7 @@ def make_optimizer(settings: Mapping[str, Any], *, update: str = "grouped") -> k
     kwargs: dict[str, Any] = {"learning_rate": lr}
     if float(settings["clipnorm"]) > 0:
         kwargs["clipnorm"] = float(settings["clipnorm"])
-    if update == "fused":
-        from msatune.models.optimizers import FusedAdam as Adam
-        from msatune.models.optimizers import FusedAdamW as AdamW
-    elif update == "grouped":
+    if update == "grouped":
         from msatune.models.optimizers import GroupedAdam as Adam
         from msatune.models.optimizers import GroupedAdamW as AdamW
     else:

@@ -7,10 +7,10 @@ tensorflow 2.21.0).
 * ``Model._symbolic_build(data_batch=)``: builds the model's metric variables before the first
   traced step, so TensorFlow does not trace the whole train step twice (an optional speed-up).
 * A Keras optimizer's ``_backend_apply_gradients`` (overridden by :class:`ApplyGradientsHook`),
-  and the ``_clip_gradients``, ``_use_weight_decay``, ``_get_variable_index``, ``_momentums`` and
-  ``_velocities`` it needs: msatune's grouped and fused Adam/AdamW (:mod:`msatune.models.optimizers`);
-  the grouped one replicates ``tf.clip_by_norm`` (what Keras' TensorFlow optimizer clips
-  ``clipnorm`` with) over all gradients at once.
+  and the ``_clip_gradients``, ``_use_weight_decay`` and ``_get_variable_index`` it needs, and
+  ``Optimizer.build`` called past Adam's (its slots are not built): msatune's grouped Adam/AdamW
+  (:mod:`msatune.models.optimizers`), which replicates ``tf.clip_by_norm`` (what Keras'
+  TensorFlow optimizer clips ``clipnorm`` with) over all gradients at once.
 * ``tensorflow.python.framework.ops._gradient_registry._registry``: TensorFlow's process-wide
   registry of custom gradients, from which each training run's entries are released
   (:mod:`msatune.models.graph_registry`).
@@ -61,38 +61,46 @@ def gradient_registry() -> dict | None:
 
 
 class ApplyGradientsHook:
-    """Mixin for an Adam-family Keras optimizer: its gradient step through :meth:`apply_fused`.
+    """Mixin for an Adam-family Keras optimizer: its gradient step through :meth:`apply_update`.
 
     Keras' ``_backend_apply_gradients`` (after loss scaling and accumulation) clips the gradients,
-    applies weight decay and updates each variable. When :meth:`can_fuse` says so, the clipped
-    gradients go to the subclass's ``apply_fused(grads, variables)`` instead; otherwise Keras' own
-    path runs. The slot and decay accessors below are the rest of what a fused step needs.
+    applies weight decay and updates each variable. When :meth:`can_apply` says so, the
+    gradients go to the subclass's ``apply_update(grads, variables)`` instead (clipped by Keras
+    first unless :attr:`clips_itself`); otherwise Keras' own path runs. The clipping and decay
+    accessors below are the rest of what such a step needs.
     """
 
-    def can_fuse(self, grads: list, variables: list) -> bool:  # pragma: no cover - overridden
+    def can_apply(self, grads: list, variables: list) -> bool:  # pragma: no cover - overridden
         return False
 
-    def apply_fused(self, grads: list, variables: list) -> None:  # pragma: no cover - overridden
+    def apply_update(self, grads: list, variables: list) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    #: True: :meth:`apply_fused` gets the gradients unclipped and clips them itself (as Keras'
+    #: True: :meth:`apply_update` gets the gradients unclipped and clips them itself (as Keras'
     #: TensorFlow optimizer does: ``tf.clip_by_norm`` per gradient for ``clipnorm``)
     clips_itself = False
 
     def _backend_apply_gradients(self, grads: list, trainable_variables: list) -> None:
-        if not self.can_fuse(grads, trainable_variables):
+        if not self.can_apply(grads, trainable_variables):
             super()._backend_apply_gradients(grads, trainable_variables)
             return
-        self.apply_fused(grads if self.clips_itself else self._clip_gradients(grads), trainable_variables)
+        self.apply_update(grads if self.clips_itself else self._clip_gradients(grads), trainable_variables)
 
     def clip_gradients(self, grads: list) -> list:
         """Keras' own clipping of ``grads`` (clipnorm, global_clipnorm or clipvalue, as set)."""
         return self._clip_gradients(grads)
 
-    def moment_slots(self, variable: Any) -> tuple[Any, Any]:
-        """The first and second moment variables Adam keeps for ``variable``."""
-        index = self._get_variable_index(variable)
-        return self._momentums[index], self._velocities[index]
+    def variable_index(self, variable: Any) -> int:
+        """The optimizer's index of ``variable`` (its place in the list it was built on)."""
+        return int(self._get_variable_index(variable))
+
+    @staticmethod
+    def build_base(optimizer: Any, var_list: list) -> None:
+        """``keras.optimizers.Optimizer.build`` alone: the step count and the variable index,
+        without the subclass's slots (Adam's per-variable moments)."""
+        import keras
+
+        keras.optimizers.Optimizer.build(optimizer, var_list)
 
     def decays(self, variable: Any) -> bool:
         """Whether weight decay applies to ``variable``."""
@@ -127,11 +135,16 @@ def check() -> list[str]:
     class Probe(ApplyGradientsHook, keras.optimizers.AdamW):
         seen: list = []
 
-        def can_fuse(self, grads: list, variables: list) -> bool:
+        clips_itself = True
+
+        def build(self, var_list: list) -> None:
+            self.build_base(self, var_list)
+
+        def can_apply(self, grads: list, variables: list) -> bool:
             return True
 
-        def apply_fused(self, grads: list, variables: list) -> None:
-            self.seen.append([(self.moment_slots(v), self.decays(v)) for v in variables])
+        def apply_update(self, grads: list, variables: list) -> None:
+            self.seen.append([(self.variable_index(v), self.decays(v), self.clip_gradients(grads)) for v in variables])
 
     try:
         probe = Probe(learning_rate=0.1, clipnorm=1.0)
@@ -139,6 +152,8 @@ def check() -> list[str]:
         probe.apply_gradients([(keras.ops.ones(2), variable)])
         if not Probe.seen or len(Probe.seen[0]) != 1:
             problems.append("Optimizer._backend_apply_gradients is no longer called by apply_gradients")
+        elif probe.variables and any(len(v.shape) for v in probe.variables):
+            problems.append("Optimizer.build creates per-variable slots: the grouped Adam's own slots would double them")
     except Exception as exc:  # noqa: BLE001
         problems.append(f"Keras optimizer internals: {type(exc).__name__}: {exc}")
     return problems

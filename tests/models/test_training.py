@@ -60,14 +60,14 @@ def test_predict_matches_keras_and_traces_once_for_all_batch_shapes():
     assert model._msatune_forward.experimental_get_tracing_count() == 1
 
 
-@pytest.mark.parametrize("update", ["grouped", "keras", "fused"])
+@pytest.mark.parametrize("update", ["grouped", "keras"])
 def test_a_finished_training_leaves_no_train_graph_behind(update, monkeypatch):
     """Trials run one after another in a reused Ray worker: each must free its traced train step.
 
     TensorFlow's custom-gradient registry used to pin every train step's graph (~75 MB per
     improved-model trial, growing without bound on a long study): Keras' own optimizer registers
     one per step trace (its gradient all-reduce), which models.graph_registry releases; msatune's
-    grouped update (the default) and the fused one (models.optimizers) register none.
+    grouped update (models.optimizers, the default) registers none.
     """
     import msatune.models.recipe as recipe
     import msatune.models.training as training
