@@ -14,8 +14,10 @@ Candidate signals, at rung r (epochs 1, 2, 3, 5, 9, 15 as far as the budget allo
   ``steps@r``    best so far after the optimizer steps a batch-16 run makes in r epochs (a trial
                  with batch b is read at epoch ceil(r * 16 / b)), i.e. rungs by optimizer steps
   ``train@r``    training MAE of epoch r (over the whole training split, in training mode)
-  ``rung@r``     the mean of ``best@r`` and ``train@r``: msatune's ASHA signal
-                 (``search.trainable.rung_score``), chosen from these measurements
+  ``mean@r``     the mean of ``best@r`` and ``train@r`` (msatune's ASHA signal from issue 14 to 22)
+  ``rung@r``     msatune's ASHA signal (``search.trainable.rung_score``), chosen from these
+                 measurements on three structures: ``train@r`` through epoch 3, then more and
+                 more of ``best@r``, up to ``mean@r`` from epoch 9
 A trial that stopped early keeps its last values for later rungs.
 
     python benchmarks/rung_fidelity.py                         # 32 configs x 27 epochs, synthetic mosi
@@ -53,6 +55,8 @@ from bench_common import (  # noqa: E402
     write_json,
 )
 
+from msatune.search.trainable import rung_score  # noqa: E402
+
 SIZES = {
     "full": {"configs": 32, "epochs": 27, "data": "mosi"},
     "quick": {"configs": 8, "epochs": 9, "data": "mosi"},
@@ -60,7 +64,7 @@ SIZES = {
 }
 RUNGS = (1, 2, 3, 5, 9, 15)
 REFERENCE_BATCH = 16
-KINDS = ("current", "best", "steps", "train", "rung")
+KINDS = ("current", "best", "steps", "train", "mean", "rung")
 TOP = 5
 KEEP = 1 / 3  # ASHA's reduction factor 3 keeps the best third at a rung
 
@@ -138,7 +142,8 @@ def signals(run: dict[str, Any], rungs: list[int]) -> dict[str, float]:
         out[f"best@{r}"] = _at(best, r)
         out[f"steps@{r}"] = _at(best, max(1, math.ceil(r * REFERENCE_BATCH / batch)))
         out[f"train@{r}"] = _at(train, r)
-        out[f"rung@{r}"] = 0.5 * (out[f"best@{r}"] + out[f"train@{r}"])
+        out[f"mean@{r}"] = 0.5 * (out[f"best@{r}"] + out[f"train@{r}"])
+        out[f"rung@{r}"] = rung_score(out[f"best@{r}"], out[f"train@{r}"], r)
     return out
 
 
@@ -208,7 +213,8 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     fig = Figure(figsize=(11, 4.2), dpi=110, layout="constrained")
     ax, ax2 = fig.subplots(1, 2)
     a = doc["analysis"]
-    for kind, style in (("current", "o--"), ("best", "o-"), ("steps", "s:"), ("train", "^-."), ("rung", "D-")):
+    for kind, style in (("current", "o--"), ("best", "o-"), ("steps", "s:"), ("train", "^-."), ("mean", "v:"),
+                        ("rung", "D-")):
         rows = [r for r in a["table"] if r["kind"] == kind and r["spearman"] is not None]
         ax.plot([r["rung"] for r in rows], [r["spearman"] for r in rows], style, label=f"{kind}@rung")
     ax.axhline(0.7, color="tab:green", lw=1, ls="--", label="goal 0.7")

@@ -169,7 +169,7 @@ def run_search(
     searcher = StudySearcher(space, study, sampler or make_sampler(settings), fence=fence)
     scheduler = make_scheduler(ASHAScheduler)(
         time_attr="training_iteration",
-        metric=RUNG_METRIC,  # best val MAE so far and train MAE (search/trainable.rung_score)
+        metric=RUNG_METRIC,  # train MAE early, then best val MAE so far too (search/trainable.rung_score)
         mode="min",
         max_t=settings.max_epochs,
         grace_period=settings.grace,

@@ -13,7 +13,7 @@ stopped still has a value at each rung it reached, so the importance is computed
   a stopped driver left running, which are run again) and running trials are left out.
 * **Their value there**: the best validation MAE up to that epoch, i.e. the smallest
   intermediate value up to it (the searcher reports the best so far as each epoch's value, and
-  ranks pruned trials by it; ASHA's own rung signal also averages in the training MAE and lives
+  ranks pruned trials by it; ASHA's own rung signal also weighs in the training MAE and lives
   only in Ray's progress.csv). At the last epoch that is each complete trial's value.
 * **Which epoch**: the deepest one that at least :data:`MIN_TRIALS` trials reached: a later epoch
   ranks trials closer to their final value, more trials make the estimate steadier. Once

@@ -35,9 +35,10 @@ The first trials are the users' recipes of the searched families (--family impro
 default: `baseline` and `improved`; seqlevel: `seqlevel`, msa-tf2's MSASeqLevelModel recipe;
 all: those and `balanced`), so every study shows what the search gained over them. Trials report validation MAE every epoch; a trial's value is
 its best validation MAE. ASHA stops a trial at a rung (grace period × reduction factor^k epochs:
-3, 9, 27 by default) when it is not in the best 1/R there, ranked on the mean of its best
-validation MAE so far and its training MAE (measured to rank configurations by their final
-result far better than the epoch's validation MAE alone; benchmarks/README.md). Searched trials
+3, 9, 27 by default) when it is not in the best 1/R there, ranked on its training MAE through
+epoch 3 and more and more on its best validation MAE so far after it, half of each from epoch
+9 (measured on several data structures to rank configurations by their final result far better
+than the small validation split's early MAE; benchmarks/README.md). Searched trials
 warm up before the first rung and anneal over --max-epochs. Everything is stored in the study
 store; Ctrl-C stops cleanly and `msatune resume NAME` continues. The test split is never used
 to choose anything.

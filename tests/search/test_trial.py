@@ -75,3 +75,20 @@ def test_a_search_trial_checkpoints_weights_on_improvement_and_predicts_test_onc
     np.testing.assert_allclose(preds["valid_pred"], predict(model, datasets["valid"]), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(preds["test_pred"], predict(model, datasets["test"]), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(outcome.predictions["test_pred"], preds["test_pred"])
+
+
+def test_the_rung_signal_ranks_by_training_mae_early_and_adds_validation_later() -> None:
+    """ASHA's first rung (epoch 3) compares training MAE alone: a configuration that fits well
+    but whose small validation split still spikes is not cut for the spike; from epoch 9 the
+    best validation MAE so far counts half (benchmarks/README.md, rung_fidelity on 3 structures)."""
+    from msatune.search.trainable import rung_score
+
+    fits_spiky = {"best_val_mae": 2.4, "train_mae": 0.7}  # fits; validation still noisy
+    flat = {"best_val_mae": 1.3, "train_mae": 1.2}  # near the constant predictor
+    for epoch in (1, 2, 3):
+        assert rung_score(**fits_spiky, epoch=epoch) == 0.7
+        assert rung_score(**fits_spiky, epoch=epoch) < rung_score(**flat, epoch=epoch)
+    assert rung_score(**fits_spiky, epoch=9) == rung_score(**fits_spiky, epoch=27) == pytest.approx(1.55)
+    assert rung_score(**fits_spiky, epoch=9) > rung_score(**flat, epoch=9)
+    ramp = [rung_score(**fits_spiky, epoch=e) for e in range(3, 10)]
+    assert ramp == sorted(ramp) and len(set(ramp)) == len(ramp)  # the validation share grows each epoch
