@@ -18,7 +18,8 @@ Variants (``--variants``; any mix, each ``name[:key=value,...]``):
   ``intra``/``inter`` (threads), ``spe`` (steps_per_execution), ``jit`` (0/1), ``grappler``
   (a preset name from :data:`GRAPPLER`), ``aug`` (a noise strength, to see the augmentation map),
   ``update`` (how Adam updates: ``grouped``, msatune's default, or ``keras``, Keras' own class;
-  ``models.recipe.OPTIMIZER_UPDATES``), ``onednn`` (``TF_ENABLE_ONEDNN_OPTS``).
+  ``models.recipe.OPTIMIZER_UPDATES``), ``monitor`` (0: no gradient norms or attention probe;
+  1, the default, as trials run), ``onednn`` (``TF_ENABLE_ONEDNN_OPTS``).
 
 Prints a table, writes JSON (``--out``, default ``benchmarks/results/profile_trial.json``);
 never asserts times. Hold the machine lock: ``/work/locks/exclusive python benchmarks/profile_trial.py``.
@@ -156,7 +157,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     if v["loop"] == "users":
         out = _users(config, data, epochs, phases)
     else:
-        out = _service(config, data, epochs, phases)
+        out = _service(config, data, epochs, phases, monitor=v.get("monitor", "1") != "0")
     t_end = time.perf_counter()
 
     first_call = calls[0][1] if calls else None
@@ -237,7 +238,7 @@ def _users(config: dict[str, Any], data: Any, epochs: list[dict], phases: dict) 
             "final_val_mae": epochs[-1]["val_mae"]}
 
 
-def _service(config: dict[str, Any], data: Any, epochs: list[dict], phases: dict) -> dict[str, Any]:
+def _service(config: dict[str, Any], data: Any, epochs: list[dict], phases: dict, monitor: bool = True) -> dict[str, Any]:
     import msatune.models.training as training
     from msatune.search.trial import build_pipelines
 
@@ -264,7 +265,8 @@ def _service(config: dict[str, Any], data: Any, epochs: list[dict], phases: dict
     t = time.perf_counter()
     datasets = build_pipelines(config, data)
     phases["pipelines_s"] = time.perf_counter() - t
-    result = training.train_model(config, datasets, data.dims, seq_len=data.seq_len, on_epoch=on_epoch)
+    result = training.train_model(config, datasets, data.dims, seq_len=data.seq_len, on_epoch=on_epoch,
+                                  monitor=monitor)
     steps = int(datasets["train"].cardinality().numpy())
     return {"steps_per_epoch": steps, "final_train_mae": result.history[-1]["mae"],
             "final_val_mae": result.history[-1]["val_mae"]}

@@ -83,8 +83,8 @@ class _GroupedAdamUpdate(ApplyGradientsHook):
     def build(self, var_list: list) -> None:
         if self.built:
             return
-        self._grouped = self._can_group(var_list)
-        if not self._grouped:
+        self.updates_grouped = self._can_group(var_list)
+        if not self.updates_grouped:
             super().build(var_list)  # Keras' own per-variable slots and update
             return
         self.build_base(self, var_list)  # the step count and the variable index, no per-variable slots
@@ -104,7 +104,7 @@ class _GroupedAdamUpdate(ApplyGradientsHook):
             )
 
     def can_apply(self, grads: list, variables: list) -> bool:
-        return bool(getattr(self, "_grouped", False))
+        return bool(getattr(self, "updates_grouped", False))
 
     def apply_update(self, grads: list, trainable_variables: list) -> None:
         """Weight decay per variable, then clipping and Keras' update over each dtype's variables
