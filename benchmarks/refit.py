@@ -19,6 +19,11 @@ stages that can run as separate processes (each stage reads what the previous on
    Both ensembles are exported (``.keras`` + SavedModel) as a user would run them.
    Rank agreement: Spearman of validation MAE and of OOF MAE with the test MAE over the top-K
    (the test MAE of each trial's own checkpoint; with the bagged test MAE as a second target).
+4. ``presets`` (optional, after the others; not part of ``--stage all``): the users' improved
+   preset trained by ``msatune train`` at seeds 0, 1, 2, ... one after another until their wall
+   time reaches the bagged ensemble's (study + refit + bagged ensemble), their test predictions
+   averaged: issue 22's "seed-averaged improved preset of the same compute". Its row joins the
+   table (and the JSON entry) once the stage ran.
 
 Wall time of an approach = the stages it needs (study; + ensemble; + refit; + bagged ensemble).
 Goals: bagged greedy test MAE <= 0.95 x the val-selected best single's on both datasets, and
@@ -32,6 +37,7 @@ dataset, merged), prints the table; never asserts.
     python benchmarks/refit.py --data DIR                      # any msa-tf2 directory (recorded)
     python benchmarks/refit.py --dataset lexicon --seed 1      # another seed of one structure
     python benchmarks/refit.py --across-seeds                  # medians over seeds per structure
+    python benchmarks/refit.py --dataset mosi --stage presets  # the preset averaged at the same wall (~25 min)
     python benchmarks/refit.py --smoke --out /tmp/refit.json   # tiny data, every stage (~2 min)
 """
 
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -59,6 +66,10 @@ from bench_common import (  # noqa: E402
 )
 
 STAGES = ("study", "refit", "score")
+#: Stages run only when asked for by name (``--stage presets``).
+EXTRA_STAGES = ("presets",)
+#: The most preset runs the presets stage makes, whatever the budget.
+MAX_PRESET_RUNS = 40
 GOAL_RATIO = 0.95
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {"trials": 4, "epochs": 8, "top_k": 2, "folds": 2},
@@ -180,6 +191,48 @@ def stage_score(ws_root: Path) -> dict[str, Any]:
     return {"ensemble_wall_s": t1 - t0, "bagged_wall_s": t2 - t1, "flat": flat, "bagged": bagged}
 
 
+def stage_presets(ws_root: Path, data: Path, budget_s: float, smoke: bool) -> dict[str, Any]:
+    """The improved preset at seeds 0, 1, ... (``msatune train``, one process each, one after
+    another) until their summed wall time reaches ``budget_s``; the test MAE of the average of
+    the first k runs' test predictions for every k (clipped to [-3, 3], as msatune scores)."""
+    import subprocess
+
+    import numpy as np
+
+    from msatune.models.checkpoint import read_predictions
+
+    out_root = ws_root / "presets"
+    if out_root.exists():
+        shutil.rmtree(out_root)
+    runs: list[dict[str, Any]] = []
+    preds: list[np.ndarray] = []
+    labels = None
+    spent = 0.0
+    while (spent < budget_s or not runs) and len(runs) < MAX_PRESET_RUNS:
+        seed = len(runs)
+        out = out_root / f"seed{seed}"
+        cmd = [sys.executable, "-m", "msatune.studies.cli", "train", "--preset", "improved", "--data", str(data),
+               "--set", f"seed={seed}", "--out", str(out), "--json"]
+        if smoke:
+            cmd += ["--epochs", "2", "--set", "model_dim=16", "--set", "ff_dim=32"]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "MSATUNE_WORKSPACE": str(ws_root)})
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"msatune train failed: {(proc.stderr or proc.stdout).strip()[-2000:]}")
+        spent += wall
+        arrays = read_predictions(out / "checkpoint", ("test",))
+        labels = arrays["test_label"] if labels is None else labels
+        preds.append(arrays["test_pred"])
+        runs.append({"seed": seed, "wall_s": wall, "test_mae": float(np.mean(np.abs(arrays["test_pred"] - labels)))})
+        averaged = np.mean(preds, axis=0)
+        runs[-1]["averaged_test_mae"] = float(np.mean(np.abs(averaged - labels)))
+        print(f"  preset seed {seed}: test {runs[-1]['test_mae']:.4f}, average of {len(preds)} "
+              f"{runs[-1]['averaged_test_mae']:.4f} ({spent:.0f} of {budget_s:.0f} s)", flush=True)
+    return {"wall_s": spent, "budget_s": budget_s, "runs": runs,
+            "test_mae": runs[-1]["averaged_test_mae"], "single_test_mae": runs[0]["test_mae"]}
+
+
 def table(entry: dict[str, Any]) -> dict[str, Any]:
     """The four approaches: test MAE, ratio to the val-selected best single, wall time."""
     st, rf, sc = entry["study"], entry["refit"], entry["score"]
@@ -196,6 +249,10 @@ def table(entry: dict[str, Any]) -> dict[str, Any]:
         {"approach": "bagged greedy ensemble", "test_mae": bagged["test"]["mae"],
          "wall_s": st["wall_s"] + rf["wall_s"] + sc["bagged_wall_s"]},
     ]
+    if "presets" in entry:
+        pr = entry["presets"]
+        rows.append({"approach": f"improved preset, {len(pr['runs'])} seeds averaged (same wall)",
+                     "test_mae": pr["test_mae"], "wall_s": pr["wall_s"]})
     for r in rows:
         r["ratio"] = r["test_mae"] / base
     ra = bagged["rank_agreement"]
@@ -206,6 +263,7 @@ def table(entry: dict[str, Any]) -> dict[str, Any]:
                          and ra["oof_vs_test"] > ra["val_vs_test"]),
         "spearman_val_bagged_test": ra["val_vs_bagged_test"], "spearman_oof_bagged_test": ra["oof_vs_bagged_test"],
         "configs": ra["configs"],
+        "bagged_beats_presets": (rows[3]["test_mae"] < rows[4]["test_mae"]) if len(rows) > 4 else None,
     }
     return {"rows": rows, "goals": goals, "reference": bagged["reference"]["test"],
             "configs": bagged["configs"], "members": [(m["trial"], m["weight"]) for m in bagged["members"]],
@@ -235,6 +293,8 @@ def across_seeds(datasets: dict[str, Any]) -> list[dict[str, Any]]:
             "bagged": med([r[3] for r in ratios]), "bagged_worst": max(r[3] for r in ratios),
             "bagged_met": sum(r[3] <= GOAL_RATIO for r in ratios),
             "bagged_wall": med([e["rows"][3]["wall_s"] / e["rows"][0]["wall_s"] for e in entries]),
+            "presets": med([e["rows"][4]["ratio"] for e in entries if len(e["rows"]) > 4]),
+            "presets_seeds": sum(len(e["rows"]) > 4 for e in entries),
             "sp_val_single": med([x["spearman_val_test"] for x in g]),
             "sp_oof_single": med([x["spearman_oof_test"] for x in g]),
             "sp_val_bagged": med([x["spearman_val_bagged_test"] for x in g]),
@@ -250,6 +310,7 @@ def print_across_seeds(path: Path) -> None:
                        ("greedy_val", "greedy (val) x", 3), ("refit_single", "refit single x", 3),
                        ("bagged", "bagged x", 3), ("bagged_worst", "bagged worst x", 3),
                        ("bagged_met", f"seeds <= {GOAL_RATIO}", 0), ("bagged_wall", "bagged wall x search", 1),
+                       ("presets", "presets avg x", 3), ("presets_seeds", "seeds w/ presets", 0),
                        ("sp_val_single", "rho val/test", 2), ("sp_oof_single", "rho OOF/test", 2),
                        ("sp_val_bagged", "rho val/bagged test", 2), ("sp_oof_bagged", "rho OOF/bagged test", 2)],
                 title=f"{path.name}: medians over seeds (x = test MAE / val-selected best single's)")
@@ -262,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", choices=list(PRESETS), default="mosi",
                    help="the synthetic preset when no --data (--smoke: tiny) [mosi]")
     add_data_args(p, "mosi", synth=False)
-    p.add_argument("--stage", choices=(*STAGES, "all"), default="all")
+    p.add_argument("--stage", choices=(*STAGES, *EXTRA_STAGES, "all"), default="all",
+                   help="one stage, or all of study, refit, score (presets runs only when named)")
     p.add_argument("--workspace", type=Path, default=None, help="Where the stages keep the study.")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the study (sampler, trials) and of the refit's folds; the data stays the "
@@ -294,6 +356,13 @@ def main(argv: list[str] | None = None) -> int:
             state["study"]["data"] = data_rec
         elif stage == "refit":
             state["refit"] = stage_refit(ws_root, size, args.seed)
+        elif stage == "presets":
+            if not all(s in state for s in STAGES):
+                print("run the study, refit and score stages first: the presets get their wall time")
+                return 2
+            budget = state["study"]["wall_s"] + state["refit"]["wall_s"] + state["score"]["bagged_wall_s"]
+            data = resolve_data(args, ws_root / "data", "tiny" if args.smoke else args.dataset, seed=0)[0]
+            state["presets"] = stage_presets(ws_root, data, budget, args.smoke)
         else:
             state["score"] = stage_score(ws_root)
         state[stage]["loadavg_start"] = t_load
@@ -305,9 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     data_rec = state["study"].get("data")
     if data_rec is None:  # a workspace whose study stage ran before the data was recorded there
         data_rec = resolve_data(args, ws_root / "data", "tiny" if args.smoke else args.dataset, seed=0)[1]
-    stage_keys = ("wall_s", "ensemble_wall_s", "bagged_wall_s", "loadavg_start", "run")
+    stage_keys = ("wall_s", "ensemble_wall_s", "bagged_wall_s", "loadavg_start", "run", "budget_s", "runs")
     entry = {"preset": data_rec["synthetic_preset"], "data": data_rec, "sizes": size, "seed": args.seed,
-             "stages": {s: {k: v for k, v in state[s].items() if k in stage_keys} for s in STAGES},
+             "stages": {s: {k: v for k, v in state[s].items() if k in stage_keys}
+                        for s in (*STAGES, *EXTRA_STAGES) if s in state},
              **table(state)}
     out = result_path("refit", "smoke" if args.smoke else "full", args.out)
     doc = json.loads(out.read_text()) if out.exists() else base_doc("refit", mode, {"data": 0, "study": 0, "folds": 0})
