@@ -88,7 +88,6 @@ class _GroupedAdamUpdate(ApplyGradientsHook):
             super().build(var_list)  # Keras' own per-variable slots and update
             return
         self.build_base(self, var_list)  # the step count and the variable index, no per-variable slots
-        self._momentums, self._velocities = [], []
         self._layout: dict[str, list[_Slot]] = {}
         for variable in var_list:
             slots = self._layout.setdefault(variable.dtype, [])
