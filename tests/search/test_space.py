@@ -154,8 +154,9 @@ def test_the_model_family_is_searchable_and_builds_both_architectures(tmp_path: 
 
 
 def test_preset_values_outside_the_space_are_recorded_on_the_trial() -> None:
-    """The baseline's batch size 4 and l2 0 are no params (outside the distributions): the trial
-    records them, so the dashboard and `msatune export` show what it trained with."""
+    """The baseline's l2 0 is no param (no log scale holds 0): the trial records it, so the
+    dashboard and `msatune export` show what it trained with. Its batch size 4 lies inside the
+    default space (issue 22): a param TPE models like any searched trial's."""
     import optuna
 
     from msatune.search.space import CONSTANTS_ATTR, STUDY_KEYS, default_space
@@ -167,8 +168,43 @@ def test_preset_values_outside_the_space_are_recorded_on_the_trial() -> None:
     trial = study.ask()
     config = default_space(4, 0).sample(trial)
     assert config["batch_size"] == 4 and config["l2"] == 0.0
-    assert "batch_size" not in trial.params and "l2" not in trial.params
-    assert trial.user_attrs[CONSTANTS_ATTR] == {"batch_size": 4, "l2": 0.0}
+    assert trial.params["batch_size"] == 4 and "l2" not in trial.params
+    assert trial.user_attrs[CONSTANTS_ATTR] == {"l2": 0.0}
+
+
+@pytest.mark.parametrize("family, outside", [
+    ("improved", {"baseline": {"l2": 0.0}, "improved": {"warmup_epochs": 5}}),
+    ("seqlevel", {"seqlevel": {}}),
+    ("all", {"baseline": {"family": "baseline", "l2": 0.0}, "improved": {"warmup_epochs": 5},
+             "balanced": {"family": "baseline"}, "seqlevel": {}}),
+])
+def test_the_default_space_holds_the_presets_values(family: str, outside: dict) -> None:
+    """What a study's presets use lies inside its default space (issue 22), so TPE models the
+    presets' trials like any other and can propose their neighbourhoods; the only exceptions are
+    the ones that must be: l2 0 (no log scale holds 0), the improved recipe's 5 warm-up epochs
+    (a searched trial's warm-up ends before the first rung, epoch 3) and the baseline family
+    where the family choice does not offer it."""
+    from msatune.search.search_settings import SearchSettings
+    from msatune.search.space import (
+        CONSTANTS_ATTR,
+        STUDY_KEYS,
+        SearchSpace,
+        default_base,
+        default_distributions,
+    )
+    from msatune.search.trial_config import SEARCH_FAMILIES
+
+    space = SearchSpace(default_distributions(SearchSettings().first_rung, family), default_base(family))
+    study = optuna.create_study()
+    for name in SEARCH_FAMILIES[family][1]:
+        study.enqueue_trial({k: v for k, v in PRESETS[name].items() if k not in STUDY_KEYS})
+    seen = {}
+    for name in SEARCH_FAMILIES[family][1]:
+        trial = study.ask()
+        config = space.sample(trial)
+        assert all(config[k] == v for k, v in PRESETS[name].items() if k not in STUDY_KEYS)
+        seen[name] = trial.user_attrs.get(CONSTANTS_ATTR, {})
+    assert seen == outside
 
 
 def test_the_example_space_file_reads_back_as_the_default_space(tmp_path) -> None:
