@@ -366,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             state["score"] = stage_score(ws_root)
         state[stage]["loadavg_start"] = t_load
+        state[stage]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         state_file.write_text(json.dumps(state, indent=2, default=str) + "\n")
     if not all(s in state for s in STAGES):
         print(f"stages done so far: {[s for s in STAGES if s in state]}; run the others to get the table")
@@ -374,15 +375,20 @@ def main(argv: list[str] | None = None) -> int:
     data_rec = state["study"].get("data")
     if data_rec is None:  # a workspace whose study stage ran before the data was recorded there
         data_rec = resolve_data(args, ws_root / "data", "tiny" if args.smoke else args.dataset, seed=0)[1]
-    stage_keys = ("wall_s", "ensemble_wall_s", "bagged_wall_s", "loadavg_start", "run", "budget_s", "runs")
+    stage_keys = ("wall_s", "ensemble_wall_s", "bagged_wall_s", "loadavg_start", "finished", "run", "budget_s",
+                  "runs")
     entry = {"preset": data_rec["synthetic_preset"], "data": data_rec, "sizes": size, "seed": args.seed,
              "stages": {s: {k: v for k, v in state[s].items() if k in stage_keys}
                         for s in (*STAGES, *EXTRA_STAGES) if s in state},
              **table(state)}
     out = result_path("refit", "smoke" if args.smoke else "full", args.out)
     doc = json.loads(out.read_text()) if out.exists() else base_doc("refit", mode, {"data": 0, "study": 0, "folds": 0})
-    doc.setdefault("datasets", {})[key] = {**entry, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                           "machine": base_doc("refit", mode, {})["machine"]}
+    # the entry keeps when it was first written and its machine record (its study's); a later stage
+    # merged into it says when in ``updated`` and keeps its own load and end in its stage record
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    previous = doc.setdefault("datasets", {}).get(key) or {}
+    doc["datasets"][key] = {**entry, "timestamp": previous.get("timestamp", now), "updated": now,
+                            "machine": previous.get("machine") or base_doc("refit", mode, {})["machine"]}
     print_table(entry["rows"], [("approach", "approach", 0), ("test_mae", "test MAE", 4), ("ratio", "x best single", 3),
                                 ("wall_s", "wall s", 0)],
                 title=f"{key}: test MAE (constant {entry['reference']['constant_mae']:.4f}, "

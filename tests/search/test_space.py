@@ -94,7 +94,8 @@ def test_define_by_run_keeps_presets_exact() -> None:
         assert cfg[key] == value, key
     assert cfg["epochs"] == 5
     assert trial.params["learning_rate"] == baseline["learning_rate"]  # in range: a real param
-    assert "batch_size" not in trial.params  # 4 is outside the space's choices: a constant
+    assert trial.params["batch_size"] == 4  # inside the space's choices: a real param
+    assert "l2" not in trial.params  # 0 is outside the log range: a constant
     # a sampled trial respects the conditions
     for _ in range(10):
         t = study.ask()
