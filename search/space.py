@@ -2,11 +2,15 @@
 
 The default space covers optimisation (learning rate, optimizer, weight decay, batch size, loss and
 Huber delta, warm-up), capacity (model_dim, heads, ff_dim, layers), regularisation (dropout, L2)
-and every augmentation strength (0 included). It holds the values the presets use (issue 22:
-the baseline's batch size 4 too), so TPE models the presets' trials with the rest; the two that
-cannot be inside stay constants of their trials (:data:`CONSTANTS_ATTR`): the baseline's l2 0
-(no log scale holds 0) and the improved recipe's 5 warm-up epochs (a searched warm-up ends before
-the first rung). A TOML file (``--space FILE``, read and written by
+and every augmentation strength (0 included). Three values the presets use lie outside it and
+are constants of those trials (:data:`CONSTANTS_ATTR`), not params: the baseline's l2 0 (no log
+scale holds 0), the improved recipe's 5 warm-up epochs (a searched warm-up ends before the first
+rung) and the baseline's batch size 4. Batch size 4 was measured inside the space (issue 22,
+``benchmarks/presets_in_search.py``): a default mosi study took 1.6x the wall time (6 of 22
+searched trials at batch 4, a quarter of all trial time, the training-MAE rung promoting four of
+them), none of them the best; at MOSEI's 16k samples or on a GPU each such epoch costs more
+still. The price of leaving it out: TPE's grouped model samples a key a preset trial lacks as a
+param (batch size, l2, warm-up) apart from the others. A TOML file (``--space FILE``, read and written by
 :mod:`msatune.search.space_file`) narrows or replaces it::
 
     replace = false          # true: search only the keys below, the rest stay at the base config
@@ -122,7 +126,7 @@ def _common_distributions(first_rung: int | None) -> dict[str, BaseDistribution]
         "learning_rate": FloatDistribution(1e-4, 3e-3, log=True),
         "optimizer": CategoricalDistribution(["adam", "adamw"]),
         "weight_decay": FloatDistribution(1e-4, 1e-1, log=True),
-        "batch_size": CategoricalDistribution([4, 8, 16, 32, 64]),  # 4: the baseline preset's
+        "batch_size": CategoricalDistribution([8, 16, 32, 64]),  # not 4: see the module docstring
         "loss": CategoricalDistribution(["mae", "huber"]),
         "huber_delta": FloatDistribution(0.25, 2.0),
         "warmup_epochs": IntDistribution(0, warmup_limit(first_rung) if first_rung else MAX_WARMUP),
@@ -222,7 +226,7 @@ class SearchSpace:
         """Define-by-run: sample ``trial`` (an Optuna trial or Ray's captor) → its full config.
 
         Enqueued trials (the presets) carry fixed params; those outside a distribution (e.g. the
-        baseline's l2 0, which no log scale holds) or not in the space at all become constants of the config
+        baseline's batch size 4) or not in the space at all become constants of the config
         instead of params, so every preset trains exactly as the users' recipe.
         """
         fixed = fixed_params(trial)  # an enqueued trial's values (Optuna has no public accessor)
@@ -241,7 +245,7 @@ class SearchSpace:
             config[name] = _suggest(trial, name, dist)
         if constants and callable(getattr(trial, "set_user_attr", None)):
             # not params (outside their distributions): recorded so the dashboard and
-            # `msatune export` show what the trial trained with (e.g. the baseline's l2 0)
+            # `msatune export` show what the trial trained with (e.g. the baseline's batch size 4)
             trial.set_user_attr(CONSTANTS_ATTR, constants)
         if callable(getattr(trial, "set_user_attr", None)):
             trial.set_user_attr(FAMILY_ATTR, config.get(FAMILY_KEY))  # `show` and reports list it

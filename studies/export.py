@@ -1,6 +1,6 @@
 """A study's trials exported: one row per trial, every state, with the full configuration it trained.
 
-Keys fixed outside the search space (the baseline preset's l2 0, say) are included: the
+Keys fixed outside the search space (the baseline preset's batch size 4, say) are included: the
 configuration comes from the trial's checkpoint when it has one, else it is rebuilt from the
 study's recorded space. Written as CSV (a column per field and config key) or JSON.
 """
