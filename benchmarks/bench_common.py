@@ -151,6 +151,18 @@ def median(xs: Iterable[float | None]) -> float | None:
 # Data, Ray, studies
 
 
+def checkpoint_test_mae(trial: Any) -> float | None:
+    """The test MAE of a trial's checkpoint (its ``predictions.npz``); None without a checkpoint."""
+    import numpy as np
+
+    from msatune.models.checkpoint import read_predictions
+
+    if trial is None or not trial.user_attrs.get("checkpoint"):
+        return None
+    preds = read_predictions(trial.user_attrs["checkpoint"])
+    return float(np.mean(np.abs(preds["test_pred"] - preds["test_label"])))
+
+
 def synth_data(root: Path, preset: str, seed: int = 0) -> Path:
     from msatune.augment.synth import synthesize
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,9 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (  # noqa: E402
     add_data_args,
     base_doc,
+    checkpoint_test_mae,
     data_label,
     data_tag,
     loadavg,
+    median,
     print_table,
     resolve_data,
     result_path,
@@ -60,11 +61,9 @@ BATCH4_SIZES = (4, 8, 16, 32, 64)
 
 
 def run_arm(arm: str, ws_root: Path, data: Path, size: dict[str, Any], seed: int) -> dict[str, Any]:
-    import numpy as np
     import optuna
 
     from msatune.ensemble.fitting import EnsembleOptions
-    from msatune.models.checkpoint import read_predictions
     from msatune.search.search_settings import SearchSettings
     from msatune.search.trial_config import SEARCH_FAMILIES
     from msatune.studies.ensembles import run_ensemble
@@ -100,10 +99,7 @@ def run_arm(arm: str, ws_root: Path, data: Path, size: dict[str, Any], seed: int
                        "end_s": (t.datetime_complete - t_start).total_seconds(),
                        "params": t.params})
     top = best_complete(study.trials)
-    test_mae = None
-    if top is not None and top.user_attrs.get("checkpoint"):
-        preds = read_predictions(top.user_attrs["checkpoint"])
-        test_mae = float(np.mean(np.abs(preds["test_pred"] - preds["test_label"])))
+    test_mae = checkpoint_test_mae(top)
     ens = run_ensemble(ws, storage, NAME, EnsembleOptions(), source="trials", export=False).summary()
     searched = [t for t in trials if not t["preset"]]
     small = [t for t in searched if t["batch_size"] == 4]
@@ -168,12 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in doc["runs"] if r["data"] == label]
     print_table(rows, COLUMNS, title=f"all runs on {label}")
     medians = []
-    for arm in ARMS:
+    for arm in dict.fromkeys(r["arm"] for r in rows):  # every arm in the file, in run order
         mine = [r for r in rows if r["arm"] == arm]
-        if mine:
-            medians.append({"data": label, "seed": "median", "arm": arm, **{
-                k: statistics.median(r[k] for r in mine if r[k] is not None)
-                for k, _, _ in COLUMNS[3:] if any(r[k] is not None for r in mine)}})
+        medians.append({"data": label, "seed": "median", "arm": arm,
+                        **{k: median(r[k] for r in mine) for k, _, _ in COLUMNS[3:]}})
     print_table(medians, COLUMNS, title="medians per arm")
     print(f"wrote {out}")
     return 0

@@ -46,6 +46,7 @@ from bench_common import (  # noqa: E402
     SMALL_MODEL,
     add_data_args,
     base_doc,
+    checkpoint_test_mae,
     data_label,
     data_tag,
     median,
@@ -131,9 +132,6 @@ def run_one(method: str, seed: int, size: dict[str, Any], ws: Path, data_path: P
 def collect_run(method: str, seed: int, study: Any, events_path: Path, t0: float, wall: float,
                 counts: dict[str, int]) -> dict[str, Any]:
     """One search's record from its study and its trainable's events (``t0``: when it began)."""
-    import numpy as np
-
-    from msatune.models.checkpoint import read_predictions
     from msatune.studies.store.studies import best_complete
 
     epochs_ev = [e for e in read_events(events_path)
@@ -144,10 +142,7 @@ def collect_run(method: str, seed: int, study: Any, events_path: Path, t0: float
         curve.append([i, best, round(e["t"] - t0, 3)])
     trials = study.trials
     top = best_complete(trials)
-    test_mae = None
-    if top is not None and top.user_attrs.get("checkpoint"):
-        preds = read_predictions(top.user_attrs["checkpoint"])
-        test_mae = float(np.mean(np.abs(preds["test_pred"] - preds["test_label"])))
+    test_mae = checkpoint_test_mae(top)
     return {
         "method": method, "seed": seed, "trials": len(trials), **counts, "epochs": len(epochs_ev),
         "wall_s": wall, "best_val_mae": top.value if top is not None else None,
