@@ -1,0 +1,171 @@
+"""The model a default study returns against the users' improved preset averaged over seeds at the
+same wall time (issue 22, goal 1, as a user runs it).
+
+``refit.py`` answers the question for a study of small models without presets; this benchmark runs
+the product's own path, the README's one command and the ensemble after it, as a user would::
+
+    msatune launch bench --data D --trials 24 --max-epochs 27 --refit-top 5 --seed S   # search + refit
+    msatune ensemble bench --json                                                    # --from auto: bagged
+
+then trains ``msatune train --preset improved`` at seeds 0, 1, 2, ... one after another until their
+wall time reaches the path's (launch + ensemble), and averages their test predictions
+(``refit.stage_presets``). Test MAE is read once, at the end of each path. Also recorded from
+the ensemble's JSON: the val-selected best single trial and the trials' greedy ensemble (both on
+test), and what the path cost. Stages (``--stage product|presets|all``) keep their state in the
+workspace; results merge into ``benchmarks/results/default_model.json`` per entry (structure@seed).
+
+    python benchmarks/default_model.py --dataset video                 # ~45 min on 2 CPUs
+    python benchmarks/default_model.py --dataset lexicon --seed 1
+    python benchmarks/default_model.py --data DIR                      # any msa-tf2 directory (only read)
+    python benchmarks/default_model.py --smoke --out /tmp/dm.json      # tiny data, every stage (~4 min)
+
+Never asserts anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import (  # noqa: E402
+    add_data_args,
+    base_doc,
+    data_label,
+    data_tag,
+    loadavg,
+    print_table,
+    resolve_data,
+    result_path,
+    write_json,
+)
+
+NAME = "bench"
+SIZES: dict[str, dict[str, int]] = {
+    "smoke": {"trials": 4, "max_epochs": 3, "refit_top": 2, "refit_folds": 2},
+    "full": {"trials": 24, "max_epochs": 27, "refit_top": 5, "refit_folds": 3},
+}
+
+
+def msatune(ws: Path, *args: str) -> tuple[float, str]:
+    """Run ``msatune --workspace WS ARGS`` to its end; (wall seconds, stdout). Fails loudly."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "msatune.studies.cli", "--workspace", str(ws), *args],
+                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"msatune {' '.join(args)} exited {proc.returncode}: "
+                           f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+    return wall, proc.stdout
+
+
+def stage_product(ws: Path, data: Path, size: dict[str, int], seed: int, smoke: bool) -> dict[str, Any]:
+    """The default path: launch with --refit-top, then ``ensemble`` (--from auto)."""
+    import shutil
+
+    for old in ("studies.db", "studies"):
+        path = ws / old
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    launch = ["launch", NAME, "--data", str(data), "--trials", str(size["trials"]),
+              "--max-epochs", str(size["max_epochs"]), "--refit-top", str(size["refit_top"]),
+              "--refit-folds", str(size["refit_folds"]), "--seed", str(seed), "--json"]
+    if smoke:
+        launch += ["--grace-period", "1"]
+    launch_s, launch_out = msatune(ws, *launch)
+    ensemble_s, ens_out = msatune(ws, "ensemble", NAME, "--json")
+    ens = json.loads(ens_out)
+    run = json.loads(launch_out)
+    single = ens.get("best_single") or {}
+    flat = ens.get("non_bagged") or {}
+    return {
+        "launch_s": launch_s, "ensemble_s": ensemble_s, "wall_s": launch_s + ensemble_s,
+        "source": ens.get("source", "trials"), "test_mae": ens["test"]["mae"],
+        "best_single": {"trial": single.get("trial"), "test_mae": (single.get("test") or {}).get("mae"),
+                        "valid_mae": (single.get("valid") or {}).get("mae")},
+        "trials_ensemble_test_mae": (flat.get("test") or {}).get("mae") if flat else None,
+        "refit_best_single": {"trial": (ens.get("refit_best_single") or {}).get("trial"),
+                              "test_mae": ((ens.get("refit_best_single") or {}).get("test") or {}).get("mae")},
+        "members": [(m["trial"], m["weight"]) for m in ens.get("members", [])],
+        "cost": ens.get("cost"), "launch": {k: run.get(k) for k in ("states", "best", "wall_seconds", "refit")
+                                           if k in run},
+    }
+
+
+def table(state: dict[str, Any]) -> list[dict[str, Any]]:
+    pr, pd = state["product"], state.get("presets")
+    base = pr["best_single"]["test_mae"]
+    rows = [
+        {"approach": f"val-selected best single #{pr['best_single']['trial']}", "test_mae": base, "wall_s": None},
+        {"approach": "trials' greedy ensemble", "test_mae": pr["trials_ensemble_test_mae"], "wall_s": None},
+        {"approach": f"the study's model: `ensemble` ({pr['source']})", "test_mae": pr["test_mae"],
+         "wall_s": pr["wall_s"]},
+    ]
+    if pd:
+        rows.append({"approach": f"improved preset, {len(pd['runs'])} seeds averaged", "test_mae": pd["test_mae"],
+                     "wall_s": pd["wall_s"]})
+        rows.append({"approach": "improved preset, seed 0 alone", "test_mae": pd["single_test_mae"],
+                     "wall_s": pd["runs"][0]["wall_s"]})
+    for r in rows:
+        r["ratio"] = r["test_mae"] / base if r["test_mae"] is not None and base else None
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from refit import stage_presets
+
+    from msatune.augment.synth import PRESETS
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", choices=list(PRESETS), default="mosi", help="synthetic preset when no --data [mosi]")
+    add_data_args(p, "mosi", synth=False)
+    p.add_argument("--stage", choices=("product", "presets", "all"), default="all")
+    p.add_argument("--seed", type=int, default=0, help="the study's seed (the data stays the structure's seed-0 set)")
+    p.add_argument("--workspace", type=Path, default=None)
+    p.add_argument("--smoke", action="store_true", help="tiny data and sizes")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    mode = "smoke" if args.smoke else "full"
+    size = SIZES[mode]
+    tag = data_tag(args, args.dataset) if args.data is not None else None
+    key = (tag or args.dataset) + (f"@seed{args.seed}" if args.seed else "")
+    ws = Path(args.workspace or f"/tmp/msatune-bench-default/{key}{'-smoke' if args.smoke else ''}")
+    ws.mkdir(parents=True, exist_ok=True)
+    state_file = ws / "stages.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    data, data_rec = resolve_data(args, ws / "data", "tiny" if args.smoke else args.dataset, seed=0)
+    print(f"{key}: {data_label(data_rec)}", flush=True)
+    for stage in ("product", "presets") if args.stage == "all" else (args.stage,):
+        print(f"[{time.strftime('%H:%M:%S')}] stage {stage} ...", flush=True)
+        load = loadavg()
+        if stage == "product":
+            state = {"product": stage_product(ws, data, size, args.seed, args.smoke)}
+        else:
+            if "product" not in state:
+                print("run the product stage first: the presets get its wall time")
+                return 2
+            state["presets"] = stage_presets(ws, data, state["product"]["wall_s"], args.smoke)
+        state[stage].update(loadavg_start=load, loadavg_end=loadavg(), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        state_file.write_text(json.dumps(state, indent=2, default=str) + "\n")
+    rows = table(state)
+    print_table(rows, [("approach", "approach", 0), ("test_mae", "test MAE", 4), ("ratio", "x best single", 3),
+                       ("wall_s", "wall s", 0)], title=f"{key}: {data_label(data_rec)}")
+    out = result_path("default_model", mode, args.out)
+    doc = json.loads(out.read_text()) if out.exists() else base_doc("default_model", mode, {"data": 0})
+    doc.setdefault("entries", {})[key] = {"data": data_rec, "sizes": size, "seed": args.seed, "rows": rows,
+                                          "stages": state, "machine": base_doc("default_model", mode, {})["machine"]}
+    write_json(out, doc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
