@@ -74,21 +74,39 @@ def rung_score(best_val_mae: float, train_mae: float, epoch: int) -> float:
     return share * float(best_val_mae) + (1.0 - share) * float(train_mae)
 
 
-def configure_tensorflow(cpus: float) -> None:
-    """Threads from the trial's CPU share, memory growth on GPUs; once per worker process."""
+def configure_tensorflow(cpus: float, gpus: float | None = None) -> None:
+    """Threads from the trial's CPU share; once per worker process.
+
+    ``gpus``: the GPUs Ray gave the trial (``None``: not known, outside Ray). A trial given none
+    (``--gpus-per-trial 0``, the default) sees no GPU: since Ray 2.5x Ray leaves
+    ``CUDA_VISIBLE_DEVICES`` as it was when it assigns no GPU (ray#54868), so on a GPU machine
+    TensorFlow would put every CPU trial on GPU 0, beside each other and outside Ray's accounting.
+    A trial given GPUs gets memory growth on them (fractional GPUs share one: without it the
+    first trial's TensorFlow takes all of its memory).
+    """
     global _TF_CONFIGURED
     if _TF_CONFIGURED:
         return
+    if gpus is not None and gpus <= 0:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before TensorFlow first asks CUDA for devices
     import tensorflow as tf
 
     threads = max(1, int(math.ceil(cpus)))
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
-        for gpu in tf.config.list_physical_devices("GPU"):
-            tf.config.experimental.set_memory_growth(gpu, True)
     except RuntimeError as exc:  # TF already initialised in this process (actor reuse)
         log.debug("TensorFlow already initialised: %s", exc)
+    try:
+        physical = tf.config.list_physical_devices("GPU")
+        if gpus is not None and gpus <= 0:
+            if physical:  # CUDA was initialised before the variable was set
+                tf.config.set_visible_devices([], "GPU")
+        else:
+            for gpu in physical:
+                tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError as exc:
+        log.warning("could not set this trial's GPUs (%s): TensorFlow was initialised before the trial", exc)
     _TF_CONFIGURED = True
 
 
@@ -100,6 +118,18 @@ def assigned_cpus() -> float:
         return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0))
     except Exception:  # noqa: BLE001 - outside Ray (tests calling the function directly)
         return 1.0
+
+
+def assigned_gpus() -> float | None:
+    """The GPUs Ray gave this trial (0.0 when none), ``None`` outside Ray."""
+    import ray
+
+    try:
+        if not ray.is_initialized():
+            return None
+        return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    except Exception:  # noqa: BLE001 - outside a Ray worker
+        return None
 
 
 def _session_dirs() -> tuple[Path, Path] | None:
@@ -158,7 +188,7 @@ def tune_trial() -> Iterator[Path]:
     reported), and a diverged training reported as the trial's last result."""
     import ray.tune as tune
 
-    configure_tensorflow(assigned_cpus())
+    configure_tensorflow(assigned_cpus(), assigned_gpus())
     import keras
 
     keras.backend.clear_session()  # actor reuse: drop the previous trial's graph state

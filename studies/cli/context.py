@@ -102,7 +102,8 @@ def resource_options(f: Any) -> Any:
     f = click.option("--concurrency", type=int, default=None,
                      help="Trials at once [default: what the cluster's CPUs/GPUs allow].")(f)
     f = click.option("--gpus-per-trial", type=float, default=None,
-                     help="GPUs per trial; fractions share a GPU (0.5 = two trials per GPU). "
+                     help="GPUs per trial; fractions share a GPU (0.25 = four trials per GPU); "
+                          "0 trains on CPUs and hides the GPUs from the trial. "
                           f"[default: {DEFAULTS.gpus_per_trial:g}]")(f)
     f = click.option("--cpus-per-trial", type=float, default=None,
                      help=f"CPUs per trial (also TensorFlow's thread count). [default: {DEFAULTS.cpus_per_trial:g}]")(f)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,95 @@ def test_half_a_gpu_per_trial_puts_two_trials_on_each_device(
                   for d in set(devices)}
     assert max(per_device.values()) == 2  # two trials share a device at once, never three
     assert overlapping(trials) > 4  # more trials at once than devices
+
+
+def cpu_probe(config: dict, data=None, out: str = "") -> None:
+    """A trial's TensorFlow set up as a real trial's is; what this process saw, to ``out``/SEED.json."""
+    import json
+
+    from ray import tune
+
+    from msatune.search.trainable import assigned_cpus, assigned_gpus, configure_tensorflow
+
+    before = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+    configure_tensorflow(assigned_cpus(), assigned_gpus())
+    seen = {"gpus_assigned": assigned_gpus(), "before": before,
+            "after": os.environ.get("CUDA_VISIBLE_DEVICES", "unset")}
+    Path(out, f"{config['seed']}.json").write_text(json.dumps(seen))
+    value = 1.0 + config["dropout"]
+    tune.report({"val_mae": value, "best_val_mae": value, "rung_mae": value, "final": True})
+
+
+def test_a_trial_given_no_gpu_hides_the_gpus_ray_left_visible(
+    tmp_path: Path, tiny_data: Path, tiny_space_file: Path, ray_session
+) -> None:
+    """--gpus-per-trial 0 on a machine with GPUs (4 fake ones here): Ray >= 2.5x no longer empties
+    CUDA_VISIBLE_DEVICES for a trial it gives no GPU, so TensorFlow would put every CPU trial on
+    GPU 0; configure_tensorflow hides them."""
+    import json
+    from functools import partial
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        pytest.skip("CUDA_VISIBLE_DEVICES is empty for the whole test session: nothing left visible to hide")
+    ws = Workspace(tmp_path / "ws").ensure()
+    seen_dir = tmp_path / "seen"
+    seen_dir.mkdir()
+    opts = SearchSettings(trials=2, max_epochs=1, grace_period=1, cpus_per_trial=1.0, gpus_per_trial=0.0, seed=0)
+    launch(ws, open_storage(ws.storage_url), "cpu", opts, data_dir=tiny_data, space_file=tiny_space_file,
+           trainable=partial(cpu_probe, out=str(seen_dir)))
+    trials = optuna.load_study(study_name="cpu", storage=ws.storage_url).trials
+    assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
+    seen = [json.loads(p.read_text()) for p in sorted(seen_dir.glob("*.json"))]
+    assert len(seen) == 2
+    for s in seen:
+        assert s["gpus_assigned"] == 0.0
+        # what Ray left: the driver's value (unset here), i.e. every GPU visible
+        assert s["before"] == os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        assert s["after"] == ""  # what TensorFlow was then given: no GPU
+
+
+class _FakeConfig:
+    """tf.config's device calls, recorded (no GPU on the test machine)."""
+
+    def __init__(self, gpus: list[str]) -> None:
+        self.gpus, self.visible, self.growth = gpus, None, []
+        self.threading = self
+        self.experimental = self
+
+    def set_intra_op_parallelism_threads(self, n: int) -> None:
+        pass
+
+    def set_inter_op_parallelism_threads(self, n: int) -> None:
+        pass
+
+    def list_physical_devices(self, kind: str) -> list[str]:
+        return list(self.gpus) if kind == "GPU" else []
+
+    def set_visible_devices(self, devices: list, kind: str) -> None:
+        self.visible = (list(devices), kind)
+
+    def set_memory_growth(self, device: str, on: bool) -> None:
+        self.growth.append((device, on))
+
+
+@pytest.mark.parametrize(("gpus", "visible", "growth", "env"), [
+    (0.0, ([], "GPU"), [], ""),  # a CPU trial in Ray: no GPU, also when CUDA already listed them
+    (0.5, None, [("gpu0", True)], "0"),  # a GPU trial: its GPU, growing memory (shared)
+    (None, None, [("gpu0", True)], "0"),  # outside Ray (msatune train): TensorFlow's default
+])
+def test_configure_tensorflow_gives_a_trial_its_gpus_only(monkeypatch: pytest.MonkeyPatch, gpus, visible,
+                                                          growth, env) -> None:
+    import tensorflow as tf
+
+    from msatune.search import trainable
+
+    fake = _FakeConfig(["gpu0"])
+    monkeypatch.setattr(tf, "config", fake)
+    monkeypatch.setattr(trainable, "_TF_CONFIGURED", False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    trainable.configure_tensorflow(1.0, gpus)
+    assert (fake.visible, fake.growth) == (visible, growth)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == env
 
 
 @pytest.mark.parametrize("gpus", [1.5, -1])
