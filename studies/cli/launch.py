@@ -87,9 +87,10 @@ Examples:
 @click.option("--max-failures", type=int, default=DEFAULTS.max_failures, show_default=True,
               help="Retries of a trial after a transient error.")
 @click.option("--refit-top", type=int, default=0, show_default=True,
-              help="After the search, refit its K best configurations on --refit-folds folds of "
-                   "train+valid (msatune refit, in the same command; recorded, so resume continues "
-                   "it); then `msatune ensemble NAME --from refit` bags them. 0: no refit.")
+              help="After the search, refit its K best COMPLETE configurations (all of them when "
+                   "ASHA let fewer finish) on --refit-folds folds of train+valid (msatune refit, in "
+                   "the same command; recorded, so resume continues it); then `msatune ensemble "
+                   "NAME` bags them. 0: no refit.")
 @click.option("--refit-folds", type=int, default=3, show_default=True, help="Folds of the refit (--refit-top).")
 @storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
@@ -142,7 +143,8 @@ def _refit(app: AppContext, storage: str | None, name: str, plan: dict[str, int]
     from msatune.studies.cli.refit import RefitProgressLine
     from msatune.studies.refit.run import RefitOptions, run_refit
 
-    options = RefitOptions(top_k=plan["top_k"], folds=plan["folds"]).validate()
+    # up to K: how many trials ASHA lets finish is known only now
+    options = RefitOptions(top_k=plan["top_k"], folds=plan["folds"], up_to=True).validate()
     with RefitProgressLine(as_json, name) as progress:
         return run_refit(app.ws, app.storage(storage, create=False), name, options, where=where,
                          progress=progress)

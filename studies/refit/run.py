@@ -72,6 +72,10 @@ class RefitOptions:
     repeats: int = 1
     seed: int = 0
     replace: bool = False
+    #: Refit the best ``min(top_k, COMPLETE trials)`` instead of refusing fewer than ``top_k``:
+    #: ``launch --refit-top K``'s plan, made before the search knew how many trials ASHA would let
+    #: finish (a default 24-trial study completes 3-6). ``msatune refit --top-k K`` stays exact.
+    up_to: bool = False
 
     def validate(self) -> RefitOptions:
         if self.top_k < 1:
@@ -97,23 +101,30 @@ class Chosen:
     preset: str | None
 
 
-def choose_configs(study: optuna.Study, top_k: int) -> tuple[list[Chosen], list[str]]:
+def choose_configs(study: optuna.Study, top_k: int, *, up_to: bool = False) -> tuple[list[Chosen], list[str]]:
     """The ``top_k`` best COMPLETE trials by validation MAE (ties: lower number) whose checkpoint
-    names their config; trials without a readable checkpoint are passed over with a warning."""
+    names their config; trials without a readable checkpoint are passed over with a warning.
+    ``up_to``: fewer than ``top_k`` such trials are refit (with a warning) instead of refused."""
     from msatune.models.checkpoint import read_checkpoint_meta
 
     trials = study.get_trials(deepcopy=False)
     complete = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
                        and math.isfinite(t.value)), key=lambda t: (t.value, t.number))
+    counts = {k: v for k, v in state_counts(trials).items() if v}
+    what = ", ".join(f"{v} {k.lower()}" for k, v in counts.items()) or "no trials"
+    warnings: list[str] = []
+    if up_to and 0 < len(complete) < top_k:
+        warnings.append(f"the refit asked for the top {top_k} but study {study.study_name!r} has "
+                        f"{len(complete)} COMPLETE trials ({what}; ASHA stopped the others): refitting "
+                        f"those {len(complete)}. For more, `msatune resume {study.study_name} --trials N`, "
+                        f"then `msatune refit {study.study_name} --top-k K`")
+        top_k = len(complete)
     if top_k > len(complete):
-        counts = {k: v for k, v in state_counts(trials).items() if v}
-        what = ", ".join(f"{v} {k.lower()}" for k, v in counts.items()) or "no trials"
         raise UserError(f"--top-k {top_k} is more than the {len(complete)} COMPLETE trials of study "
                         f"{study.study_name!r} ({what}); pruned and failed trials are never refit: use "
                         f"--top-k {len(complete)} or fewer" if complete else
                         f"study {study.study_name!r} has no COMPLETE trial to refit ({what})")
     chosen: list[Chosen] = []
-    warnings: list[str] = []
     for t in complete:
         if len(chosen) == top_k:
             break
@@ -126,7 +137,7 @@ def choose_configs(study: optuna.Study, top_k: int) -> tuple[list[Chosen], list[
             warnings.append(f"trial {t.number}: {exc}; passed over")
             continue
         chosen.append(Chosen(t.number, float(t.value), config, t.user_attrs.get("preset")))
-    if len(chosen) < top_k:
+    if len(chosen) < top_k and not (up_to and chosen):
         raise UserError(f"only {len(chosen)} of the {len(complete)} COMPLETE trials of study "
                         f"{study.study_name!r} have a readable checkpoint ({'; '.join(warnings[:2])}); "
                         f"use --top-k {len(chosen)} or fewer" if chosen else
@@ -176,7 +187,7 @@ def run_refit(
     attrs = study_attrs(study)
     if not {"data_path", "data_fingerprint", "space"} <= set(attrs):
         raise UserError(f"study {name!r} was not created by msatune launch; it cannot be refit")
-    chosen, warnings = choose_configs(study, options.top_k)
+    chosen, warnings = choose_configs(study, options.top_k, up_to=options.up_to)
     data = study_data(attrs, name, needed_for="a refit must train on the data the study was searched on")
     pool = pool_splits(data.splits)
     assignment = stratified_folds(pool.labels, options.folds, repeats=options.repeats, seed=options.seed)
@@ -253,7 +264,7 @@ def _run_refit_held(ws: Workspace, storage: optuna.storages.BaseStorage, study: 
     not_considered = {k: v for k, v in state_counts(study.get_trials(deepcopy=False)).items()
                       if v and k != "COMPLETE"}
     return jsonable({
-        "study": name, "refit_study": rstudy.study_name, "top_k": options.top_k,
+        "study": name, "refit_study": rstudy.study_name, "top_k": len(chosen), "top_k_asked": options.top_k,
         "folds": options.folds, "repeats": options.repeats, "seed": options.seed, "binning": BINNING,
         "pool": spec["pool"], "bins": spec["bins"], "fold_sizes": spec["fold_sizes"],
         "chosen": [{"trial": c.trial, "state": "COMPLETE", "val_mae": c.val_mae, "preset": c.preset}

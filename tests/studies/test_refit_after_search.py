@@ -1,5 +1,7 @@
 """``launch --refit-top K``: the search, then the refit, in one command; ``kill -9`` in its refit,
 then ``resume``: the refit continues and no finished fold is trained again (real Ray, SQLite, TF).
+It asks for one configuration more than its 2 trials: ``--refit-top`` refits up to K (how many
+trials finish is known only after the search), where ``msatune refit --top-k`` refuses (test_refit).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def test_refit_top_killed_in_its_refit_then_resume_trains_no_finished_fold(
     url = f"sqlite:///{(ws / 'studies.db').resolve()}"
     args = ["launch", "r", "--data", tiny_data, "--space", tiny_space_file, "--trials", "2",
             "--max-epochs", "2", "--grace-period", "1", "--concurrency", "1",
-            "--refit-top", str(K), "--refit-folds", str(F), "--json"]
+            "--refit-top", str(K + 1), "--refit-folds", str(F), "--json"]
     with open(tmp_path / "driver.err", "w") as err:
         driver = subprocess.Popen(msatune_argv(*args, workspace=ws), stdout=subprocess.DEVNULL, stderr=err,
                                   env=cli_env())
@@ -70,6 +72,8 @@ def test_refit_top_killed_in_its_refit_then_resume_trains_no_finished_fold(
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     assert out["trials_run"] == 0  # the search's budget was used: only the refit is left
+    assert (out["refit"]["top_k_asked"], out["refit"]["top_k"]) == (K + 1, K)  # all it had, not an error
+    assert any(f"asked for the top {K + 1}" in w and f"refitting those {K}" in w for w in out["refit"]["warnings"])
     run = out["refit"]["run"]
     assert run["already_done"] == len(before) and run["folds_run"] == K * F - len(before)
     after = [t for t in _folds(url, "r") if t.state == TrialState.COMPLETE]
