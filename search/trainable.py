@@ -78,7 +78,7 @@ def configure_tensorflow(cpus: float, gpus: float | None = None) -> None:
     """Threads from the trial's CPU share; once per worker process.
 
     ``gpus``: the GPUs Ray gave the trial (``None``: not known, outside Ray). A trial given none
-    (``--gpus-per-trial 0``, the default) sees no GPU: since Ray 2.5x Ray leaves
+    (``--gpus-per-trial 0``, the default) sees no GPU: Ray (2.60 here) leaves
     ``CUDA_VISIBLE_DEVICES`` as it was when it assigns no GPU (ray#54868), so on a GPU machine
     TensorFlow would put every CPU trial on GPU 0, beside each other and outside Ray's accounting.
     A trial given GPUs gets memory growth on them (fractional GPUs share one: without it the

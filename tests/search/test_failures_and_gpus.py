@@ -134,7 +134,7 @@ def cpu_probe(config: dict, data=None, out: str = "") -> None:
 def test_a_trial_given_no_gpu_hides_the_gpus_ray_left_visible(
     tmp_path: Path, tiny_data: Path, tiny_space_file: Path, ray_session
 ) -> None:
-    """--gpus-per-trial 0 on a machine with GPUs (4 fake ones here): Ray >= 2.5x no longer empties
+    """--gpus-per-trial 0 on a machine with GPUs (4 fake ones here): Ray (2.60 here) no longer empties
     CUDA_VISIBLE_DEVICES for a trial it gives no GPU, so TensorFlow would put every CPU trial on
     GPU 0; configure_tensorflow hides them."""
     import json
