@@ -246,6 +246,19 @@ def data_label(record: Mapping[str, Any]) -> str:
     return f"{record['path']} ({str(record.get('fingerprint'))[:12]})"
 
 
+def clear_studies(ws_root: Path) -> None:
+    """Remove a benchmark workspace's study store and study folders (``studies.db``, ``studies/``),
+    so a study stage starts from an empty workspace; its data and other stages' files stay."""
+    import shutil
+
+    for old in ("studies.db", "studies"):
+        path = Path(ws_root) / old
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 def start_ray(num_cpus: float, num_gpus: float | None = None) -> float:
     """A private local Ray instance for this benchmark process; returns the seconds it took.
 

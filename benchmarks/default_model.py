@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (  # noqa: E402
     add_data_args,
     base_doc,
+    clear_studies,
     data_label,
     data_tag,
     loadavg,
@@ -69,14 +70,7 @@ def msatune(ws: Path, *args: str) -> tuple[float, str]:
 
 def stage_product(ws: Path, data: Path, size: dict[str, int], seed: int, smoke: bool) -> dict[str, Any]:
     """The default path: launch with --refit-top, then ``ensemble`` (--from auto)."""
-    import shutil
-
-    for old in ("studies.db", "studies"):
-        path = ws / old
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    clear_studies(ws)
     launch = ["launch", NAME, "--data", str(data), "--trials", str(size["trials"]),
               "--max-epochs", str(size["max_epochs"]), "--refit-top", str(size["refit_top"]),
               "--refit-folds", str(size["refit_folds"]), "--seed", str(seed), "--json"]

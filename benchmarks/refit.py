@@ -57,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (  # noqa: E402
     add_data_args,
     base_doc,
+    clear_studies,
     data_label,
     data_tag,
     print_table,
@@ -147,12 +148,7 @@ def stage_study(ws_root: Path, data: Path, size: dict[str, Any], seed: int) -> d
     from msatune.studies.store.connect import open_storage
     from msatune.studies.store.workspace import Workspace
 
-    for old in ("studies.db", "studies"):  # a study stage starts from an empty workspace
-        path = ws_root / old
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    clear_studies(ws_root)  # a study stage starts from an empty workspace
     ws = Workspace(ws_root).ensure()
     space = ws_root / "space.toml"
     space.write_text(SPACE)
