@@ -38,8 +38,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-PLAN = REPO / "benchmarks" / "results" / "gpu_steps_plan.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import REPO, RESULTS, loadavg  # noqa: E402  (no TensorFlow: runs on the GPU machine too)
+
+PLAN = RESULTS / "gpu_steps_plan.json"
 PRESET_NAMES = ("baseline", "improved", "balanced", "seqlevel")
 #: CMU-MOSEI's shapes (``data synth --preset mosei``): train / valid samples, T, feature sizes.
 MOSEI = {"train": 16326, "valid": 1871, "seq_len": 20, "dims": {"text": 300, "audio": 74, "video": 713}}
@@ -112,7 +115,7 @@ def worker(config: dict[str, Any], shapes: dict[str, Any], epochs: int, scale: f
 
 def _device() -> dict[str, Any]:
     rec: dict[str, Any] = {"backend": os.environ.get("KERAS_BACKEND", "tensorflow"), "python": platform.python_version(),
-                           "cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]}
+                           "cpus": os.cpu_count(), "loadavg": loadavg()}
     try:
         rec["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
                                      "--format=csv,noheader"], capture_output=True, text=True, timeout=30).stdout.strip()
@@ -195,7 +198,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"{k} x {args.share_preset}", json.dumps({x: y for x, y in row.items() if x != "workers"}), flush=True)
         save()
     doc["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    doc["device"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    doc["device"]["loadavg_end"] = loadavg()
     save()
 
 
@@ -209,7 +212,6 @@ def _steps_per_s(row: dict[str, Any]) -> float | None:
 
 
 def report(paths: list[Path], cpu: list[Path], trials: int) -> None:
-    sys.path.insert(0, str(REPO / "benchmarks"))
     from study_hours import SURVIVAL, rungs, study_hours
 
     from msatune.search.search_settings import SearchSettings
@@ -269,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("report", help="table and projected hours per GPU (here)")
     s.add_argument("paths", type=Path, nargs="+", help="run results; the first gives the presets alone")
     s.add_argument("--cpu", type=Path, nargs="+",
-                   default=[REPO / "benchmarks" / "results" / f"study_hours_mosei_{n}.json" for n in ("3presets4", "seqlevel4")],
+                   default=[RESULTS / f"study_hours_mosei_{n}.json" for n in ("3presets4", "seqlevel4")],
                    help="study_hours.py's results whose first-epoch extras (TensorFlow's tracing on CPUs) are mixed in")
     s.add_argument("--trials", type=int, default=100)
     if argv is None and len(sys.argv) > 2 and sys.argv[1] == "_worker":
