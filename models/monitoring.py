@@ -27,6 +27,10 @@ epoch to a TensorBoard event file (``tf.summary``; step = 1-based epoch): the sc
 keys, each map as an image averaged over heads (``attention/text_from_audio``, scaled to its max)
 and as the raw ``(heads, Tq, Tc)`` tensor (``attention_map/text_from_audio``). The maps of the
 best epoch so far are also kept in ``attention.npz`` beside the events (what the report draws).
+
+The event file is an extra: when it cannot be written (TensorBoard not installed, the directory
+not writable, the disk full) the monitor logs one warning, stops writing and the training goes
+on; the epoch's scalars are still returned (they reach the trial's metrics as before).
 """
 
 from __future__ import annotations
@@ -194,8 +198,11 @@ class TrainingMonitor:
         self.maps: dict[str, np.ndarray] = {}  # the last epoch's
         self._writer = None
         if log_dir is not None:
-            log_dir.mkdir(parents=True, exist_ok=True)
-            self._writer = tf.summary.create_file_writer(str(log_dir))
+            try:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                self._writer = tf.summary.create_file_writer(str(log_dir))
+            except Exception as exc:  # noqa: BLE001 - the event file must never fail a training
+                self._give_up(exc)
 
     def begin_epoch(self) -> None:
         self.grads.reset()
@@ -207,14 +214,35 @@ class TrainingMonitor:
             weights, self.maps = self.probe.run(self.valid)
             scalars.update(weights)
         if self._writer is not None:
-            self._write(epoch + 1, scalars, self.maps)
+            try:
+                self._write(epoch + 1, scalars, self.maps)
+            except Exception as exc:  # noqa: BLE001 - the event file must never fail a training
+                self._give_up(exc)
         return scalars
 
     def keep_best(self, epoch: int) -> None:
         """The last epoch is the best so far: its maps go to ``attention.npz``."""
         if self.log_dir is not None and self.maps:
             arrays = {map_tag(k): v for k, v in self.maps.items()}
-            np.savez(self.log_dir / ATTENTION_FILE, epoch=np.int64(epoch + 1), **arrays)
+            try:
+                np.savez(self.log_dir / ATTENTION_FILE, epoch=np.int64(epoch + 1), **arrays)
+            except OSError as exc:
+                self._give_up(exc)
+
+    def _give_up(self, exc: BaseException) -> None:
+        """Stop writing under ``log_dir`` after ``exc``, with one warning; training goes on."""
+        if self.log_dir is None:
+            return
+        log.warning("msatune: monitoring files in %s are not written from now on (%s: %s); the training "
+                    "goes on and its metrics are kept. For TensorBoard's events: pip install tensorboard, "
+                    "and check that the directory is writable", self.log_dir, type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "")
+        writer, self._writer, self.log_dir = self._writer, None, None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001,S110 - already failing; nothing more to save
+                pass
 
     def _write(self, step: int, scalars: Mapping[str, float], maps: Mapping[str, np.ndarray]) -> None:
         with self._writer.as_default(step=step):

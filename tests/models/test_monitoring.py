@@ -159,3 +159,26 @@ def test_improved_family_reports_its_adaptive_fusion_weights(tmp_path: Path) -> 
     probed = result.model.attention_probe()(x, training=False)["modality_weights"]
     np.testing.assert_allclose(np.asarray(probed), np.asarray(tokens)[:, [0, 2, 1]], rtol=1e-6)
     assert "attention_map/text_from_audio" not in _accumulator(tmp_path).Tags()["tensors"]
+
+
+def test_training_goes_on_with_one_warning_when_the_event_file_cannot_be_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # what a venv without tensorboard does (TensorFlow 2.21 no longer installs it): tf.summary
+    # raises at the first write; the training, its metrics and its checkpointable model survive
+    from tensorflow.python.summary.tb_summary import TBNotInstalledError
+
+    def missing(*args: object, **kwargs: object) -> None:
+        raise TBNotInstalledError("TensorBoard is not installed, missing implementation for summary.scalar")
+
+    monkeypatch.setattr(tf.summary, "scalar", missing)
+    arrays = make_tiny_arrays(sizes=(16, 6, 4))
+    datasets = make_datasets(arrays, batch_size=8, seed=0, eval_batch_size=4, drop_last_partial=True)
+    config = {"family": "improved", **SMALL, "epochs": 3, "patience": 0, "warmup_epochs": 0,
+              "batch_size": 8, "learning_rate": 0.01}
+    with caplog.at_level("WARNING", logger="msatune.models.monitoring"):
+        result = train_model(config, datasets, DIMS, monitor_dir=tmp_path / "monitor")
+    assert result.epochs_trained == 3
+    assert len(result.monitor) == 3
+    assert all(e["grad_norm_mean"] > 0 for e in result.monitor)  # still measured, only not written
+    warnings = [r.getMessage() for r in caplog.records if r.name == "msatune.models.monitoring"]
+    assert len(warnings) == 1 and "pip install tensorboard" in warnings[0] and "TBNotInstalledError" in warnings[0]
