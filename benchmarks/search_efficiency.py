@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="max epochs per trial (the full budget)")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--slots", type=int, default=None, help="concurrent trials (1 CPU each)")
-    p.add_argument("--grace", type=int, default=None, help="ASHA grace period in epochs (full size: 1)")
+    p.add_argument("--grace", type=int, default=None, help="ASHA grace period in epochs [full size: msatune's default]")
     p.add_argument("--rf", type=int, default=None, help="ASHA reduction factor (full size: 3)")
     p.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=list(METHODS),
                    help=f"searches to run (default: {' '.join(METHODS)}; tpe_asha_3x: 3x the trials)")
