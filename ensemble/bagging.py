@@ -8,7 +8,10 @@ A refit (``msatune refit``) trains each configuration on F folds of train+valid,
   (mean and std over repeats) and the per-fold MAEs (mean and std over every fold).
 * **bagged predictions** on new data (the test split, at the very end): the average of all R x F
   fold models of the configuration (:func:`fold_test_predictions` predicts lazily and keeps the
-  result in the fold checkpoint's predictions file).
+  result in the fold checkpoint's predictions file), and by default one more model: the study
+  trial's own checkpoint, trained on train and early-stopped on valid (:func:`trial_test_predictions`).
+  It has no OOF predictions (it trained on most of the pool), so the OOF fit never sees it; it
+  only joins its configuration's average on new data.
 * :func:`bagged_pool`: a :class:`~msatune.ensemble.candidates.CandidatePool` whose ``valid``
   predictions are the OOF ones (so every combiner of :mod:`msatune.ensemble.combiners` is fitted on
   OOF predictions only) and whose ``test`` predictions are the bagged ones.
@@ -165,6 +168,28 @@ def fold_test_predictions(checkpoint: Path, test: SplitData) -> np.ndarray:
     return pred.astype(np.float64)
 
 
+def trial_test_predictions(checkpoint: Path, test: SplitData) -> np.ndarray:
+    """The study trial's own model's raw test predictions, in the test split's order: the ones its
+    checkpoint recorded (a search predicts test at a COMPLETE trial's last epoch), else predicted
+    from its weights now and added to its file. UserError when they are not the test split's."""
+    from msatune.models.checkpoint import fill_predictions
+
+    labels = np.asarray(test.labels, dtype=np.float32).reshape(-1)
+    fill_predictions(checkpoint, {"test": test})
+    arrays = read_predictions(checkpoint, ("test",), clip=False)
+    order = arrays["test_index"]
+    if order.shape[0] != labels.shape[0] or not np.array_equal(np.sort(order), np.arange(labels.shape[0])):
+        raise UserError(f"checkpoint {checkpoint}: its test predictions are not of this test split "
+                        f"({order.shape[0]} rows, the split has {labels.shape[0]})")
+    pred = np.empty(labels.shape[0], dtype=np.float64)
+    pred[order] = arrays["test_pred"].astype(np.float64)
+    got = np.empty_like(pred)
+    got[order] = arrays["test_label"].astype(np.float64)
+    if not np.allclose(got, labels, atol=1e-5):
+        raise UserError(f"checkpoint {checkpoint}: its test labels are not this test split's")
+    return pred
+
+
 def bagged_pool(
     configs: Sequence[BaggedConfig],
     pool_labels: np.ndarray,
@@ -219,10 +244,13 @@ def bag_model(models: Sequence[keras.Model], name: str, dims: Mapping[str, int],
 
 
 def load_bagged_members(members: Sequence[tuple[int, float]], folds_of: Mapping[int, Sequence[FoldModel]],
-                        dims: Mapping[str, int], seq_len: int | None) -> list[tuple[int, float, keras.Model]]:
-    """``(trial, weight, bag model)`` per member: its fold checkpoints rebuilt and averaged.
+                        dims: Mapping[str, int], seq_len: int | None,
+                        trial_checkpoints: Mapping[int, Path] | None = None) -> list[tuple[int, float, keras.Model]]:
+    """``(trial, weight, bag model)`` per member: its fold checkpoints rebuilt and averaged, with
+    the trial's own checkpoint (``trial_checkpoints[trial]``, where given) as one more model of
+    the bag.
 
-    A fold that cannot be rebuilt raises :class:`msatune.ensemble.export.MemberLoadError` for its
+    A model that cannot be rebuilt raises :class:`msatune.ensemble.export.MemberLoadError` for its
     trial (the caller may drop that member and refit)."""
     from msatune.ensemble.export import MemberLoadError
     from msatune.models.checkpoint import load_checkpoint
@@ -236,6 +264,14 @@ def load_bagged_members(members: Sequence[tuple[int, float]], folds_of: Mapping[
             except UserError as exc:
                 raise MemberLoadError(trial, str(exc)) from None
             model.name = f"member_{trial}_r{fm.repeat}f{fm.fold}"
+            models.append(model)
+        own = (trial_checkpoints or {}).get(trial)
+        if own is not None:
+            try:
+                model, _, _ = load_checkpoint(own)
+            except UserError as exc:
+                raise MemberLoadError(trial, str(exc)) from None
+            model.name = f"member_{trial}_trial"
             models.append(model)
         out.append((trial, weight, bag_model(models, f"member_{trial}", dims, seq_len)))
     return out

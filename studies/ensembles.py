@@ -114,12 +114,14 @@ def run_ensemble(
     export: bool = True,
     saved_model: bool = True,
     on_step: Callable[[str], None] | None = None,
+    bag_trial: bool = True,
 ) -> EnsembleResult:
     """Fit ``options.method`` on study ``name``'s ``source`` (``trials``, ``refit``, or ``auto``: the
     refit when it has one, :func:`resolve_source`), export it
     (unless ``export=False``; to ``out_dir`` or the workspace's place for it) and record it on the
     study. ``storage`` is a store URL or an opened Optuna storage; ``on_step(text)`` is told each
-    step before it starts (the CLI shows them)."""
+    step before it starts (the CLI shows them). ``bag_trial``: a bagged member also averages the
+    study trial's own model with its fold models (refit source only)."""
     from msatune.ensemble.export import MemberLoadError
 
     t0 = time.perf_counter()
@@ -137,7 +139,7 @@ def run_ensemble(
     if source == "refit":
         from msatune.studies.refit.bagged import RefitSource
 
-        src = RefitSource(store, study, attrs, options)
+        src = RefitSource(store, study, attrs, options, bag_trial=bag_trial)
     else:
         src = TrialsSource(study, attrs, options, step)
     dropped: dict[int, str] = {}  # members whose weights failed to load at export

@@ -121,7 +121,8 @@ def render_bagged(summary: dict[str, Any]) -> None:
     refit = summary["refit"]
     con.print(f"[bold]{summary['study']}[/bold]: bagged {summary['method']} ensemble of "
               f"{summary['candidates']['used']} refit configurations, fitted on {refit['fitted_on']} "
-              f"({refit['folds']} folds x {refit['repeats']} repeat(s)); each member averages its fold models")
+              f"({refit['folds']} folds x {refit['repeats']} repeat(s)); each member averages its "
+              f"{refit.get('bag') or 'fold models'}")
     con.print(_members(summary["members"], "oof", "members (chosen on out-of-fold predictions only)"))
 
     table = Table(title="on test (scored once, after every choice was made)")
@@ -203,8 +204,10 @@ runs when it is bagged, and the ensemble itself (--json: "cost").
 \b
 --from refit builds a bagged ensemble on the study's refit (msatune refit NAME): the candidates are
 the refit configurations, fitted on their out-of-fold predictions of train+valid, each member the
-average of its fold models; it is scored on test next to the best single trial (refit and not) and
-the ensemble without bagging, and written to .../ensembles/refit-METHOD/ (msatune:ensemble:refit-METHOD).
+average of its fold models and of the study trial's own model (the one the search trained on
+train; it joins the average only, never the out-of-fold fit; --folds-only leaves it out); it is
+scored on test next to the best single trial (refit and not) and the ensemble without bagging, and
+written to .../ensembles/refit-METHOD/ (msatune:ensemble:refit-METHOD).
 
 \b
 Examples:
@@ -232,19 +235,22 @@ Examples:
 @click.option("--from", "source", type=click.Choice(["auto", "trials", "refit"]), default="auto", show_default=True,
               help="Candidates: the study's refit configurations, bagged, when it has a finished one (auto), "
                    "else its trials; or either one explicitly.")
+@click.option("--bag-trial/--folds-only", default=True, show_default=True,
+              help="Bagged members: average the study trial's own model with its fold models, or the fold "
+                   "models only.")
 @storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_app
 def ensemble(app: AppContext, name: str, method: str, top_k: int, rounds: int, max_candidates: int,
-             cv_folds: int, out_dir: Path | None, no_export: bool, source: str, storage: str | None,
-             as_json: bool) -> None:
+             cv_folds: int, out_dir: Path | None, no_export: bool, source: str, bag_trial: bool,
+             storage: str | None, as_json: bool) -> None:
     from msatune.ensemble.fitting import EnsembleOptions
     from msatune.studies.ensembles import run_ensemble
 
     options = EnsembleOptions(method=method, top_k=top_k, rounds=rounds, max_candidates=max_candidates,
                               cv_folds=cv_folds).validate()
     result = run_ensemble(app.ws, app.storage(storage, create=False), name, options, source=source,
-                          out_dir=out_dir, export=not no_export, on_step=step_printer(app))
+                          out_dir=out_dir, export=not no_export, on_step=step_printer(app), bag_trial=bag_trial)
     summary = result.summary()
     print_messages(summary)
     if as_json:

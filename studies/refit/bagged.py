@@ -3,7 +3,8 @@ their out-of-fold predictions (the path itself is :func:`msatune.studies.ensembl
 
 Every finished refit configuration is one candidate: its ``valid`` predictions are its
 out-of-fold (OOF) predictions of every train+valid sample, its ``test`` predictions the average of
-its fold models (:mod:`msatune.ensemble.bagging`). The combiner (greedy, mean, weighted, median,
+its fold models and (``bag_trial``, the default) of the study trial's own model, the one the
+search trained on train (:mod:`msatune.ensemble.bagging`). The combiner (greedy, mean, weighted, median,
 as for ``msatune ensemble``) is fitted on the OOF predictions only. Only then is the test split
 looked at, once: the fold models predict it, and the bagged ensemble is scored next to
 
@@ -36,6 +37,7 @@ from msatune.ensemble.bagging import (
     fold_test_predictions,
     load_bagged_members,
     spearman,
+    trial_test_predictions,
 )
 from msatune.ensemble.fitting import (
     EnsembleOptions,
@@ -101,7 +103,7 @@ class BaggedResult(EnsembleResult):
         single = s["best_single"] or {}
         return jsonable({
             "method": s["method"], "source": "refit",
-            "folds": self.refit.get("folds"), "repeats": self.refit.get("repeats"),
+            "folds": self.refit.get("folds"), "repeats": self.refit.get("repeats"), "bag": self.refit.get("bag"),
             "members": [{"trial": m["trial"], "weight": m["weight"], "family": m.get("family")}
                         for m in s["members"]],
             "oof": s["oof"], "test": s["test"],
@@ -165,10 +167,11 @@ def _comparison(study: optuna.Study, attrs: dict[str, Any], data: MSADataset, op
 
 class RefitSource:
     """The study's refit configurations, bagged: fitted on their out-of-fold predictions; each
-    member averages its fold models (the bagged source of :func:`msatune.studies.ensembles.run_ensemble`)."""
+    member averages its fold models and, with ``bag_trial``, the study trial's own model (the
+    bagged source of :func:`msatune.studies.ensembles.run_ensemble`)."""
 
     def __init__(self, storage: optuna.storages.BaseStorage, study: optuna.Study, attrs: dict[str, Any],
-                 options: EnsembleOptions) -> None:
+                 options: EnsembleOptions, *, bag_trial: bool = True) -> None:
         name = study.study_name
         self.study, self.attrs, self.options = study, attrs, options
         self.name = NAME_PREFIX + options.method
@@ -185,16 +188,31 @@ class RefitSource:
         # combination is fixed (ensemble.fitting.fit_pool), as for a study's ensemble.
         self.test_preds: dict[int, np.ndarray] = {}
         self.unpredictable: dict[int, str] = {}
+        self.trial_checkpoints: dict[int, Path] = {}
+        by_number = {t.number: t for t in study.get_trials(deepcopy=False)} if bag_trial else {}
         for c in self.configs:  # a fold checkpoint that cannot predict drops its configuration, not the run
             try:
-                # the bag's average on the sentiment scale, as its exported model clips it
-                self.test_preds[c.trial] = clip_predictions(np.mean(
-                    [fold_test_predictions(fm.checkpoint, data.test) for fm in c.folds], axis=0))
+                preds = [fold_test_predictions(fm.checkpoint, data.test) for fm in c.folds]
             except (UserError, OSError, ValueError) as exc:
                 self.unpredictable[c.trial] = f"a fold model could not predict the test split ({first_line(exc)})"
+                continue
+            own = by_number[c.trial].user_attrs.get("checkpoint") if c.trial in by_number else None
+            if bag_trial:  # the trial's own model: one more of its bag; without it, the folds alone
+                try:
+                    if not own:
+                        raise UserError("the study records no checkpoint for it")
+                    preds.append(trial_test_predictions(Path(own), data.test))
+                    self.trial_checkpoints[c.trial] = Path(own)
+                except (UserError, OSError, ValueError) as exc:
+                    self.warnings.append(f"trial {c.trial}: its own model is left out of its bag, which averages "
+                                         f"its fold models only ({first_line(exc)})")
+            # the bag's average on the sentiment scale, as its exported model clips it
+            self.test_preds[c.trial] = clip_predictions(np.mean(preds, axis=0))
         self.folds_of = {c.trial: c.folds for c in self.configs}
         self.refit_info = {"folds": spec["folds"], "repeats": spec["repeats"], "seed": spec.get("seed"),
                            "pool": spec.get("pool"), "configs": len(self.configs),
+                           "bag": "fold models and the trial's own model" if bag_trial else "fold models",
+                           "trials_in_bags": sorted(self.trial_checkpoints),
                            "fitted_on": f"out-of-fold predictions of the {pool.n} train+valid samples"}
         self.cpool: Any = None
 
@@ -219,6 +237,7 @@ class RefitSource:
                on_step: Callable[[str], None] | None) -> None:
         from msatune.ensemble.export import export_ensemble
 
-        members = load_bagged_members(result.members, self.folds_of, self.cpool.dims, self.cpool.seq_len)
+        members = load_bagged_members(result.members, self.folds_of, self.cpool.dims, self.cpool.seq_len,
+                                      self.trial_checkpoints)
         export_ensemble(result, target, data=self.view, saved_model=saved_model, members=members,
                         check_split="test", on_step=on_step)

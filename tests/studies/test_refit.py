@@ -272,7 +272,8 @@ def test_poisoned_test_data_changes_nothing_before_the_final_score(
 
 
 @pytest.mark.slow
-def test_the_bagged_ensemble_exports_one_model_that_averages_the_fold_models(refit_a: dict) -> None:
+def test_the_bagged_ensemble_exports_one_model_that_averages_the_fold_models_and_the_trials_own(
+        refit_a: dict) -> None:
     import keras
 
     from msatune.augment.dataset import load_dataset
@@ -281,6 +282,9 @@ def test_the_bagged_ensemble_exports_one_model_that_averages_the_fold_models(ref
     from msatune.studies.store.ensemble_records import ensemble_records
     from msatune.studies.store.workspace import Workspace
 
+    # --folds-only first: every run is recorded on the study, the default's last
+    only = run_ensemble(Workspace(refit_a["ws"]), refit_a["url"], "tiny", EnsembleOptions(method="mean", top_k=2),
+                        source="refit", export=False, bag_trial=False)
     result = run_ensemble(Workspace(refit_a["ws"]), refit_a["url"], "tiny",
                           EnsembleOptions(method="mean", top_k=2), source="refit")
     s = result.summary()
@@ -292,13 +296,29 @@ def test_the_bagged_ensemble_exports_one_model_that_averages_the_fold_models(ref
     x = {m: getattr(data.test, m) for m in ("text", "audio", "video")}
     fused = np.asarray(model.predict(x, verbose=0)).reshape(-1)
     np.testing.assert_allclose(fused, result.predictions["test"], atol=1e-4)
-    # the mean of the members, each the mean of its F fold models' test predictions
-    members = [np.mean([np.load(Path(c) / "predictions.npz")["test_pred"] for c in
-                        next(x for x in refit_a["configs"] if x["trial"] == m["trial"])["checkpoints"]], axis=0)
-               for m in s["members"]]
-    assert all(len(next(x for x in refit_a["configs"] if x["trial"] == m["trial"])["checkpoints"]) == F
-               for m in s["members"])
+    # the mean of the members, each the mean of its F fold models' and its study trial's own
+    # model's test predictions (the default bag); --folds-only: the fold models alone
+    study = optuna.load_study(study_name="tiny", storage=refit_a["url"])
+    own = {t.number: Path(t.user_attrs["checkpoint"]) for t in study.trials if t.user_attrs.get("checkpoint")}
+
+    def test_pred(ckpt: Path) -> np.ndarray:
+        with np.load(ckpt / "predictions.npz") as f:
+            return f["test_pred"].reshape(-1)[np.argsort(f["test_index"].reshape(-1))]
+
+    def folds(trial: int) -> list[np.ndarray]:
+        ckpts = next(x for x in refit_a["configs"] if x["trial"] == trial)["checkpoints"]
+        assert len(ckpts) == F
+        return [test_pred(Path(c)) for c in ckpts]
+
+    assert s["refit"]["trials_in_bags"] == sorted(x["trial"] for x in refit_a["configs"])
+    members = [np.mean([*folds(m["trial"]), test_pred(own[m["trial"]])], axis=0) for m in s["members"]]
     np.testing.assert_allclose(fused, np.mean(members, axis=0), atol=1e-4)
+    o = only.summary()
+    assert [m["trial"] for m in o["members"]] == [m["trial"] for m in s["members"]]  # the same OOF fit
+    assert o["oof"] == pytest.approx(s["oof"]) and o["refit"]["trials_in_bags"] == []
+    bags = [np.clip(np.mean(folds(m["trial"]), axis=0), -3, 3) for m in o["members"]]
+    np.testing.assert_allclose(only.predictions["test"], np.mean(bags, axis=0), atol=1e-4)
+    assert np.abs(only.predictions["test"] - result.predictions["test"]).max() > 1e-3  # the trial's model counts
     assert Path(s["saved_model_path"], "saved_model.pb").is_file()
     for key in ("best_single", "refit_best_single", "non_bagged"):
         assert s[key]["test"]["mae"] > 0
