@@ -11,12 +11,18 @@ then trains ``msatune train --preset improved`` at seeds 0, 1, 2, ... one after 
 wall time reaches the path's (launch + ensemble), and averages their test predictions
 (``refit.stage_presets``). Test MAE is read once, at the end of each path. Also recorded from
 the ensemble's JSON: the val-selected best single trial and the trials' greedy ensemble (both on
-test), and what the path cost. Stages (``--stage product|presets|all``) keep their state in the
-workspace; results merge into ``benchmarks/results/default_model.json`` per entry (structure@seed).
+test), and what the path cost. Stage ``ensemble`` builds the product stage's ensembles again
+(after a change to ``msatune ensemble``). Stage ``refolds`` refits the same study's top K again at
+``--refolds`` folds (``msatune refit --replace``, after the product stage's 3-fold refit was read)
+and builds the ensemble again: the fold count's effect on the bagged model with the search held
+fixed. Stages (``--stage product,refolds,presets``; ``all`` = product,presets) keep their state in
+the workspace; results merge into ``benchmarks/results/default_model.json`` per entry
+(structure@seed).
 
     python benchmarks/default_model.py --dataset video                 # ~60 min on 2 CPUs (product ~30, presets ~30)
     python benchmarks/default_model.py --dataset lexicon --seed 1
     python benchmarks/default_model.py --data DIR                      # any msa-tf2 directory (only read)
+    python benchmarks/default_model.py --dataset mosi --stage product,refolds  # then the same study's refit at 5 folds
     python benchmarks/default_model.py --dataset video --stage table   # the result from the stages already run
     python benchmarks/default_model.py --smoke --out /tmp/dm.json      # tiny data, every stage (~3 min)
 
@@ -77,27 +83,49 @@ def stage_product(ws: Path, data: Path, size: dict[str, int], seed: int, smoke: 
     if smoke:
         launch += ["--grace-period", "1"]
     launch_s, launch_out = msatune(ws, *launch)
+    run = json.loads(launch_out)
+    ens = ensemble_summary(ws)
+    return {"launch_s": launch_s, "wall_s": launch_s + ens["ensemble_s"], **ens, "folds": size["refit_folds"],
+            "launch": {k: run.get(k) for k in ("states", "best", "wall_seconds", "refit") if k in run}}
+
+
+def ensemble_summary(ws: Path) -> dict[str, Any]:
+    """``msatune ensemble NAME --json`` (the default kind) and what ``show`` says of the refit;
+    first the bagged ensemble with fold models only (``--folds-only --no-export``: the bags
+    without the trials' own models, recorded before the default's record replaces it)."""
+    _, only_out = msatune(ws, "ensemble", NAME, "--from", "refit", "--folds-only", "--no-export", "--json")
     ensemble_s, ens_out = msatune(ws, "ensemble", NAME, "--json")
     ens = json.loads(ens_out)
-    run = json.loads(launch_out)
     single = ens.get("best_single") or {}
     flat = ens.get("non_bagged") or {}
+    _, show_out = msatune(ws, "show", NAME, "--top", "30", "--json")
     return {
-        "launch_s": launch_s, "ensemble_s": ensemble_s, "wall_s": launch_s + ensemble_s,
+        "ensemble_s": ensemble_s,
         "source": ens.get("source", "trials"), "test_mae": ens["test"]["mae"],
+        "bag": (ens.get("refit") or {}).get("bag"),
+        "folds_only_test_mae": json.loads(only_out)["test"]["mae"],
         "best_single": {"trial": single.get("trial"), "test_mae": (single.get("test") or {}).get("mae"),
                         "valid_mae": (single.get("valid") or {}).get("mae")},
         "trials_ensemble_test_mae": (flat.get("test") or {}).get("mae") if flat else None,
+        "trials_ensemble_members": flat.get("members") if flat else None,
         "refit_best_single": {"trial": (ens.get("refit_best_single") or {}).get("trial"),
                               "test_mae": ((ens.get("refit_best_single") or {}).get("test") or {}).get("mae")},
         "members": [(m["trial"], m["weight"]) for m in ens.get("members", [])],
-        "cost": ens.get("cost"), "launch": {k: run.get(k) for k in ("states", "best", "wall_seconds", "refit")
-                                           if k in run},
+        "cost": ens.get("cost"), "show": json.loads(show_out),
     }
+
+
+def stage_refolds(ws: Path, top_k: int, folds: int, seed: int) -> dict[str, Any]:
+    """The product stage's study refit again at ``folds`` folds (its 3-fold refit replaced), then
+    the default ensemble again; the search is the product stage's, ``top_k`` its refit's."""
+    refit_s, _ = msatune(ws, "refit", NAME, "--top-k", str(top_k), "--folds", str(folds),
+                         "--seed", str(seed), "--replace", "--json")
+    return {"refit_s": refit_s, "folds": folds, **ensemble_summary(ws)}
 
 
 def table(state: dict[str, Any]) -> list[dict[str, Any]]:
     pr, pd = state["product"], state.get("presets")
+    pr.setdefault("wall_s", pr["launch_s"] + pr["ensemble_s"])
     base = pr["best_single"]["test_mae"]
     rows = [
         {"approach": f"val-selected best single #{pr['best_single']['trial']}", "test_mae": base, "wall_s": None},
@@ -110,6 +138,15 @@ def table(state: dict[str, Any]) -> list[dict[str, Any]]:
                      "wall_s": pd["wall_s"]})
         rows.append({"approach": "improved preset, seed 0 alone", "test_mae": pd["single_test_mae"],
                      "wall_s": pd["runs"][0]["wall_s"]})
+    if pr.get("folds_only_test_mae") is not None:
+        rows.insert(2, {"approach": "bagged refit, fold models only (--folds-only)",
+                        "test_mae": pr["folds_only_test_mae"], "wall_s": None})
+    rf = state.get("refolds")
+    if rf:
+        at = next(i for i, r in enumerate(rows) if r["approach"].startswith("the study's model")) + 1
+        rows.insert(at, {"approach": f"`ensemble` after a {rf['folds']}-fold refit ({rf['source']})",
+                        "test_mae": rf["test_mae"],
+                        "wall_s": ((pr.get("cost") or {}).get("search_s") or 0) + rf["refit_s"] + rf["ensemble_s"]})
     for r in rows:
         r["ratio"] = r["test_mae"] / base if r["test_mae"] is not None and base else None
     return rows
@@ -123,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", choices=list(PRESETS), default="mosi", help="synthetic preset when no --data [mosi]")
     add_data_args(p, "mosi", synth=False)
-    p.add_argument("--stage", choices=("product", "presets", "all", "table"), default="all",
-                   help="what to run; table: only write the result from the stages already run")
+    p.add_argument("--stage", default="all",
+                   help="comma-separated stages of product, ensemble (the product's ensembles again), refolds, "
+                        "presets; all = product,presets; table: only write the result from the stages already run")
+    p.add_argument("--refolds", type=int, default=5, help="folds of the refolds stage's refit [5]")
     p.add_argument("--seed", type=int, default=0, help="the study's seed (the data stays the structure's seed-0 set)")
     p.add_argument("--workspace", type=Path, default=None)
     p.add_argument("--smoke", action="store_true", help="tiny data and sizes")
@@ -140,15 +179,26 @@ def main(argv: list[str] | None = None) -> int:
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     data, data_rec = resolve_data(args, ws / "data", "tiny" if args.smoke else args.dataset, seed=0)
     print(f"{key}: {data_label(data_rec)}", flush=True)
-    if "product" not in state and args.stage in ("presets", "table"):
+    stages = {"all": ("product", "presets"), "table": ()}.get(args.stage, tuple(args.stage.split(",")))
+    unknown = set(stages) - {"product", "ensemble", "refolds", "presets"}
+    if unknown:
+        p.error(f"--stage {args.stage}: unknown {', '.join(sorted(unknown))} "
+                "(product, ensemble, refolds, presets, all, table)")
+    if "product" not in state and "product" not in stages:
         print(f"{ws}: run the product stage first (--stage product)")
         return 2
-    stages = {"all": ("product", "presets"), "table": ()}.get(args.stage, (args.stage,))
     for stage in stages:
         print(f"[{time.strftime('%H:%M:%S')}] stage {stage} ...", flush=True)
         load = loadavg()
         if stage == "product":
             state = {"product": stage_product(ws, data, size, args.seed, args.smoke)}
+        elif stage == "ensemble":  # the product stage's study, its ensembles built again (e.g. after a code change)
+            state["product"].update(ensemble_summary(ws))
+            state["product"]["wall_s"] = state["product"]["launch_s"] + state["product"]["ensemble_s"]
+            state["ensemble"] = {"rebuilt": True}
+        elif stage == "refolds":
+            top_k = (state["product"]["launch"].get("refit") or {}).get("top_k") or size["refit_top"]
+            state["refolds"] = stage_refolds(ws, int(top_k), 3 if args.smoke else args.refolds, args.seed)
         else:
             state["presets"] = stage_presets(ws, data, state["product"]["wall_s"], args.smoke)
         state[stage].update(loadavg_start=load, loadavg_end=loadavg(), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
