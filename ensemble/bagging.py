@@ -257,21 +257,17 @@ def load_bagged_members(members: Sequence[tuple[int, float]], folds_of: Mapping[
 
     out = []
     for trial, weight in members:
-        models = []
-        for fm in folds_of[trial]:
-            try:
-                model, _, _ = load_checkpoint(fm.checkpoint)
-            except UserError as exc:
-                raise MemberLoadError(trial, str(exc)) from None
-            model.name = f"member_{trial}_r{fm.repeat}f{fm.fold}"
-            models.append(model)
+        parts = [(fm.checkpoint, f"member_{trial}_r{fm.repeat}f{fm.fold}") for fm in folds_of[trial]]
         own = (trial_checkpoints or {}).get(trial)
         if own is not None:
+            parts.append((own, f"member_{trial}_trial"))
+        models = []
+        for checkpoint, name in parts:
             try:
-                model, _, _ = load_checkpoint(own)
+                model, _, _ = load_checkpoint(checkpoint)
             except UserError as exc:
                 raise MemberLoadError(trial, str(exc)) from None
-            model.name = f"member_{trial}_trial"
+            model.name = name
             models.append(model)
         out.append((trial, weight, bag_model(models, f"member_{trial}", dims, seq_len)))
     return out

@@ -196,8 +196,8 @@ class RefitSource:
             except (UserError, OSError, ValueError) as exc:
                 self.unpredictable[c.trial] = f"a fold model could not predict the test split ({first_line(exc)})"
                 continue
-            own = by_number[c.trial].user_attrs.get("checkpoint") if c.trial in by_number else None
             if bag_trial:  # the trial's own model: one more of its bag; without it, the folds alone
+                own = by_number[c.trial].user_attrs.get("checkpoint") if c.trial in by_number else None
                 try:
                     if not own:
                         raise UserError("the study records no checkpoint for it")
