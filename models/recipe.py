@@ -25,12 +25,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
 from msatune.errors import UserError
+
+if TYPE_CHECKING:  # Keras (and TensorFlow under it) only where an optimizer or loss is built:
+    import keras  # reading and checking settings stays light (launch's checks before Ray)
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "optimizer": "adamw",
@@ -136,6 +138,8 @@ def make_optimizer(settings: Mapping[str, Any], *, update: str = "grouped") -> k
     presets keep the users' update, with ~2 s less tracing per trial; ``keras`` is Keras' class
     itself (the users' setup, for comparisons).
     """
+    import keras
+
     if update not in OPTIMIZER_UPDATES:
         raise ValueError(f"update must be one of {OPTIMIZER_UPDATES}, got {update!r}")
     lr = float(settings["learning_rate"])
@@ -155,12 +159,16 @@ def make_optimizer(settings: Mapping[str, Any], *, update: str = "grouped") -> k
 
 
 def make_loss(settings: Mapping[str, Any]) -> keras.losses.Loss:
+    import keras
+
     if settings["loss"] == "huber":
         return keras.losses.Huber(delta=float(settings["huber_delta"]))
     return keras.losses.MeanAbsoluteError()
 
 
 def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
+    import keras
+
     lr = optimizer.learning_rate
     return float(keras.ops.convert_to_numpy(lr))
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from msatune.augment.aug_config import validate_aug_config
 from msatune.augment.dataset import MSADataset
 from msatune.augment.pipeline import make_datasets, trial_splits
-from msatune.augment.transforms import validate_aug_config
 from msatune.label_range import clip_predictions, outside_range
 from msatune.models.checkpoint import PREDICTION_SPLITS, save_checkpoint, write_predictions
 from msatune.models.metrics import msa_metrics

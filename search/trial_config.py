@@ -1,7 +1,7 @@
 """Trial configurations: the flat dict of JSON values that one trial trains, and the users' presets.
 
 A trial config is the union of the model keys (``models.build.MODEL_DEFAULTS``), the training keys
-(``models.training.TRAIN_DEFAULTS``) and the augmentation keys (``augment.transforms.AUG_DEFAULTS``).
+(``models.training.TRAIN_DEFAULTS``) and the augmentation keys (``augment.aug_config.AUG_DEFAULTS``).
 It is saved beside every checkpoint, so any checkpoint rebuilds its model without the study.
 """
 
@@ -11,7 +11,7 @@ import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from msatune.augment.transforms import AUG_DEFAULTS, validate_aug_config
+from msatune.augment.aug_config import AUG_DEFAULTS, validate_aug_config
 from msatune.errors import UserError
 from msatune.models.build import MODEL_CHOICES, MODEL_DEFAULTS, resolve_model_config
 from msatune.models.recipe import TRAIN_CHOICES, TRAIN_DEFAULTS, training_settings

@@ -68,6 +68,27 @@ def test_bad_space_files_are_refused_before_anything_is_written(tmp_path: Path, 
     assert not ws.exists()
 
 
+def test_a_launch_refused_for_its_input_answers_without_importing_tensorflow_or_ray(
+        tmp_path: Path, tiny_data: Path) -> None:
+    """A typo in a space file or an option is answered at once (a third of a second here, where
+    importing TensorFlow alone takes 2.4 s): the checks read settings, not models."""
+    space = tmp_path / "space.toml"
+    space.write_text(BAD_SPACES[0][0])
+    ws = tmp_path / "ws"
+    code = ("import sys\nfrom msatune.studies.cli import main\n"
+            f"for args in ({['launch', 's', '--data', str(tiny_data), '--space', str(space)]!r},\n"
+            f"             {['launch', 's', '--data', str(tiny_data), '--family', 'nosuch']!r},\n"
+            f"             {['launch', 's', '--data', str(tiny_data), '--trials', '0']!r}):\n"
+            f"    assert main(['--workspace', {str(ws)!r}, *args]) == 2, args\n"
+            "print(sorted(m for m in ('tensorflow', 'keras', 'ray') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=cli_env(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.count("msatune: error: ") == 3, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
+    assert not ws.exists()
+
+
 def test_a_non_utf8_space_file_is_one_line(tmp_path: Path, tiny_data: Path) -> None:
     space = tmp_path / "space.toml"
     space.write_bytes(b"[dropout]\nlow = 0.1 # \xff\xfe\nhigh = 0.2\n")
