@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -168,17 +169,40 @@ def checkpoint_work_dir() -> Path:
     if dirs is not None and dirs[1].parent.is_dir():
         parent = dirs[1].parent / TMP_DIR_NAME
         parent.mkdir(exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=CHECKPOINT_WORK_PREFIX, dir=parent))
+    owner = f"{CHECKPOINT_WORK_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+    return Path(tempfile.mkdtemp(prefix=owner, dir=parent))
+
+
+def checkpoint_work_owner(path: Path) -> tuple[str, int] | None:
+    """The (host, pid) of the trial process that made a working checkpoint directory
+    (``msatune-ckpt-<host>-<pid>-<random>``); ``None`` for a name in another form."""
+    rest = Path(path).name.removeprefix(CHECKPOINT_WORK_PREFIX)
+    parts = rest.rsplit("-", 2)  # mkdtemp's random part holds no "-"; a host name may
+    if len(parts) != 3 or not parts[0] or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
 
 
 def sweep_checkpoint_work_dirs(ray_dir: Path) -> int:
     """Remove the working checkpoints killed trials left under ``ray_dir``; only the holder of the
-    study's lease calls this. Returns how many were removed."""
+    study's lease calls this. A directory whose trial process still lives on this host is kept:
+    a driver taken over while it stalled (stopped, not dead) still has trials that write there
+    until it sees it lost the lease, and deleting under them failed those trials with a
+    traceback. So is one made on another host (its process cannot be checked from here; the
+    trial removes its own directory when it ends). Returns how many were removed."""
+    from msatune.processes import alive
+
     tmp = Path(ray_dir) / TMP_DIR_NAME
     left = list(tmp.glob(f"{CHECKPOINT_WORK_PREFIX}*")) if tmp.is_dir() else []
+    host = socket.gethostname()
+    removed = 0
     for path in left:
+        owner = checkpoint_work_owner(path)
+        if owner is not None and (owner[0] != host or alive(owner[1])):
+            continue
         shutil.rmtree(path, ignore_errors=True)
-    return len(left)
+        removed += 1
+    return removed
 
 
 @contextmanager

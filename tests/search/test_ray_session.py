@@ -73,3 +73,43 @@ stop_ray(pathlib.Path({str(tmp_path)!r}))
                if not n.split()[0].endswith("raylet") and ("default_worker.py" in n or "ray::IDLE" in n)]
     assert not workers, workers
     assert any("raylet" in n for n in out["names"])  # the session's processes were found at all
+
+
+def test_a_sweep_removes_dead_trials_checkpoint_work_and_keeps_what_a_live_trial_writes(tmp_path: Path) -> None:
+    """A resume sweeps the working checkpoints killed trials left; it must not delete under the
+    trials of a driver that stalled and was taken over (alive, still writing until it sees it)."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    from msatune.search.trainable import (
+        CHECKPOINT_WORK_PREFIX,
+        TMP_DIR_NAME,
+        checkpoint_work_dir,
+        checkpoint_work_owner,
+        sweep_checkpoint_work_dirs,
+    )
+
+    made = checkpoint_work_dir()  # outside Ray: in the system temp dir, named for its maker
+    try:
+        assert checkpoint_work_owner(made) == (socket.gethostname(), os.getpid())
+    finally:
+        shutil.rmtree(made)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)
+    host = socket.gethostname()
+    tmp = tmp_path / TMP_DIR_NAME
+    names = {
+        "live": f"{CHECKPOINT_WORK_PREFIX}{host}-{os.getpid()}-abc_1",
+        "dead": f"{CHECKPOINT_WORK_PREFIX}{host}-{dead_pid}-abc_2",
+        "other host": f"{CHECKPOINT_WORK_PREFIX}node-7.cluster-{dead_pid}-abc_3",
+        "old form": f"{CHECKPOINT_WORK_PREFIX}abc_4",
+    }
+    for name in names.values():
+        (tmp / name / "checkpoint").mkdir(parents=True)
+    assert sweep_checkpoint_work_dirs(tmp_path) == 2
+    assert sorted(p.name for p in tmp.iterdir()) == sorted([names["live"], names["other host"]])
+    assert checkpoint_work_owner(tmp / names["other host"]) == ("node-7.cluster", dead_pid)
+    assert sweep_checkpoint_work_dirs(tmp_path / "nothing-here") == 0
