@@ -18,6 +18,7 @@ contract (:func:`one_line_error`) and of "nothing changed" (:func:`file_digest`,
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -30,6 +31,49 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+# --- two workers, one Ray: how pytest-xdist shares the tests out (``-n 2``) ---------------------
+
+#: The fixtures that are (or need) the test session's in-process Ray.
+RAY_FIXTURES = ("ray_session", "tiny_study", "study_copy")
+
+
+@functools.cache
+def uses_session_ray(test_file: Path) -> bool:
+    """Whether a test file asks for the in-process Ray (by a fixture's name, as pytest does)."""
+    text = test_file.read_text(encoding="utf-8")
+    return any(re.search(rf"\b{name}\b", text) for name in RAY_FIXTURES)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Whole files to workers, and every file that uses the in-process Ray to one worker: no
+    module fixture (a real study, a refit, the benchmarks' smoke runs) is built twice, and a
+    test session starts one Ray and one ``tiny_study``, not one per worker.
+
+    xdist's ``--dist loadgroup`` would do this with marks, but on pytest 9.2 it silently stops
+    grouping (pytest-xdist#1386), so the scope is chosen here, from the test's file."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    ray_files: dict[str, bool] = {}
+
+    class OneRayPerSession(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::")[0]
+            if path not in ray_files:
+                ray_files[path] = uses_session_ray(Path(config.rootpath) / path)
+            return "session-ray" if ray_files[path] else path
+
+    return OneRayPerSession(config, log)
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """The scheduler above finds a file's use of Ray by name; a test that reaches Ray another way
+    would start a second one in the other worker, so it fails here instead."""
+    if "ray_session" in getattr(item, "fixturenames", ()) and not uses_session_ray(Path(item.path)):
+        raise pytest.UsageError(
+            f"{item.nodeid} uses the session's Ray without naming one of {RAY_FIXTURES} in its file; "
+            "name it (tests/conftest.py: pytest_xdist_make_scheduler groups files by those names)")
 
 
 # --- the msatune command, run as users run it ------------------------------------------------
