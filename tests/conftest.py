@@ -55,14 +55,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     grouping (pytest-xdist#1386), so the scope is chosen here, from the test's file."""
     from xdist.scheduler import LoadScopeScheduling
 
-    ray_files: dict[str, bool] = {}
-
     class OneRayPerSession(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::")[0]
-            if path not in ray_files:
-                ray_files[path] = uses_session_ray(Path(config.rootpath) / path)
-            return "session-ray" if ray_files[path] else path
+            return "session-ray" if uses_session_ray(Path(config.rootpath) / path) else path
 
     return OneRayPerSession(config, log)
 
