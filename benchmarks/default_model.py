@@ -197,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             state["product"]["wall_s"] = state["product"]["launch_s"] + state["product"]["ensemble_s"]
             state["ensemble"] = {"rebuilt": True}
         elif stage == "refolds":
-            top_k = (state["product"]["launch"].get("refit") or {}).get("top_k") or size["refit_top"]
-            state["refolds"] = stage_refolds(ws, int(top_k), 3 if args.smoke else args.refolds, args.seed)
+            done = state["product"]["launch"].get("refit") or {}
+            top_k, refit_seed = done.get("top_k") or size["refit_top"], done.get("seed", 0)  # the same folds
+            state["refolds"] = stage_refolds(ws, int(top_k), 3 if args.smoke else args.refolds, int(refit_seed))
         else:
             state["presets"] = stage_presets(ws, data, state["product"]["wall_s"], args.smoke)
         state[stage].update(loadavg_start=load, loadavg_end=loadavg(), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))

@@ -1,7 +1,9 @@
 """Refit folds on Ray Tune: every (configuration, repeat, fold) trained once, as one Tune trial.
 
 A refit trains each chosen configuration on the folds of train+valid (:mod:`msatune.augment.folds`)
-with the configuration's own recipe, early stopping on the held-out fold. :func:`run_folds` runs a
+with the configuration's own recipe, for as many epochs as its trial trained in the search
+(:func:`fold_training_config`: no early stopping; its checkpoint is its best epoch on the held-out
+fold, as a trial's is on validation). :func:`run_folds` runs a
 list of :class:`FoldTask` as one :func:`msatune.search.tune_run.run_tune` over a grid of tasks
 (FIFO, no searcher, no scheduler: every task runs to its end), with the study's resources, actor
 reuse and failure retries. The driver loads the data once and ships only the pooled train+valid samples and the
@@ -282,6 +284,26 @@ def run_folds(
         wall_seconds=run.wall_seconds, concurrency=run.concurrency,
         interrupted=run.interrupted or len(outcomes) < len(tasks), outcomes=outcomes,
     )
+
+
+def fold_training_config(config: Mapping[str, Any], trial_epochs: int | None) -> dict[str, Any]:
+    """The training config of a configuration's folds: its trial's, trained for the epochs the
+    trial trained in the search (``trial_epochs``; the config's own when unknown), with early
+    stopping off.
+
+    Early stopping on a held-out fold stopped folds before their configuration had settled: a
+    configuration whose validation MAE swings for its first ~10 epochs (e.g. a high learning rate
+    without warm-up) can stop at ``patience`` epochs with its epoch-1 weights, no better than the
+    constant predictor, where its trial went on to be the study's best (benchmarks/README.md,
+    "Folds that stopped before their configuration settled"). The trial's own length is what
+    the search found that configuration needs; the fold's checkpoint is still its best epoch.
+    A refit records this rule (``refit_records.FOLD_STOPPING``) and does not continue one of another.
+    """
+    out = dict(config)
+    if trial_epochs is not None and int(trial_epochs) > 0:
+        out["epochs"] = min(int(trial_epochs), int(out.get("epochs", trial_epochs)))
+    out["patience"] = 0
+    return out
 
 
 def task_configs(configs: Mapping[int, Mapping[str, Any]], folds: int, repeats: int) -> list[FoldTask]:

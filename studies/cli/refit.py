@@ -94,8 +94,9 @@ than one small validation split, and k models per configuration for bagged ensem
 Takes the study's --top-k COMPLETE trials by validation MAE (pruned and failed trials are never
 refit) and trains each on --folds stratified folds of train+valid, --repeats times: the same folds
 for every configuration (stratified by the seven Acc-7 sentiment classes, so --folds may not exceed
-the smallest class), each fold with the trial's own recipe and early stopping on its held-out fold.
-The test split is never loaded into the run. Each configuration gets its out-of-fold (OOF) MAE:
+the smallest class), each fold with the trial's own recipe for as many epochs as the trial trained
+in the search (no early stopping: a fold stopped by the held-out fold's noisy first epochs could
+keep weights no better than a constant). The test split is never loaded into the run. Each configuration gets its out-of-fold (OOF) MAE:
 every train+valid sample predicted by the fold model that did not train on it. Each fold also
 picked its best epoch on its held-out fold, so OOF MAE is slightly optimistic (as the study's
 val MAE is); it ranks configurations on 5x the samples of one validation split.

@@ -45,6 +45,7 @@ from msatune.json_values import jsonable
 from msatune.search.ray_orphans import live_driver
 from msatune.studies.refit.table import refit_table
 from msatune.studies.store.refit_records import (
+    FOLD_STOPPING,
     SCHEME_KEYS,
     existing_spec,
     fold_models,
@@ -99,6 +100,7 @@ class Chosen:
     val_mae: float
     config: dict[str, Any]
     preset: str | None
+    epochs: int | None = None  # the epochs the trial trained in the search
 
 
 def choose_configs(study: optuna.Study, top_k: int, *, up_to: bool = False) -> tuple[list[Chosen], list[str]]:
@@ -136,7 +138,9 @@ def choose_configs(study: optuna.Study, top_k: int, *, up_to: bool = False) -> t
         except UserError as exc:
             warnings.append(f"trial {t.number}: {exc}; passed over")
             continue
-        chosen.append(Chosen(t.number, float(t.value), config, t.user_attrs.get("preset")))
+        epochs = t.user_attrs.get("epochs")
+        chosen.append(Chosen(t.number, float(t.value), config, t.user_attrs.get("preset"),
+                             int(epochs) if isinstance(epochs, int | float) and epochs > 0 else None))
     if len(chosen) < top_k and not (up_to and chosen):
         raise UserError(f"only {len(chosen)} of the {len(complete)} COMPLETE trials of study "
                         f"{study.study_name!r} have a readable checkpoint ({'; '.join(warnings[:2])}); "
@@ -155,6 +159,9 @@ def _check_scheme(spec: dict[str, Any] | None, name: str, scheme: dict[str, Any]
         return
     if "data_fingerprint" in differs:
         why = "the study's data changed since it was refit"
+    elif differs == ["fold_stopping"]:
+        why = ("an earlier msatune refit it, whose folds stopped early on their held-out fold (folds now "
+               "train as many epochs as their trial did)")
     else:
         why = f"it was refit with --folds {spec.get('folds')} --repeats {spec.get('repeats')} --seed {spec.get('seed')}"
     raise UserError(f"study {name!r} already has a refit and {why}; rerun with the same folds, repeats and "
@@ -198,7 +205,7 @@ def run_refit(
         raise UserError(f"a refit of study {name!r} is running (driver pid {live}); wait for it to end")
     scheme = {"folds": options.folds, "repeats": options.repeats, "seed": options.seed,
               "binning": BINNING, "data_fingerprint": data.fingerprint,
-              "assignment": assignment_digest(assignment)}
+              "assignment": assignment_digest(assignment), "fold_stopping": FOLD_STOPPING}
     _check_scheme(existing_spec(storage, name), name, scheme, options.replace)
     if settings.address is not None:
         parse_address(settings.address)
@@ -219,7 +226,7 @@ def _run_refit_held(ws: Workspace, storage: optuna.storages.BaseStorage, study: 
                     ray: Any, progress: Callable[[Any], None] | None,
                     trainable: Callable[..., None] | None) -> dict[str, Any]:
     """:func:`run_refit` after its checks, inside its Ray session and the study's lease."""
-    from msatune.search.fold_run import run_folds, task_configs
+    from msatune.search.fold_run import fold_training_config, run_folds, task_configs
     from msatune.search.ray_orphans import end_orphans
     from msatune.search.trainable import sweep_checkpoint_work_dirs
 
@@ -235,7 +242,8 @@ def _run_refit_held(ws: Workspace, storage: optuna.storages.BaseStorage, study: 
     write_spec(rstudy, spec)
 
     done = fold_records(rstudy)
-    tasks = task_configs({c.trial: c.config for c in chosen}, options.folds, options.repeats)
+    tasks = task_configs({c.trial: fold_training_config(c.config, c.epochs) for c in chosen}, options.folds,
+                         options.repeats)
     todo = [t for t in tasks if t.key not in done]
     run_index = next_run_index(directory, len(refit_runs(rstudy)))
     record: dict[str, Any] = {"run": run_index, "folds_total": len(tasks), "already_done": len(tasks) - len(todo),

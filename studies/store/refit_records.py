@@ -39,7 +39,11 @@ RUNS_KEY = "refit_runs"
 FOLD_PARAMS = {"trial": IntDistribution(0, 2**31 - 1), "repeat": IntDistribution(0, 10_000),
                "fold": IntDistribution(0, 10_000)}
 #: What must match between a refit and a rerun of it (else the folds would differ).
-SCHEME_KEYS = ("folds", "repeats", "seed", "binning", "data_fingerprint", "assignment")
+SCHEME_KEYS = ("folds", "repeats", "seed", "binning", "data_fingerprint", "assignment", "fold_stopping")
+
+#: How a refit's folds stop (``search.fold_run.fold_training_config``): a refit recorded under another
+#: rule (earlier msatune: early stopping on the held-out fold, no such key) is replaced, not continued.
+FOLD_STOPPING = "the trial's epochs"
 
 
 def refit_study_name(name: str) -> str:

@@ -400,6 +400,26 @@ def test_a_rerun_with_other_folds_is_refused_unless_replace(refit_a: dict) -> No
     assert digest(refit_a["ws"] / "studies.db") == before
 
 
+def test_a_refit_whose_folds_stopped_early_is_replaced_not_continued(refit_a: dict, tmp_path: Path) -> None:
+    """A refit an earlier msatune made (its folds stopped early on the held-out fold; its record has
+    no ``fold_stopping``) is not continued with folds trained another way: one line naming
+    --replace, the store unchanged."""
+    from msatune.studies.store.connect import open_storage
+    from msatune.studies.store.refit_records import existing_spec, refit_study_name, write_spec
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    shutil.copy(refit_a["ws"] / "studies.db", ws / "studies.db")
+    url = f"sqlite:///{ws / 'studies.db'}"
+    spec = dict(existing_spec(open_storage(url), "tiny"))
+    assert spec.pop("fold_stopping") == "the trial's epochs"  # what this msatune records
+    write_spec(optuna.load_study(study_name=refit_study_name("tiny"), storage=url), spec)
+    before = digest(ws / "studies.db")
+    with pytest.raises(UserError, match="an earlier msatune refit it.*stopped early.*--replace"):
+        refit(ws, url)
+    assert digest(ws / "studies.db") == before
+
+
 def test_the_ranking_names_the_oof_leader_and_the_val_pick_it_overrules() -> None:
     """Configurations with unfinished folds do not rank; a lead that validation MAE would not pick
     is said; a study without a finished refit configuration ranks by validation MAE."""
