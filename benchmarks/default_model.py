@@ -15,7 +15,8 @@ test), and what the path cost. Stage ``ensemble`` builds the product stage's ens
 (after a change to ``msatune ensemble``). Stage ``refolds`` refits the same study's top K again at
 ``--refolds`` folds (``msatune refit --replace``, after the product stage's 3-fold refit was read)
 and builds the ensemble again: the fold count's effect on the bagged model with the search held
-fixed. Stages (``--stage product,refolds,presets``; ``all`` = product,presets) keep their state in
+fixed. Stage ``bagshare`` (offline, reads the cached predictions only) scores the default ensemble
+again with the trial's own model given other shares of its bag. Stages (``--stage product,refolds,presets``; ``all`` = product,presets) keep their state in
 the workspace; results merge into ``benchmarks/results/default_model.json`` per entry
 (structure@seed).
 
@@ -24,6 +25,7 @@ the workspace; results merge into ``benchmarks/results/default_model.json`` per 
     python benchmarks/default_model.py --data DIR                      # any msa-tf2 directory (only read)
     python benchmarks/default_model.py --dataset mosi --stage product,refolds  # then the same study's refit at 5 folds
     python benchmarks/default_model.py --dataset video --stage table   # the result from the stages already run
+    python benchmarks/default_model.py --dataset lexicon --seed 1 --stage bagshare   # seconds, offline
     python benchmarks/default_model.py --smoke --out /tmp/dm.json      # tiny data, every stage (~3 min)
 
 Never asserts anything.
@@ -123,6 +125,45 @@ def stage_refolds(ws: Path, top_k: int, folds: int, seed: int) -> dict[str, Any]
     return {"refit_s": refit_s, "folds": folds, **ensemble_summary(ws)}
 
 
+#: the trial's own model's share of its bag in ``bagshare`` (1 / (folds + 1) is the product's equal share)
+BAG_SHARES = (0.0, "equal", 0.4, 0.5, 0.6, 1.0)
+
+
+def stage_bagshare(ws: Path) -> dict[str, Any]:
+    """Offline, from the predictions the default ensemble's members cached: its test MAE when the
+    trial's own model takes another share of each bag (the members and their weights stay as the
+    OOF fit chose them; the trial's model never enters that fit). Reads files only."""
+    import numpy as np
+    import optuna
+
+    from msatune.label_range import clip_predictions
+
+    root = ws / "studies" / NAME
+    ens = json.loads((root / "ensembles" / "refit-greedy" / "ensemble.json").read_text())
+    study = optuna.load_study(study_name=NAME, storage=f"sqlite:///{ws / 'studies.db'}")
+    own_ckpt = {t.number: t.user_attrs.get("checkpoint") for t in study.get_trials(deepcopy=False)}
+    members, labels = [], None
+    for m in ens["members"]:
+        first = Path(m["checkpoint"])
+        folds = []
+        for fold in sorted(first.parent.glob(first.name.rsplit("_r", 1)[0] + "_r*_f*")):
+            with np.load(next(fold.glob("checkpoint_*")) / "predictions.npz") as z:
+                folds.append(z["test_pred"].astype(np.float64))
+                labels = z["test_label"].astype(np.float64)
+        with np.load(Path(own_ckpt[m["trial"]]) / "predictions.npz") as z:
+            own = np.empty(z["test_pred"].shape[0])
+            own[z["test_index"]] = z["test_pred"]
+        members.append((m["weight"], np.mean(folds, axis=0), own, len(folds)))
+    rows = []
+    for share in BAG_SHARES:
+        pred = 0.0
+        for weight, fold_mean, own, k in members:
+            w = 1.0 / (k + 1) if share == "equal" else float(share)
+            pred = pred + weight * clip_predictions((1 - w) * fold_mean + w * own)
+        rows.append({"share": share, "test_mae": float(np.mean(np.abs(clip_predictions(pred) - labels)))})
+    return {"reported_test_mae": ens["test"]["mae"], "rows": rows}
+
+
 def table(state: dict[str, Any]) -> list[dict[str, Any]]:
     pr, pd = state["product"], state.get("presets")
     pr.setdefault("wall_s", pr["launch_s"] + pr["ensemble_s"])
@@ -162,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     add_data_args(p, "mosi", synth=False)
     p.add_argument("--stage", default="all",
                    help="comma-separated stages of product, ensemble (the product's ensembles again), refolds, "
-                        "presets; all = product,presets; table: only write the result from the stages already run")
+                        "presets, bagshare (offline: the trial's own model's share of its bag); all = product,presets; table: only write the result from the stages already run")
     p.add_argument("--refolds", type=int, default=5, help="folds of the refolds stage's refit [5]")
     p.add_argument("--seed", type=int, default=0, help="the study's seed (the data stays the structure's seed-0 set)")
     p.add_argument("--workspace", type=Path, default=None)
@@ -180,10 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     data, data_rec = resolve_data(args, ws / "data", "tiny" if args.smoke else args.dataset, seed=0)
     print(f"{key}: {data_label(data_rec)}", flush=True)
     stages = {"all": ("product", "presets"), "table": ()}.get(args.stage, tuple(args.stage.split(",")))
-    unknown = set(stages) - {"product", "ensemble", "refolds", "presets"}
+    unknown = set(stages) - {"product", "ensemble", "refolds", "presets", "bagshare"}
     if unknown:
         p.error(f"--stage {args.stage}: unknown {', '.join(sorted(unknown))} "
-                "(product, ensemble, refolds, presets, all, table)")
+                "(product, ensemble, refolds, presets, bagshare, all, table)")
     if "product" not in state and "product" not in stages:
         print(f"{ws}: run the product stage first (--stage product)")
         return 2
@@ -200,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
             done = state["product"]["launch"].get("refit") or {}
             top_k, refit_seed = done.get("top_k") or size["refit_top"], done.get("seed", 0)  # the same folds
             state["refolds"] = stage_refolds(ws, int(top_k), 3 if args.smoke else args.refolds, int(refit_seed))
+        elif stage == "bagshare":
+            state["bagshare"] = stage_bagshare(ws)
+            print("trial's own share of its bag -> test MAE: " + ", ".join(
+                f"{r['share']}: {r['test_mae']:.4f}" for r in state["bagshare"]["rows"]), flush=True)
         else:
             state["presets"] = stage_presets(ws, data, state["product"]["wall_s"], args.smoke)
         state[stage].update(loadavg_start=load, loadavg_end=loadavg(), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
