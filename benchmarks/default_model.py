@@ -16,8 +16,8 @@ test), and what the path cost. Stage ``ensemble`` builds the product stage's ens
 ``--refolds`` folds (``msatune refit --replace``, after the product stage's 3-fold refit was read)
 and builds the ensemble again: the fold count's effect on the bagged model with the search held
 fixed. Stage ``bagshare`` (offline, reads the cached predictions only) scores the default ensemble
-again with the trial's own model given other shares of its bag. Stages (``--stage product,refolds,presets``; ``all`` = product,presets) keep their state in
-the workspace; results merge into ``benchmarks/results/default_model.json`` per entry
+again with the trial's own model given other shares of its bag. Stages (``--stage
+product,refolds,presets``; ``all`` = product,presets) keep their state in the workspace; results merge into ``benchmarks/results/default_model.json`` per entry
 (structure@seed).
 
     python benchmarks/default_model.py --dataset video                 # ~60 min on 2 CPUs (product ~30, presets ~30)
@@ -129,37 +129,35 @@ def stage_refolds(ws: Path, top_k: int, folds: int, seed: int) -> dict[str, Any]
 BAG_SHARES = (0.0, "equal", 0.4, 0.5, 0.6, 1.0)
 
 
-def stage_bagshare(ws: Path) -> dict[str, Any]:
+def stage_bagshare(ws: Path, data: Path) -> dict[str, Any]:
     """Offline, from the predictions the default ensemble's members cached: its test MAE when the
     trial's own model takes another share of each bag (the members and their weights stay as the
-    OOF fit chose them; the trial's model never enters that fit). Reads files only."""
+    OOF fit chose them; the trial's model never enters that fit). Reads through the product's own
+    readers (``bagged_configs``, ``fold_test_predictions``, ``trial_test_predictions``)."""
     import numpy as np
     import optuna
 
+    from msatune.augment.dataset import load_dataset
+    from msatune.ensemble.bagging import fold_test_predictions, trial_test_predictions
     from msatune.label_range import clip_predictions
+    from msatune.studies.refit.table import bagged_configs
+    from msatune.studies.store.connect import open_storage
 
-    root = ws / "studies" / NAME
-    ens = json.loads((root / "ensembles" / "refit-greedy" / "ensemble.json").read_text())
-    study = optuna.load_study(study_name=NAME, storage=f"sqlite:///{ws / 'studies.db'}")
-    own_ckpt = {t.number: t.user_attrs.get("checkpoint") for t in study.get_trials(deepcopy=False)}
-    members, labels = [], None
-    for m in ens["members"]:
-        first = Path(m["checkpoint"])
-        folds = []
-        for fold in sorted(first.parent.glob(first.name.rsplit("_r", 1)[0] + "_r*_f*")):
-            with np.load(next(fold.glob("checkpoint_*")) / "predictions.npz") as z:
-                folds.append(z["test_pred"].astype(np.float64))
-                labels = z["test_label"].astype(np.float64)
-        with np.load(Path(own_ckpt[m["trial"]]) / "predictions.npz") as z:
-            own = np.empty(z["test_pred"].shape[0])
-            own[z["test_index"]] = z["test_pred"]
-        members.append((m["weight"], np.mean(folds, axis=0), own, len(folds)))
+    ens = json.loads((ws / "studies" / NAME / "ensembles" / "refit-greedy" / "ensemble.json").read_text())
+    storage = open_storage(f"sqlite:///{ws / 'studies.db'}", read_only=True)
+    own_ckpt = {t.number: t.user_attrs.get("checkpoint")
+                for t in optuna.load_study(study_name=NAME, storage=storage).get_trials(deepcopy=False)}
+    folds_of = {c.trial: c.folds for c in bagged_configs(storage, NAME)[1]}
+    test = load_dataset(data).test
+    labels = np.asarray(test.labels, dtype=np.float64).reshape(-1)
+    members = [(m["weight"], np.mean([fold_test_predictions(f.checkpoint, test) for f in folds_of[m["trial"]]], axis=0),
+                trial_test_predictions(Path(own_ckpt[m["trial"]]), test), len(folds_of[m["trial"]]))
+               for m in ens["members"]]
     rows = []
     for share in BAG_SHARES:
-        pred = 0.0
-        for weight, fold_mean, own, k in members:
-            w = 1.0 / (k + 1) if share == "equal" else float(share)
-            pred = pred + weight * clip_predictions((1 - w) * fold_mean + w * own)
+        pred = sum(weight * clip_predictions((1 - w) * fold_mean + w * own)
+                   for weight, fold_mean, own, k in members
+                   for w in [1.0 / (k + 1) if share == "equal" else float(share)])
         rows.append({"share": share, "test_mae": float(np.mean(np.abs(clip_predictions(pred) - labels)))})
     return {"reported_test_mae": ens["test"]["mae"], "rows": rows}
 
@@ -203,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     add_data_args(p, "mosi", synth=False)
     p.add_argument("--stage", default="all",
                    help="comma-separated stages of product, ensemble (the product's ensembles again), refolds, "
-                        "presets, bagshare (offline: the trial's own model's share of its bag); all = product,presets; table: only write the result from the stages already run")
+                        "presets, bagshare (offline: the trial's own model's share of its bag); all = product,presets; "
+                        "table: only write the result from the stages already run")
     p.add_argument("--refolds", type=int, default=5, help="folds of the refolds stage's refit [5]")
     p.add_argument("--seed", type=int, default=0, help="the study's seed (the data stays the structure's seed-0 set)")
     p.add_argument("--workspace", type=Path, default=None)
@@ -242,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             top_k, refit_seed = done.get("top_k") or size["refit_top"], done.get("seed", 0)  # the same folds
             state["refolds"] = stage_refolds(ws, int(top_k), 3 if args.smoke else args.refolds, int(refit_seed))
         elif stage == "bagshare":
-            state["bagshare"] = stage_bagshare(ws)
+            state["bagshare"] = stage_bagshare(ws, data)
             print("trial's own share of its bag -> test MAE: " + ", ".join(
                 f"{r['share']}: {r['test_mae']:.4f}" for r in state["bagshare"]["rows"]), flush=True)
         else:
