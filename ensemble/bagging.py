@@ -9,14 +9,16 @@ A refit (``msatune refit``) trains each configuration on F folds of train+valid,
 * **bagged predictions** on new data (the test split, at the very end): the average of all R x F
   fold models of the configuration (:func:`fold_test_predictions` predicts lazily and keeps the
   result in the fold checkpoint's predictions file), and by default one more model: the study
-  trial's own checkpoint, trained on train and early-stopped on valid (:func:`trial_test_predictions`).
-  It has no OOF predictions (it trained on most of the pool), so the OOF fit never sees it; it
-  only joins its configuration's average on new data.
+  trial's own checkpoint, trained on train and early-stopped on valid (:func:`trial_test_predictions`),
+  at :data:`TRIAL_SHARE` of the bag. It has no OOF predictions (it trained on most of the pool),
+  so the OOF fit never sees it; it only joins its configuration's average on new data.
 * :func:`bagged_pool`: a :class:`~msatune.ensemble.candidates.CandidatePool` whose ``valid``
   predictions are the OOF ones (so every combiner of :mod:`msatune.ensemble.combiners` is fitted on
   OOF predictions only) and whose ``test`` predictions are the bagged ones.
-* :func:`bag_model`: the fold models averaged inside one Keras functional model; the export puts
-  one per member into the fused ensemble model.
+* :func:`bag_shares` / :func:`bag_predictions`: how much each model weighs in its bag: the fold
+  models split ``1 - trial_share``, the trial's own model has ``trial_share`` (``None``: all equal).
+* :func:`bag_model`: the bag inside one Keras functional model; the export puts one per member into
+  the fused ensemble model.
 """
 
 from __future__ import annotations
@@ -230,25 +232,64 @@ def bagged_pool(
                          warnings=[f"trial {s['trial']}: {s['reason']}; skipped" for s in skipped])
 
 
+#: The study trial's own model's share of its bag by default (its fold models split the rest);
+#: ``None`` is an equal share, 1 / (folds x repeats + 1). benchmarks/README.md, "The trial's share".
+TRIAL_SHARE: float | None = 0.5
+
+
+def bag_shares(n_folds: int, trial_share: float | None) -> list[float]:
+    """The shares of a bag of ``n_folds`` fold models and, last, the trial's own model: the fold
+    models split ``1 - trial_share`` equally; ``None`` gives every model an equal share."""
+    if trial_share is None:
+        return [1.0 / (n_folds + 1)] * (n_folds + 1)
+    if not 0.0 <= trial_share <= 1.0:
+        raise ValueError(f"the trial's share of its bag must lie in [0, 1], not {trial_share}")
+    return [(1.0 - trial_share) / n_folds] * n_folds + [float(trial_share)]
+
+
+def bag_predictions(fold_preds: Sequence[np.ndarray], own: np.ndarray | None,
+                    trial_share: float | None) -> np.ndarray:
+    """A bag's prediction: the fold models' predictions (and the trial's own, when given) averaged
+    with :func:`bag_shares` (the fold models alone: their plain mean)."""
+    preds = np.asarray(fold_preds, dtype=np.float64)
+    if own is None:
+        return preds.mean(axis=0)
+    shares = bag_shares(len(preds), trial_share)
+    return np.tensordot(shares[:-1], preds, axes=1) + shares[-1] * np.asarray(own, dtype=np.float64)
+
+
 def bag_model(models: Sequence[keras.Model], name: str, dims: Mapping[str, int],
-              seq_len: int | None) -> keras.Model:
-    """One functional model: dict inputs -> every fold model -> their average, (B, 1)."""
+              seq_len: int | None, shares: Sequence[float] | None = None) -> keras.Model:
+    """One functional model: dict inputs -> every model of the bag -> their average, (B, 1), or
+    their ``shares``-weighted sum (a frozen ``Dense`` holds the shares, as the fused ensemble
+    holds its members' weights)."""
     import keras
 
     if not models:
         raise ValueError("a bag needs at least one model")
     inputs = {m: keras.Input(shape=(seq_len, int(dims[m])), dtype="float32", name=m) for m in MODALITIES}
     outs = [mdl(inputs) for mdl in models]
-    output = outs[0] if len(outs) == 1 else keras.layers.Average(name=f"{name}_mean")(outs)
+    if len(outs) == 1:
+        output = outs[0]
+    elif shares is None or np.allclose(shares, shares[0]):
+        output = keras.layers.Average(name=f"{name}_mean")(outs)
+    else:
+        if len(shares) != len(outs):
+            raise ValueError(f"{len(shares)} shares for a bag of {len(outs)} models")
+        stacked = keras.layers.Concatenate(axis=-1, name=f"{name}_models", dtype="float32")(outs)
+        combine = keras.layers.Dense(1, use_bias=False, trainable=False, dtype="float32", name=f"{name}_shares")
+        output = combine(stacked)
+        combine.set_weights([np.asarray(shares, dtype=np.float32).reshape(-1, 1)])
     return keras.Model(inputs=inputs, outputs=output, name=name)
 
 
 def load_bagged_members(members: Sequence[tuple[int, float]], folds_of: Mapping[int, Sequence[FoldModel]],
                         dims: Mapping[str, int], seq_len: int | None,
-                        trial_checkpoints: Mapping[int, Path] | None = None) -> list[tuple[int, float, keras.Model]]:
+                        trial_checkpoints: Mapping[int, Path] | None = None,
+                        trial_share: float | None = None) -> list[tuple[int, float, keras.Model]]:
     """``(trial, weight, bag model)`` per member: its fold checkpoints rebuilt and averaged, with
     the trial's own checkpoint (``trial_checkpoints[trial]``, where given) as one more model of
-    the bag.
+    the bag, at ``trial_share`` of it (:func:`bag_shares`; ``None``: an equal share).
 
     A model that cannot be rebuilt raises :class:`msatune.ensemble.export.MemberLoadError` for its
     trial (the caller may drop that member and refit)."""
@@ -269,5 +310,6 @@ def load_bagged_members(members: Sequence[tuple[int, float]], folds_of: Mapping[
                 raise MemberLoadError(trial, str(exc)) from None
             model.name = name
             models.append(model)
-        out.append((trial, weight, bag_model(models, f"member_{trial}", dims, seq_len)))
+        shares = bag_shares(len(models) - 1, trial_share) if own is not None else None
+        out.append((trial, weight, bag_model(models, f"member_{trial}", dims, seq_len, shares)))
     return out

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import optuna
 
+from msatune.ensemble.bagging import TRIAL_SHARE
 from msatune.errors import UserError
 from msatune.studies.store.connect import open_storage
 from msatune.studies.store.ensemble_records import record_ensemble
@@ -117,13 +118,15 @@ def run_ensemble(
     saved_model: bool = True,
     on_step: Callable[[str], None] | None = None,
     bag_trial: bool = True,
+    trial_share: float | None = TRIAL_SHARE,
 ) -> EnsembleResult:
     """Fit ``options.method`` on study ``name``'s ``source`` (``trials``, ``refit``, or ``auto``: the
     refit when it has one, :func:`resolve_source`), export it
     (unless ``export=False``; to ``out_dir`` or the workspace's place for it) and record it on the
     study. ``storage`` is a store URL or an opened Optuna storage; ``on_step(text)`` is told each
     step before it starts (the CLI shows them). ``bag_trial``: a bagged member also averages the
-    study trial's own model with its fold models (refit source only)."""
+    study trial's own model with its fold models (refit source only), at ``trial_share`` of its bag
+    (``None``: an equal share)."""
     from msatune.ensemble.export import MemberLoadError
 
     t0 = time.perf_counter()
@@ -141,7 +144,7 @@ def run_ensemble(
     if source == "refit":
         from msatune.studies.refit.bagged import RefitSource
 
-        src = RefitSource(store, study, attrs, options, bag_trial=bag_trial)
+        src = RefitSource(store, study, attrs, options, bag_trial=bag_trial, trial_share=trial_share)
     else:
         src = TrialsSource(study, attrs, options, step)
     dropped: dict[int, str] = {}  # members whose weights failed to load at export

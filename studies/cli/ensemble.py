@@ -221,6 +221,25 @@ Examples:
 """
 
 
+def _default_share() -> str:
+    from msatune.ensemble.bagging import TRIAL_SHARE
+
+    return "equal" if TRIAL_SHARE is None else f"{TRIAL_SHARE:g}"
+
+
+def _parse_share(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
+    """``--trial-share``: a number in [0, 1], or ``equal`` (None)."""
+    if value.strip().lower() == "equal":
+        return None
+    try:
+        share = float(value)
+    except ValueError:
+        share = float("nan")
+    if not 0.0 <= share <= 1.0:
+        raise click.BadParameter(f"{value!r} is not a share: give a number in [0, 1] (0.5: half the bag) or 'equal'")
+    return share
+
+
 @click.command("ensemble", help=ENSEMBLE_HELP)
 @click.argument("name")
 @click.option("--method", type=click.Choice(METHODS), default="greedy", show_default=True,
@@ -239,19 +258,24 @@ Examples:
 @click.option("--bag-trial/--folds-only", default=True, show_default=True,
               help="Bagged members: average the study trial's own model with its fold models, or the fold "
                    "models only.")
+@click.option("--trial-share", default=_default_share(), show_default=True, metavar="SHARE|equal",
+              callback=_parse_share,
+              help="The study trial's own model's share of its bag; its fold models split the rest "
+                   "('equal': one share as one more fold model, 1/(folds x repeats + 1)).")
 @storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_app
 def ensemble(app: AppContext, name: str, method: str, top_k: int, rounds: int, max_candidates: int,
              cv_folds: int, out_dir: Path | None, no_export: bool, source: str, bag_trial: bool,
-             storage: str | None, as_json: bool) -> None:
+             trial_share: float | None, storage: str | None, as_json: bool) -> None:
     from msatune.ensemble.fitting import EnsembleOptions
     from msatune.studies.ensembles import run_ensemble
 
     options = EnsembleOptions(method=method, top_k=top_k, rounds=rounds, max_candidates=max_candidates,
                               cv_folds=cv_folds).validate()
     result = run_ensemble(app.ws, app.storage(storage, create=False), name, options, source=source,
-                          out_dir=out_dir, export=not no_export, on_step=step_printer(app), bag_trial=bag_trial)
+                          out_dir=out_dir, export=not no_export, on_step=step_printer(app), bag_trial=bag_trial,
+                          trial_share=trial_share)
     summary = result.summary()
     print_messages(summary)
     if as_json:

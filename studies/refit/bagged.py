@@ -4,7 +4,8 @@ their out-of-fold predictions (the path itself is :func:`msatune.studies.ensembl
 Every finished refit configuration is one candidate: its ``valid`` predictions are its
 out-of-fold (OOF) predictions of every train+valid sample, its ``test`` predictions the average of
 its fold models and (``bag_trial``, the default) of the study trial's own model, the one the
-search trained on train (:mod:`msatune.ensemble.bagging`). The combiner (greedy, mean, weighted, median,
+search trained on train, at ``trial_share`` of the bag (:data:`TRIAL_SHARE` by default; the fold
+models split the rest; :mod:`msatune.ensemble.bagging`). The combiner (greedy, mean, weighted, median,
 as for ``msatune ensemble``) is fitted on the OOF predictions only. Only then is the test split
 looked at, once: the fold models predict it, and the bagged ensemble is scored next to
 
@@ -13,8 +14,8 @@ looked at, once: the fold models predict it, and the bagged ensemble is scored n
 * the **non-bagged ensemble** (the same method on the trials' validation predictions, as
   ``msatune ensemble`` builds it).
 
-The export is one ``.keras`` model and one SavedModel in which each member averages its fold
-models; the result is recorded on the study as ``refit-<method>``.
+The export is one ``.keras`` model and one SavedModel in which each member is its bag (the same
+shares); the result is recorded on the study as ``refit-<method>``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import optuna
 from msatune.augment.dataset import MSADataset
 from msatune.augment.folds import pool_splits
 from msatune.ensemble.bagging import (
+    TRIAL_SHARE,
+    bag_predictions,
     bagged_pool,
     fold_test_predictions,
     load_bagged_members,
@@ -57,6 +60,15 @@ log = logging.getLogger(__name__)
 
 #: The name a bagged ensemble is recorded and exported under: ``refit-<method>``.
 NAME_PREFIX = "refit-"
+
+
+def bag_label(bag_trial: bool, trial_share: float | None) -> str:
+    """What a member's bag averages, in words (the ``bag`` of a bagged ensemble's record)."""
+    if not bag_trial:
+        return "fold models"
+    if trial_share is None:
+        return "fold models and the trial's own model, equal shares"
+    return f"fold models ({1 - trial_share:.0%}) and the trial's own model ({trial_share:.0%})"
 
 
 def _rename(d: dict[str, Any], old: str, new: str) -> dict[str, Any]:
@@ -171,8 +183,15 @@ class RefitSource:
     bagged source of :func:`msatune.studies.ensembles.run_ensemble`)."""
 
     def __init__(self, storage: optuna.storages.BaseStorage, study: optuna.Study, attrs: dict[str, Any],
-                 options: EnsembleOptions, *, bag_trial: bool = True) -> None:
+                 options: EnsembleOptions, *, bag_trial: bool = True,
+                 trial_share: float | None = TRIAL_SHARE) -> None:
         name = study.study_name
+        if trial_share is not None and not 0.0 <= trial_share <= 1.0:
+            raise UserError(f"--trial-share {trial_share}: the trial's own model's share of its bag must lie "
+                            "in [0, 1] (0.5: half of it; 'equal': one share as one more fold model)")
+        if trial_share == 0:  # nothing of the trial's model: the fold models alone (--folds-only)
+            bag_trial = False
+        self.trial_share = trial_share
         self.study, self.attrs, self.options = study, attrs, options
         self.name = NAME_PREFIX + options.method
         spec, self.configs, self.warnings = bagged_configs(storage, name)
@@ -196,22 +215,25 @@ class RefitSource:
             except (UserError, OSError, ValueError) as exc:
                 self.unpredictable[c.trial] = f"a fold model could not predict the test split ({first_line(exc)})"
                 continue
+            own_preds = None
             if bag_trial:  # the trial's own model: one more of its bag; without it, the folds alone
                 own = by_number[c.trial].user_attrs.get("checkpoint") if c.trial in by_number else None
                 try:
                     if not own:
                         raise UserError("the study records no checkpoint for it")
-                    preds.append(trial_test_predictions(Path(own), data.test))
+                    own_preds = trial_test_predictions(Path(own), data.test)
                     self.trial_checkpoints[c.trial] = Path(own)
                 except (UserError, OSError, ValueError) as exc:
                     self.warnings.append(f"trial {c.trial}: its own model is left out of its bag, which averages "
                                          f"its fold models only ({first_line(exc)})")
             # the bag's average on the sentiment scale, as its exported model clips it
-            self.test_preds[c.trial] = clip_predictions(np.mean(preds, axis=0))
+            self.test_preds[c.trial] = clip_predictions(bag_predictions(preds, own_preds, trial_share))
         self.folds_of = {c.trial: c.folds for c in self.configs}
         self.refit_info = {"folds": spec["folds"], "repeats": spec["repeats"], "seed": spec.get("seed"),
                            "pool": spec.get("pool"), "configs": len(self.configs),
-                           "bag": "fold models and the trial's own model" if bag_trial else "fold models",
+                           "bag": bag_label(bag_trial, trial_share),
+                           "trial_share": (0.0 if not bag_trial else trial_share if trial_share is not None
+                                           else 1.0 / (spec["folds"] * spec["repeats"] + 1)),
                            "trials_in_bags": sorted(self.trial_checkpoints),
                            "fitted_on": f"out-of-fold predictions of the {pool.n} train+valid samples"}
         self.cpool: Any = None
@@ -238,6 +260,6 @@ class RefitSource:
         from msatune.ensemble.export import export_ensemble
 
         members = load_bagged_members(result.members, self.folds_of, self.cpool.dims, self.cpool.seq_len,
-                                      self.trial_checkpoints)
+                                      self.trial_checkpoints, self.trial_share)
         export_ensemble(result, target, data=self.view, saved_model=saved_model, members=members,
                         check_split="test", on_step=on_step)

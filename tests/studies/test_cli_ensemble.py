@@ -93,6 +93,8 @@ def test_none_beats_the_constant_predictor(tmp_path: Path) -> None:
     (["--rounds", "0"], "--rounds must be between 1 and"),
     (["--max-candidates", "0"], "--max-candidates must be at least 1"),
     (["--method", "stacking"], "'stacking' is not one of"),
+    (["--trial-share", "1.5"], "'1.5' is not a share: give a number in [0, 1]"),
+    (["--trial-share", "half"], "'half' is not a share: give a number in [0, 1] (0.5: half the bag) or 'equal'"),
 ])
 def test_bad_options(three_good: Path, args: list[str], needle: str) -> None:
     assert_user_error(run_cli(three_good, "ensemble", "s", *args), needle)

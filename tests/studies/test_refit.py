@@ -274,9 +274,12 @@ def test_poisoned_test_data_changes_nothing_before_the_final_score(
 @pytest.mark.slow
 def test_the_bagged_ensemble_exports_one_model_that_averages_the_fold_models_and_the_trials_own(
         refit_a: dict) -> None:
+    """The default bag gives the trial's own model half of it (``TRIAL_SHARE``), the fold models
+    the other half; ``trial_share=None`` an equal share; ``--folds-only`` the fold models alone."""
     import keras
 
     from msatune.augment.dataset import load_dataset
+    from msatune.ensemble.bagging import TRIAL_SHARE
     from msatune.ensemble.fitting import EnsembleOptions
     from msatune.studies.ensembles import run_ensemble
     from msatune.studies.store.ensemble_records import ensemble_records
@@ -285,6 +288,8 @@ def test_the_bagged_ensemble_exports_one_model_that_averages_the_fold_models_and
     # --folds-only first: every run is recorded on the study, the default's last
     only = run_ensemble(Workspace(refit_a["ws"]), refit_a["url"], "tiny", EnsembleOptions(method="mean", top_k=2),
                         source="refit", export=False, bag_trial=False)
+    equal = run_ensemble(Workspace(refit_a["ws"]), refit_a["url"], "tiny", EnsembleOptions(method="mean", top_k=2),
+                         source="refit", export=False, trial_share=None)
     result = run_ensemble(Workspace(refit_a["ws"]), refit_a["url"], "tiny",
                           EnsembleOptions(method="mean", top_k=2), source="refit")
     s = result.summary()
@@ -296,8 +301,8 @@ def test_the_bagged_ensemble_exports_one_model_that_averages_the_fold_models_and
     x = {m: getattr(data.test, m) for m in ("text", "audio", "video")}
     fused = np.asarray(model.predict(x, verbose=0)).reshape(-1)
     np.testing.assert_allclose(fused, result.predictions["test"], atol=1e-4)
-    # the mean of the members, each the mean of its F fold models' and its study trial's own
-    # model's test predictions (the default bag); --folds-only: the fold models alone
+    # the mean of the members, each half the mean of its F fold models' and half its study
+    # trial's own model's test predictions (the default bag); --folds-only: the fold models alone
     study = optuna.load_study(study_name="tiny", storage=refit_a["url"])
     own = {t.number: Path(t.user_attrs["checkpoint"]) for t in study.trials if t.user_attrs.get("checkpoint")}
 
@@ -311,8 +316,15 @@ def test_the_bagged_ensemble_exports_one_model_that_averages_the_fold_models_and
         return [test_pred(Path(c)) for c in ckpts]
 
     assert s["refit"]["trials_in_bags"] == sorted(x["trial"] for x in refit_a["configs"])
-    members = [np.mean([*folds(m["trial"]), test_pred(own[m["trial"]])], axis=0) for m in s["members"]]
-    np.testing.assert_allclose(fused, np.mean(members, axis=0), atol=1e-4)
+    assert TRIAL_SHARE == 0.5 and s["refit"]["trial_share"] == 0.5
+    members = [0.5 * np.mean(folds(m["trial"]), axis=0) + 0.5 * test_pred(own[m["trial"]]) for m in s["members"]]
+    np.testing.assert_allclose(fused, np.mean(np.clip(members, -3, 3), axis=0), atol=1e-4)
+    e = equal.summary()
+    assert [m["trial"] for m in e["members"]] == [m["trial"] for m in s["members"]]  # the same OOF fit
+    assert e["refit"]["trial_share"] == pytest.approx(1 / (F + 1))
+    bags = [np.clip(np.mean([*folds(m["trial"]), test_pred(own[m["trial"]])], axis=0), -3, 3) for m in e["members"]]
+    np.testing.assert_allclose(equal.predictions["test"], np.mean(bags, axis=0), atol=1e-4)
+    assert np.abs(equal.predictions["test"] - result.predictions["test"]).max() > 1e-4  # the share counts
     o = only.summary()
     assert [m["trial"] for m in o["members"]] == [m["trial"] for m in s["members"]]  # the same OOF fit
     assert o["oof"] == pytest.approx(s["oof"]) and o["refit"]["trials_in_bags"] == []
