@@ -125,7 +125,8 @@ def stage_refolds(ws: Path, top_k: int, folds: int, seed: int) -> dict[str, Any]
     return {"refit_s": refit_s, "folds": folds, **ensemble_summary(ws)}
 
 
-#: the trial's own model's share of its bag in ``bagshare`` (1 / (folds + 1) is the product's equal share)
+#: the trial's own model's share of its bag in ``bagshare`` ("equal": 1 / (folds + 1), the product's share until
+#: 2026-12-05; 0.5 since, ``msatune.ensemble.bagging.TRIAL_SHARE``)
 BAG_SHARES = (0.0, "equal", 0.4, 0.5, 0.6, 1.0)
 
 
@@ -138,7 +139,11 @@ def stage_bagshare(ws: Path, data: Path) -> dict[str, Any]:
     import optuna
 
     from msatune.augment.dataset import load_dataset
-    from msatune.ensemble.bagging import fold_test_predictions, trial_test_predictions
+    from msatune.ensemble.bagging import (
+        bag_predictions,
+        fold_test_predictions,
+        trial_test_predictions,
+    )
     from msatune.label_range import clip_predictions
     from msatune.studies.refit.table import bagged_configs
     from msatune.studies.store.connect import open_storage
@@ -150,14 +155,12 @@ def stage_bagshare(ws: Path, data: Path) -> dict[str, Any]:
     folds_of = {c.trial: c.folds for c in bagged_configs(storage, NAME)[1]}
     test = load_dataset(data).test
     labels = np.asarray(test.labels, dtype=np.float64).reshape(-1)
-    members = [(m["weight"], np.mean([fold_test_predictions(f.checkpoint, test) for f in folds_of[m["trial"]]], axis=0),
-                trial_test_predictions(Path(own_ckpt[m["trial"]]), test), len(folds_of[m["trial"]]))
-               for m in ens["members"]]
+    members = [(m["weight"], [fold_test_predictions(f.checkpoint, test) for f in folds_of[m["trial"]]],
+                trial_test_predictions(Path(own_ckpt[m["trial"]]), test)) for m in ens["members"]]
     rows = []
-    for share in BAG_SHARES:
-        pred = sum(weight * clip_predictions((1 - w) * fold_mean + w * own)
-                   for weight, fold_mean, own, k in members
-                   for w in [1.0 / (k + 1) if share == "equal" else float(share)])
+    for share in BAG_SHARES:  # each bag as the product forms it (bag_predictions), clipped as exported
+        pred = sum(weight * clip_predictions(bag_predictions(folds, own, None if share == "equal" else float(share)))
+                   for weight, folds, own in members)
         rows.append({"share": share, "test_mae": float(np.mean(np.abs(clip_predictions(pred) - labels)))})
     return {"reported_test_mae": ens["test"]["mae"], "rows": rows}
 

@@ -195,10 +195,11 @@ on the study (user attr msatune:ensemble:METHOD).
 
 \b
 By default (--from auto) a study with a refit (msatune refit NAME, or launch --refit-top K) gets
-the bagged ensemble below: in every benchmark run (14 of 14, benchmarks/README.md) it predicted
-test better than the validation-selected best single model, by 1-11%; on a default study's own
-path (--refit-top 5, 3 folds) with the trials' own models in its bags, by 3-10%. A study without one gets
-the trials' ensemble, and a note with the command for the refit. --from trials / --from refit choose.
+the bagged ensemble below: in 20 of our 23 benchmark runs (benchmarks/README.md) it predicted
+test better than the validation-selected best single model; on default studies (--refit-top 5,
+3 folds; 3 data structures x 4 seeds) by a median 5%, from 15% better to 6% worse (on one
+structure, mosi, it won only 2 of 4). A study without one gets the trials' ensemble, and a note
+with the command for the refit. --from trials / --from refit choose.
 Either way it ends with what the model cost in wall time: the study's search runs, the refit's
 runs when it is bagged, and the ensemble itself (--json: "cost").
 
@@ -206,7 +207,8 @@ runs when it is bagged, and the ensemble itself (--json: "cost").
 --from refit builds a bagged ensemble on the study's refit (msatune refit NAME): the candidates are
 the refit configurations, fitted on their out-of-fold predictions of train+valid, each member the
 average of its fold models and of the study trial's own model (the one the search trained on
-train; it joins the average only, never the out-of-fold fit; --folds-only leaves it out); it is
+train; it joins the average only, never the out-of-fold fit), which takes --trial-share of it
+(half by default: it trained on more data than any fold model; --folds-only leaves it out); it is
 scored on test next to the best single trial (refit and not) and the ensemble without bagging, and
 written to .../ensembles/refit-METHOD/ (msatune:ensemble:refit-METHOD).
 
