@@ -233,7 +233,7 @@ def bagged_pool(
 
 
 #: The study trial's own model's share of its bag by default (its fold models split the rest);
-#: ``None`` is an equal share, 1 / (folds x repeats + 1). benchmarks/README.md, "The trial's share".
+#: ``None`` is an equal share, 1 / (folds x repeats + 1). benchmarks/README.md, "Seeds 3".
 TRIAL_SHARE: float | None = 0.5
 
 
