@@ -9,6 +9,7 @@ that only looks can never change it; nothing here creates a store a command was 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -118,13 +119,16 @@ def open_storage(url: str, *, read_only: bool = False, create: bool = True) -> o
                     skip_compatibility_check=read_only, skip_table_creation=read_only,
                 )
                 break
-            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
+                    sqlalchemy.exc.OperationalError) as exc:
                 # Another process created the same tables at the same moment (PostgreSQL's
-                # "duplicate key ... pg_type_typname_nsp_index", or "relation ... already exists"):
-                # they exist now, so look again.
-                lost_race = "duplicate key" in str(exc) or "already exists" in str(exc)
+                # "duplicate key ... pg_type_typname_nsp_index", "relation/table ... already exists"),
+                # or stamped the schema version first (SQLite's "UNIQUE constraint failed:
+                # alembic_version.version_num"): they exist now, so look again.
+                lost_race = any(sign in str(exc) for sign in _LOST_RACE)
                 if read_only or not lost_race or attempt == _CREATE_ATTEMPTS - 1:
                     raise
+                time.sleep(0.05 * (attempt + 1))  # let the winner finish its creation
         if read_only:
             storage.get_all_studies()  # fail here, in one line, rather than on the first read
         return storage
@@ -134,7 +138,9 @@ def open_storage(url: str, *, read_only: bool = False, create: bool = True) -> o
 
 
 #: Opens of a store that may meet another process creating its tables at the same moment.
-_CREATE_ATTEMPTS = 3
+_CREATE_ATTEMPTS = 5
+#: What a database says when another process created the store's tables or stamp first.
+_LOST_RACE = ("duplicate key", "already exists", "UNIQUE constraint failed: alembic_version")
 #: What Optuna's RDBStorage writes when it opens a store without these: a read-only open must not.
 _INITIALISED_BY = ("studies", "version_info", "alembic_version")
 

@@ -3,7 +3,9 @@
 A launch creates the store's tables; a poller (``show``, a test's loop, a dashboard) may open the
 same fresh database in that moment. Optuna's RDBStorage writes when it opens a store that lacks its
 schema stamp, even when told to skip table creation, so a reader raced the launch's CREATE TABLE
-and the launch failed with ``duplicate key ... pg_type_typname_nsp_index`` (seen in CI).
+and the launch failed with ``duplicate key ... pg_type_typname_nsp_index`` (seen in CI). The same
+race on a SQLite file (last test) ends in ``UNIQUE constraint failed: alembic_version.version_num``
+or ``table ... already exists``.
 """
 
 from __future__ import annotations
@@ -79,6 +81,27 @@ def test_processes_creating_and_reading_one_fresh_store_at_once_all_open_it(serv
             p.join(120)
             assert p.exitcode == 0
         assert {"studies", "version_info", "alembic_version"} <= set(_tables(url))
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    assert found == []
+
+
+def test_launches_creating_one_fresh_sqlite_store_at_once_all_open_it(tmp_path) -> None:  # noqa: ANN001
+    """The same race on a SQLite file (two launches in one workspace, or a launch and a script's
+    ``optuna.load_study``): the loser of the schema stamp sees ``UNIQUE constraint failed:
+    alembic_version.version_num`` (seen in CI) and must open the store the winner made."""
+    ctx = multiprocessing.get_context("spawn")
+    errors = ctx.Queue()
+    for round_ in range(4):
+        url = f"sqlite:///{tmp_path / f'race_{round_}.db'}"
+        barrier = ctx.Barrier(4)
+        procs = [ctx.Process(target=_open_at_once, args=(url, barrier, False, 1, errors)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+            assert p.exitcode == 0
     found = []
     while not errors.empty():
         found.append(errors.get())
