@@ -77,7 +77,7 @@ def test_ctrl_c_during_train_removes_the_unfinished_run_directory(tmp_path: Path
 
     ws = tmp_path / "ws"
     proc = subprocess.Popen(msatune_argv("train", "--data", tiny_data, "--preset", "baseline", "--epochs", "500",
-                                         workspace=ws),
+                                         "--set", "patience=0", workspace=ws),  # no early stop before the signal
                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

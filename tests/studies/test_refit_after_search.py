@@ -14,6 +14,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from msatune.errors import UserError
+from msatune.studies.store.connect import open_storage
 from tests.conftest import (
     cli_env,
     file_digest,
@@ -27,8 +29,8 @@ from tests.conftest import (
 K, F = 2, 2
 
 
-def _folds(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=f"{name}:refit", storage=url).trials
+def _folds(storage: str | optuna.storages.BaseStorage, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=f"{name}:refit", storage=storage).trials
 
 
 def test_refit_top_killed_in_its_refit_then_resume_trains_no_finished_fold(
@@ -52,9 +54,9 @@ def test_refit_top_killed_in_its_refit_then_resume_trains_no_finished_fold(
                 tmp_path / "driver.err").read_text()[-3000:]
             if not (ws / "studies.db").exists():  # reading it first would create it
                 continue
-            try:
-                done = sum(t.state == TrialState.COMPLETE for t in _folds(url, "r"))
-            except KeyError:  # no refit study yet: the search is still running
+            try:  # read-only: a plain load_study would race the launch creating the store's tables
+                done = sum(t.state == TrialState.COMPLETE for t in _folds(open_storage(url, read_only=True), "r"))
+            except (KeyError, UserError):  # no refit study yet, or the store's tables not all made yet
                 continue
         assert 0 < done < K * F, f"saw {done} finished folds"
         ray_info = kill_9(driver, ws / "studies" / "r" / "refit" / RAY_PIDS_FILE)
