@@ -91,7 +91,8 @@ Examples:
                    "ASHA let fewer finish) on --refit-folds folds of train+valid (msatune refit, in "
                    "the same command; recorded, so resume continues it); then `msatune ensemble "
                    "NAME` bags them. 0: no refit.")
-@click.option("--refit-folds", type=int, default=3, show_default=True, help="Folds of the refit (--refit-top). 5 predicted test better than 3 in 4 of 4 runs on "
+@click.option("--refit-folds", type=int, default=3, show_default=True,
+              help="Folds of the refit (--refit-top). 5 predicted test better than 3 in 4 of 4 runs on "
                    "mosi-like data (by 0.1-5%) for 1.25-2.1x the refit's time (benchmarks/README.md).")
 @storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")

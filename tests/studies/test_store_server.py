@@ -11,6 +11,7 @@ or ``table ... already exists``.
 from __future__ import annotations
 
 import multiprocessing
+from pathlib import Path
 
 import pytest
 import sqlalchemy
@@ -66,43 +67,41 @@ def _open_at_once(url: str, barrier, read_only: bool, rounds: int, errors) -> No
             errors.put(f"{type(exc).__name__}: {exc}")
 
 
+def _all_open_at_once(url: str, read_only: list[bool], errors) -> None:  # noqa: ANN001
+    """One process per entry of ``read_only``, all opening ``url`` at the same instant."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(len(read_only))
+    procs = [ctx.Process(target=_open_at_once, args=(url, barrier, ro, 1, errors)) for ro in read_only]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+
+
+def _drained(errors) -> list[str]:  # noqa: ANN001
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    return found
+
+
 def test_processes_creating_and_reading_one_fresh_store_at_once_all_open_it(server_url: str) -> None:
     """Three creators and three readers open each of several fresh databases at the same instant:
     every creator gets the store, a reader either gets it or is told it is not created yet."""
-    ctx = multiprocessing.get_context("spawn")
-    errors = ctx.Queue()
+    errors = multiprocessing.get_context("spawn").Queue()
     for round_ in range(4):
         url = _fresh_database(server_url, f"race_{round_}")
-        barrier = ctx.Barrier(6)
-        procs = [ctx.Process(target=_open_at_once, args=(url, barrier, i >= 3, 1, errors)) for i in range(6)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(120)
-            assert p.exitcode == 0
+        _all_open_at_once(url, [False] * 3 + [True] * 3, errors)
         assert {"studies", "version_info", "alembic_version"} <= set(_tables(url))
-    found = []
-    while not errors.empty():
-        found.append(errors.get())
-    assert found == []
+    assert _drained(errors) == []
 
 
-def test_launches_creating_one_fresh_sqlite_store_at_once_all_open_it(tmp_path) -> None:  # noqa: ANN001
+def test_launches_creating_one_fresh_sqlite_store_at_once_all_open_it(tmp_path: Path) -> None:
     """The same race on a SQLite file (two launches in one workspace, or a launch and a script's
     ``optuna.load_study``): the loser of the schema stamp sees ``UNIQUE constraint failed:
     alembic_version.version_num`` (seen in CI) and must open the store the winner made."""
-    ctx = multiprocessing.get_context("spawn")
-    errors = ctx.Queue()
+    errors = multiprocessing.get_context("spawn").Queue()
     for round_ in range(4):
-        url = f"sqlite:///{tmp_path / f'race_{round_}.db'}"
-        barrier = ctx.Barrier(4)
-        procs = [ctx.Process(target=_open_at_once, args=(url, barrier, False, 1, errors)) for _ in range(4)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(120)
-            assert p.exitcode == 0
-    found = []
-    while not errors.empty():
-        found.append(errors.get())
-    assert found == []
+        _all_open_at_once(f"sqlite:///{tmp_path / f'race_{round_}.db'}", [False] * 4, errors)
+    assert _drained(errors) == []
