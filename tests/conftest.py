@@ -18,13 +18,15 @@ contract (:func:`one_line_error`) and of "nothing changed" (:func:`file_digest`,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +88,23 @@ def cli_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "COLUMNS": "250", **extra}
     env.pop("RAY_ADDRESS", None)
     return env
+
+
+@contextlib.contextmanager
+def ctrl_c_reaches_children() -> Iterator[None]:
+    """Commands started inside take Ctrl-C (SIGINT) as a terminal's foreground command does, even
+    when this test session itself ignores SIGINT: a background job of a script (``ci &``, ``nohup``)
+    starts with it ignored, every child inherits that across exec and Python keeps it, so a
+    ``msatune train`` would train on through the test's Ctrl-C and exit 0. A handler, unlike
+    SIG_IGN, is reset to the default across exec."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_msatune(*args: str | Path, workspace: Path | None = None, timeout: float = 300,

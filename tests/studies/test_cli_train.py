@@ -73,12 +73,13 @@ def test_ctrl_c_during_train_removes_the_unfinished_run_directory(tmp_path: Path
     import subprocess
     import time
 
-    from tests.conftest import cli_env, msatune_argv
+    from tests.conftest import cli_env, ctrl_c_reaches_children, msatune_argv
 
     ws = tmp_path / "ws"
-    proc = subprocess.Popen(msatune_argv("train", "--data", tiny_data, "--preset", "baseline", "--epochs", "500",
-                                         "--set", "patience=0", workspace=ws),  # no early stop before the signal
-                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with ctrl_c_reaches_children():
+        proc = subprocess.Popen(msatune_argv("train", "--data", tiny_data, "--preset", "baseline", "--epochs", "500",
+                                             "--set", "patience=0", workspace=ws),  # no early stop before the signal
+                                env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()  # "epoch 1: ..." once an epoch finished (the run dir exists)

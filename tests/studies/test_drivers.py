@@ -36,7 +36,7 @@ from optuna.trial import TrialState
 from msatune.search.ray_orphans import RAY_PIDS_FILE
 from msatune.search.reconcile import REQUEUED_ATTR
 from msatune.studies.store.connect import open_storage
-from tests.conftest import cli_env, kill_9, msatune_argv, ray_left, run_in
+from tests.conftest import cli_env, ctrl_c_reaches_children, kill_9, msatune_argv, ray_left, run_in
 from tests.studies.test_dashboard import Dashboard, http
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -191,7 +191,7 @@ def _resume_then_ctrl_c(tmp_path: Path, ws: Path, url: str) -> None:
     """Driver 2: takes the killed driver's study over at once; Ctrl-C stops it cleanly."""
     done_before = finished(optuna.load_study(study_name="live", storage=url))
     out, err = tmp_path / "resume.out", tmp_path / "resume.err"
-    with out.open("w") as fo, err.open("w") as fe:
+    with out.open("w") as fo, err.open("w") as fe, ctrl_c_reaches_children():
         driver = subprocess.Popen(msatune_argv("resume", "live", workspace=ws), stdout=fo, stderr=fe,
                                   env=cli_env())
     try:
