@@ -22,6 +22,7 @@ from msatune.studies.cli.context import (
     where_it_runs,
 )
 from msatune.studies.cli.render import render_refit_table
+from msatune.studies.refit import DEFAULT_FOLDS
 
 
 def render_refit(summary: dict[str, Any]) -> None:
@@ -104,15 +105,16 @@ val MAE is); it ranks configurations on 5x the samples of one validation split.
 \b
 Folds run on Ray Tune with the study's resources (or the options below). Each finished fold is
 recorded in the store at once (study NAME:refit), so Ctrl-C or a crash loses no finished fold:
-run the same command again to continue (a larger --top-k adds configurations to the refit; other
---folds/--repeats/--seed need --replace, which discards the old refit). Fold checkpoints and
+run the same command again to continue (a larger --top-k adds configurations to the refit; unset
+--folds/--repeats/--seed are the refit's own, so `launch --refit-top`'s refit continues too; other
+ones need --replace, which discards the old refit). Fold checkpoints and
 WORKSPACE/studies/NAME/refit/oof/trial_N.npz (OOF predictions) are written under the study.
 
 \b
 Examples:
-  msatune refit mosi-a --top-k 8 --folds 5
+  msatune refit mosi-a --top-k 8
   msatune refit mosi-a --top-k 8 --folds 5 --repeats 2 --gpus-per-trial 0.5
-  msatune refit mosi-a --top-k 8 --folds 5          (again after Ctrl-C or a crash: continues)
+  msatune refit mosi-a --top-k 8                    (again after Ctrl-C or a crash: continues)
   msatune ensemble mosi-a --from refit              (bagged ensemble fitted on the OOF predictions)
   msatune show mosi-a                               (validation vs OOF MAE, rank change)
 """
@@ -121,15 +123,20 @@ Examples:
 @click.command("refit", help=REFIT_HELP)
 @click.argument("name")
 @click.option("--top-k", type=int, default=5, show_default=True, help="Configurations to refit (best first).")
-@click.option("--folds", type=int, default=5, show_default=True, help="Folds of train+valid (k).")
-@click.option("--repeats", type=int, default=1, show_default=True, help="Repeats with other fold splits.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold assignment.")
+@click.option("--folds", type=int, default=None,
+              help=f"Folds of train+valid (k) [default: the study's refit's, else {DEFAULT_FOLDS} as launch "
+                   "--refit-folds]. 5 predicted test better than 3 on mosi-like data (by 0.1-5%, 4 of 4 "
+                   "seeds) for 1.25-2.1x the refit's time (benchmarks/README.md).")
+@click.option("--repeats", type=int, default=None,
+              help="Repeats with other fold splits [default: the study's refit's, else 1].")
+@click.option("--seed", type=int, default=None, help="Seed of the fold assignment [default: the study's refit's, else 0].")
 @click.option("--replace", is_flag=True, help="Start over when the study's refit used other --folds/--repeats/--seed (its fold models are discarded); with the same ones, a rerun continues it.")
 @resource_options
 @storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print the refit summary as JSON.")
 @pass_app
-def refit(app: AppContext, name: str, top_k: int, folds: int, repeats: int, seed: int, replace: bool,
+def refit(app: AppContext, name: str, top_k: int, folds: int | None, repeats: int | None, seed: int | None,
+          replace: bool,
           cpus_per_trial: float | None, gpus_per_trial: float | None, concurrency: int | None,
           address: str | None, storage: str | None, as_json: bool) -> None:
     from msatune.studies.refit.run import RefitOptions, run_refit

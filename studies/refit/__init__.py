@@ -4,3 +4,9 @@
 files); :mod:`.table` reads a refit back (the validation-vs-OOF table, the bagged
 configurations); :mod:`.bagged` is the bagged-ensemble source of ``msatune ensemble --from refit``.
 """
+
+#: Folds of a refit when neither the command nor the study's earlier refit names them
+#: (``msatune refit`` and ``launch --refit-folds`` alike). Chosen for cost: 5 folds predicted test
+#: better on mosi-like data (4 of 4 seeds, by 0.1-5%) for 1.25-2.1x the refit's wall time
+#: (benchmarks/README.md, "Mosi at 5 folds, all four seeds").
+DEFAULT_FOLDS = 3

@@ -11,8 +11,9 @@ moment each fold ends (the format: :mod:`msatune.studies.store.refit_records`).
 
 Resume: a rerun of the same command (after Ctrl-C or ``kill -9``) ends the dead driver's Ray
 processes, then trains only the tasks without a COMPLETE record whose checkpoint still exists:
-a finished fold is never trained again. Other folds, repeats or seed than the recorded ones are
-refused unless ``replace`` (which discards the old refit).
+a finished fold is never trained again; folds, repeats and seed left unset are the recorded
+ones. Other folds, repeats or seed than the recorded ones are refused unless ``replace`` (which
+discards the old refit).
 
 :mod:`msatune.studies.refit.table` reads a refit back (the ``show``/report table, the fold models
 for ``ensemble --from refit``).
@@ -25,6 +26,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import replace as with_fields
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ from msatune.ensemble.bagging import FoldModel, assemble_oof
 from msatune.errors import UserError
 from msatune.json_values import jsonable
 from msatune.search.ray_orphans import live_driver
+from msatune.studies.refit import DEFAULT_FOLDS
 from msatune.studies.refit.table import refit_table
 from msatune.studies.store.refit_records import (
     FOLD_STOPPING,
@@ -69,25 +72,39 @@ MAX_REPEATS = 100
 @dataclass(frozen=True)
 class RefitOptions:
     top_k: int = 5
-    folds: int = 5
-    repeats: int = 1
-    seed: int = 0
+    #: ``None``: as the study's earlier refit (so a rerun continues it), else :data:`DEFAULT_FOLDS`,
+    #: 1 repeat, seed 0 (:meth:`settled`).
+    folds: int | None = None
+    repeats: int | None = None
+    seed: int | None = None
     replace: bool = False
     #: Refit the best ``min(top_k, COMPLETE trials)`` instead of refusing fewer than ``top_k``:
     #: ``launch --refit-top K``'s plan, made before the search knew how many trials ASHA would let
     #: finish (a default 24-trial study completes 3-6). ``msatune refit --top-k K`` stays exact.
     up_to: bool = False
 
+    def settled(self, spec: dict[str, Any] | None) -> RefitOptions:
+        """Folds, repeats and seed left unset taken from ``spec`` (the study's earlier refit; not
+        with ``replace``), else :data:`DEFAULT_FOLDS`, 1 and 0."""
+        old = spec if spec is not None and not self.replace else {}
+        return with_fields(
+            self,
+            folds=self.folds if self.folds is not None else int(old.get("folds", DEFAULT_FOLDS)),
+            repeats=self.repeats if self.repeats is not None else int(old.get("repeats", 1)),
+            seed=self.seed if self.seed is not None else int(old.get("seed", 0)),
+        )
+
     def validate(self) -> RefitOptions:
+        """UserError for a value no refit can take; unset ones are checked once :meth:`settled`."""
         if self.top_k < 1:
             raise UserError(f"--top-k must be at least 1 (got {self.top_k})")
-        if self.folds < 2:
+        if self.folds is not None and self.folds < 2:
             raise UserError(f"--folds must be at least 2 (got {self.folds}): a refit holds out one fold "
                             "at a time and trains on the others")
-        if not 1 <= self.repeats <= MAX_REPEATS:
+        if self.repeats is not None and not 1 <= self.repeats <= MAX_REPEATS:
             raise UserError(f"--repeats must be between 1 and {MAX_REPEATS} (got {self.repeats}): each repeat "
                             "trains --top-k x --folds more models")
-        if self.seed < 0:
+        if self.seed is not None and self.seed < 0:
             raise UserError(f"--seed must be >= 0 (got {self.seed})")
         return self
 
@@ -191,6 +208,8 @@ def run_refit(
 
     options.validate()
     study = load_study(storage, name)
+    spec = existing_spec(storage, name)
+    options = options.settled(spec).validate()
     attrs = study_attrs(study)
     if not {"data_path", "data_fingerprint", "space"} <= set(attrs):
         raise UserError(f"study {name!r} was not created by msatune launch; it cannot be refit")
@@ -206,7 +225,7 @@ def run_refit(
     scheme = {"folds": options.folds, "repeats": options.repeats, "seed": options.seed,
               "binning": BINNING, "data_fingerprint": data.fingerprint,
               "assignment": assignment_digest(assignment), "fold_stopping": FOLD_STOPPING}
-    _check_scheme(existing_spec(storage, name), name, scheme, options.replace)
+    _check_scheme(spec, name, scheme, options.replace)
     if settings.address is not None:
         parse_address(settings.address)
     check_free(study, "refit")  # one driver per study: a launch, resume, refit or delete

@@ -27,6 +27,7 @@ import pytest
 from optuna.trial import TrialState
 
 from msatune.errors import UserError
+from msatune.studies.refit import DEFAULT_FOLDS
 from tests.conftest import cli_env, kill_9, msatune_argv, one_line_error, ray_left, run_in
 from tests.conftest import file_digest as digest
 
@@ -157,7 +158,10 @@ def test_a_refit_records_every_fold_and_a_rerun_trains_nothing(refit_a: dict) ->
     assert oof["oof"].shape == (1, n_pool) and oof["fold"].shape == (1, n_pool)
     assert np.mean(np.abs(oof["oof"][0] - oof["label"])) == pytest.approx(rows[chosen[0]]["oof_mae"])
 
-    again = refit(refit_a["ws"], refit_a["url"])  # the same command again: everything is recorded
+    # the same command again, folds left unset (they are the refit's own, F, not the default):
+    # everything is recorded
+    again = refit(refit_a["ws"], refit_a["url"], folds=None)
+    assert again["folds"] == F != DEFAULT_FOLDS
     assert again["run"]["already_done"] == K * F and again["run"]["folds_run"] == 0
     assert len(fold_trials(refit_a["url"])) == K * F
 
@@ -403,6 +407,18 @@ def test_bad_refit_input_is_one_line_exit_2_and_changes_nothing(
     one_line_error(run_in(ws, *args), needle)
     assert digest(ws / "studies.db") == before
     assert sorted(p.name for p in ws.iterdir()) == ["studies.db"]
+
+
+def test_unset_folds_repeats_and_seed_are_the_earlier_refits_else_the_defaults() -> None:
+    from msatune.studies.refit.run import RefitOptions
+
+    earlier = {"folds": 5, "repeats": 2, "seed": 7}
+    assert RefitOptions().settled(None) == RefitOptions(folds=DEFAULT_FOLDS, repeats=1, seed=0)
+    assert RefitOptions(top_k=3).settled(earlier) == RefitOptions(top_k=3, folds=5, repeats=2, seed=7)
+    assert RefitOptions(folds=4).settled(earlier) == RefitOptions(folds=4, repeats=2, seed=7)
+    # --replace starts over: nothing is taken from the refit it discards
+    assert RefitOptions(replace=True).settled(earlier) == RefitOptions(folds=DEFAULT_FOLDS, repeats=1, seed=0,
+                                                                         replace=True)
 
 
 def test_a_rerun_with_other_folds_is_refused_unless_replace(refit_a: dict) -> None:
