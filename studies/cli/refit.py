@@ -136,8 +136,7 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print the refit summary as JSON.")
 @pass_app
 def refit(app: AppContext, name: str, top_k: int, folds: int | None, repeats: int | None, seed: int | None,
-          replace: bool,
-          cpus_per_trial: float | None, gpus_per_trial: float | None, concurrency: int | None,
+          replace: bool, cpus_per_trial: float | None, gpus_per_trial: float | None, concurrency: int | None,
           address: str | None, storage: str | None, as_json: bool) -> None:
     from msatune.studies.refit.run import RefitOptions, run_refit
 
