@@ -126,7 +126,8 @@ Examples:
 @click.option("--folds", type=int, default=None,
               help=f"Folds of train+valid (k) [default: the study's refit's, else {DEFAULT_FOLDS} as launch "
                    "--refit-folds]. 5 predicted test better than 3 on mosi-like data (by 0.1-5%, 4 of 4 "
-                   "seeds) for 1.25-2.1x the refit's time (benchmarks/README.md).")
+                   "seeds), not on lexicon-like data (2 of 3, within 0.6%), for 1.25-2.1x the refit's "
+                   "time (benchmarks/README.md).")
 @click.option("--repeats", type=int, default=None,
               help="Repeats with other fold splits [default: the study's refit's, else 1].")
 @click.option("--seed", type=int, default=None, help="Seed of the fold assignment [default: the study's refit's, else 0].")

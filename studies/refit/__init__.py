@@ -7,6 +7,7 @@ configurations); :mod:`.bagged` is the bagged-ensemble source of ``msatune ensem
 
 #: Folds of a refit when neither the command nor the study's earlier refit names them
 #: (``msatune refit`` and ``launch --refit-folds`` alike). Chosen for cost: 5 folds predicted test
-#: better on mosi-like data (4 of 4 seeds, by 0.1-5%) for 1.25-2.1x the refit's wall time
-#: (benchmarks/README.md, "Mosi at 5 folds, all four seeds").
+#: better on mosi-like data (4 of 4 seeds, by 0.1-5%) but not on lexicon-like data (2 of 3, within
+#: 0.6%, median worse) for 1.25-2.1x the refit's wall time (benchmarks/README.md, "Mosi at 5 folds,
+#: all four seeds" and "Lexicon at 5 folds").
 DEFAULT_FOLDS = 3
