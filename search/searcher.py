@@ -104,8 +104,13 @@ class StudySearcher(Searcher):
         if trial_id not in self._trials:
             self._trials[trial_id] = self.study.ask()
         trial = self._trials[trial_id]
-        config = self.space.sample(trial)
-        trial.set_user_attr("ray_trial_id", trial_id)
+        try:
+            config = self.space.sample(trial)
+            trial.set_user_attr("ray_trial_id", trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            if self.may_write():  # not a takeover (see _report): a real error
+                raise
+            return Searcher.FINISHED
         self.counters.running.add(trial_id)
         return config
 
@@ -128,10 +133,9 @@ class StudySearcher(Searcher):
         value = ranked_value(result)
         if value is None or not math.isfinite(value):
             return
-        ot_trial = self._trials[trial_id]
         step = int(result.get("training_iteration", 0))
-        ot_trial.report(float(value), step)
-        self._reported_steps.setdefault(trial_id, set()).add(step)
+        if not self._report(trial_id, float(value), step):
+            return
         self._set_attr(trial_id, "epochs", step)
         if "best_val_mae" in result:
             self._set_attr(trial_id, "best_val_mae", float(result["best_val_mae"]))
@@ -192,13 +196,25 @@ class StudySearcher(Searcher):
         value = ranked_value(result)
         if (step not in self._reported_steps.get(trial_id, set()) and value is not None
                 and math.isfinite(value)):
-            self._trials[trial_id].report(float(value), step)
-            self._reported_steps.setdefault(trial_id, set()).add(step)
+            self._report(trial_id, float(value), step)
         self._set_attr(trial_id, "epochs", step)
         best = result.get("best_val_mae")
         if best is not None and math.isfinite(float(best)):
             self._set_attr(trial_id, "best_val_mae", float(best))
         return step
+
+    def _report(self, trial_id: str, value: float, step: int) -> bool:
+        """Report ``value`` at ``step``; False when the store has the trial finished already: a
+        driver that stalled between its fence check and this write finds its study taken over
+        (the new driver ended the trial), so the fence is asked again and says so."""
+        try:
+            self._trials[trial_id].report(value, step)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.info("trial %s already finished in the store; epoch %d not recorded", trial_id, step)
+            self.may_write()
+            return False
+        self._reported_steps.setdefault(trial_id, set()).add(step)
+        return True
 
     def _frozen(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
         ot_trial = self._trials.get(trial_id)

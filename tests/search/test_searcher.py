@@ -53,3 +53,23 @@ def test_a_complete_trial_keeps_its_best_val_mae(tmp_path: Path) -> None:
     (c,) = study.get_trials()
     assert c.state == TrialState.COMPLETE and c.value == 0.6
     assert c.intermediate_values == {1: 0.9, 2: 0.6, 3: 0.6}
+
+
+def test_a_driver_that_stalls_between_its_fence_check_and_a_write_is_fenced_not_crashed(tmp_path: Path) -> None:
+    """The fence (the study's lease) said yes, then the driver stalled (SIGSTOP, a long GC) while
+    another driver took the study over and ended its running trial: the late epoch is dropped, the
+    fence is asked again and the searcher is fenced (its run stops, exit 3), with no
+    UpdateFinishedTrialError escaping into Tune's loop (seen in CI: the driver died with exit 1)."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(study_name="s", storage=storage)
+    answers = iter([True, True])  # suggest's and on_trial_result's checks; then the lease is gone
+    searcher = StudySearcher(SearchSpace({"dropout": FloatDistribution(0.0, 0.5)}), study,
+                             optuna.samplers.RandomSampler(seed=0), fence=lambda: next(answers, False))
+    searcher.suggest("t")
+    (running,) = study.get_trials()
+    storage.set_trial_state_values(running._trial_id, TrialState.FAIL)  # the other driver's doing
+    searcher.on_trial_result("t", _epoch(1, 0.9, 0.9))
+    assert searcher.fenced
+    searcher.on_trial_complete("t", _epoch(2, 0.8, 0.8, final=True))  # fenced: writes nothing
+    (t,) = study.get_trials()
+    assert t.state == TrialState.FAIL and t.intermediate_values == {} and "epochs" not in t.user_attrs
