@@ -241,15 +241,23 @@ class StudySearcher(Searcher):
             self._set_attr(trial_id, FAIL_REASON_ATTR, reason[:2000])
         try:
             self.study.tell(ot_trial, value, state=state)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            log.info("trial %d was already finished in the store; left as is", ot_trial.number)
-        except ValueError as exc:  # e.g. a NaN value
-            log.warning("trial %d: %s; marked FAIL", ot_trial.number, exc)
-            state = TrialState.FAIL
-            try:
-                self.study.tell(ot_trial, state=TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
+            # Optuna says "already finished" as UpdateFinishedTrialError when the trial ended
+            # between its read and its write, as ValueError("Cannot tell a FAIL trial") when before.
+            stored = self._frozen(trial_id)
+            if stored is not None and stored.state.is_finished():
+                log.info("trial %d was already %s in the store; left as is", ot_trial.number,
+                         stored.state.name)
+                if not self.may_write():  # taken over (see _report): not this run's result
+                    self._done(trial_id)
+                    return
+            else:  # e.g. a NaN value
+                log.warning("trial %d: %s; marked FAIL", ot_trial.number, exc)
+                state = TrialState.FAIL
+                try:
+                    self.study.tell(ot_trial, state=TrialState.FAIL)
+                except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+                    pass
         c = self.counters
         if state == TrialState.COMPLETE:
             c.complete += 1

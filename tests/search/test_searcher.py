@@ -73,3 +73,38 @@ def test_a_driver_that_stalls_between_its_fence_check_and_a_write_is_fenced_not_
     searcher.on_trial_complete("t", _epoch(2, 0.8, 0.8, final=True))  # fenced: writes nothing
     (t,) = study.get_trials()
     assert t.state == TrialState.FAIL and t.intermediate_values == {} and "epochs" not in t.user_attrs
+
+
+def test_a_trial_ended_by_the_driver_that_took_over_is_not_counted_by_the_fenced_one(tmp_path: Path) -> None:
+    """The stall lands between the fence check of a trial's end and its write: the new driver
+    failed the trial, so the fenced run's summary must not count it as its own complete trial
+    (it did, one too many, in the "n complete" line of a fenced run)."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(study_name="s", storage=storage)
+    answers = iter([True, True, True])  # suggest, the epoch and the end's check; then it is gone
+    searcher = StudySearcher(SearchSpace({"dropout": FloatDistribution(0.0, 0.5)}), study,
+                             optuna.samplers.RandomSampler(seed=0), fence=lambda: next(answers, False))
+    searcher.suggest("t")
+    searcher.on_trial_result("t", _epoch(1, 0.9, 0.9))
+    (running,) = study.get_trials()
+    storage.set_trial_state_values(running._trial_id, TrialState.FAIL)  # the other driver's doing
+    searcher.on_trial_complete("t", _epoch(2, 0.8, 0.8, final=True))
+    assert searcher.fenced
+    assert (searcher.counters.complete, searcher.counters.failed, searcher.counters.running) == (0, 0, set())
+    (t,) = study.get_trials()
+    assert t.state == TrialState.FAIL and t.intermediate_values == {1: 0.9}
+
+
+def test_a_final_nan_value_fails_the_trial_with_the_driver_still_writing(tmp_path: Path) -> None:
+    """The other refusal `tell` gives (an infeasible value, not a finished trial): the trial is
+    marked FAIL and counted as failed, and the driver is not fenced."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(study_name="s", storage=storage)
+    searcher = StudySearcher(SearchSpace({"dropout": FloatDistribution(0.0, 0.5)}), study,
+                             optuna.samplers.RandomSampler(seed=0), fence=lambda: True)
+    searcher.suggest("t")
+    searcher.on_trial_complete("t", _epoch(1, float("nan"), float("nan"), final=True))
+    assert not searcher.fenced
+    assert (searcher.counters.complete, searcher.counters.failed) == (0, 1)
+    (t,) = study.get_trials()
+    assert t.state == TrialState.FAIL
