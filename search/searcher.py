@@ -21,7 +21,8 @@ sampler and no pruner: ASHA decides), and:
 - tells FAIL with a ``fail_reason`` user attr for errors (reason from Ray's error file) and NaN;
 - records ``ray_trial_id``, ``epochs``, ``best_val_mae`` and ``checkpoint`` user attrs while the
   trial is RUNNING (a finished trial accepts no user attrs);
-- tolerates ``UpdateFinishedTrialError``.
+- tolerates a write the store refuses because the trial is finished (a driver that took the
+  study over ended it): the fence is asked again, and a taken-over run stops without counting it.
 Only the driver runs this, so the store has exactly one writer.
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -14,6 +15,16 @@ from msatune.search.space import SearchSpace
 
 def _epoch(step: int, val: float, best: float, final: bool = False) -> dict:
     return {"training_iteration": step, "val_mae": val, "best_val_mae": best, "final": final}
+
+
+def _dropout_searcher(tmp_path: Path, fence: Callable[[], bool] | None = None,
+                      ) -> tuple[optuna.storages.RDBStorage, optuna.Study, StudySearcher]:
+    """A real SQLite study ``s`` and a random-sampling searcher on a one-parameter space."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(study_name="s", storage=storage)
+    searcher = StudySearcher(SearchSpace({"dropout": FloatDistribution(0.0, 0.5)}), study,
+                             optuna.samplers.RandomSampler(seed=0), fence=fence)
+    return storage, study, searcher
 
 
 def test_a_pruned_trial_is_stored_and_ranked_by_its_best_val_mae(tmp_path: Path) -> None:
@@ -42,10 +53,7 @@ def test_a_pruned_trial_is_stored_and_ranked_by_its_best_val_mae(tmp_path: Path)
 
 
 def test_a_complete_trial_keeps_its_best_val_mae(tmp_path: Path) -> None:
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
-    study = optuna.create_study(study_name="s", storage=storage)
-    searcher = StudySearcher(SearchSpace({"dropout": FloatDistribution(0.0, 0.5)}), study,
-                             optuna.samplers.RandomSampler(seed=0))
+    storage, study, searcher = _dropout_searcher(tmp_path)
     searcher.suggest("c")
     searcher.on_trial_result("c", _epoch(1, 0.9, 0.9))
     searcher.on_trial_result("c", _epoch(2, 0.6, 0.6))
@@ -60,11 +68,8 @@ def test_a_driver_that_stalls_between_its_fence_check_and_a_write_is_fenced_not_
     another driver took the study over and ended its running trial: the late epoch is dropped, the
     fence is asked again and the searcher is fenced (its run stops, exit 3), with no
     UpdateFinishedTrialError escaping into Tune's loop (seen in CI: the driver died with exit 1)."""
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
-    study = optuna.create_study(study_name="s", storage=storage)
     answers = iter([True, True])  # suggest's and on_trial_result's checks; then the lease is gone
-    searcher = StudySearcher(SearchSpace({"dropout": FloatDistribution(0.0, 0.5)}), study,
-                             optuna.samplers.RandomSampler(seed=0), fence=lambda: next(answers, False))
+    storage, study, searcher = _dropout_searcher(tmp_path, fence=lambda: next(answers, False))
     searcher.suggest("t")
     (running,) = study.get_trials()
     storage.set_trial_state_values(running._trial_id, TrialState.FAIL)  # the other driver's doing
@@ -79,11 +84,8 @@ def test_a_trial_ended_by_the_driver_that_took_over_is_not_counted_by_the_fenced
     """The stall lands between the fence check of a trial's end and its write: the new driver
     failed the trial, so the fenced run's summary must not count it as its own complete trial
     (it did, one too many, in the "n complete" line of a fenced run)."""
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
-    study = optuna.create_study(study_name="s", storage=storage)
     answers = iter([True, True, True])  # suggest, the epoch and the end's check; then it is gone
-    searcher = StudySearcher(SearchSpace({"dropout": FloatDistribution(0.0, 0.5)}), study,
-                             optuna.samplers.RandomSampler(seed=0), fence=lambda: next(answers, False))
+    storage, study, searcher = _dropout_searcher(tmp_path, fence=lambda: next(answers, False))
     searcher.suggest("t")
     searcher.on_trial_result("t", _epoch(1, 0.9, 0.9))
     (running,) = study.get_trials()
@@ -98,10 +100,7 @@ def test_a_trial_ended_by_the_driver_that_took_over_is_not_counted_by_the_fenced
 def test_a_final_nan_value_fails_the_trial_with_the_driver_still_writing(tmp_path: Path) -> None:
     """The other refusal `tell` gives (an infeasible value, not a finished trial): the trial is
     marked FAIL and counted as failed, and the driver is not fenced."""
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
-    study = optuna.create_study(study_name="s", storage=storage)
-    searcher = StudySearcher(SearchSpace({"dropout": FloatDistribution(0.0, 0.5)}), study,
-                             optuna.samplers.RandomSampler(seed=0), fence=lambda: True)
+    storage, study, searcher = _dropout_searcher(tmp_path, fence=lambda: True)
     searcher.suggest("t")
     searcher.on_trial_complete("t", _epoch(1, float("nan"), float("nan"), final=True))
     assert not searcher.fenced
