@@ -24,7 +24,7 @@ from msatune.studies.cli.render import (
     render_show,
 )
 from msatune.studies.cli.space import SPACE_FORMAT
-from msatune.studies.refit import DEFAULT_FOLDS
+from msatune.studies.refit import DEFAULT_FOLDS, FOLDS_EVIDENCE
 
 #: Seeds are offset per trial and per run and must stay valid numpy seeds.
 SEED_RANGE = click.IntRange(0, 2**31 - 1)
@@ -93,9 +93,7 @@ Examples:
                    "the same command; recorded, so resume continues it); then `msatune ensemble "
                    "NAME` bags them. 0: no refit.")
 @click.option("--refit-folds", type=int, default=DEFAULT_FOLDS, show_default=True,
-              help="Folds of the refit (--refit-top). 5 predicted test better than 3 in 4 of 4 runs on "
-                   "mosi-like data (by 0.1-5%), in 2 of 3 on lexicon-like data (within 0.6%), for "
-                   "1.25-2.1x the refit's time (benchmarks/README.md).")
+              help=f"Folds of the refit (--refit-top). {FOLDS_EVIDENCE}")
 @storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @pass_app

@@ -22,7 +22,7 @@ from msatune.studies.cli.context import (
     where_it_runs,
 )
 from msatune.studies.cli.render import render_refit_table
-from msatune.studies.refit import DEFAULT_FOLDS
+from msatune.studies.refit import DEFAULT_FOLDS, FOLDS_EVIDENCE
 
 
 def render_refit(summary: dict[str, Any]) -> None:
@@ -125,9 +125,7 @@ Examples:
 @click.option("--top-k", type=int, default=5, show_default=True, help="Configurations to refit (best first).")
 @click.option("--folds", type=int, default=None,
               help=f"Folds of train+valid (k) [default: the study's refit's, else {DEFAULT_FOLDS} as launch "
-                   "--refit-folds]. 5 predicted test better than 3 on mosi-like data (by 0.1-5%, 4 of 4 "
-                   "seeds), not on lexicon-like data (2 of 3, within 0.6%), for 1.25-2.1x the refit's "
-                   "time (benchmarks/README.md).")
+                   f"--refit-folds]. {FOLDS_EVIDENCE}")
 @click.option("--repeats", type=int, default=None,
               help="Repeats with other fold splits [default: the study's refit's, else 1].")
 @click.option("--seed", type=int, default=None, help="Seed of the fold assignment [default: the study's refit's, else 0].")
