@@ -31,8 +31,11 @@ def render_refit(summary: dict[str, Any]) -> None:
     others = ", ".join(f"{v} {k.lower()}" for k, v in summary["not_considered"].items())
     chosen = ", ".join(f"#{c['trial']}" for c in summary["chosen"])
     pool = summary["pool"]
-    con.print(f"[bold]{summary['study']}[/bold]: refit of the top {summary['top_k']} COMPLETE trials by "
-              f"validation MAE ({chosen}){'; not considered: ' + others if others else ''}")
+    if summary.get("trials_asked") is not None:
+        con.print(f"[bold]{summary['study']}[/bold]: refit of trial(s) {chosen} (chosen with --trial)")
+    else:
+        con.print(f"[bold]{summary['study']}[/bold]: refit of the top {summary['top_k']} COMPLETE trials by "
+                  f"validation MAE ({chosen}){'; not considered: ' + others if others else ''}")
     con.print(f"folds: {summary['folds']} x {summary['repeats']} repeat(s) of train+valid ({pool['total']} "
               f"samples = {pool['train']} train + {pool['valid']} valid), stratified by sentiment class, "
               f"seed {summary['seed']}; the test split is not used")
@@ -92,29 +95,32 @@ REFIT_HELP = """Retrain a study's best configurations on k folds of train+valid:
 than one small validation split, and k models per configuration for bagged ensembles.
 
 \b
-Takes the study's --top-k COMPLETE trials by validation MAE (pruned and failed trials are never
-refit) and trains each on --folds stratified folds of train+valid, --repeats times: the same folds
-for every configuration (stratified by the seven Acc-7 sentiment classes, so --folds may not exceed
-the smallest class), each fold with the trial's own recipe for as many epochs as the trial trained
-in the search (no early stopping: a fold stopped by the held-out fold's noisy first epochs could
-keep weights no better than a constant). The test split is never loaded into the run. Each configuration gets its out-of-fold (OOF) MAE:
-every train+valid sample predicted by the fold model that did not train on it. Each fold also
-picked its best epoch on its held-out fold, so OOF MAE is slightly optimistic (as the study's
-val MAE is); it ranks configurations on 5x the samples of one validation split.
+Takes the study's --top-k COMPLETE trials by validation MAE, or the ones named by --trial (pruned
+and failed trials are never refit), and trains each on --folds stratified folds of train+valid,
+--repeats times: the same folds for every configuration (stratified by the seven Acc-7 sentiment
+classes, so --folds may not exceed the smallest class), each fold with the trial's own recipe for as
+many epochs as the trial trained in the search (no early stopping: a fold stopped by the held-out
+fold's noisy first epochs could keep weights no better than a constant). The test split is never
+loaded into the run. Each configuration gets its out-of-fold (OOF) MAE: every train+valid sample
+predicted by the fold model that did not train on it. Each fold also picked its best epoch on its
+held-out fold, so OOF MAE is slightly optimistic (as the study's val MAE is); it ranks
+configurations on 5x the samples of one validation split.
 
 \b
 Folds run on Ray Tune with the study's resources (or the options below). Each finished fold is
-recorded in the store at once (study NAME:refit), so Ctrl-C or a crash loses no finished fold:
-run the same command again to continue (a larger --top-k adds configurations to the refit; unset
---folds/--repeats/--seed are the refit's own, so `launch --refit-top`'s refit continues too; other
-ones need --replace, which discards the old refit). Fold checkpoints and
-WORKSPACE/studies/NAME/refit/oof/trial_N.npz (OOF predictions) are written under the study.
+recorded in the store at once (study NAME:refit), so Ctrl-C or a crash loses no finished fold: run
+the same command again to continue (a larger --top-k or another --trial adds configurations to the
+refit, which keeps those refit before; unset --folds/--repeats/--seed are the refit's own, so
+`launch --refit-top`'s refit continues too; other ones need --replace, which discards the old
+refit). Fold checkpoints and WORKSPACE/studies/NAME/refit/oof/trial_N.npz (OOF predictions) are
+written under the study.
 
 \b
 Examples:
   msatune refit mosi-a --top-k 8
   msatune refit mosi-a --top-k 8 --folds 5 --repeats 2 --gpus-per-trial 0.5
   msatune refit mosi-a --top-k 8                    (again after Ctrl-C or a crash: continues)
+  msatune refit mosi-a --trial 0 --trial 1          (the presets, trials 0 and 1 of a default study)
   msatune ensemble mosi-a --from refit              (bagged ensemble fitted on the OOF predictions)
   msatune show mosi-a                               (validation vs OOF MAE, rank change)
 """
@@ -122,7 +128,10 @@ Examples:
 
 @click.command("refit", help=REFIT_HELP)
 @click.argument("name")
-@click.option("--top-k", type=int, default=5, show_default=True, help="Configurations to refit (best first).")
+@click.option("--top-k", type=int, default=None, help="Configurations to refit, best first by validation MAE [default: 5].")
+@click.option("--trial", "trials", type=int, multiple=True, metavar="N",
+              help="Refit trial N (repeatable) instead of the --top-k best: e.g. the presets, or a trial the "
+                   "report names. It must be COMPLETE.")
 @click.option("--folds", type=int, default=None,
               help=f"Folds of train+valid (k) [default: the study's refit's, else {DEFAULT_FOLDS} as launch "
                    f"--refit-folds]. {FOLDS_EVIDENCE}")
@@ -134,12 +143,15 @@ Examples:
 @storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print the refit summary as JSON.")
 @pass_app
-def refit(app: AppContext, name: str, top_k: int, folds: int | None, repeats: int | None, seed: int | None,
+def refit(app: AppContext, name: str, top_k: int | None, trials: tuple[int, ...], folds: int | None, repeats: int | None, seed: int | None,
           replace: bool, cpus_per_trial: float | None, gpus_per_trial: float | None, concurrency: int | None,
           address: str | None, storage: str | None, as_json: bool) -> None:
     from msatune.studies.refit.run import RefitOptions, run_refit
 
-    options = RefitOptions(top_k=top_k, folds=folds, repeats=repeats, seed=seed, replace=replace).validate()
+    if trials and top_k is not None:
+        raise click.UsageError("give --top-k K (the K best trials) or --trial N (those trials), not both")
+    options = RefitOptions(top_k=5 if top_k is None else top_k, trials=trials or None, folds=folds,
+                           repeats=repeats, seed=seed, replace=replace).validate()
     store = app.storage(storage, create=False)  # a mistyped name or store creates nothing
     where = where_it_runs(app, cpus_per_trial, gpus_per_trial, concurrency, address)
     with RefitProgressLine(as_json, name) as progress:

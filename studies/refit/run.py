@@ -1,10 +1,10 @@
 """A study's refit: its best configurations retrained on k folds of train+valid, recorded in the store.
 
-:func:`run_refit` is ``msatune refit``: take the study's top-K COMPLETE trials by validation MAE,
-split train+valid into stratified folds (:mod:`msatune.augment.folds`; the test split is not
-loaded into the run at all), and train every (configuration, repeat, fold) on Ray Tune
-(:mod:`msatune.search.fold_run`). The refit lives in the store as a second Optuna study,
-``<name>:refit``:
+:func:`run_refit` is ``msatune refit``: take the study's top-K COMPLETE trials by validation MAE
+(or the COMPLETE trials named with ``--trial``), split train+valid into stratified folds
+(:mod:`msatune.augment.folds`; the test split is not loaded into the run at all), and train
+every (configuration, repeat, fold) on Ray Tune (:mod:`msatune.search.fold_run`). The refit
+lives in the store as a second Optuna study, ``<name>:refit``:
 
 what the refit is, one record per run and one trial per finished fold, written by the driver the
 moment each fold ends (the format: :mod:`msatune.studies.store.refit_records`).
@@ -82,6 +82,9 @@ class RefitOptions:
     #: ``launch --refit-top K``'s plan, made before the search knew how many trials ASHA would let
     #: finish (a default 24-trial study completes 3-6). ``msatune refit --top-k K`` stays exact.
     up_to: bool = False
+    #: Refit exactly these trial numbers (e.g. the presets, or the ones a report names) instead of
+    #: the ``top_k`` best; each must be COMPLETE with a readable checkpoint.
+    trials: tuple[int, ...] | None = None
 
     def settled(self, spec: dict[str, Any] | None) -> RefitOptions:
         """Folds, repeats and seed left unset taken from ``spec`` (the study's earlier refit; not
@@ -98,6 +101,9 @@ class RefitOptions:
         """UserError for a value no refit can take; unset ones are checked once :meth:`settled`."""
         if self.top_k < 1:
             raise UserError(f"--top-k must be at least 1 (got {self.top_k})")
+        if self.trials is not None and (not self.trials or min(self.trials) < 0):
+            raise UserError(f"--trial takes a trial number >= 0, e.g. --trial 0 --trial 3 (got "
+                            f"{', '.join(map(str, self.trials)) or 'none'})")
         if self.folds is not None and self.folds < 2:
             raise UserError(f"--folds must be at least 2 (got {self.folds}): a refit holds out one fold "
                             "at a time and trains on the others")
@@ -118,6 +124,40 @@ class Chosen:
     config: dict[str, Any]
     preset: str | None
     epochs: int | None = None  # the epochs the trial trained in the search
+
+
+def _chosen(t: optuna.trial.FrozenTrial, config: dict[str, Any]) -> Chosen:
+    epochs = t.user_attrs.get("epochs")
+    return Chosen(t.number, float(t.value), config, t.user_attrs.get("preset"),
+                  int(epochs) if isinstance(epochs, int | float) and epochs > 0 else None)
+
+
+def choose_trials(study: optuna.Study, numbers: tuple[int, ...]) -> list[Chosen]:
+    """Trials ``numbers`` of ``study`` (in that order, duplicates once), each COMPLETE with a finite
+    value and a readable checkpoint: UserError naming the first that is not."""
+    from msatune.models.checkpoint import read_checkpoint_meta
+
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    chosen: list[Chosen] = []
+    for n in dict.fromkeys(numbers):
+        t = by_number.get(n)
+        if t is None:
+            raise UserError(f"--trial: study {study.study_name!r} has no trial {n} (its trials are "
+                            f"0-{len(by_number) - 1}; `msatune show {study.study_name}` lists them)"
+                            if by_number else f"--trial: study {study.study_name!r} has no trials")
+        if t.state != TrialState.COMPLETE or t.value is None or not math.isfinite(t.value):
+            raise UserError(f"--trial: trial {n} of study {study.study_name!r} is {t.state.name}"
+                            f"{'' if t.state != TrialState.COMPLETE else ' without a finite value'}; only "
+                            "COMPLETE trials are refit (pruned ones stopped before their recipe ended)")
+        ckpt = t.user_attrs.get("checkpoint")
+        try:
+            if not ckpt:
+                raise UserError("no checkpoint recorded")
+            config, _ = read_checkpoint_meta(ckpt)
+        except UserError as exc:
+            raise UserError(f"--trial: trial {n} of study {study.study_name!r} cannot be refit: {exc}") from None
+        chosen.append(_chosen(t, config))
+    return chosen
 
 
 def choose_configs(study: optuna.Study, top_k: int, *, up_to: bool = False) -> tuple[list[Chosen], list[str]]:
@@ -155,9 +195,7 @@ def choose_configs(study: optuna.Study, top_k: int, *, up_to: bool = False) -> t
         except UserError as exc:
             warnings.append(f"trial {t.number}: {exc}; passed over")
             continue
-        epochs = t.user_attrs.get("epochs")
-        chosen.append(Chosen(t.number, float(t.value), config, t.user_attrs.get("preset"),
-                             int(epochs) if isinstance(epochs, int | float) and epochs > 0 else None))
+        chosen.append(_chosen(t, config))
     if len(chosen) < top_k and not (up_to and chosen):
         raise UserError(f"only {len(chosen)} of the {len(complete)} COMPLETE trials of study "
                         f"{study.study_name!r} have a readable checkpoint ({'; '.join(warnings[:2])}); "
@@ -213,7 +251,10 @@ def run_refit(
     attrs = study_attrs(study)
     if not {"data_path", "data_fingerprint", "space"} <= set(attrs):
         raise UserError(f"study {name!r} was not created by msatune launch; it cannot be refit")
-    chosen, warnings = choose_configs(study, options.top_k, up_to=options.up_to)
+    if options.trials is not None:
+        chosen, warnings = choose_trials(study, options.trials), []
+    else:
+        chosen, warnings = choose_configs(study, options.top_k, up_to=options.up_to)
     data = study_data(attrs, name, needed_for="a refit must train on the data the study was searched on")
     pool = pool_splits(data.splits)
     assignment = stratified_folds(pool.labels, options.folds, repeats=options.repeats, seed=options.seed)
@@ -291,7 +332,9 @@ def _run_refit_held(ws: Workspace, storage: optuna.storages.BaseStorage, study: 
     not_considered = {k: v for k, v in state_counts(study.get_trials(deepcopy=False)).items()
                       if v and k != "COMPLETE"}
     return jsonable({
-        "study": name, "refit_study": rstudy.study_name, "top_k": len(chosen), "top_k_asked": options.top_k,
+        "study": name, "refit_study": rstudy.study_name, "top_k": len(chosen),
+        "top_k_asked": None if options.trials is not None else options.top_k,
+        "trials_asked": None if options.trials is None else list(options.trials),
         "folds": options.folds, "repeats": options.repeats, "seed": options.seed, "binning": BINNING,
         "pool": spec["pool"], "bins": spec["bins"], "fold_sizes": spec["fold_sizes"],
         "chosen": [{"trial": c.trial, "state": "COMPLETE", "val_mae": c.val_mae, "preset": c.preset}

@@ -395,6 +395,9 @@ def test_deleting_a_study_deletes_its_refit(refit_a: dict, tmp_path: Path) -> No
     (["refit", "tiny", "--folds", "1"], "--folds must be at least 2"),
     (["refit", "tiny", "--top-k", "1", "--folds", "6"], "smallest label bin"),
     (["refit", "tiny", "--repeats", "0"], "--repeats must be between 1 and 100"),
+    (["refit", "tiny", "--trial", "99"], "study 'tiny' has no trial 99"),
+    (["refit", "tiny", "--trial", "-1"], "--trial takes a trial number >= 0"),
+    (["refit", "tiny", "--top-k", "2", "--trial", "0"], "--top-k K (the K best trials) or --trial N"),
     (["ensemble", "tiny", "--from", "refit"], "has no refit yet"),
     (["refit", "tiny", "--top-k", "2", "--gpus-per-trial", "64"], "asks for more GPUs than Ray sees"),
 ])
@@ -407,6 +410,18 @@ def test_bad_refit_input_is_one_line_exit_2_and_changes_nothing(
     one_line_error(run_in(ws, *args), needle)
     assert digest(ws / "studies.db") == before
     assert sorted(p.name for p in ws.iterdir()) == ["studies.db"]
+
+
+def test_refit_refuses_a_pruned_trial_by_number_and_changes_nothing(tiny_study: dict, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    url = copy_store(tiny_study, ws)
+    pruned = [t.number for t in optuna.load_study(study_name="tiny", storage=url).trials
+              if t.state == TrialState.PRUNED]
+    assert pruned, "tiny_study is meant to hold PRUNED trials"
+    before = digest(ws / "studies.db")
+    with pytest.raises(UserError, match=f"trial {pruned[0]} of study 'tiny' is PRUNED; only COMPLETE"):
+        refit(ws, url, trials=(pruned[0],))
+    assert digest(ws / "studies.db") == before
 
 
 def test_unset_folds_repeats_and_seed_are_the_earlier_refits_else_the_defaults() -> None:
