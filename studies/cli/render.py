@@ -27,7 +27,14 @@ def pct(v: Any) -> str:
 
 
 def short(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+    """A parameter's value in a table cell: 3 significant digits, small rates as ``3.12e-4``
+    (``0.000312`` would be cut in an 80-column log)."""
+    if not isinstance(v, float):
+        return str(v)
+    if v != 0 and abs(v) < 1e-3:
+        mantissa, exponent = f"{v:.2e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{v:.3g}"
 
 
 def next_steps(ws: Workspace, name: str) -> list[str]:
@@ -67,8 +74,9 @@ def render_show(payload: dict, steps: list[str] | None = None) -> None:
     con.print(f"[bold]{payload['name']}[/bold]: {counts_line(payload['counts'])} "
               f"(budget {payload.get('budget', '?')}; family {payload.get('family', 'improved')})")
     table = Table(title=f"trials: {', '.join(payload.get('states') or ['complete'])}, best validation MAE first")
-    for col in ("#", "state", "val MAE", "epochs", "family", "preset", "key params / reason"):
+    for col in ("#", "state", "val MAE", "epochs", "family", "preset"):
         table.add_column(col)
+    table.add_column("key params / reason", overflow="fold")  # wrapped, never cut with an ellipsis
     for t in payload["trials"]:
         p = t["params"]
         key = ", ".join(f"{k}={short(p[k])}" for k in ("learning_rate", "dropout", "model_dim", "batch_size", "loss") if k in p)

@@ -1,0 +1,28 @@
+"""How the CLI writes a study's trial table where nobody set a width (a log file, CI, a pipe:
+rich's 80 columns): every parameter value is there in full."""
+
+from __future__ import annotations
+
+import pytest
+
+from msatune.studies.cli.render import render_show, short
+
+
+def test_a_trial_tables_values_survive_an_80_column_log(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    params = {"learning_rate": 0.000312, "dropout": 0.087, "model_dim": 128, "batch_size": 32, "loss": "huber"}
+    trial = {"number": 9, "state": "COMPLETE", "val_mae": 0.9484, "epochs": 12, "family": "improved",
+             "preset": "improved", "params": params}
+    counts = {"COMPLETE": 1, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0}
+    render_show({"name": "demo", "counts": counts, "budget": 10, "trials": [trial], "best": None})
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    cells = "".join(line.split("│")[-2].strip() for line in out.splitlines() if line.count("│") > 2)
+    assert "learning_rate=3.12e-4" in cells and "…" not in out  # folded, never cut
+    assert [c.strip() for c in cells.split(",")] == ["learning_rate=3.12e-4", "dropout=0.087", "model_dim=128",
+                                                     "batch_size=32", "loss=huber"]
+
+
+def test_small_rates_are_short_and_exact_to_three_digits() -> None:
+    assert [short(v) for v in (0.000312, 3e-4, 1e-5, -5e-4)] == ["3.12e-4", "3e-4", "1e-5", "-5e-4"]
+    assert [short(v) for v in (0.003, 0.087, 0.4, 0.0, 128, "huber")] == ["0.003", "0.087", "0.4", "0", "128", "huber"]
