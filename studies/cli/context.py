@@ -84,10 +84,13 @@ def echo_json(payload: Any) -> None:
 
 
 def console():  # -> rich.console.Console
-    """A rich console on stdout (tables and progress are rendering, never library output)."""
+    """A rich console on stdout (tables and progress are rendering, never library output).
+
+    Written to a file or a pipe (a log, CI), lines are not wrapped at rich's 80 columns: a path
+    or a command broken over two lines cannot be copied back. Tables keep their width."""
     from rich.console import Console
 
-    return Console()
+    return Console(soft_wrap=not sys.stdout.isatty())
 
 
 #: The defaults every command's resource options show.

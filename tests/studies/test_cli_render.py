@@ -1,5 +1,5 @@
-"""How the CLI writes a study's trial table where nobody set a width (a log file, CI, a pipe:
-rich's 80 columns): every parameter value is there in full."""
+"""How the CLI writes a study where nobody set a width (a log file, CI, a pipe: rich's 80
+columns): every parameter value is in the table in full, and a path stays on one line."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ def test_a_trial_tables_values_survive_an_80_column_log(capsys, monkeypatch: pyt
     trial = {"number": 9, "state": "COMPLETE", "val_mae": 0.9484, "epochs": 12, "family": "improved",
              "preset": "improved", "params": params}
     counts = {"COMPLETE": 1, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0}
-    render_show({"name": "demo", "counts": counts, "budget": 10, "trials": [trial], "best": None})
+    checkpoint = "/tmp/a-workspace-of-some-length/studies/demo/ray/run0/trial_488685ff/checkpoint_000005"
+    best = {"number": 9, "val_mae": 0.9484, "checkpoint": checkpoint, "preset": None}
+    render_show({"name": "demo", "counts": counts, "budget": 10, "trials": [trial], "best": best})
     out = capsys.readouterr().out
-    assert max(len(line) for line in out.splitlines()) <= 80
+    assert f"best: trial 9 val MAE 0.9484; checkpoint {checkpoint}\n" in out  # one line to copy
+    assert max(len(line) for line in out.splitlines() if "│" in line) <= 80
     cells = "".join(line.split("│")[-2].strip() for line in out.splitlines() if line.count("│") > 2)
     assert "learning_rate=3.12e-4" in cells and "…" not in out  # folded, never cut
     assert [c.strip() for c in cells.split(",")] == ["learning_rate=3.12e-4", "dropout=0.087", "model_dim=128",
