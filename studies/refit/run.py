@@ -126,7 +126,20 @@ class Chosen:
     epochs: int | None = None  # the epochs the trial trained in the search
 
 
-def _chosen(t: optuna.trial.FrozenTrial, config: dict[str, Any]) -> Chosen:
+def _refittable(t: optuna.trial.FrozenTrial) -> bool:
+    """COMPLETE with a finite value: pruned and failed trials are never refit."""
+    return t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+
+
+def _chosen(t: optuna.trial.FrozenTrial) -> Chosen:
+    """Trial ``t`` as a refit configuration, its config read from its checkpoint (UserError when
+    it has none or cannot be read)."""
+    from msatune.models.checkpoint import read_checkpoint_meta
+
+    ckpt = t.user_attrs.get("checkpoint")
+    if not ckpt:
+        raise UserError("no checkpoint recorded")
+    config, _ = read_checkpoint_meta(ckpt)
     epochs = t.user_attrs.get("epochs")
     return Chosen(t.number, float(t.value), config, t.user_attrs.get("preset"),
                   int(epochs) if isinstance(epochs, int | float) and epochs > 0 else None)
@@ -135,8 +148,6 @@ def _chosen(t: optuna.trial.FrozenTrial, config: dict[str, Any]) -> Chosen:
 def choose_trials(study: optuna.Study, numbers: tuple[int, ...]) -> list[Chosen]:
     """Trials ``numbers`` of ``study`` (in that order, duplicates once), each COMPLETE with a finite
     value and a readable checkpoint: UserError naming the first that is not."""
-    from msatune.models.checkpoint import read_checkpoint_meta
-
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     chosen: list[Chosen] = []
     for n in dict.fromkeys(numbers):
@@ -145,18 +156,14 @@ def choose_trials(study: optuna.Study, numbers: tuple[int, ...]) -> list[Chosen]
             raise UserError(f"--trial: study {study.study_name!r} has no trial {n} (its trials are "
                             f"0-{len(by_number) - 1}; `msatune show {study.study_name}` lists them)"
                             if by_number else f"--trial: study {study.study_name!r} has no trials")
-        if t.state != TrialState.COMPLETE or t.value is None or not math.isfinite(t.value):
+        if not _refittable(t):
             raise UserError(f"--trial: trial {n} of study {study.study_name!r} is {t.state.name}"
                             f"{'' if t.state != TrialState.COMPLETE else ' without a finite value'}; only "
                             "COMPLETE trials are refit (pruned ones stopped before their recipe ended)")
-        ckpt = t.user_attrs.get("checkpoint")
         try:
-            if not ckpt:
-                raise UserError("no checkpoint recorded")
-            config, _ = read_checkpoint_meta(ckpt)
+            chosen.append(_chosen(t))
         except UserError as exc:
             raise UserError(f"--trial: trial {n} of study {study.study_name!r} cannot be refit: {exc}") from None
-        chosen.append(_chosen(t, config))
     return chosen
 
 
@@ -164,11 +171,8 @@ def choose_configs(study: optuna.Study, top_k: int, *, up_to: bool = False) -> t
     """The ``top_k`` best COMPLETE trials by validation MAE (ties: lower number) whose checkpoint
     names their config; trials without a readable checkpoint are passed over with a warning.
     ``up_to``: fewer than ``top_k`` such trials are refit (with a warning) instead of refused."""
-    from msatune.models.checkpoint import read_checkpoint_meta
-
     trials = study.get_trials(deepcopy=False)
-    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
-                       and math.isfinite(t.value)), key=lambda t: (t.value, t.number))
+    complete = sorted(filter(_refittable, trials), key=lambda t: (t.value, t.number))
     counts = {k: v for k, v in state_counts(trials).items() if v}
     what = ", ".join(f"{v} {k.lower()}" for k, v in counts.items()) or "no trials"
     warnings: list[str] = []
@@ -187,15 +191,10 @@ def choose_configs(study: optuna.Study, top_k: int, *, up_to: bool = False) -> t
     for t in complete:
         if len(chosen) == top_k:
             break
-        ckpt = t.user_attrs.get("checkpoint")
         try:
-            if not ckpt:
-                raise UserError("no checkpoint recorded")
-            config, _ = read_checkpoint_meta(ckpt)
+            chosen.append(_chosen(t))
         except UserError as exc:
             warnings.append(f"trial {t.number}: {exc}; passed over")
-            continue
-        chosen.append(_chosen(t, config))
     if len(chosen) < top_k and not (up_to and chosen):
         raise UserError(f"only {len(chosen)} of the {len(complete)} COMPLETE trials of study "
                         f"{study.study_name!r} have a readable checkpoint ({'; '.join(warnings[:2])}); "

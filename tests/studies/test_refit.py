@@ -424,6 +424,24 @@ def test_refit_refuses_a_pruned_trial_by_number_and_changes_nothing(tiny_study: 
     assert digest(ws / "studies.db") == before
 
 
+def test_a_trial_without_its_checkpoint_is_passed_over_by_top_k_and_refused_by_number(tiny_study: dict) -> None:
+    from optuna.trial import create_trial
+
+    from msatune.studies.refit.run import choose_configs, choose_trials
+
+    source = optuna.load_study(study_name="tiny", storage=f"sqlite:///{Path(tiny_study['workspace']) / 'studies.db'}")
+    ckpt = next(t.user_attrs["checkpoint"] for t in source.trials if t.state == TrialState.COMPLETE)
+    study = optuna.create_study()
+    for value, attrs in ((0.5, {}), (0.6, {"checkpoint": ckpt, "epochs": 3}), (0.7, {"checkpoint": ckpt})):
+        study.add_trial(create_trial(value=value, user_attrs=attrs))
+    chosen, warnings = choose_configs(study, 2)
+    assert [c.trial for c in chosen] == [1, 2] and [c.epochs for c in chosen] == [3, None]
+    assert warnings == ["trial 0: no checkpoint recorded; passed over"]
+    assert [c.trial for c in choose_trials(study, (2, 1, 2))] == [2, 1]  # as given, once each
+    with pytest.raises(UserError, match="--trial: trial 0 of study .* cannot be refit: no checkpoint recorded"):
+        choose_trials(study, (1, 0))
+
+
 def test_unset_folds_repeats_and_seed_are_the_earlier_refits_else_the_defaults() -> None:
     from msatune.studies.refit.run import RefitOptions
 
