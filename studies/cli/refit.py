@@ -22,7 +22,7 @@ from msatune.studies.cli.context import (
     where_it_runs,
 )
 from msatune.studies.cli.render import render_refit_table
-from msatune.studies.refit import DEFAULT_FOLDS, FOLDS_EVIDENCE
+from msatune.studies.refit import DEFAULT_FOLDS, DEFAULT_TOP_K, FOLDS_EVIDENCE
 
 
 def render_refit(summary: dict[str, Any]) -> None:
@@ -128,7 +128,7 @@ Examples:
 
 @click.command("refit", help=REFIT_HELP)
 @click.argument("name")
-@click.option("--top-k", type=int, default=None, help="Configurations to refit, best first by validation MAE [default: 5].")
+@click.option("--top-k", type=int, default=None, help=f"Configurations to refit, best first by validation MAE [default: {DEFAULT_TOP_K}].")
 @click.option("--trial", "trials", type=int, multiple=True, metavar="N",
               help="Refit trial N (repeatable) instead of the --top-k best: e.g. the presets, or a trial the "
                    "report names. It must be COMPLETE.")
@@ -143,14 +143,15 @@ Examples:
 @storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print the refit summary as JSON.")
 @pass_app
-def refit(app: AppContext, name: str, top_k: int | None, trials: tuple[int, ...], folds: int | None, repeats: int | None, seed: int | None,
-          replace: bool, cpus_per_trial: float | None, gpus_per_trial: float | None, concurrency: int | None,
-          address: str | None, storage: str | None, as_json: bool) -> None:
+def refit(app: AppContext, name: str, top_k: int | None, trials: tuple[int, ...], folds: int | None,
+          repeats: int | None, seed: int | None, replace: bool, cpus_per_trial: float | None,
+          gpus_per_trial: float | None, concurrency: int | None, address: str | None, storage: str | None,
+          as_json: bool) -> None:
     from msatune.studies.refit.run import RefitOptions, run_refit
 
     if trials and top_k is not None:
         raise click.UsageError("give --top-k K (the K best trials) or --trial N (those trials), not both")
-    options = RefitOptions(top_k=5 if top_k is None else top_k, trials=trials or None, folds=folds,
+    options = RefitOptions(top_k=DEFAULT_TOP_K if top_k is None else top_k, trials=trials or None, folds=folds,
                            repeats=repeats, seed=seed, replace=replace).validate()
     store = app.storage(storage, create=False)  # a mistyped name or store creates nothing
     where = where_it_runs(app, cpus_per_trial, gpus_per_trial, concurrency, address)

@@ -45,7 +45,7 @@ from msatune.ensemble.bagging import FoldModel, assemble_oof
 from msatune.errors import UserError
 from msatune.json_values import jsonable
 from msatune.search.ray_orphans import live_driver
-from msatune.studies.refit import DEFAULT_FOLDS
+from msatune.studies.refit import DEFAULT_FOLDS, DEFAULT_TOP_K
 from msatune.studies.refit.table import refit_table
 from msatune.studies.store.refit_records import (
     FOLD_STOPPING,
@@ -71,7 +71,7 @@ MAX_REPEATS = 100
 
 @dataclass(frozen=True)
 class RefitOptions:
-    top_k: int = 5
+    top_k: int = DEFAULT_TOP_K
     #: ``None``: as the study's earlier refit (so a rerun continues it), else :data:`DEFAULT_FOLDS`,
     #: 1 repeat, seed 0 (:meth:`settled`).
     folds: int | None = None
