@@ -4,6 +4,7 @@ options, JSON output, the step and warning lines on stderr."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,11 +87,18 @@ def echo_json(payload: Any) -> None:
 def console():  # -> rich.console.Console
     """A rich console on stdout (tables and progress are rendering, never library output).
 
-    Written to a file or a pipe (a log, CI), lines are not wrapped at rich's 80 columns: a path
-    or a command broken over two lines cannot be copied back. Tables keep their width."""
+    Written to a file or a pipe (a log, CI), lines are not wrapped (a path or a command broken
+    over two lines cannot be copied back) and tables are laid out for 160 columns, not rich's 80,
+    unless ``$COLUMNS`` says otherwise (at 80 a trial's parameters fold mid-value)."""
     from rich.console import Console
 
-    return Console(soft_wrap=not sys.stdout.isatty())
+    if sys.stdout.isatty():
+        return Console()
+    return Console(soft_wrap=True, width=None if os.environ.get("COLUMNS") else LOG_WIDTH)
+
+
+#: Columns of the CLI's tables written to a file or a pipe when ``$COLUMNS`` is unset.
+LOG_WIDTH = 160
 
 
 #: The defaults every command's resource options show.

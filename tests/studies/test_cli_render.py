@@ -1,5 +1,5 @@
-"""How the CLI writes a study where nobody set a width (a log file, CI, a pipe: rich's 80
-columns): every parameter value is in the table in full, and a path stays on one line."""
+"""How the CLI writes a study off a terminal (a log file, CI, a pipe): every parameter value is in
+the table in full, on one line where no width was set, and a path stays on one line."""
 
 from __future__ import annotations
 
@@ -29,3 +29,15 @@ def test_a_trial_tables_values_survive_an_80_column_log(capsys, monkeypatch: pyt
 def test_small_rates_are_short_and_exact_to_three_digits() -> None:
     assert [short(v) for v in (0.000312, 3e-4, 1e-5, -5e-4)] == ["3.12e-4", "3e-4", "1e-5", "-5e-4"]
     assert [short(v) for v in (0.003, 0.087, 0.4, 0.0, 128, "huber")] == ["0.003", "0.087", "0.4", "0", "128", "huber"]
+
+
+def test_off_a_terminal_without_columns_a_trials_parameters_fit_one_line(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+    params = {"learning_rate": 0.000647, "dropout": 0.071, "model_dim": 128, "batch_size": 32, "loss": "huber"}
+    trial = {"number": 2, "state": "COMPLETE", "val_mae": 1.0274, "epochs": 12, "family": "improved",
+             "preset": None, "params": params}
+    counts = {"COMPLETE": 1, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0}
+    render_show({"name": "demo", "counts": counts, "budget": 10, "trials": [trial], "best": None})
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
+    assert len(rows) == 1, rows  # one line per trial
+    assert "learning_rate=6.47e-4, dropout=0.071, model_dim=128, batch_size=32, loss=huber" in rows[0]
