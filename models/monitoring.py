@@ -17,9 +17,11 @@ stage) → ``shared``. Keys: ``grad_norm_mean``, ``grad_norm_max`` and ``grad_no
 ``grad_norm_{branch}_max`` for each branch the model has.
 
 **Attention** (:class:`AttentionProbe`): a model with a method ``attention_probe() ->
-keras.Model`` (duck-typed) is probed on the validation split at every epoch's end. The probe's
-output dict may hold ``"modality_weights"`` ``(B, 3)`` (softmax weights in the order text,
-audio, video) and cross-attention maps ``"q<-c"`` ``(B, heads, Tq, Tc)``; the weights are
+keras.Model`` (duck-typed) is probed on the validation split at every epoch's end, in the
+epoch's validation pass itself: the probe's outputs and the model's prediction (its ``"prediction"``
+output, ``models.prediction.PREDICTION``) are one traced graph (:func:`msatune.models.prediction.predict`).
+The probe's output dict may hold ``"modality_weights"`` ``(B, 3)`` (softmax weights in the order
+text, audio, video) and cross-attention maps ``"q<-c"`` ``(B, heads, Tq, Tc)``; the weights are
 averaged over samples (keys ``modality_weight_text`` ...), the maps over samples (kept per head).
 
 :class:`TrainingMonitor` puts both together for :mod:`msatune.models.training` and writes every
@@ -43,6 +45,8 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+
+from msatune.models.prediction import predict, probe_model
 
 log = logging.getLogger(__name__)
 
@@ -138,35 +142,34 @@ class GradientNorms:
 
 
 class AttentionProbe:
-    """A model's ``attention_probe()`` run over a dataset, averaged over samples."""
+    """A model's ``attention_probe()`` outputs averaged over the samples of one pass.
 
-    def __init__(self, probe: keras.Model, element_spec: Any) -> None:
-        spec = tf.nest.map_structure(lambda s: tf.TensorSpec([None, *s.shape[1:]], s.dtype), element_spec)
+    It runs no graph of its own: :meth:`TrainingMonitor.predict_valid` feeds it the probe's
+    outputs from the validation pass (:func:`msatune.models.prediction.predict` with
+    ``outputs=``), so probing costs neither a second trace nor a second forward pass.
+    """
 
-        def _forward(inputs: Any) -> Any:
-            return probe(inputs, training=False)
-
-        self._forward = tf.function(_forward, input_signature=[spec], autograph=False)
+    def __init__(self) -> None:
+        self._sums: dict[str, np.ndarray] = {}
+        self._n = 0
 
     @classmethod
-    def of(cls, model: keras.Model, dataset: tf.data.Dataset) -> AttentionProbe | None:
-        """The probe of ``model`` (None when it has none)."""
-        make = getattr(model, "attention_probe", None)
-        if not callable(make):
-            return None
-        probe = make()
-        return None if probe is None else cls(probe, dataset.element_spec[0])
+    def of(cls, model: keras.Model) -> AttentionProbe | None:
+        """A probe for ``model`` (None when it has none)."""
+        return None if probe_model(model) is None else cls()
 
-    def run(self, dataset: tf.data.Dataset) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        """``(modality_weight_* scalars, {map key: (heads, Tq, Tc) mean over samples})``."""
-        sums: dict[str, np.ndarray] = {}
-        n = 0
-        for x, _ in dataset:
-            out = self._forward(x)
-            for key, value in out.items():
-                arr = np.asarray(value, dtype=np.float64)
-                sums[key] = sums.get(key, 0.0) + arr.sum(axis=0)
-            n += int(next(iter(out.values())).shape[0])
+    def add(self, outputs: Mapping[str, np.ndarray]) -> None:
+        """One batch's probe outputs (batch first)."""
+        for key, value in outputs.items():
+            self._sums[key] = self._sums.get(key, 0.0) + np.asarray(value, dtype=np.float64).sum(axis=0)
+        if outputs:
+            self._n += int(np.shape(next(iter(outputs.values())))[0])
+
+    def result(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """``(modality_weight_* scalars, {map key: (heads, Tq, Tc) mean over samples})`` of the
+        batches added since the last call (then forgotten)."""
+        sums, n = self._sums, self._n
+        self._sums, self._n = {}, 0
         if n == 0:
             return {}, {}
         means = {k: (v / n).astype(np.float32) for k, v in sums.items()}
@@ -175,6 +178,11 @@ class AttentionProbe:
         if weights is not None:
             scalars = {f"modality_weight_{m}": float(w) for m, w in zip(MODALITY_WEIGHT_ORDER, weights, strict=True)}
         return scalars, means
+
+    def run(self, model: keras.Model, dataset: tf.data.Dataset) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """The probe of ``model`` over ``dataset`` alone (one pass of the shared forward graph)."""
+        predict(model, dataset, outputs=self.add)
+        return self.result()
 
 
 class TrainingMonitor:
@@ -192,8 +200,10 @@ class TrainingMonitor:
             grads = GradientNorms(model.trainable_variables)
             grads.attach(optimizer)
         self.grads = grads
+        self.model = model
         self.valid = valid
-        self.probe = probe if probe is not None else AttentionProbe.of(model, valid)
+        self.probe = probe if probe is not None else AttentionProbe.of(model)
+        self._probed: tuple[dict[str, float], dict[str, np.ndarray]] | None = None
         self.log_dir = log_dir
         self.maps: dict[str, np.ndarray] = {}  # the last epoch's
         self._writer = None
@@ -206,12 +216,24 @@ class TrainingMonitor:
 
     def begin_epoch(self) -> None:
         self.grads.reset()
+        self._probed = None
+
+    def predict_valid(self) -> np.ndarray:
+        """The epoch's validation predictions; the probe's outputs come from the same pass."""
+        if self.probe is None:
+            return predict(self.model, self.valid)
+        pred = predict(self.model, self.valid, outputs=self.probe.add)
+        self._probed = self.probe.result()
+        return pred
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
-        """The epoch's scalars (gradient norms, modality weights), written to the event file."""
+        """The epoch's scalars (gradient norms, modality weights), written to the event file.
+
+        The attention is that of this epoch's :meth:`predict_valid` (run here if it was not)."""
         scalars = self.grads.values()
         if self.probe is not None:
-            weights, self.maps = self.probe.run(self.valid)
+            weights, self.maps = self._probed if self._probed is not None else self.probe.run(self.model, self.valid)
+            self._probed = None
             scalars.update(weights)
         if self._writer is not None:
             try:

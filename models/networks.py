@@ -75,16 +75,17 @@ class _MSABase(keras.Model):
         return self._config_value("seq_len")
 
     def attention_probe(self) -> keras.Model | None:
-        """A model over the same inputs (this model's layers) whose output is ``{"modality_weights":
-        (B, 3)}``: the adaptive fusion's softmax weights in the order text, audio, video (the
-        fusion tokens' order is :data:`FUSION_ORDER`); None without adaptive fusion. For
-        :mod:`msatune.models.monitoring`; call it in inference (dropout off)."""
+        """A model over the same inputs (this model's layers) whose output is ``{"prediction":
+        (B, 1), "modality_weights": (B, 3)}``: this model's own output (so one pass gives both,
+        :mod:`msatune.models.prediction`) and the adaptive fusion's softmax weights in the order
+        text, audio, video (the fusion tokens' order is :data:`FUSION_ORDER`); None without
+        adaptive fusion. For :mod:`msatune.models.monitoring`; call it in inference (dropout off)."""
         if not self._config_value("adaptive_fusion"):
             return None
         weights = self.get_layer("fusion_weights").output
         order = [FUSION_ORDER.index(m) for m in ("text", "audio", "video")]
-        return keras.Model(inputs=self.input, outputs={"modality_weights": keras.ops.take(weights, order, axis=-1)},
-                           name=f"{self.name}_attention_probe")
+        outputs = {"prediction": self.output, "modality_weights": keras.ops.take(weights, order, axis=-1)}
+        return keras.Model(inputs=self.input, outputs=outputs, name=f"{self.name}_attention_probe")
 
 
 L2_SCOPES = ("theirs", "all")

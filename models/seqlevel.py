@@ -112,9 +112,10 @@ def _forward(
     stack = layers["fusion_stack"](vectors)
     hidden = layers["fusion_weights_hidden"](layers["fusion_global_mean"](stack))
     weights = layers["fusion_weights"](layers["fusion_weights_drop"](hidden))
+    prediction = layers["head_output"](layers["fusion_sum"]([stack, weights]))
     if probe:
-        return {"modality_weights": weights, **probed}
-    return layers["head_output"](layers["fusion_sum"]([stack, weights]))
+        return {"prediction": prediction, "modality_weights": weights, **probed}
+    return prediction
 
 
 def _inputs(v: dict[str, Any]) -> dict[str, keras.KerasTensor]:
@@ -201,7 +202,8 @@ class SeqLevelMSAModel(keras.Model):
 
     def attention_probe(self) -> keras.Model:
         """A functional model over the same input dict, made of this model's layers (no new
-        weights), whose output is a dict: ``"modality_weights"`` ``(B, 3)``, the fusion head's
+        weights), whose output is a dict: ``"prediction"``, this model's own output (so one pass
+        gives both, :mod:`msatune.models.prediction`); ``"modality_weights"`` ``(B, 3)``, the fusion head's
         softmax weights in the order text, audio, video; ``"text<-audio"`` and ``"text<-video"``
         (and with ``bidirectional_fusion`` ``"audio<-text"``, ``"video<-text"``): the attention
         probabilities ``(B, heads, T, T)`` (query step, context step) of the last cross-modal

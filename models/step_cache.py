@@ -81,7 +81,7 @@ class CompiledRun:
     model: keras.Model
     optimizer: keras.optimizers.Optimizer
     grads: Any = None  # the monitoring.GradientNorms the traced step records into (None: unmonitored)
-    probe: Any = None  # the monitoring.AttentionProbe (its traced forward pass)
+    probe: Any = None  # the monitoring.AttentionProbe (its graph is the model's forward pass, kept on it)
     #: how many times the train step's Python body ran, i.e. was traced, over the runs it served
     traces: list[int] = field(default_factory=lambda: [0])
 

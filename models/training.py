@@ -152,7 +152,8 @@ class _EpochDriver(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         t_valid = time.perf_counter()
-        valid_pred = predict(self.model, self.valid)
+        # monitored: the attention probe's outputs come from this same pass (models.monitoring)
+        valid_pred = self.monitor.predict_valid() if self.monitor is not None else predict(self.model, self.valid)
         valid_metrics = self._valid_metrics(valid_pred)
         logs = logs if logs is not None else {}
         logs.update(valid_metrics)  # in place: Keras' History and progress bar run after this callback

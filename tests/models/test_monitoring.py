@@ -3,6 +3,8 @@ both in the epoch reports and in a TensorBoard event file TensorBoard's own read
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +161,49 @@ def test_improved_family_reports_its_adaptive_fusion_weights(tmp_path: Path) -> 
     probed = result.model.attention_probe()(x, training=False)["modality_weights"]
     np.testing.assert_allclose(np.asarray(probed), np.asarray(tokens)[:, [0, 2, 1]], rtol=1e-6)
     assert "attention_map/text_from_audio" not in _accumulator(tmp_path).Tags()["tensors"]
+
+
+def _graph_names() -> Counter:
+    """Every traced graph alive, by name without its numeric suffixes (``while_cond_2078``); not
+    Keras' ``scratch_graph`` s (its shape inference when a functional model is built)."""
+    import gc
+
+    from tensorflow.python.framework.func_graph import FuncGraph
+
+    names = (re.sub(r"_\d+", "", o.name) for o in gc.get_objects() if isinstance(o, FuncGraph))
+    return Counter(n for n in names if n != "scratch_graph")
+
+
+@pytest.mark.parametrize("family", ["improved", "seqlevel"])
+def test_validation_and_the_attention_probe_are_one_traced_pass(family: str) -> None:
+    """A monitored epoch probes attention in its validation pass: no graph beyond an unmonitored
+    run's (the probe was a second traced forward pass, run again every epoch), and the trial's
+    test predictions reuse that graph. Monitoring still only observes: the same history and
+    predictions as the unmonitored run, bit for bit, and those of the model's own forward pass."""
+    import keras
+
+    from msatune.models.prediction import predict
+
+    arrays = make_tiny_arrays(sizes=(16, 6, 5), seq_len=6)
+    config = {"family": family, **SMALL, "epochs": 2, "patience": 0, "warmup_epochs": 0, "batch_size": 8,
+              "learning_rate": 0.01}
+    runs = {}
+    for monitor in (False, True):
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(0)  # the shuffle's seed is global + op seed (search.trial.build_pipelines)
+        datasets = make_datasets(arrays, batch_size=8, seed=0, eval_batch_size=4, drop_last_partial=True)
+        before, reports = _graph_names(), []
+        result = train_model(config, datasets, DIMS, seq_len=6, on_epoch=reports.append, monitor=monitor)
+        test = predict(result.model, datasets["test"])
+        runs[monitor] = (result, reports, test, _graph_names() - before)
+    (plain, plain_reports, plain_test, plain_graphs), (watched, reports, test, graphs) = runs[False], runs[True]
+    assert all(r.monitor["modality_weight_text"] > 0 for r in reports)  # the probe ran every epoch
+    assert graphs == plain_graphs, graphs - plain_graphs
+    assert result.model._msatune_forward.experimental_get_tracing_count() == 1
+    assert watched.history == plain.history
+    for a, b in zip(reports, plain_reports, strict=True):
+        np.testing.assert_array_equal(a.valid_predictions, b.valid_predictions)
+    np.testing.assert_array_equal(test, plain_test)
 
 
 def test_training_goes_on_with_one_warning_when_the_event_file_cannot_be_written(

@@ -244,7 +244,9 @@ def test_attention_probe_shares_the_weights_and_reports_weights_and_maps():
     assert probe.weights and all(id(v) in ids for v in probe.weights)  # no new weights
     x = padded_inputs()
     out = {k: np.asarray(v) for k, v in probe(x, training=False).items()}
-    assert set(out) == {"modality_weights", "text<-audio", "text<-video", "audio<-text", "video<-text"}
+    assert set(out) == {"prediction", "modality_weights", "text<-audio", "text<-video", "audio<-text", "video<-text"}
+    # the model's own output, so one pass validates and probes (models.prediction)
+    np.testing.assert_array_equal(out["prediction"], np.asarray(model(x, training=False)))
     assert out["modality_weights"].shape == (4, 3)
     np.testing.assert_allclose(out["modality_weights"].sum(axis=1), 1.0, atol=1e-6)
     for key in ("text<-audio", "text<-video", "audio<-text", "video<-text"):
@@ -257,7 +259,7 @@ def test_attention_probe_shares_the_weights_and_reports_weights_and_maps():
             has_steps[:, None, None].astype(float), (4, SMALL["num_heads"], T)), atol=1e-5)
     assert np.abs(out["text<-audio"][0, :, :, 2:]).max() < 1e-6  # padded audio steps: no attention
     unidirectional = build_model({"family": "seqlevel", **SMALL}, DIMS, seq_len=T)
-    assert set(unidirectional.attention_probe().output) == {"modality_weights", "text<-audio",
+    assert set(unidirectional.attention_probe().output) == {"prediction", "modality_weights", "text<-audio",
                                                             "text<-video"}
 
 
