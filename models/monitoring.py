@@ -179,11 +179,6 @@ class AttentionProbe:
             scalars = {f"modality_weight_{m}": float(w) for m, w in zip(MODALITY_WEIGHT_ORDER, weights, strict=True)}
         return scalars, means
 
-    def run(self, model: keras.Model, dataset: tf.data.Dataset) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        """The probe of ``model`` over ``dataset`` alone (one pass of the shared forward graph)."""
-        predict(model, dataset, outputs=self.add)
-        return self.result()
-
 
 class TrainingMonitor:
     """Gradient norms and attention of one training run, per epoch (see the module doc).
@@ -227,13 +222,11 @@ class TrainingMonitor:
         return pred
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
-        """The epoch's scalars (gradient norms, modality weights), written to the event file.
-
-        The attention is that of this epoch's :meth:`predict_valid` (run here if it was not)."""
+        """The epoch's scalars (gradient norms, and the modality weights of this epoch's
+        :meth:`predict_valid`), written to the event file."""
         scalars = self.grads.values()
-        if self.probe is not None:
-            weights, self.maps = self._probed if self._probed is not None else self.probe.run(self.model, self.valid)
-            self._probed = None
+        if self._probed is not None:
+            weights, self.maps = self._probed
             scalars.update(weights)
         if self._writer is not None:
             try:
