@@ -107,7 +107,12 @@ class GradientNorms:
             self._wrapped = None
 
     def record(self, grads: list, variables: list) -> None:
-        """Add one step's norms (traced into the train step)."""
+        """Add one step's norms (traced into the train step, under the name scope
+        ``grad_norms``: benchmarks/trace_census.py counts its ops by it)."""
+        with tf.name_scope("grad_norms"):
+            self._record(grads, variables)
+
+    def _record(self, grads: list, variables: list) -> None:
         squares: dict[str, list[tf.Tensor]] = {b: [] for b in self.branches}
         for grad, variable in zip(grads, variables, strict=True):
             if grad is None:
