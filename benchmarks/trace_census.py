@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench_common import (
         add_data_args,
         base_doc,
+        data_tag,
         print_table,
         resolve_data,
         result_path,
@@ -186,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, [("preset", "preset", 0), ("ops", "ops", 0), *[(p, p, 0) for p in PARTS],
                        ("python_trace_s", "trace s", 2), ("graph_setup_s", "setup s", 2),
                        ("steady_call_s", "epoch s", 2)])
-    out = result_path("trace_census", "full", args.out)
+    tag = data_tag(args, "mosi")  # other data: NAME_<data>.json, the synthetic result stays
+    out = result_path(f"trace_census_{tag}" if tag else "trace_census", "full", args.out)
     write_json(out, doc)
     return 0
 

@@ -18,8 +18,9 @@ the run with Keras' optimizer: pinned over the improved and baseline presets' wh
 (schedule, dropout, augmentation, clipnorm, AdamW weight decay), under XLA and loss scaling, by
 ``tests/models/test_optimizers.py``, and over a whole improved-preset run at MOSI's size by
 ``benchmarks/optimizer_rounding.py``. What changes is the graph: 2,438 update ops for the
-improved model instead of 9,288, one elementwise pass over all weights instead of one per
-variable. ``clipnorm`` is ``tf.clip_by_norm`` per gradient (what Keras' TensorFlow optimizer
+improved model instead of 9,288 (701 fewer since each shape and axes constant is made once per
+traced update: benchmarks/README.md, "What a trial's traced step is made of"), one elementwise
+pass over all weights instead of one per variable. ``clipnorm`` is ``tf.clip_by_norm`` per gradient (what Keras' TensorFlow optimizer
 calls) with only its sum of squares kept per variable and the rest done once; weight decay
 (``var -= var * wd * lr`` before the update) stays per variable; ``global_clipnorm`` and
 ``clipvalue`` are Keras' own code. Its slots are its own (``momentum_float32``,
@@ -63,6 +64,22 @@ class _Slot:
     shape: tuple[int, ...]
     offset: int
     size: int
+
+
+class _Consts:
+    """The int32 constants (shapes, reduction axes) of one traced update, each made once: the
+    update reshapes and reduces once per variable, and a constant made for each of those calls
+    was a quarter of its traced ops (each op costs ~1 ms of Python when the step is traced;
+    benchmarks/trace_census.py). Made for one ``apply_update`` call, so all in its graph."""
+
+    def __init__(self) -> None:
+        self._made: dict[tuple[int, ...], tf.Tensor] = {}
+
+    def __call__(self, values: Any) -> tf.Tensor:
+        key = tuple(int(v) for v in values)
+        if key not in self._made:
+            self._made[key] = tf.constant(key, dtype=tf.int32)
+        return self._made[key]
 
 
 class _GroupedAdamUpdate(ApplyGradientsHook):
@@ -124,23 +141,26 @@ class _GroupedAdamUpdate(ApplyGradientsHook):
                         wd[tf_var.dtype] = tf.cast(self.weight_decay, tf_var.dtype)
                     tf_var.assign_sub(tf_var * wd[tf_var.dtype] * lr[tf_var.dtype])
         learning_rate = self.learning_rate
+        consts = _Consts()
         given = {self.variable_index(v): (g, v) for g, v in zip(grads, trainable_variables, strict=True)}
         for dtype, slots in self._layout.items():
             present = [s for s in slots if s.index in given]
             if present:
                 gradient = self._flat_gradient(dtype, [given[s.index][0] for s in present],
-                                               [s.size for s in present], group_clip)
-                self._update(dtype, present, len(present) == len(slots), gradient, given, learning_rate)
+                                               [s.size for s in present], group_clip, consts)
+                self._update(dtype, present, len(present) == len(slots), gradient, given, learning_rate,
+                             consts)
 
-    def _flat_gradient(self, dtype: str, grads: list, sizes: list[int], clip: bool) -> Any:
+    def _flat_gradient(self, dtype: str, grads: list, sizes: list[int], clip: bool, consts: _Consts) -> Any:
         """The gradients as one flat tensor of ``dtype``; with ``clip``, each clipped to norm
         ``clipnorm`` exactly as ``tf.clip_by_norm`` does it (its sum of squares per gradient, its
         where/sqrt/maximum on those sums, ``g * clipnorm / max(norm, clipnorm)`` per element)."""
         grads = [ops.cast(tf.convert_to_tensor(g), dtype) for g in grads]  # IndexedSlices: dense
-        flat = tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
+        flat = tf.concat([tf.reshape(g, consts([-1])) for g in grads], 0)
         if not clip:
             return flat
-        l2sum = tf.concat([tf.reshape(tf.reduce_sum(g * g, None, keepdims=True), [1]) for g in grads], 0)
+        # each gradient's sum of squares over all its axes (tf.clip_by_norm's), stacked
+        l2sum = tf.stack([tf.reduce_sum(g * g, consts(range(g.shape.rank))) for g in grads])
         pred = l2sum > 0
         l2sum_safe = tf.where(pred, l2sum, tf.ones_like(l2sum))
         l2norm = tf.where(pred, tf.sqrt(l2sum_safe), l2sum)
@@ -149,7 +169,7 @@ class _GroupedAdamUpdate(ApplyGradientsHook):
         return (flat * clip_norm) / divisor
 
     def _update(self, dtype: str, slots: list[_Slot], whole: bool, gradient: Any, given: dict,
-                learning_rate: Any) -> None:
+                learning_rate: Any, consts: _Consts) -> None:
         # Adam.update_step's lines, in its order, on the concatenated gradients
         lr = ops.cast(learning_rate, dtype)
         local_step = ops.cast(self.iterations + 1, dtype)
@@ -171,7 +191,7 @@ class _GroupedAdamUpdate(ApplyGradientsHook):
                 m_all.value[s.offset:s.offset + s.size].assign(m_part)
                 v_all.value[s.offset:s.offset + s.size].assign(v_part)
         for s, part in zip(slots, tf.split(step, sizes), strict=True):
-            _tf_variable(given[s.index][1]).assign_sub(tf.reshape(part, s.shape))
+            _tf_variable(given[s.index][1]).assign_sub(tf.reshape(part, consts(s.shape)))
 
     def _moment(self, moment: Any, delta: Any) -> Any:
         """``moment += delta`` as Keras does it: in place on the slot variable, read back after;
