@@ -15,6 +15,8 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -297,6 +299,37 @@ def new_study(ws_root: Path, name: str, space: Any, data_path: Path, settings: A
     space.for_study(settings.max_epochs, settings.seed)
     return create_search_study(open_storage(ws.storage_url), name, settings, load_dataset(data_path), space,
                                presets=False)
+
+
+# --------------------------------------------------------------------------------------------
+# A measurement in a process of its own
+
+
+def run_worker(script: Path, spec: Mapping[str, Any], *, timeout: float,
+               env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Run ``script --worker JSON(spec)`` in a fresh Python (thread, Grappler and oneDNN settings
+    are fixed when TensorFlow starts, so each variant needs its own process) with the repository
+    importable, and return the dict its last ``RESULT {json}`` line carries, plus
+    ``process_started`` / ``process_ended`` (``time.time()``), ``process_wall_s`` and the load
+    average before and after. ``env``: variables added to the worker's environment. A non-zero exit
+    raises ``RuntimeError`` with the end of the worker's output."""
+    full_env = {**os.environ, **(env or {}),
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    before = loadavg()
+    started, t0 = time.time(), time.perf_counter()
+    proc = subprocess.run([sys.executable, str(Path(script).resolve()), "--worker", json.dumps(spec)],
+                          capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{Path(script).name} worker failed (exit {proc.returncode}):\n"
+                           f"{(proc.stderr or proc.stdout)[-3000:]}")
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not lines:
+        raise RuntimeError(f"{Path(script).name} worker printed no RESULT line:\n{proc.stdout[-3000:]}")
+    result = json.loads(lines[-1][len("RESULT "):])
+    result.update(process_started=started, process_ended=started + wall, process_wall_s=wall,
+                  loadavg_before=before, loadavg_after=loadavg())
+    return result
 
 
 # --------------------------------------------------------------------------------------------

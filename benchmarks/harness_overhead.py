@@ -68,6 +68,7 @@ from bench_common import (  # noqa: E402
     resolve_data,
     result_path,
     rss_mb,
+    run_worker,
     start_ray,
     steady_train_secs,
     timed_trainable,
@@ -145,15 +146,8 @@ def plain_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_plain(data: Path, base: dict, params: list[dict], out: Path, timeout: float) -> dict[str, Any]:
     spec = {"data": str(data), "base": base, "params": params, "out": str(out)}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    t0 = time.time()
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
-    t1 = time.time()
-    if proc.returncode != 0:
-        raise RuntimeError(f"plain run failed (exit {proc.returncode}):\n{(proc.stderr or proc.stdout)[-3000:]}")
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    res = json.loads(line[len("RESULT "):])
+    res = run_worker(Path(__file__), spec, timeout=timeout)
+    t0, t1 = res["process_started"], res["process_ended"]
     return summarize("plain", res["events"], t0, t1, slots=1,
                      extra={"import_and_load_s": res["import_and_load_s"],
                             "wall_after_import_s": t1 - res["t_ready"]})

@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -277,20 +276,10 @@ def _service(config: dict[str, Any], data: Any, epochs: list[dict], phases: dict
 
 
 def run_variant(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    load = [round(x, 2) for x in os.getloadavg()]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    if "onednn" in spec["variant"]:  # read by TensorFlow when it loads: the worker's environment
-        env["TF_ENABLE_ONEDNN_OPTS"] = spec["variant"]["onednn"]
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{spec['variant']} failed:\n{(proc.stderr or proc.stdout)[-3000:]}")
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    res = json.loads(line[len("RESULT "):])
-    res.update(process_wall_s=time.perf_counter() - t0, loadavg_before=load,
-               loadavg_after=[round(x, 2) for x in os.getloadavg()])
-    return res
+    from bench_common import run_worker
+
+    env = {"TF_ENABLE_ONEDNN_OPTS": spec["variant"]["onednn"]} if "onednn" in spec["variant"] else None
+    return run_worker(Path(__file__), spec, timeout=timeout, env=env)  # oneDNN: read when TF loads
 
 
 def _f(x: Any, nd: int = 2) -> str:

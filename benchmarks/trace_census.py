@@ -28,7 +28,6 @@ import argparse
 import collections
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -131,22 +130,6 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_one(spec: dict[str, Any]) -> dict[str, Any]:
-    from bench_common import loadavg
-
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    before = loadavg()
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
-                          capture_output=True, text=True, timeout=1800, env=env, cwd=REPO)
-    if proc.returncode != 0:
-        raise SystemExit(f"{spec['preset']} failed:\n{(proc.stderr or proc.stdout)[-3000:]}")
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    res = json.loads(line[len("RESULT "):])
-    res.update(process_wall_s=time.perf_counter() - t0, loadavg_before=before, loadavg_after=loadavg())
-    return res
-
-
 def main(argv: list[str] | None = None) -> int:
     from bench_common import (
         add_data_args,
@@ -155,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table,
         resolve_data,
         result_path,
+        run_worker,
         write_json,
     )
 
@@ -179,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         preset, _, batch = item.partition(":")
         spec = {"preset": preset, "batch": int(batch or 16), "epochs": args.epochs, "data": str(data)}
         print(f"{preset} {spec['batch']} ...", file=sys.stderr, flush=True)
-        doc["runs"].append(run_one(spec))
+        doc["runs"].append(run_worker(Path(__file__), spec, timeout=1800))
     rows = [{"preset": f"{r['preset']} {r['batch']}", "ops": r["census"]["ops"],
              **{p: r["census"]["by_part"][p] for p in PARTS},
              "python_trace_s": r["python_trace_s"], "graph_setup_s": r["graph_setup_s"],
