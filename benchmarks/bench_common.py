@@ -332,6 +332,22 @@ def run_worker(script: Path, spec: Mapping[str, Any], *, timeout: float,
     return result
 
 
+def add_worker_arg(parser: Any) -> None:
+    """The hidden ``--worker JSON`` option :func:`run_worker` starts a script with."""
+    import argparse
+
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+
+
+def answer_worker(args: Any, worker: Callable[[dict[str, Any]], Mapping[str, Any]]) -> bool:
+    """In a process :func:`run_worker` started: run ``worker(spec)`` and print its ``RESULT`` line
+    (True); otherwise (no ``--worker``) do nothing (False)."""
+    if not getattr(args, "worker", None):
+        return False
+    print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
+    return True
+
+
 # --------------------------------------------------------------------------------------------
 # Inside a Ray worker: process memory and a timed trainable
 

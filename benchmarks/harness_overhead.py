@@ -54,6 +54,8 @@ from bench_common import (  # noqa: E402
     REPO,
     SMALL_MODEL,
     add_data_args,
+    add_worker_arg,
+    answer_worker,
     base_doc,
     data_label,
     data_tag,
@@ -355,11 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/...)")
     p.add_argument("--timeout", type=float, default=7200.0, help="seconds for the plain process")
     add_data_args(p, "mosi")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
+    add_worker_arg(p)
     args = p.parse_args(argv)
 
-    if args.worker:
-        print("RESULT " + json.dumps(plain_worker(json.loads(args.worker))), flush=True)
+    if answer_worker(args, plain_worker):
         return 0
 
     mode = mode_of(args)

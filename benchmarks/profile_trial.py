@@ -307,13 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--append", action="store_true", help="add to the JSON at --out instead of replacing it")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
-    from bench_common import add_data_args
+    from bench_common import add_data_args, add_worker_arg, answer_worker
 
+    add_worker_arg(p)
     add_data_args(p, "mosi", smoke_preset=None)
     args = p.parse_args(argv)
-    if args.worker:
-        print("RESULT " + json.dumps(_worker(json.loads(args.worker))), flush=True)
+    if answer_worker(args, _worker):
         return 0
     out = args.out or REPO / "benchmarks" / "results" / "profile_trial.json"
     rows: list[dict[str, Any]] = []

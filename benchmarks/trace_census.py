@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import sys
 import time
@@ -133,6 +132,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     from bench_common import (
         add_data_args,
+        add_worker_arg,
+        answer_worker,
         base_doc,
         data_tag,
         print_table,
@@ -147,11 +148,10 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"presets to measure, each with its batch size [{' '.join(DEFAULT_RUNS)}]")
     p.add_argument("--epochs", type=int, default=2, help="epochs per run (>= 2: the second is the steady call)")
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--worker", help=argparse.SUPPRESS)
+    add_worker_arg(p)
     add_data_args(p, "mosi", smoke_preset=None)
     args = p.parse_args(argv)
-    if args.worker:
-        print("RESULT " + json.dumps(_worker(json.loads(args.worker))), flush=True)
+    if answer_worker(args, _worker):
         return 0
     if args.epochs < 2:
         p.error("--epochs must be >= 2 (the second epoch's call is the steady one)")
