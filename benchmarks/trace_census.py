@@ -111,9 +111,9 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     config.update({"batch_size": int(spec["batch"]), "patience": 0, "seed": 0})
     datasets = build_pipelines(config, data)
     training.train_model(config, datasets, data.dims, seq_len=data.seq_len, monitor=True)
-    calls = seen["calls"]
-    steady = sorted(calls[1:])[len(calls[1:]) // 2] if len(calls) > 1 else None
-    first = calls[0]
+    from bench_common import median
+
+    first, steady = seen["calls"][0], median(seen["calls"][1:])
     return {
         "preset": spec["preset"], "batch": int(spec["batch"]),
         "steps_per_epoch": int(datasets["train"].cardinality().numpy()),

@@ -20,10 +20,10 @@ the run with Keras' optimizer: pinned over the improved and baseline presets' wh
 ``benchmarks/optimizer_rounding.py``. What changes is the graph: 2,438 update ops for the
 improved model instead of 9,288 (701 fewer since each shape and axes constant is made once per
 traced update: benchmarks/README.md, "What a trial's traced step is made of"), one elementwise
-pass over all weights instead of one per variable. ``clipnorm`` is ``tf.clip_by_norm`` per gradient (what Keras' TensorFlow optimizer
-calls) with only its sum of squares kept per variable and the rest done once; weight decay
-(``var -= var * wd * lr`` before the update) stays per variable; ``global_clipnorm`` and
-``clipvalue`` are Keras' own code. Its slots are its own (``momentum_float32``,
+pass over all weights instead of one per variable. ``clipnorm`` is ``tf.clip_by_norm`` per
+gradient (what Keras' TensorFlow optimizer calls) with only its sum of squares kept per variable
+and the rest done once; weight decay (``var -= var * wd * lr`` before the update) stays per
+variable; ``global_clipnorm`` and ``clipvalue`` are Keras' own code. Its slots are its own (``momentum_float32``,
 ``velocity_float32``, flat): optimizer state saved by Keras' Adam does not load into it, which
 nothing in msatune does (checkpoints hold weights only).
 
