@@ -26,6 +26,7 @@ import msatune
 from msatune.errors import UserError, first_line
 from msatune.models.step_cache import STEP_CACHE_ENV
 from msatune.search.ray_orphans import forget_processes, record_ray_processes, start_watchdog
+from msatune.stop_signals import reclaim_sigterm
 from msatune.thirdparty.ray_internals import AUTH_TOKEN_LOGGER, reread_auth_mode
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ def start_ray(*, address: str | None, verbose: bool, work_dir: Path, record: boo
                 f"cannot connect to the Ray cluster at {address}: {first_line(exc)}; "
                 "check the address (ray start --head prints it) and that this machine can reach it"
             ) from None
+    reclaim_sigterm()  # ray.init took SIGTERM over; inside the CLI it stops a command as Ctrl-C does
     if not address and record:
         record_ray_processes(Path(work_dir))
     return True

@@ -21,6 +21,7 @@ import click
 
 from msatune import __version__
 from msatune.errors import UserError
+from msatune.stop_signals import SIGTERM_EXIT, sigterm_as_ctrl_c, terminated
 from msatune.studies.cli.context import DEFAULT_WORKSPACE, WORKSPACE_ENV, AppContext
 
 HELP = f"""msatune: hyperparameter search and ensembling for TF2 multimodal sentiment models.
@@ -130,10 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: run the CLI and turn errors into one line + exit 2."""
     args = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if _wants_debug(args):
-        return _main(args, debug=True)
-    with NativeStderrFilter():
-        return _main(args, debug=False)
+    with sigterm_as_ctrl_c():
+        if _wants_debug(args):
+            rc = _main(args, debug=True)
+        else:
+            with NativeStderrFilter():
+                rc = _main(args, debug=False)
+        # stopped by SIGTERM (Slurm, systemd, Kubernetes, kill): the status a shell gives it
+        return SIGTERM_EXIT if rc == 130 and terminated() else rc
 
 
 #: What TensorFlow's C++ runtime prints on import whatever TF_CPP_MIN_LOG_LEVEL says (TF 2.21):
@@ -207,7 +212,7 @@ def _main(args: list[str], debug: bool) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except KeyboardInterrupt:
-        click.echo("msatune: interrupted", err=True)
+        click.echo("msatune: stopped (SIGTERM)" if terminated() else "msatune: interrupted", err=True)
         return 130
     except Exception as exc:
         message = environment_failure(exc)

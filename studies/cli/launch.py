@@ -47,7 +47,8 @@ to choose anything.
 \b
 Checks come first and cost seconds: the name, the options, the data and the --space file are
 validated before Ray starts, and the requested CPUs/GPUs are checked against the cluster before
-the study is created. A run that is stopped (Ctrl-C) exits with status 130.
+the study is created. A run that is stopped (Ctrl-C) exits with status 130; SIGTERM (kill,
+Slurm, systemd) stops it the same way and exits with status 143.
 
 {SPACE_FORMAT}
 
