@@ -9,14 +9,23 @@ a command's own Ctrl-C path cleans up. A second SIGTERM, like a second Ctrl-C, s
 ``ray.init`` replaces the process's SIGTERM handler with its own (and Ray's core worker installs a
 C-level one that dumps a native stack trace and exits): :func:`reclaim_sigterm` puts ours back
 after it, only inside the block. Outside it (a library user's own script) nothing is changed.
+
+Slurm and systemd send SIGTERM to every process of the job, Ray's own too: then the graceful stop
+cannot finish (Ray's calls wait a minute for a GCS that is gone, past Slurm's 30 s before its
+SIGKILL). :func:`watch_after_sigterm` names what the stop needs; once a SIGTERM came and that is
+gone, the command says so in one line and exits 143 at once, as after ``kill -9`` (the store
+holds every finished trial; ``msatune resume`` re-runs the ones left running).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 #: The exit status of a command stopped by SIGTERM (128 + 15, as a shell reports it).
@@ -24,11 +33,39 @@ SIGTERM_EXIT = 128 + signal.SIGTERM
 
 _active = False
 _received = False
+#: What a graceful stop needs, while watched: ``gone() -> bool`` and the line to print then.
+_needed: tuple[Callable[[], bool], str] | None = None
+_watcher: threading.Thread | None = None
+_before_hard_exit: Callable[[], None] | None = None
+_continue_with = "the same command"
+#: How often the watcher looks, after a SIGTERM.
+WATCH_POLL_S = 0.5
+
+
+def _watch() -> None:
+    while True:
+        needed = _needed
+        if needed is not None and needed[0]():
+            if _needed is needed:  # not disarmed meanwhile (the command stopping Ray itself)
+                for stream in (sys.stdout, sys.stderr):
+                    with contextlib.suppress(Exception):
+                        stream.flush()
+                if _before_hard_exit is not None:
+                    with contextlib.suppress(Exception):
+                        _before_hard_exit()
+                with contextlib.suppress(OSError):
+                    os.write(2, f"msatune: stopped (SIGTERM): {needed[1]}; continue with: "
+                                f"{_continue_with}\n".encode())
+                os._exit(SIGTERM_EXIT)
+        time.sleep(WATCH_POLL_S)
 
 
 def _as_ctrl_c(signum: int, frame: FrameType | None) -> None:
-    global _received
+    global _received, _watcher
     _received = True
+    if _watcher is None:
+        _watcher = threading.Thread(target=_watch, name="msatune-sigterm-watch", daemon=True)
+        _watcher.start()
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler) and handler is not signal.default_int_handler:
         handler(signal.SIGINT, frame)  # Ray Tune's: a graceful stop of the run
@@ -44,19 +81,23 @@ def _install() -> bool:
 
 
 @contextlib.contextmanager
-def sigterm_as_ctrl_c() -> Iterator[None]:
-    """Within the block, SIGTERM stops the command as Ctrl-C does; the previous handler after it."""
-    global _active, _received
+def sigterm_as_ctrl_c(before_hard_exit: Callable[[], None] | None = None) -> Iterator[None]:
+    """Within the block, SIGTERM stops the command as Ctrl-C does; the previous handler after it.
+    ``before_hard_exit`` runs before an exit at once (:func:`watch_after_sigterm`), e.g. to give
+    fd 2 back to the real stderr."""
+    global _active, _received, _before_hard_exit
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.getsignal(signal.SIGTERM)
-    _active, _received = True, False
+    _active, _received, _before_hard_exit = True, False, before_hard_exit
+    continue_with("the same command")
     _install()
     try:
         yield
     finally:
-        _active = False
+        _active, _before_hard_exit = False, None
+        watch_after_sigterm(None)
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
@@ -64,6 +105,20 @@ def reclaim_sigterm() -> None:
     """After ``ray.init``: SIGTERM is Ctrl-C again, if a :func:`sigterm_as_ctrl_c` block is open."""
     if _active:
         _install()
+
+
+def watch_after_sigterm(gone: Callable[[], bool] | None, message: str = "") -> None:
+    """After a SIGTERM, exit at once (status 143, ``message``) if ``gone()`` turns true: what the
+    graceful stop needs has ended too. ``None`` disarms it (before the command ends that itself)."""
+    global _needed
+    _needed = (gone, message) if gone is not None and _active else None
+
+
+def continue_with(command: str) -> None:
+    """How the user continues what this command was doing (``msatune resume NAME``), for the line
+    an exit at once prints; "the same command" otherwise."""
+    global _continue_with
+    _continue_with = command
 
 
 def terminated() -> bool:

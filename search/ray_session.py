@@ -26,8 +26,12 @@ import msatune
 from msatune.errors import UserError, first_line
 from msatune.models.step_cache import STEP_CACHE_ENV
 from msatune.search.ray_orphans import forget_processes, record_ray_processes, start_watchdog
-from msatune.stop_signals import reclaim_sigterm
-from msatune.thirdparty.ray_internals import AUTH_TOKEN_LOGGER, reread_auth_mode
+from msatune.stop_signals import reclaim_sigterm, watch_after_sigterm
+from msatune.thirdparty.ray_internals import (
+    AUTH_TOKEN_LOGGER,
+    local_node_core_processes,
+    reread_auth_mode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +116,11 @@ def start_ray(*, address: str | None, verbose: bool, work_dir: Path, record: boo
                 "check the address (ray start --head prints it) and that this machine can reach it"
             ) from None
     reclaim_sigterm()  # ray.init took SIGTERM over; inside the CLI it stops a command as Ctrl-C does
+    if not address:  # a SIGTERM to the whole job (Slurm, systemd) ends this Ray too: no graceful stop
+        core = local_node_core_processes()
+        watch_after_sigterm(lambda: any(p.poll() is not None for p in core),
+                            "Ray's own processes were stopped too (a signal to the whole job, as Slurm "
+                            "and systemd send it); what finished is stored, what was running re-runs")
     if not address and record:
         record_ray_processes(Path(work_dir))
     return True
@@ -267,6 +276,7 @@ def stop_ray(work_dir: Path) -> None:
     """Shut down the Ray instance this driver started and forget its processes."""
     import ray
 
+    watch_after_sigterm(None)  # Ray's processes end now by our own hand
     ray.shutdown()
     forget_processes(Path(work_dir))
 

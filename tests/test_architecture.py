@@ -44,6 +44,8 @@ BOUNDARY = "msatune.thirdparty"
 THIRD_PARTY = ("optuna", "optuna_dashboard", "ray", "keras", "tensorflow")
 #: Implementation packages of a library (not its public API), though their names are not private.
 INTERNAL_PACKAGES = (["keras", "src"], ["tensorflow", "python"])
+#: Documented public functions of the standard library whose names start with an underscore.
+STDLIB_PUBLIC = {("os", "_exit")}
 #: What Python's ``abc`` machinery sets on every subclass of an abstract base class.
 ABC_ATTRS = ("_abc_impl",)
 
@@ -249,7 +251,8 @@ def private_third_party_uses(mod: Module, own: set[str]) -> Iterator[str]:
                 parts = name.split(".")
                 if parts[0] in THIRD_PARTY and (any(_private(p) for p in parts) or parts[:2] in INTERNAL_PACKAGES):
                     yield f"{where(mod, node.lineno)}: imports {name}"
-        elif isinstance(node, ast.Attribute) and _private(node.attr) and node.attr not in own:
+        elif (isinstance(node, ast.Attribute) and _private(node.attr) and node.attr not in own
+              and not (isinstance(node.value, ast.Name) and (node.value.id, node.attr) in STDLIB_PUBLIC)):
             yield f"{where(mod, node.lineno)}: .{node.attr}"
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
               and node.func.id in ("getattr", "hasattr", "setattr", "delattr") and len(node.args) >= 2

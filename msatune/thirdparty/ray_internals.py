@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,20 @@ def local_node_processes() -> tuple[str | None, list[int]]:
         return None, []
     pids = sorted({p.process.pid for infos in node.all_processes.values() for p in infos})
     return node.get_session_dir_path(), pids
+
+
+def local_node_core_processes() -> list[subprocess.Popen]:
+    """The GCS server and the raylet of the local Ray node this process started (the two without
+    which no Ray call of the driver returns), as Ray's ``Popen`` objects (``poll()`` reaps them);
+    ``[]`` where none."""
+    import ray
+    from ray._private import ray_constants
+
+    node = ray._private.worker._global_node
+    if node is None:
+        return []
+    kinds = (ray_constants.PROCESS_TYPE_GCS_SERVER, ray_constants.PROCESS_TYPE_RAYLET)
+    return [p.process for kind in kinds for p in node.all_processes.get(kind, [])]
 
 
 def reread_auth_mode() -> None:

@@ -131,11 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: run the CLI and turn errors into one line + exit 2."""
     args = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with sigterm_as_ctrl_c():
-        if _wants_debug(args):
+    native_filter = None if _wants_debug(args) else NativeStderrFilter()
+    with sigterm_as_ctrl_c(before_hard_exit=native_filter.restore if native_filter else None):
+        if native_filter is None:
             rc = _main(args, debug=True)
         else:
-            with NativeStderrFilter():
+            with native_filter:
                 rc = _main(args, debug=False)
         # stopped by SIGTERM (Slurm, systemd, Kubernetes, kill): the status a shell gives it
         return SIGTERM_EXIT if rc == 130 and terminated() else rc
@@ -157,8 +158,10 @@ class NativeStderrFilter:
     line even after TensorFlow was imported. ``--debug`` bypasses the filter.
     """
 
+    _saved: int | None = None
+
     def __enter__(self) -> NativeStderrFilter:
-        self._saved = None
+        self._saved, self._restored = None, False
         try:
             sys.stderr.flush()
             self._saved = os.dup(2)
@@ -178,12 +181,19 @@ class NativeStderrFilter:
                 if not _NATIVE_NOISE.match(line.decode("utf-8", "replace")):
                     os.write(self._saved, line)
 
+    def restore(self, wait_s: float = 2.0) -> None:
+        """fd 2 is the real stderr again (what the pump holds still passes, for up to ``wait_s``)."""
+        if self._saved is None or self._restored:
+            return
+        self._restored = True
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)  # our write end closes; the pump ends when children let go too
+        self._thread.join(timeout=wait_s)
+
     def __exit__(self, *exc: object) -> None:
         if self._saved is None:
             return
-        sys.stderr.flush()
-        os.dup2(self._saved, 2)  # our write end closes; the pump ends when children let go too
-        self._thread.join(timeout=2.0)
+        self.restore()
         os.close(self._saved)
 
 

@@ -39,6 +39,7 @@ Example:
 def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_trial: float, seed: int) -> None:
     from msatune.augment.dataset import load_dataset
     from msatune.search.search_settings import SearchSettings
+    from msatune.stop_signals import continue_with
     from msatune.studies.cli.ensemble import build_and_render
     from msatune.studies.cli.render import Progress, render_show
     from msatune.studies.queries import show_study
@@ -69,6 +70,7 @@ def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_tria
     study_name = free_study_name(store, name)
     con.print(f"[bold]2. search[/bold] study {study_name!r}: {trials} trials x up to {max_epochs} epochs "
               f"(TPE + ASHA, {cpus_per_trial:g} CPU per trial)")
+    continue_with(f"msatune resume {study_name}")
     with Progress(study_name) as progress:
         summary = launch(ws, store, study_name, settings, data_dir=data_path, progress=progress)
     con.print(f"   {summary['trials']} trials in {summary['wall_seconds']:.0f} s: {summary['complete']} complete, "

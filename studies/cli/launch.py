@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from msatune.search.search_settings import SearchSettings
+from msatune.stop_signals import continue_with
 from msatune.studies.cli.context import (
     DEFAULTS,
     AppContext,
@@ -108,6 +109,7 @@ def launch(app: AppContext, name: str, data_dir: Path | None, trials: int, max_e
 
     check_search_family(family)
     refit_after = _refit_plan(refit_top, refit_folds)
+    continue_with(f"msatune resume {name}")
 
     settings = SearchSettings(
         trials=trials, max_epochs=max_epochs, grace_period=grace_period, reduction_factor=reduction_factor,
@@ -182,6 +184,7 @@ def resume(app: AppContext, name: str, trials: int | None, force: bool, cpus_per
     from msatune.studies.runs import resume as do_resume
 
     where = where_it_runs(app, cpus_per_trial, gpus_per_trial, concurrency, address)
+    continue_with(f"msatune resume {name}")
     with Progress(name, json_mode=as_json) as progress:
         summary = do_resume(app.ws, app.storage_url(storage), name, more_trials=trials, force=force,
                             where=where, progress=progress)

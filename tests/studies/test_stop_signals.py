@@ -57,44 +57,81 @@ def test_sigterm_is_forwarded_to_the_sigint_handler_of_the_moment() -> None:
         signal.signal(signal.SIGINT, before_int)
 
 
-def test_sigterm_stops_a_launch_as_ctrl_c_does(tmp_path: Path, tiny_data: Path) -> None:
+def _launch_until_a_trial_finished(tmp_path: Path, data: Path, name: str, **popen: object):
+    """``launch NAME`` on ``data``, returned once a trial finished and another runs: the driver,
+    its store's URL, its stdout and stderr files and its Ray pid file's record."""
     ws = tmp_path / "ws"
     url = f"sqlite:///{ws / 'studies.db'}"
     out, err = tmp_path / "launch.out", tmp_path / "launch.err"
     with out.open("w") as fo, err.open("w") as fe:
         driver = subprocess.Popen(
-            msatune_argv("launch", "term", "--data", tiny_data, "--trials", "8", "--max-epochs", "3",
-                         workspace=ws),
-            stdout=fo, stderr=fe, env=cli_env())
+            msatune_argv("launch", name, "--data", data, "--trials", "8", "--max-epochs", "3", workspace=ws),
+            stdout=fo, stderr=fe, env=cli_env(), **popen)
     try:
         deadline = time.time() + 400
         while time.time() < deadline:
             assert driver.poll() is None, err.read_text()[-3000:]
-            if "term: trial 1/8 finished" in out.read_text():
-                study = optuna.load_study(study_name="term", storage=open_storage(url, read_only=True))
+            if f"{name}: trial 1/8 finished" in out.read_text():
+                study = optuna.load_study(study_name=name, storage=open_storage(url, read_only=True))
                 if any(t.state == TrialState.RUNNING for t in study.trials):
                     break
             time.sleep(0.5)
         else:
             raise AssertionError("timed out waiting for a finished and a running trial")
-        ray_info = json.loads((ws / "studies" / "term" / "ray" / RAY_PIDS_FILE).read_text())
-        os.kill(driver.pid, signal.SIGTERM)
+        ray_info = json.loads((ws / "studies" / name / "ray" / RAY_PIDS_FILE).read_text())
+    except BaseException:
+        driver.kill()
+        raise
+    return driver, url, out, err, ray_info
+
+
+def _stopped(driver: subprocess.Popen, err: Path, ray_info: dict, name: str) -> str:
+    """What every SIGTERM'd launch owes: exit 143, how to continue, no native stack dump, no Ray
+    process left. Returns its stderr."""
+    try:
         rc = driver.wait(timeout=300)
     finally:
         if driver.poll() is None:
             driver.kill()
     text = err.read_text()
     assert rc == 143, text[-3000:]
-    assert "continue with: msatune resume term" in text, text[-3000:]
+    assert f"continue with: msatune resume {name}" in text, text[-3000:]
     assert "SIGTERM received" not in text and "PC: @" not in text, text[-3000:]  # no native dump
-    study = optuna.load_study(study_name="term", storage=url)
-    assert study.user_attrs["msatune:runs"][-1]["interrupted"] is True
-    done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    progress = [ln for ln in out.read_text().splitlines() if ln.startswith("term: trial ")]
-    assert done and len(progress) == len(done)  # every finished trial stored, one line each
-    assert not any(t.state == TrialState.RUNNING for t in study.trials)
-    assert "run 0:" in out.read_text()  # the run's summary, as after Ctrl-C
     deadline = time.time() + 60
     while ray_left(ray_info) and time.time() < deadline:
         time.sleep(0.5)
     assert not ray_left(ray_info)
+    return text
+
+
+def _finished(url: str, name: str) -> list:
+    study = optuna.load_study(study_name=name, storage=url)
+    return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def test_sigterm_stops_a_launch_as_ctrl_c_does(tmp_path: Path, tiny_data: Path) -> None:
+    """``kill PID`` (Kubernetes, docker stop): the graceful stop Ctrl-C makes, summary included."""
+    driver, url, out, err, ray_info = _launch_until_a_trial_finished(tmp_path, tiny_data, "term")
+    os.kill(driver.pid, signal.SIGTERM)
+    text = _stopped(driver, err, ray_info, "term")
+    assert "msatune: interrupted; finished trials are stored" in text  # the graceful stop's line
+    study = optuna.load_study(study_name="term", storage=url)
+    assert study.user_attrs["msatune:runs"][-1]["interrupted"] is True
+    progress = [ln for ln in out.read_text().splitlines() if ln.startswith("term: trial ")]
+    assert _finished(url, "term") and len(progress) == len(_finished(url, "term"))  # all stored
+    assert not any(t.state == TrialState.RUNNING for t in study.trials)  # re-queued, as after Ctrl-C
+    assert "run 0:" in out.read_text()  # the run's summary
+
+
+def test_sigterm_to_the_whole_job_stops_a_launch_at_once(tmp_path: Path, tiny_data: Path) -> None:
+    """Slurm and systemd signal every process of the job, Ray's own too: no graceful stop can
+    finish then, and the launch must not wait a minute for Ray's GCS (past Slurm's SIGKILL)."""
+    driver, url, out, err, ray_info = _launch_until_a_trial_finished(
+        tmp_path, tiny_data, "job", start_new_session=True)
+    done = {t.number: t.value for t in _finished(url, "job")}
+    os.killpg(driver.pid, signal.SIGTERM)
+    text = _stopped(driver, err, ray_info, "job")
+    stop_lines = [ln for ln in text.splitlines() if ln.startswith("msatune: ")]
+    assert len(stop_lines) == 1, text[-3000:]  # one line: Ray stopped too, or the graceful stop's
+    after = {t.number: t.value for t in _finished(url, "job")}
+    assert done and all(after[n] == v for n, v in done.items())  # nothing finished is lost
