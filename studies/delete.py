@@ -39,7 +39,7 @@ def delete_study(ws: Workspace, storage: optuna.storages.BaseStorage, name: str,
     refit_live = live_driver(ws.refit_dir(name))
     if refit_live is not None:
         raise UserError(f"cannot delete study {name!r}: its refit is running (driver pid {refit_live}); "
-                        "wait for it to end or stop it (Ctrl-C)")
+                        f"wait for it to end or stop it (Ctrl-C, or kill {refit_live})")
     # held while deleting, so a launch/resume/refit cannot start on it meanwhile (its release then
     # finds no study: a logged warning)
     with StudyLease(study, "delete"):

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from msatune.search.reconcile import FAIL_REASON_ATTR, REQUEUED_ATTR
 from msatune.studies.refit.table import finalists_ranking, refit_table
 from msatune.studies.store import sql as store_sql
+from msatune.studies.store.lease import read_lease
 from msatune.studies.store.refit_records import REFIT_SUFFIX, SPEC_KEY
 from msatune.studies.store.studies import (
     INTERRUPTED,
@@ -139,11 +140,17 @@ def show_study(storage: optuna.storages.BaseStorage, name: str, top: int,
     summary = _Summary(storage, study_id(study), top, states)
     best = summary.ranked[0] if summary.ranked else None
     refit = refit_table(storage, name)
+    driver = None
+    if summary.counts.get("RUNNING"):  # who runs them: a live driver, or one that died (kill -9, crash)
+        lease = read_lease(storage, study_id(study))
+        driver = {"alive": bool(lease and lease.holder_alive()),
+                  "describe": lease.describe() if lease else None}
     presets = {t.user_attrs["preset"]: trial_record(t) for t in summary.presets
                if t.state != TrialState.WAITING and not t.user_attrs.get(REQUEUED_ATTR)}
     return {
         "name": name,
         "counts": summary.counts,
+        "driver": driver,
         "budget": attrs.get("budget"),
         "data_path": attrs.get("data_path"),
         "family": attrs.get("family", "improved"),

@@ -73,6 +73,13 @@ def render_show(payload: dict, steps: list[str] | None = None) -> None:
     con = console()
     con.print(f"[bold]{payload['name']}[/bold]: {counts_line(payload['counts'])} "
               f"(budget {payload.get('budget', '?')}; family {payload.get('family', 'improved')})")
+    driver = payload.get("driver")
+    if driver:
+        last = driver["describe"] or "a driver"
+        con.print(f"running under {last}" if driver["alive"] else
+                  f"the {payload['counts']['RUNNING']} running trial(s) have no live driver (last: {last}: "
+                  f"killed, crashed or stopped with Ray): msatune resume {payload['name']} runs them again",
+                  soft_wrap=True)
     table = Table(title=f"trials: {', '.join(payload.get('states') or ['complete'])}, best validation MAE first")
     for col in ("#", "state", "val MAE", "epochs", "family", "preset"):
         table.add_column(col)

@@ -123,7 +123,8 @@ def check_free(study: optuna.Study, action: str) -> None:
     if holder is not None:
         raise UserError(
             f"cannot {action} study {study.study_name!r}: {holder.describe()} is running it; "
-            "wait for it to end or stop it (Ctrl-C); a driver that died is taken over "
+            f"wait for it to end or stop it (Ctrl-C, or kill {holder.pid} on {holder.host}); a driver "
+            "that died is taken over "
             f"automatically (on another host after {stale_after_s():.0f} s without a heartbeat)"
         )
 

@@ -168,6 +168,8 @@ def _launch_then_kill_9(tmp_path: Path, ws: Path, url: str, data: Path, space: P
         assert not any(t.user_attrs.get(REQUEUED_ATTR) for t in study.get_trials())  # nothing failed
         refused = run_in(ws, "delete", "live", "--yes", timeout=120)
         assert refused.returncode == 2 and "cannot delete study 'live'" in refused.stderr
+        shown = run_in(ws, "show", "live", timeout=120)  # who runs the running trials
+        assert f"running under msatune launch (pid {driver.pid} on host" in shown.stdout, shown.stdout
         assert "live" in optuna.get_all_study_names(url)
 
         def finished_and_running() -> dict[int, tuple] | None:
@@ -184,6 +186,9 @@ def _launch_then_kill_9(tmp_path: Path, ws: Path, url: str, data: Path, space: P
             driver.kill()
     assert not ray_left(ray_info)
     assert TrialState.RUNNING in [t.state for t in optuna.load_study(study_name="live", storage=url).trials]
+    shown = run_in(ws, "show", "live", timeout=120)  # running, and nobody runs them: the user is told
+    assert re.search(r"the \d+ running trial\(s\) have no live driver \(last: msatune launch \(pid "
+                     rf"{ray_info['driver_pid']} .*msatune resume live runs them again", shown.stdout), shown.stdout
     return before, ray_info
 
 

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from msatune import stop_signals
 from msatune.search.ray_orphans import RAY_PIDS_FILE
 from msatune.studies.store.connect import open_storage
-from tests.conftest import cli_env, msatune_argv, ray_left
+from tests.conftest import cli_env, msatune_argv, ray_left, run_in
 
 
 def _deliver_sigterm() -> None:
@@ -135,3 +135,9 @@ def test_sigterm_to_the_whole_job_stops_a_launch_at_once(tmp_path: Path, tiny_da
     assert len(stop_lines) == 1, text[-3000:]  # one line: Ray stopped too, or the graceful stop's
     after = {t.number: t.value for t in _finished(url, "job")}
     assert done and all(after[n] == v for n, v in done.items())  # nothing finished is lost
+    study = optuna.load_study(study_name="job", storage=url)
+    if any(t.state == TrialState.RUNNING for t in study.trials):  # stopped at once (the usual case)
+        shown = run_in(tmp_path / "ws", "show", "job", timeout=120)
+        assert "have no live driver" in shown.stdout and "msatune resume job runs them again" in shown.stdout
+    else:  # the graceful stop won the race against Ray's own exit
+        assert study.user_attrs["msatune:runs"][-1]["interrupted"] is True
