@@ -45,7 +45,7 @@ WATCH_POLL_S = 0.5
 def _watch() -> None:
     while True:
         needed = _needed
-        if needed is not None and needed[0]():
+        if _received and needed is not None and needed[0]():  # a SIGTERM to this command, not an earlier one
             if _needed is needed:  # not disarmed meanwhile (the command stopping Ray itself)
                 for stream in (sys.stdout, sys.stderr):
                     with contextlib.suppress(Exception):
