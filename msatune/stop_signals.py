@@ -90,6 +90,7 @@ def sigterm_as_ctrl_c(before_hard_exit: Callable[[], None] | None = None) -> Ite
         yield
         return
     previous = signal.getsignal(signal.SIGTERM)
+    previous_int = signal.getsignal(signal.SIGINT)  # what a library (Ray Tune) may leave installed
     _active, _received, _before_hard_exit = True, False, before_hard_exit
     continue_with("the same command")
     _install()
@@ -99,6 +100,20 @@ def sigterm_as_ctrl_c(before_hard_exit: Callable[[], None] | None = None) -> Ite
         _active, _before_hard_exit = False, None
         watch_after_sigterm(None)
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
+
+
+def sigterm_is_ctrl_c() -> bool:
+    """Whether a :func:`sigterm_as_ctrl_c` block is open (the CLI runs a command)."""
+    return _active
+
+
+def note_sigterm() -> None:
+    """A SIGTERM arrived while another handler held it (``ray.init``'s): the command stops as on
+    Ctrl-C, with SIGTERM's exit status."""
+    global _received
+    _received = True
 
 
 def reclaim_sigterm() -> None:

@@ -14,6 +14,8 @@ it ends, and ``on_end``: what must happen before Ray stops, also after an error.
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -137,6 +139,10 @@ def run_tune(
                 log_to_file=True,
             ),
         )
+        # Ray Tune puts SIGINT's handler back only when it fires: after a run that ended by itself
+        # its handler would swallow the next Ctrl-C (or SIGTERM) of the command (a refit after the
+        # search, the demo's ensemble). Put it back here either way.
+        sigint = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
         try:
             tuner.fit()
         except KeyboardInterrupt:
@@ -146,6 +152,9 @@ def run_tune(
             if oom is None:
                 raise
             raise OutOfMemory(oom, concurrency) from None
+        finally:
+            if sigint is not None:
+                signal.signal(signal.SIGINT, sigint)
     finally:
         if on_end is not None:
             on_end()

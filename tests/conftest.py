@@ -367,7 +367,8 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, tiny_s
 
     6 trials x up to 4 epochs (ASHA grace 1, reduction 2), so it holds COMPLETE and PRUNED
     trials, the two presets, per-trial checkpoints with predictions. Read it, never write it.
-    Keys: ``workspace`` (Path), ``storage_url``, ``name``, ``data`` (Path), ``summary``.
+    Keys: ``workspace`` (Path), ``storage_url``, ``name``, ``data`` (Path), ``summary``,
+    ``sigint_before_and_after`` (the SIGINT handler before and after the run).
     """
     from msatune.search.search_settings import SearchSettings
     from msatune.studies.runs import launch
@@ -378,9 +379,10 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, tiny_s
     storage = open_storage(ws.storage_url)
     opts = SearchSettings(trials=6, max_epochs=4, grace_period=1, reduction_factor=2,
                          cpus_per_trial=1.0, seed=0)
+    sigint = signal.getsignal(signal.SIGINT)
     summary = launch(ws, storage, "tiny", opts, data_dir=tiny_data, space_file=tiny_space_file)
     return {"workspace": ws.root, "storage_url": ws.storage_url, "name": "tiny", "data": tiny_data,
-            "summary": summary}
+            "summary": summary, "sigint_before_and_after": (sigint, signal.getsignal(signal.SIGINT))}
 
 
 @pytest.fixture

@@ -108,7 +108,8 @@ configurations on 5x the samples of one validation split.
 
 \b
 Folds run on Ray Tune with the study's resources (or the options below). Each finished fold is
-recorded in the store at once (study NAME:refit), so Ctrl-C or a crash loses no finished fold: run
+recorded in the store at once (study NAME:refit), so Ctrl-C or a crash loses no finished fold (a
+stopped refit exits with status 130, or 143 on SIGTERM, so `refit ... && ensemble ...` stops): run
 the same command again to continue (a larger --top-k or another --trial adds configurations to the
 refit, which keeps those refit before; unset --folds/--repeats/--seed are the refit's own, so
 `launch --refit-top`'s refit continues too; other ones need --replace, which discards the old
@@ -159,5 +160,7 @@ def refit(app: AppContext, name: str, top_k: int | None, trials: tuple[int, ...]
         summary = run_refit(app.ws, store, name, options, where=where, progress=progress)
     if as_json:
         echo_json(summary)
-        return
-    render_refit(summary)
+    else:
+        render_refit(summary)
+    if summary["run"].get("interrupted"):  # Ctrl-C (130) or SIGTERM (143): `refit ... && ensemble` stops
+        raise click.exceptions.Exit(130)

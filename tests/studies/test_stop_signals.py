@@ -57,6 +57,36 @@ def test_sigterm_is_forwarded_to_the_sigint_handler_of_the_moment() -> None:
         signal.signal(signal.SIGINT, before_int)
 
 
+def test_a_finished_tune_run_leaves_ctrl_c_to_the_command(tiny_study: dict) -> None:
+    """Ray Tune's SIGINT handler, left installed after a run that ended by itself, would swallow the
+    next Ctrl-C or SIGTERM (a refit after the search, the demo's ensemble)."""
+    before, after = tiny_study["sigint_before_and_after"]
+    assert after is before
+
+
+def test_a_sigterm_while_ray_starts_stops_as_ctrl_c(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``ray.init`` installs Ray's own SIGTERM handlers (``sys.exit``) before ours is back."""
+    import ray
+
+    from msatune.search.ray_session import start_ray
+
+    def init_then_sigterm(**kwargs: object) -> None:
+        raise SystemExit(signal.SIGTERM)  # what Ray's handler does with a SIGTERM during ray.init
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init_then_sigterm)
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_signals.sigterm_as_ctrl_c():
+        with pytest.raises(KeyboardInterrupt):
+            start_ray(address=None, verbose=True, work_dir=tmp_path)
+        assert stop_signals.terminated()  # so the command exits 143
+    assert signal.getsignal(signal.SIGTERM) is before
+    with pytest.raises(SystemExit):  # a library user's own script: Ray's exit stays as Ray made it
+        start_ray(address=None, verbose=True, work_dir=tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 def _launch_until_a_trial_finished(tmp_path: Path, data: Path, name: str, **popen: object):
     """``launch NAME`` on ``data``, returned once a trial finished and another runs: the driver,
     its store's URL, its stdout and stderr files and its Ray pid file's record."""
