@@ -73,11 +73,9 @@ def _as_ctrl_c(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
 
-def _install() -> bool:
-    if threading.current_thread() is not threading.main_thread():
-        return False
-    signal.signal(signal.SIGTERM, _as_ctrl_c)
-    return True
+def _install() -> None:
+    if threading.current_thread() is threading.main_thread():  # signal.signal's own rule
+        signal.signal(signal.SIGTERM, _as_ctrl_c)
 
 
 @contextlib.contextmanager
@@ -104,16 +102,14 @@ def sigterm_as_ctrl_c(before_hard_exit: Callable[[], None] | None = None) -> Ite
             signal.signal(signal.SIGINT, previous_int)
 
 
-def sigterm_is_ctrl_c() -> bool:
-    """Whether a :func:`sigterm_as_ctrl_c` block is open (the CLI runs a command)."""
-    return _active
-
-
-def note_sigterm() -> None:
-    """A SIGTERM arrived while another handler held it (``ray.init``'s): the command stops as on
-    Ctrl-C, with SIGTERM's exit status."""
+def take_sigterm() -> bool:
+    """A SIGTERM arrived while another handler held it (``ray.init``'s): inside a
+    :func:`sigterm_as_ctrl_c` block it is noted (the command stops as on Ctrl-C, with SIGTERM's
+    exit status) and True returned; False outside one (the caller's own handling stands)."""
     global _received
-    _received = True
+    if _active:
+        _received = True
+    return _active
 
 
 def reclaim_sigterm() -> None:

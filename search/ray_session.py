@@ -26,12 +26,7 @@ import msatune
 from msatune.errors import UserError, first_line
 from msatune.models.step_cache import STEP_CACHE_ENV
 from msatune.search.ray_orphans import forget_processes, record_ray_processes, start_watchdog
-from msatune.stop_signals import (
-    note_sigterm,
-    reclaim_sigterm,
-    sigterm_is_ctrl_c,
-    watch_after_sigterm,
-)
+from msatune.stop_signals import reclaim_sigterm, take_sigterm, watch_after_sigterm
 from msatune.thirdparty.ray_internals import (
     AUTH_TOKEN_LOGGER,
     local_node_core_processes,
@@ -112,10 +107,9 @@ def start_ray(*, address: str | None, verbose: bool, work_dir: Path, record: boo
         try:
             ray.init(**kwargs)
         except SystemExit:  # Ray's own SIGTERM handler, installed by ray.init, took a SIGTERM
-            if not sigterm_is_ctrl_c():
+            if not take_sigterm():
                 raise
-            note_sigterm()  # inside the CLI: stopped as on Ctrl-C (status 143), not with status 15
-            raise KeyboardInterrupt from None
+            raise KeyboardInterrupt from None  # inside the CLI: stopped as on Ctrl-C (status 143), not 15
         except Exception as exc:  # Ray raises a bare Exception when its processes do not come up
             if not address:
                 raise UserError(f"cannot start Ray on this machine: {first_line(exc)} (a full disk or a "

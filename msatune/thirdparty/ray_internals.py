@@ -27,11 +27,16 @@ CHECKED_AGAINST = "2.60.0"
 AUTH_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
-def local_node_processes() -> tuple[str | None, list[int]]:
-    """``(session_dir, pids)`` of the local Ray node this process started (``(None, [])``: none)."""
+def _local_node() -> Any:
+    """Ray's record of the local node this process started (``None``: none)."""
     import ray
 
-    node = ray._private.worker._global_node
+    return ray._private.worker._global_node
+
+
+def local_node_processes() -> tuple[str | None, list[int]]:
+    """``(session_dir, pids)`` of the local Ray node this process started (``(None, [])``: none)."""
+    node = _local_node()
     if node is None:
         return None, []
     pids = sorted({p.process.pid for infos in node.all_processes.values() for p in infos})
@@ -42,10 +47,9 @@ def local_node_core_processes() -> list[subprocess.Popen]:
     """The GCS server and the raylet of the local Ray node this process started (the two without
     which no Ray call of the driver returns), as Ray's ``Popen`` objects (``poll()`` reaps them);
     ``[]`` where none."""
-    import ray
     from ray._private import ray_constants
 
-    node = ray._private.worker._global_node
+    node = _local_node()
     if node is None:
         return []
     kinds = (ray_constants.PROCESS_TYPE_GCS_SERVER, ray_constants.PROCESS_TYPE_RAYLET)
