@@ -5,12 +5,13 @@ numbers are in the commit that added this module):
 
 * the dataset's arrays, once (``load_dataset``; in a study they come through Ray's object store,
   whose numpy arrays are read in place from shared memory, so trials on one machine share them);
-* TensorFlow's copy of every split held in memory (``Dataset.from_tensor_slices`` copies);
-* the train split once more: the shuffle buffer spans the whole split;
 * TensorFlow, Keras and a model in training: :data:`TRIAL_RUNTIME_BYTES`.
 
-A split that cannot be held twice (:func:`streamed_splits`) is read from its HDF5 files in
-batches instead (:mod:`msatune.augment.pipeline`): the trial holds no copy of it.
+The input pipelines (:mod:`msatune.augment.pipeline`) gather each batch from those arrays when
+it is needed: no copy of a split in TensorFlow, no samples in the shuffle buffer (until
+2026-12-06 both were there: 3.5 GB more per trial on MOSEI, 6.0 against 3.2 GB of peak RSS for
+one ``msatune train``). A split larger than :func:`stream_threshold` is read from its HDF5 files
+a batch at a time instead (:func:`streamed_splits`).
 
 This module must not import TensorFlow (``msatune data info`` stays fast).
 """
@@ -74,34 +75,26 @@ class TrialMemory:
     """A trial's memory need on a dataset, in bytes, and what it is made of."""
 
     data: int  # all splits' arrays
-    tf_copies: int  # TensorFlow's copies of the splits held in memory
-    shuffle_buffer: int  # the train split in the shuffle buffer (0 when streamed)
     runtime: int
     streamed: tuple[str, ...]
     machine: int | None
 
     @property
     def total(self) -> int:
-        return self.data + self.tf_copies + self.shuffle_buffer + self.runtime
+        return self.data + self.runtime
 
     def describe(self) -> str:
         """One line: the need, its parts and the machine's memory."""
         gb = _gb
-        parts = [f"the arrays {gb(self.data)}"]
-        if self.tf_copies:
-            parts.append(f"TensorFlow's copy {gb(self.tf_copies)}")
-        if self.shuffle_buffer:
-            parts.append(f"the train shuffle buffer {gb(self.shuffle_buffer)}")
-        parts.append(f"TensorFlow/Keras {gb(self.runtime)}")
         streamed = f"; streamed from HDF5: {', '.join(self.streamed)}" if self.streamed else ""
         machine = "unknown" if self.machine is None else gb(self.machine)
-        return (f"a trial needs about {gb(self.total)}: {' + '.join(parts)}{streamed} "
-                f"(this machine has {machine}; a study's driver and Ray's object store hold "
-                "the arrays once more each)")
+        return (f"a trial needs about {gb(self.total)}: the arrays {gb(self.data)} + "
+                f"TensorFlow/Keras {gb(self.runtime)}{streamed} (this machine has {machine}; in "
+                f"a study the trials on one machine share the arrays through Ray's object store, "
+                f"so each trial after the first adds about {gb(self.runtime)})")
 
     def as_json(self) -> dict[str, object]:
-        return {"trial_bytes": self.total, "data_bytes": self.data, "tf_copy_bytes": self.tf_copies,
-                "shuffle_buffer_bytes": self.shuffle_buffer, "runtime_bytes": self.runtime,
+        return {"trial_bytes": self.total, "data_bytes": self.data, "runtime_bytes": self.runtime,
                 "streamed_splits": list(self.streamed), "machine_bytes": self.machine}
 
 
@@ -113,11 +106,8 @@ def split_bytes(splits: Mapping[str, Any]) -> dict[str, int]:
 def trial_memory(split_bytes: Mapping[str, int], threshold: int | None = None) -> TrialMemory:
     """A trial's memory need from each split's array bytes (features + labels)."""
     streamed = streamed_splits(split_bytes, threshold)
-    held = {n: b for n, b in split_bytes.items() if n not in streamed}
     return TrialMemory(
         data=sum(split_bytes.values()),
-        tf_copies=sum(held.values()),
-        shuffle_buffer=held.get("train", 0),
         runtime=TRIAL_RUNTIME_BYTES,
         streamed=tuple(n for n in split_bytes if n in streamed),
         machine=machine_memory(),

@@ -2,7 +2,11 @@
 
 :func:`make_datasets` turns in-memory arrays (as they arrive from the Ray object store) into
 batched, prefetched datasets whose elements are ``({"text": (B,T,Dt), "audio": ..., "video":
-...}, labels (B, 1) float32)``.
+...}, labels (B, 1) float32)``. Every split is read a batch at a time: the pipeline shuffles and
+batches sample indices and gathers each batch's rows when it is needed (from the arrays, or from
+the HDF5 files for a split too large to hold twice), so a trial holds no copy of its data
+(``Dataset.from_tensor_slices`` would copy every split into TensorFlow, and the train split's
+shuffle buffer would hold it once more: 3.3 GB on MOSEI).
 
 Determinism: the train split is shuffled with a fixed op seed and ``reshuffle_each_iteration``,
 and every train batch is zipped with a per-batch seed from ``Dataset.random(seed,
@@ -129,9 +133,32 @@ def trial_splits(data: MSADataset, threshold: int | None = None) -> dict[str, ob
     }
 
 
-def _streamed(src: H5Split, batch_size: int, drop: bool, shuffle_seed: int | None) -> tf.data.Dataset:
-    """Batches of ``src`` read from HDF5: the same order as shuffling (or not) the split's
-    elements with the same seed, since a shuffle's order does not depend on the elements."""
+@dataclass(eq=False)
+class ArraySplit:
+    """One split held in memory (as it arrives from the Ray object store), read a batch at a
+    time: a batch is gathered from the arrays when the pipeline needs it, so TensorFlow holds no
+    copy of the split and the shuffle buffer holds indices, not samples."""
+
+    features: dict[str, np.ndarray]
+    labels: np.ndarray  # (N, 1)
+
+    @property
+    def n(self) -> int:
+        return int(self.labels.shape[0])
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {m: tuple(x.shape[1:]) for m, x in self.features.items()}
+
+    def read(self, index: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The rows ``index``: the features in :data:`MODALITIES` order, then labels (B, 1)."""
+        return (*(x[index] for x in self.features.values()), self.labels[index])
+
+
+def _batches(src: H5Split | ArraySplit, batch_size: int, drop: bool,
+             shuffle_seed: int | None) -> tf.data.Dataset:
+    """Batches of ``src``, each read when needed: the same batches as shuffling (or not) and
+    batching the split's elements with the same seed, since a shuffle's order does not depend on
+    the elements."""
     n = src.n
     idx = tf.data.Dataset.range(n)
     if shuffle_seed is not None:
@@ -140,12 +167,12 @@ def _streamed(src: H5Split, batch_size: int, drop: bool, shuffle_seed: int | Non
     shapes = src.shapes()
 
     def read(i: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-        *feats, labels = tf.numpy_function(src.read, [i], [tf.float32] * (len(MODALITIES) + 1))
+        *feats, labels = tf.numpy_function(src.read, [i], [tf.float32] * (len(shapes) + 1))
         x = {}
-        for m, f in zip(MODALITIES, feats, strict=True):
-            f.set_shape((None, *shapes[m]))
+        for (m, shape), f in zip(shapes.items(), feats, strict=True):
+            f.set_shape(i.shape.concatenate(shape))  # static batch size when batches are full
             x[m] = f
-        labels.set_shape((None, 1))
+        labels.set_shape(i.shape.concatenate(1))
         return x, labels
 
     return idx.map(read, num_parallel_calls=None, deterministic=True)
@@ -171,7 +198,8 @@ def make_datasets(
 
     Args:
         splits: split name -> ``{"text", "audio", "video"`` (any present), ``"labels"}`` arrays;
-            features ``(N, T, D)``, labels ``(N,)`` or ``(N, 1)``. Other keys are ignored. An
+            features ``(N, T, D)``, labels ``(N,)`` or ``(N, 1)``. Other keys are ignored. The
+            arrays are not copied: each batch is gathered from them when needed. An
             :class:`H5Split` is read from its files a batch at a time, in the same order.
         batch_size: samples per train batch; the last batch may be smaller.
         aug: flat config whose ``aug_*`` keys set the augmentation strengths (others ignored);
@@ -200,41 +228,22 @@ def make_datasets(
 
     out: dict[str, tf.data.Dataset] = {}
     for name, arrays in splits.items():
-        if isinstance(arrays, H5Split):  # read a batch at a time: the trial holds no copy
-            n = arrays.n
-            train = name == TRAIN_SPLIT
-            ds = _streamed(
-                arrays,
-                batch_size if train else (eval_batch_size or batch_size),
-                train and drop_last_partial and n >= batch_size,
-                seed + _SHUFFLE_SALT if train and shuffle else None,
-            )
-        else:
-            features, labels = _split_arrays(name, arrays)
-            n = labels.shape[0]
-            ds = tf.data.Dataset.from_tensor_slices((features, labels))
-        if name == TRAIN_SPLIT:
-            if not isinstance(arrays, H5Split):
-                if shuffle:
-                    ds = ds.shuffle(max(n, 1), seed=seed + _SHUFFLE_SALT, reshuffle_each_iteration=True)
-                ds = ds.batch(
-                    batch_size,
-                    drop_remainder=drop_last_partial and n >= batch_size, num_parallel_calls=autotune,
-                    deterministic=True,
-                )
-            if augmenting:
-                seeds = tf.data.Dataset.random(
-                    seed=seed + _AUG_SALT, rerandomize_each_iteration=True
-                ).batch(2)
-                ds = tf.data.Dataset.zip(ds, seeds).map(
-                    lambda batch, s: augment_batch(batch[0], batch[1], cfg, s),
-                    num_parallel_calls=autotune,
-                    deterministic=True,
-                )
-        elif not isinstance(arrays, H5Split):
-            ds = ds.batch(
-                eval_batch_size or batch_size,
-                drop_remainder=False,
+        # an H5Split is read from its files, arrays are gathered from memory: a batch at a time
+        src = arrays if isinstance(arrays, H5Split) else ArraySplit(*_split_arrays(name, arrays))
+        n = src.n
+        train = name == TRAIN_SPLIT
+        ds = _batches(
+            src,
+            batch_size if train else (eval_batch_size or batch_size),
+            train and drop_last_partial and n >= batch_size,
+            seed + _SHUFFLE_SALT if train and shuffle else None,
+        )
+        if train and augmenting:
+            seeds = tf.data.Dataset.random(
+                seed=seed + _AUG_SALT, rerandomize_each_iteration=True
+            ).batch(2)
+            ds = tf.data.Dataset.zip(ds, seeds).map(
+                lambda batch, s: augment_batch(batch[0], batch[1], cfg, s),
                 num_parallel_calls=autotune,
                 deterministic=True,
             )
