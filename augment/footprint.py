@@ -9,7 +9,7 @@ numbers are in the commit that added this module):
 
 The input pipelines (:mod:`msatune.augment.pipeline`) gather each batch from those arrays when
 it is needed: no copy of a split in TensorFlow, no samples in the shuffle buffer (until
-2026-12-06 both were there: 3.5 GB more per trial on MOSEI, 6.0 against 3.2 GB of peak RSS for
+2026-12-06 both were there: 2.8 GB more per trial on MOSEI, 6.0 against 3.2 GB of peak RSS for
 one ``msatune train``). A split larger than :func:`stream_threshold` is read from its HDF5 files
 a batch at a time instead (:func:`streamed_splits`).
 

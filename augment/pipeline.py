@@ -4,9 +4,9 @@
 batched, prefetched datasets whose elements are ``({"text": (B,T,Dt), "audio": ..., "video":
 ...}, labels (B, 1) float32)``. Every split is read a batch at a time: the pipeline shuffles and
 batches sample indices and gathers each batch's rows when it is needed (from the arrays, or from
-the HDF5 files for a split too large to hold twice), so a trial holds no copy of its data
-(``Dataset.from_tensor_slices`` would copy every split into TensorFlow, and the train split's
-shuffle buffer would hold it once more: 3.3 GB on MOSEI).
+the HDF5 files for a split larger than half the machine's memory), so a trial holds no copy of
+its data (``Dataset.from_tensor_slices`` would copy every split into TensorFlow, and the train
+split's shuffle buffer would hold it once more: 2.8 GB more per trial on MOSEI).
 
 Determinism: the train split is shuffled with a fixed op seed and ``reshuffle_each_iteration``,
 and every train batch is zipped with a per-batch seed from ``Dataset.random(seed,

@@ -239,7 +239,7 @@ def test_batches_are_those_of_shuffling_the_samples_themselves(splits, drop):
 def test_the_pipelines_read_the_callers_arrays_and_hold_no_copy():
     # A trial's data arrive once (Ray's object store, or load_dataset); the pipelines gather each
     # batch from those arrays when it is needed instead of copying every split into TensorFlow
-    # (and the train split once more into the shuffle buffer): on MOSEI that was 3.5 GB a trial.
+    # (and the train split once more into the shuffle buffer): on MOSEI that was 2.8 GB a trial.
     split = make_split(12, 3)
     ds = make_datasets({"train": split, "valid": split}, 4, None, seed=0, shuffle=False)
     split["text"][:] = 7.0  # changed after the pipelines were built
