@@ -175,7 +175,7 @@ def _batches(src: H5Split | ArraySplit, batch_size: int, drop: bool,
         labels.set_shape(i.shape.concatenate(1))
         return x, labels
 
-    return idx.map(read, num_parallel_calls=None, deterministic=True)
+    return idx.map(read)  # one batch at a time, in order (HDF5 reads are serial anyway)
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
