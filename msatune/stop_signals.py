@@ -14,7 +14,10 @@ Slurm and systemd send SIGTERM to every process of the job, Ray's own too: then 
 cannot finish (Ray's calls wait a minute for a GCS that is gone, past Slurm's 30 s before its
 SIGKILL). :func:`watch_after_sigterm` names what the stop needs; once a SIGTERM came and that is
 gone, the command says so in one line and exits 143 at once, as after ``kill -9`` (the store
-holds every finished trial; ``msatune resume`` re-runs the ones left running).
+holds every finished trial; ``msatune resume`` re-runs the ones left running). Ray's own core
+worker can end the process first (exit 1, within ~0.1 s, when its object store's connection
+breaks), so every SIGTERM is announced the moment it arrives, with how to continue: a thread
+woken through :func:`signal.set_wakeup_fd` writes the line, whatever the main thread is waiting on.
 """
 
 from __future__ import annotations
@@ -40,6 +43,41 @@ _before_hard_exit: Callable[[], None] | None = None
 _continue_with = "the same command"
 #: How often the watcher looks, after a SIGTERM.
 WATCH_POLL_S = 0.5
+#: The pipe Python's C-level signal handler wakes the announcer through (made once per process).
+_wakeup: tuple[int, int] | None = None
+
+
+def _announce_sigterms(read_fd: int) -> None:
+    """Runs in a daemon thread: each byte is a signal number; a SIGTERM inside a block is
+    announced at once (the main thread may be blocked in Ray's C code for a while)."""
+    while True:
+        try:
+            data = os.read(read_fd, 512)
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+        if not data:
+            return
+        if signal.SIGTERM in data and _active:
+            with contextlib.suppress(OSError):
+                os.write(2, f"msatune: SIGTERM: stopping as on Ctrl-C; continue with: "
+                            f"{_continue_with}\n".encode())
+
+
+def _wake_on_signals() -> int:
+    """Route Python's signal wake-ups to the announcer; returns the wakeup fd it replaced."""
+    global _wakeup
+    if _wakeup is None:
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)  # set_wakeup_fd's rule
+        _wakeup = (read_fd, write_fd)
+        threading.Thread(target=_announce_sigterms, args=(read_fd,), name="msatune-sigterm-announce",
+                         daemon=True).start()
+    try:
+        return signal.set_wakeup_fd(_wakeup[1], warn_on_full_buffer=False)
+    except ValueError:  # not the main thread
+        return -1
 
 
 def _watch() -> None:
@@ -92,11 +130,14 @@ def sigterm_as_ctrl_c(before_hard_exit: Callable[[], None] | None = None) -> Ite
     _active, _received, _before_hard_exit = True, False, before_hard_exit
     continue_with("the same command")
     _install()
+    previous_wakeup = _wake_on_signals()
     try:
         yield
     finally:
         _active, _before_hard_exit = False, None
         watch_after_sigterm(None)
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(previous_wakeup)
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
         if previous_int is not None:
             signal.signal(signal.SIGINT, previous_int)

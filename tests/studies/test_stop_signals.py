@@ -57,6 +57,28 @@ def test_sigterm_is_forwarded_to_the_sigint_handler_of_the_moment() -> None:
         signal.signal(signal.SIGINT, before_int)
 
 
+def test_a_sigterm_is_announced_at_once_with_how_to_continue(capfd: pytest.CaptureFixture) -> None:
+    """Ray's core worker may end the process ~0.1 s after a job-wide SIGTERM (exit 1, no word):
+    the line comes from a thread Python's C-level handler wakes, not from the main thread."""
+    before_term, before_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    before_wakeup = signal.set_wakeup_fd(-1)
+    try:
+        signal.signal(signal.SIGINT, lambda signum, frame: None)  # as Ray Tune's
+        with stop_signals.sigterm_as_ctrl_c():
+            stop_signals.continue_with("msatune resume nightly")
+            _deliver_sigterm()
+        err = capfd.readouterr().err
+        assert err.count("msatune: SIGTERM: stopping as on Ctrl-C; continue with: msatune resume nightly") == 1
+        assert signal.set_wakeup_fd(-1) == -1  # the command's wakeup fd is gone with it
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)  # a library user's, after it
+        _deliver_sigterm()
+        assert "msatune: SIGTERM" not in capfd.readouterr().err
+    finally:
+        signal.set_wakeup_fd(before_wakeup)
+        signal.signal(signal.SIGTERM, before_term)
+        signal.signal(signal.SIGINT, before_int)
+
+
 def test_a_finished_tune_run_leaves_ctrl_c_to_the_command(tiny_study: dict) -> None:
     """Ray Tune's SIGINT handler, left installed after a run that ended by itself, would swallow the
     next Ctrl-C or SIGTERM (a refit after the search, the demo's ensemble)."""
@@ -115,17 +137,18 @@ def _launch_until_a_trial_finished(tmp_path: Path, data: Path, name: str, **pope
     return driver, url, out, err, ray_info
 
 
-def _stopped(driver: subprocess.Popen, err: Path, ray_info: dict, name: str) -> str:
-    """What every SIGTERM'd launch owes: exit 143, how to continue, no native stack dump, no Ray
-    process left. Returns its stderr."""
+def _stopped(driver: subprocess.Popen, err: Path, ray_info: dict, name: str,
+             statuses: tuple[int, ...] = (143,)) -> str:
+    """What every SIGTERM'd launch owes: its exit status, the SIGTERM announced with how to
+    continue, no native stack dump, no Ray process left. Returns its stderr."""
     try:
         rc = driver.wait(timeout=300)
     finally:
         if driver.poll() is None:
             driver.kill()
     text = err.read_text()
-    assert rc == 143, text[-3000:]
-    assert f"continue with: msatune resume {name}" in text, text[-3000:]
+    assert rc in statuses, text[-3000:]
+    assert f"msatune: SIGTERM: stopping as on Ctrl-C; continue with: msatune resume {name}" in text, text[-3000:]
     assert "SIGTERM received" not in text and "PC: @" not in text, text[-3000:]  # no native dump
     deadline = time.time() + 60
     while ray_left(ray_info) and time.time() < deadline:
@@ -160,9 +183,11 @@ def test_sigterm_to_the_whole_job_stops_a_launch_at_once(tmp_path: Path, tiny_da
         tmp_path, tiny_data, "job", start_new_session=True)
     done = {t.number: t.value for t in _finished(url, "job")}
     os.killpg(driver.pid, signal.SIGTERM)
-    text = _stopped(driver, err, ray_info, "job")
+    # 143, or 1 when Ray's core worker ended the process first (it exits at once when its object
+    # store's connection breaks, ~0.1 s after the raylet's SIGTERM): the announcement came before
+    text = _stopped(driver, err, ray_info, "job", statuses=(143, 1))
     stop_lines = [ln for ln in text.splitlines() if ln.startswith("msatune: ")]
-    assert len(stop_lines) == 1, text[-3000:]  # one line: Ray stopped too, or the graceful stop's
+    assert stop_lines[0].startswith("msatune: SIGTERM: ") and len(stop_lines) <= 2, text[-3000:]
     after = {t.number: t.value for t in _finished(url, "job")}
     assert done and all(after[n] == v for n, v in done.items())  # nothing finished is lost
     study = optuna.load_study(study_name="job", storage=url)
