@@ -45,6 +45,7 @@ _continue_with = "the same command"
 WATCH_POLL_S = 0.5
 #: The pipe Python's C-level signal handler wakes the announcer through (made once per process).
 _wakeup: tuple[int, int] | None = None
+_announced = False
 
 
 def _announce_sigterms(read_fd: int) -> None:
@@ -59,7 +60,9 @@ def _announce_sigterms(read_fd: int) -> None:
             return
         if not data:
             return
-        if signal.SIGTERM in data and _active:
+        global _announced
+        if signal.SIGTERM in data and _active and not _announced:  # once a command
+            _announced = True
             with contextlib.suppress(OSError):
                 os.write(2, f"msatune: SIGTERM: stopping as on Ctrl-C; continue with: "
                             f"{_continue_with}\n".encode())
@@ -121,13 +124,13 @@ def sigterm_as_ctrl_c(before_hard_exit: Callable[[], None] | None = None) -> Ite
     """Within the block, SIGTERM stops the command as Ctrl-C does; the previous handler after it.
     ``before_hard_exit`` runs before an exit at once (:func:`watch_after_sigterm`), e.g. to give
     fd 2 back to the real stderr."""
-    global _active, _received, _before_hard_exit
+    global _active, _received, _before_hard_exit, _announced
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.getsignal(signal.SIGTERM)
     previous_int = signal.getsignal(signal.SIGINT)  # what a library (Ray Tune) may leave installed
-    _active, _received, _before_hard_exit = True, False, before_hard_exit
+    _active, _received, _before_hard_exit, _announced = True, False, before_hard_exit, False
     continue_with("the same command")
     _install()
     previous_wakeup = _wake_on_signals()

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -57,26 +58,31 @@ def test_sigterm_is_forwarded_to_the_sigint_handler_of_the_moment() -> None:
         signal.signal(signal.SIGINT, before_int)
 
 
-def test_a_sigterm_is_announced_at_once_with_how_to_continue(capfd: pytest.CaptureFixture) -> None:
+ANNOUNCE = """
+import os, signal, sys, time
+from msatune import stop_signals
+signal.signal(signal.SIGINT, lambda signum, frame: None)  # as Ray Tune's: no KeyboardInterrupt
+with stop_signals.sigterm_as_ctrl_c():
+    stop_signals.continue_with("msatune resume nightly")
+    for _ in range(2):  # a second SIGTERM is not announced again
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)
+assert signal.set_wakeup_fd(-1) == -1  # the command's wakeup fd is gone with it
+signal.signal(signal.SIGTERM, lambda signum, frame: None)  # a library user's own, after it
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(0.5)
+"""
+
+
+def test_a_sigterm_is_announced_at_once_with_how_to_continue() -> None:
     """Ray's core worker may end the process ~0.1 s after a job-wide SIGTERM (exit 1, no word):
-    the line comes from a thread Python's C-level handler wakes, not from the main thread."""
-    before_term, before_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    before_wakeup = signal.set_wakeup_fd(-1)
-    try:
-        signal.signal(signal.SIGINT, lambda signum, frame: None)  # as Ray Tune's
-        with stop_signals.sigterm_as_ctrl_c():
-            stop_signals.continue_with("msatune resume nightly")
-            _deliver_sigterm()
-        err = capfd.readouterr().err
-        assert err.count("msatune: SIGTERM: stopping as on Ctrl-C; continue with: msatune resume nightly") == 1
-        assert signal.set_wakeup_fd(-1) == -1  # the command's wakeup fd is gone with it
-        signal.signal(signal.SIGTERM, lambda signum, frame: None)  # a library user's, after it
-        _deliver_sigterm()
-        assert "msatune: SIGTERM" not in capfd.readouterr().err
-    finally:
-        signal.set_wakeup_fd(before_wakeup)
-        signal.signal(signal.SIGTERM, before_term)
-        signal.signal(signal.SIGINT, before_int)
+    the line comes from a thread Python's C-level handler wakes, not from the main thread.
+    In its own process: a SIGTERM of an earlier test could still be in this process's pipe."""
+    proc = subprocess.run([sys.executable, "-c", ANNOUNCE], capture_output=True, text=True,
+                          env=cli_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = "msatune: SIGTERM: stopping as on Ctrl-C; continue with: msatune resume nightly"
+    assert proc.stderr.count(line) == 1 and proc.stderr.count("msatune: SIGTERM") == 1, proc.stderr[-3000:]
 
 
 def test_a_finished_tune_run_leaves_ctrl_c_to_the_command(tiny_study: dict) -> None:
