@@ -51,6 +51,7 @@ _announced = False
 def _announce_sigterms(read_fd: int) -> None:
     """Runs in a daemon thread: each byte is a signal number; a SIGTERM inside a block is
     announced at once (the main thread may be blocked in Ray's C code for a while)."""
+    global _announced
     while True:
         try:
             data = os.read(read_fd, 512)
@@ -60,7 +61,6 @@ def _announce_sigterms(read_fd: int) -> None:
             return
         if not data:
             return
-        global _announced
         if signal.SIGTERM in data and _active and not _announced:  # once a command
             _announced = True
             with contextlib.suppress(OSError):
