@@ -122,11 +122,3 @@ def pool_splits(splits: Mapping[str, SplitData]) -> SplitData:
         ids=cat("ids"), oracle=cat("oracle"), nan_count=sum(p.nan_count for p in parts),
     )
 
-
-def subset(split: SplitData, index: np.ndarray) -> SplitData:
-    """The samples ``index`` of ``split`` (in that order)."""
-    def take(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else a[index]
-
-    return SplitData(text=split.text[index], audio=split.audio[index], video=split.video[index],
-                     labels=split.labels[index], ids=take(split.ids), oracle=take(split.oracle))

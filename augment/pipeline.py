@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from msatune.augment.dataset import H5_KEY, LABEL_RANGE, MSADataset, file_name
+from msatune.augment.dataset import H5_KEY, LABEL_RANGE, MSADataset, SplitData, file_name
 from msatune.augment.footprint import split_bytes, streamed_splits
 from msatune.augment.transforms import augment_batch, validate_aug_config
 from msatune.errors import UserError
@@ -46,7 +46,7 @@ _AUG_SALT = 0x5EED_0002
 
 def _split_arrays(
     name: str, arrays: Mapping[str, np.ndarray]
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
     if not isinstance(arrays, Mapping):
         raise UserError(f"split {name!r} must be a mapping of arrays, got {type(arrays).__name__}")
     if "labels" not in arrays:
@@ -67,7 +67,15 @@ def _split_arrays(
             raise UserError(f"split {name!r}: {m} must have shape (N, T, D), got {x.shape}")
         if x.shape[0] != n:
             raise UserError(f"split {name!r}: {m} has {x.shape[0]} samples but labels have {n}")
-    return features, labels.reshape(n, 1)
+    rows = arrays.get("rows")
+    if rows is not None:
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+            raise UserError(f"split {name!r}: rows must be a 1-D integer array, got {rows.dtype} {rows.shape}")
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            raise UserError(f"split {name!r}: rows must lie in [0, {n}), got {rows.min()} .. {rows.max()}")
+        rows = rows.astype(np.int64, copy=False)
+    return features, labels.reshape(n, 1), rows
 
 
 @dataclass(eq=False)
@@ -124,7 +132,9 @@ def trial_splits(data: MSADataset, threshold: int | None = None) -> dict[str, ob
     """A trial's splits for :func:`make_datasets`: the in-memory arrays, or an :class:`H5Split`
     for a split too large to hold twice (see :func:`msatune.augment.footprint.streamed_splits`;
     ``threshold`` in bytes overrides it)."""
-    streamed = streamed_splits(split_bytes(data.splits), threshold)
+    # a split of rows (a refit fold) reads its source in memory: it has no files of its own
+    files = {name: s for name, s in data.splits.items() if isinstance(s, SplitData)}
+    streamed = streamed_splits(split_bytes(files), threshold)
     if streamed:
         log.info("streaming split(s) %s from %s", ", ".join(sorted(streamed)), data.path)
     return {
@@ -137,20 +147,24 @@ def trial_splits(data: MSADataset, threshold: int | None = None) -> dict[str, ob
 class ArraySplit:
     """One split held in memory (as it arrives from the Ray object store), read a batch at a
     time: a batch is gathered from the arrays when the pipeline needs it, so TensorFlow holds no
-    copy of the split and the shuffle buffer holds indices, not samples."""
+    copy of the split and the shuffle buffer holds indices, not samples. With ``rows`` the split
+    is those rows of the arrays, in that order (a refit fold), read in place too."""
 
     features: dict[str, np.ndarray]
     labels: np.ndarray  # (N, 1)
+    rows: np.ndarray | None = None
 
     @property
     def n(self) -> int:
-        return int(self.labels.shape[0])
+        return int((self.labels if self.rows is None else self.rows).shape[0])
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {m: tuple(x.shape[1:]) for m, x in self.features.items()}
 
     def read(self, index: np.ndarray) -> tuple[np.ndarray, ...]:
-        """The rows ``index``: the features in :data:`MODALITIES` order, then labels (B, 1)."""
+        """The samples ``index``: the features in :data:`MODALITIES` order, then labels (B, 1)."""
+        if self.rows is not None:
+            index = self.rows[index]
         return (*(x[index] for x in self.features.values()), self.labels[index])
 
 
@@ -198,8 +212,9 @@ def make_datasets(
 
     Args:
         splits: split name -> ``{"text", "audio", "video"`` (any present), ``"labels"}`` arrays;
-            features ``(N, T, D)``, labels ``(N,)`` or ``(N, 1)``. Other keys are ignored. The
-            arrays are not copied: each batch is gathered from them when needed. An
+            features ``(N, T, D)``, labels ``(N,)`` or ``(N, 1)``; optional ``"rows"``, int
+            ``(M,)``: the split is those rows of the arrays, in that order. Other keys are
+            ignored. The arrays are not copied: each batch is gathered from them when needed. An
             :class:`H5Split` is read from its files a batch at a time, in the same order.
         batch_size: samples per train batch; the last batch may be smaller.
         aug: flat config whose ``aug_*`` keys set the augmentation strengths (others ignored);

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 from ray.tune.callback import Callback
 
-from msatune.augment.dataset import MSADataset, SplitData
-from msatune.augment.folds import fold_split, subset
+from msatune.augment.dataset import MSADataset, SplitData, SplitRows
+from msatune.augment.folds import fold_split
 from msatune.search.search_settings import SearchSettings
 from msatune.search.searcher import error_reason
 from msatune.search.trainable import EpochReports, trial_artifact_dir, tune_trial
@@ -116,12 +116,13 @@ class FoldRunSummary:
 
 def fold_dataset(pool: SplitData, assignment: np.ndarray, repeat: int, fold: int,
                  fingerprint: str) -> MSADataset:
-    """The fold's training data: ``train`` = the other folds, ``valid`` = the held-out fold.
-    It has no test split."""
+    """The fold's training data: ``train`` = the other folds, ``valid`` = the held-out fold,
+    both rows of ``pool`` read in place (the worker's copy of the pool is all it holds). It has
+    no test split."""
     split = fold_split(assignment, repeat, fold)
     return MSADataset(
         path=Path(f"refit-r{repeat}-f{fold}"),
-        splits={"train": subset(pool, split.train), "valid": subset(pool, split.held_out)},
+        splits={"train": SplitRows.of(pool, split.train), "valid": SplitRows.of(pool, split.held_out)},
         fingerprint=f"{fingerprint}:r{repeat}f{fold}",
     )
 

@@ -13,7 +13,6 @@ from msatune.augment.folds import (
     label_bins,
     pool_splits,
     stratified_folds,
-    subset,
 )
 from msatune.augment.synth import PRESETS, generate
 from msatune.errors import UserError
@@ -89,8 +88,6 @@ def test_the_pool_is_train_then_valid_and_never_test(tiny_data) -> None:
     assert np.array_equal(pool.labels[: data.train.n], data.train.labels)
     assert np.array_equal(pool.text[data.train.n:], data.valid.text)
     assert np.array_equal(pool.oracle[data.train.n:], data.valid.oracle)
-    part = subset(pool, np.array([3, 0]))
-    assert np.array_equal(part.audio, pool.audio[[3, 0]]) and part.n == 2
 
 
 def test_the_video_preset_is_another_structure_and_leaves_the_others_alone() -> None:
