@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from msatune.augment.dataset import LABEL_RANGE, SplitData
+from msatune.augment.dataset import LABEL_RANGE, MSADataset, SplitData, SplitRows
 from msatune.errors import UserError
 
 #: How a refit bins labels for stratification (recorded on the refit).
@@ -122,3 +122,16 @@ def pool_splits(splits: Mapping[str, SplitData]) -> SplitData:
         ids=cat("ids"), oracle=cat("oracle"), nan_count=sum(p.nan_count for p in parts),
     )
 
+
+
+def pooled(data: MSADataset) -> tuple[SplitData, MSADataset]:
+    """The pool of ``data`` (:func:`pool_splits`) and ``data``'s train and valid as rows of it,
+    without its test split: what a refit's driver keeps, so that the arrays it loaded (on MOSEI
+    2 GB, test included) can be freed once they are pooled."""
+    pool = pool_splits(data.splits)
+    n_train = data.splits["train"].n
+    view = MSADataset(path=data.path, fingerprint=data.fingerprint, splits={
+        "train": SplitRows.of(pool, np.arange(n_train)),
+        "valid": SplitRows.of(pool, np.arange(n_train, pool.n)),
+    })
+    return pool, view

@@ -38,7 +38,7 @@ from msatune.augment.folds import (
     BINNING,
     assignment_digest,
     bin_counts,
-    pool_splits,
+    pooled,
     stratified_folds,
 )
 from msatune.ensemble.bagging import FoldModel, assemble_oof
@@ -254,8 +254,8 @@ def run_refit(
         chosen, warnings = choose_trials(study, options.trials), []
     else:
         chosen, warnings = choose_configs(study, options.top_k, up_to=options.up_to)
-    data = study_data(attrs, name, needed_for="a refit must train on the data the study was searched on")
-    pool = pool_splits(data.splits)
+    # from here on the driver holds the pool, and train and valid as rows of it: the loaded arrays go
+    pool, data = pooled(study_data(attrs, name, needed_for="a refit must train on the data the study was searched on"))
     assignment = stratified_folds(pool.labels, options.folds, repeats=options.repeats, seed=options.seed)
     settings = SearchSettings.from_study(attrs, **(where or {})).validate()
     directory = ws.refit_dir(name)

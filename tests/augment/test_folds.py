@@ -12,6 +12,7 @@ from msatune.augment.folds import (
     fold_split,
     label_bins,
     pool_splits,
+    pooled,
     stratified_folds,
 )
 from msatune.augment.synth import PRESETS, generate
@@ -88,6 +89,22 @@ def test_the_pool_is_train_then_valid_and_never_test(tiny_data) -> None:
     assert np.array_equal(pool.labels[: data.train.n], data.train.labels)
     assert np.array_equal(pool.text[data.train.n:], data.valid.text)
     assert np.array_equal(pool.oracle[data.train.n:], data.valid.oracle)
+
+
+def test_a_refits_driver_keeps_train_and_valid_as_rows_of_the_pool(tiny_data) -> None:
+    # The driver needs train's and valid's sizes, labels and ids after pooling, not a second copy
+    # of their features (nor the test split): those are rows of the pool it sends to the folds.
+    from msatune.augment.dataset import load_dataset
+
+    data = load_dataset(tiny_data)
+    pool, view = pooled(data)
+    assert set(view.splits) == {"train", "valid"} and view.fingerprint == data.fingerprint
+    for name in ("train", "valid"):
+        assert view.splits[name].n == data.splits[name].n
+        assert np.array_equal(view.splits[name].labels, data.splits[name].labels)
+        assert view.splits[name].source is pool  # the pool's arrays, no copy
+    assert np.array_equal(pool.text[view.valid.rows], data.valid.text)
+    assert view.dims == data.dims and view.seq_len == data.seq_len
 
 
 def test_the_video_preset_is_another_structure_and_leaves_the_others_alone() -> None:
