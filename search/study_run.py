@@ -141,7 +141,7 @@ def _trial_name(trial: Any) -> str:
 def run_search(
     study: optuna.Study,
     space: SearchSpace,
-    data: MSADataset,
+    data: MSADataset | Any,
     settings: SearchSettings,
     *,
     ray_dir: Path,
@@ -155,6 +155,8 @@ def run_search(
 
     ``trainable`` replaces the function trainable (default ``search.trainable.train_trial``);
     it is called as ``trainable(config, data=data)`` and reports through ``ray.tune.report``.
+    ``data`` is the dataset, or its reference in Ray's object store
+    (:func:`msatune.search.tune_run.in_object_store`; the trainable gets the dataset either way).
     ``sampler`` replaces the TPE sampler (benchmarks compare with random search). ``fence()``
     (the study lease's ``held``) is asked before every write; once it says no, the run writes
     nothing more, stops, and its summary says ``fenced``.

@@ -98,6 +98,7 @@ def launch(
     as :data:`REFIT_AFTER_ATTR`: the refit that follows the search, here and after a resume.
     """
     from msatune.augment.dataset import load_dataset
+    from msatune.search.tune_run import in_object_store
 
     check_study_name(name)
     settings.validate()
@@ -120,6 +121,7 @@ def launch(
             set_study_attr(study, REFIT_AFTER_ATTR, {k: int(v) for k, v in refit_after.items()})
         with StudyLease(study, "launch") as lease:
             ray.own()
+            data = in_object_store(data)  # the trials read the store's copy; the driver's arrays go
             return _run(ws, study, space, data, settings, settings.trials, progress, trainable, sampler,
                         lease=lease)
 
@@ -191,6 +193,7 @@ def resume(
     from msatune.search.ray_orphans import end_orphans
     from msatune.search.reconcile import reconcile, used_budget
     from msatune.search.trainable import sweep_checkpoint_work_dirs
+    from msatune.search.tune_run import in_object_store
     from msatune.studies.study_data import study_data
 
     store = open_storage(storage, create=False) if isinstance(storage, str) else storage
@@ -225,6 +228,7 @@ def resume(
             set_metric_name(study)  # studies made before metric names were set
         remaining = budget - used_budget(study)
         ray.own()
+        data = in_object_store(data)  # the trials read the store's copy; the driver's arrays go
         summary = _run(ws, study, space, data, settings, remaining, progress, lease=lease)
     summary.update(requeued_before=requeued, orphans_ended=ended)
     return summary
