@@ -107,7 +107,7 @@ class SplitRows:
     """Some rows of a split, read in place (a refit fold's train or held-out part): its labels,
     ids and oracle are its own, its features stay ``source``'s arrays. The input pipeline
     gathers each batch's rows from them (:func:`msatune.augment.pipeline.make_datasets`, key
-    ``rows``), so a fold holds no copy of its features (on MOSEI ~1.8 GB per fold). Built by
+    ``rows``), so a fold holds no copy of its features (on MOSEI 1.6 GB per fold worker). Built by
     :meth:`of`."""
 
     source: SplitData

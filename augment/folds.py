@@ -123,7 +123,6 @@ def pool_splits(splits: Mapping[str, SplitData]) -> SplitData:
     )
 
 
-
 def pooled(data: MSADataset) -> tuple[SplitData, MSADataset]:
     """The pool of ``data`` (:func:`pool_splits`) and ``data``'s train and valid as rows of it,
     without its test split: what a refit's driver keeps, so that the arrays it loaded (on MOSEI

@@ -255,7 +255,8 @@ def run_refit(
     else:
         chosen, warnings = choose_configs(study, options.top_k, up_to=options.up_to)
     # from here on the driver holds the pool, and train and valid as rows of it: the loaded arrays go
-    pool, data = pooled(study_data(attrs, name, needed_for="a refit must train on the data the study was searched on"))
+    pool, data = pooled(study_data(attrs, name,
+                                   needed_for="a refit must train on the data the study was searched on"))
     assignment = stratified_folds(pool.labels, options.folds, repeats=options.repeats, seed=options.seed)
     settings = SearchSettings.from_study(attrs, **(where or {})).validate()
     directory = ws.refit_dir(name)
