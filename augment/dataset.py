@@ -25,7 +25,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -69,6 +69,20 @@ def file_name(kind: str, split: str) -> str:
 # The in-memory dataset
 
 
+class Split(Protocol):
+    """What a split offers: :class:`SplitData`, or rows of one (``augment.folds.SplitRows``)."""
+
+    labels: np.ndarray
+    ids: np.ndarray | None
+    oracle: np.ndarray | None
+    nan_count: int
+    @property
+    def n(self) -> int: ...
+    def arrays(self) -> dict[str, np.ndarray]: ...
+    def reference_maes(self) -> dict[str, float | None]: ...
+    def shapes(self) -> dict[str, tuple[int, int]]: ...
+
+
 @dataclass(frozen=True, eq=False)
 class SplitData:
     """One split, validated: float32 features (N, T, D) with non-finite values already 0."""
@@ -97,63 +111,17 @@ class SplitData:
         """The yardsticks of any model on this split (see :func:`reference_maes`)."""
         return reference_maes(self.labels, self.oracle)
 
-    def shapes(self) -> dict[str, tuple[int, int]]:
-        """``(T, D)`` of every modality."""
+    def shapes(self) -> dict[str, tuple[int, int]]:  # (T, D) of every modality
         return {m: (int(x.shape[1]), int(x.shape[2])) for m, x in self.inputs().items()}
 
 
 @dataclass(frozen=True, eq=False)
-class SplitRows:
-    """Some rows of a split, read in place (a refit fold's train or held-out part): its labels,
-    ids and oracle are its own, its features stay ``source``'s arrays. The input pipeline
-    gathers each batch's rows from them (:func:`msatune.augment.pipeline.make_datasets`, key
-    ``rows``), so a fold holds no copy of its features (on MOSEI 1.6 GB per fold worker). Built by
-    :meth:`of`."""
-
-    source: SplitData
-    rows: np.ndarray  # int64 indices into source, in the order the samples are read
-    labels: np.ndarray
-    ids: np.ndarray | None = None
-    oracle: np.ndarray | None = None
-    nan_count: int = 0  # counted on the whole source
-
-    @classmethod
-    def of(cls, source: SplitData, rows: np.ndarray) -> SplitRows:
-        """The samples ``rows`` of ``source``, in that order."""
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        if rows.size and (rows.min() < 0 or rows.max() >= source.n):
-            raise ValueError(f"rows must lie in [0, {source.n}), got {rows.min()} .. {rows.max()}")
-
-        def take(a: np.ndarray | None) -> np.ndarray | None:
-            return None if a is None else a[rows]
-
-        return cls(source=source, rows=rows, labels=source.labels[rows],
-                   ids=take(source.ids), oracle=take(source.oracle))
-
-    @property
-    def n(self) -> int:
-        return int(self.rows.shape[0])
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """What the input pipeline reads: the source's inputs and labels, and ``"rows"``."""
-        return {**self.source.arrays(), "rows": self.rows}
-
-    def reference_maes(self) -> dict[str, float | None]:
-        """The yardsticks of any model on these rows (see :func:`reference_maes`)."""
-        return reference_maes(self.labels, self.oracle)
-
-    def shapes(self) -> dict[str, tuple[int, int]]:
-        """``(T, D)`` of every modality."""
-        return self.source.shapes()
-
-
-@dataclass(frozen=True, eq=False)
 class MSADataset:
-    """A validated dataset: the three splits, where it came from and its content fingerprint.
-    A refit fold's splits are :class:`SplitRows` of the pooled train+valid samples."""
+    """A validated dataset: the three splits (a refit fold's: rows of train+valid), where it came
+    from and its content fingerprint (in numbers: :func:`msatune.augment.summary.summary`)."""
 
     path: Path
-    splits: dict[str, SplitData | SplitRows]
+    splits: dict[str, Split]
     fingerprint: str
 
     @property
@@ -166,38 +134,20 @@ class MSADataset:
         return {m: shapes[m][1] for m in MODALITIES}
 
     @property
-    def train(self) -> SplitData | SplitRows:
+    def train(self) -> Split:
         return self.splits["train"]
 
     @property
-    def valid(self) -> SplitData | SplitRows:
+    def valid(self) -> Split:
         return self.splits["valid"]
 
     @property
-    def test(self) -> SplitData | SplitRows:
+    def test(self) -> Split:
         return self.splits["test"]
 
     @property
     def has_oracle(self) -> bool:
         return all(s.oracle is not None for s in self.splits.values())
-
-    def info(self) -> dict[str, Any]:
-        """The ``msatune data info --json`` payload (plain JSON types)."""
-        splits: dict[str, Any] = {}
-        for name in SPLITS:
-            s = self.splits[name]
-            y = s.labels.astype(np.float64)
-            splits[name] = {
-                "n": s.n, "seq_len": self.seq_len, "dims": self.dims, "nan_count": int(s.nan_count),
-                "label_mean": _r(y.mean()), "label_std": _r(y.std()),
-                "label_min": _r(y.min()), "label_max": _r(y.max()),
-                **{k: None if v is None else _r(v) for k, v in s.reference_maes().items()},
-            }
-        return {"path": str(self.path), "splits": splits, "fingerprint": self.fingerprint}
-
-
-def _r(x: float) -> float:
-    return round(float(x), 6)
 
 
 def fingerprint(splits: Mapping[str, SplitData]) -> str:

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 from ray.tune.callback import Callback
 
-from msatune.augment.dataset import MSADataset, SplitData, SplitRows
-from msatune.augment.folds import fold_split
+from msatune.augment.dataset import MSADataset, SplitData
+from msatune.augment.folds import SplitRows, fold_split
 from msatune.search.search_settings import SearchSettings
 from msatune.search.searcher import error_reason
 from msatune.search.trainable import EpochReports, trial_artifact_dir, tune_trial

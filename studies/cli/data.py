@@ -81,11 +81,12 @@ Example:
 @pass_app
 def synth_cmd(app: AppContext, out: Path, preset: str, seed: int, scale: float, overwrite: bool,
               as_json: bool) -> None:
+    from msatune.augment.summary import summary
     from msatune.augment.synth import synthesize
 
     ds = synthesize(out, preset=preset, seed=seed, overwrite=overwrite, scale=scale)
     if as_json:
-        echo_json(ds.info())
+        echo_json(summary(ds))
         return
     sizes = "/".join(str(s.n) for s in ds.splits.values())
     click.echo(
@@ -124,9 +125,10 @@ Examples:
 def info_cmd(app: AppContext, directory: Path, as_json: bool, clip_labels: bool) -> None:
     from msatune.augment.dataset import load_dataset
     from msatune.augment.footprint import split_bytes, trial_memory
+    from msatune.augment.summary import summary
 
     ds = load_dataset(directory, clip_labels=clip_labels)
-    payload = ds.info()
+    payload = summary(ds)
     memory = trial_memory(split_bytes(ds.splits))
     if as_json:
         echo_json({**payload, "memory": memory.as_json()})

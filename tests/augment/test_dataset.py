@@ -11,6 +11,7 @@ import pytest
 
 from msatune.augment.dataset import MODALITIES, SPLITS, MSADataset, SplitData, load_dataset
 from msatune.augment.dataset_writer import write_dataset
+from msatune.augment.summary import summary
 from msatune.augment.yardsticks import constant_mae, floor_mae
 from msatune.errors import UserError
 
@@ -40,7 +41,7 @@ def test_load_tiny(tiny_data: Path) -> None:
 
 
 def test_info_payload(tiny_data: Path) -> None:
-    info = load_dataset(tiny_data).info()
+    info = summary(load_dataset(tiny_data))
     assert set(info) == {"path", "splits", "fingerprint"}
     assert list(info["splits"]) == list(SPLITS)
     for s in info["splits"].values():
@@ -64,7 +65,7 @@ def test_labels_n_or_n1_and_no_oracle(tmp_path: Path, tiny_arrays, write_layout)
     b = load_dataset(write_layout(tmp_path / "b", flat))
     assert a.fingerprint == b.fingerprint
     assert all(s.oracle is None for s in a.splits.values())
-    assert all(v["floor_mae"] is None for v in a.info()["splits"].values())
+    assert all(v["floor_mae"] is None for v in summary(a)["splits"].values())
 
 
 def test_nan_and_inf_become_zero_and_are_counted(tmp_path: Path, tiny_arrays, write_layout) -> None:
@@ -81,7 +82,7 @@ def test_nan_and_inf_become_zero_and_are_counted(tmp_path: Path, tiny_arrays, wr
     assert dirty.splits["train"].audio[0, 0, :2].tolist() == [0.0, 0.0]
     # the fingerprint is over the content after NaN -> 0
     assert dirty.fingerprint == zeroed.fingerprint != clean.fingerprint
-    assert dirty.info()["splits"]["train"]["nan_count"] == 2
+    assert summary(dirty)["splits"]["train"]["nan_count"] == 2
 
 
 def test_fingerprint_ignores_hdf5_metadata(tmp_path: Path, tiny_arrays, write_layout) -> None:
