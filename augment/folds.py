@@ -105,7 +105,7 @@ class SplitRows:
     labels: np.ndarray
     ids: np.ndarray | None = None
     oracle: np.ndarray | None = None
-    nan_count: int = 0  # counted on the whole source
+    nan_count: int = 0  # counted where the source was read, not per row
 
     @classmethod
     def of(cls, source: SplitData, rows: np.ndarray) -> SplitRows:

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ray.shutdown()
     pool_mb = sum(a.nbytes for a in pool.arrays().values()) / 1e6
-    doc = {**base_doc("fold_memory", "full", {"folds": 0}), "data": record, "pool_mb": pool_mb,
+    doc = {**base_doc("fold_memory", "full", {"fold_assignment": 0, "pipeline": 0}), "data": record, "pool_mb": pool_mb,
            "folds": args.folds, "runs": runs}
     out = result_path("fold_memory" + (f"_{t}" if (t := data_tag(args, "mosi")) else ""), "full", args.out)
     write_json(out, doc)

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         proc.wait(timeout=300)
     workers = {name: {f"{k}_GB": v / 1e9 for k, v in mem.items()} for name, mem in peaks.items()
                if mem["rss"] > 2e8}
-    doc = {**base_doc("study_memory", "full", {"study": 0}), "label": args.label, "data": record,
+    doc = {**base_doc("study_memory", "full", {"launch": 0}), "label": args.label, "data": record,
            "load_before": load, "seconds": args.seconds, "peak_used_over_start_GB": peak_used / 1e9,
            "processes": workers, "samples": samples[::5]}
     out = args.out or RESULTS / f"study_memory_{Path(record['path']).name}_{args.label}.json"
