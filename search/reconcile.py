@@ -2,8 +2,9 @@
 
 Optuna's heartbeat only works with ``Study.optimize``; with Ray Tune's ask/tell a trial left
 RUNNING by a dead driver stays RUNNING forever. ``reconcile`` marks such trials FAIL (tagged
-``msatune_requeued``) and enqueues their parameters again, so ``resume`` runs them first. Trials
-that already finished are never touched.
+``msatune_requeued``) and enqueues their parameters again, so ``resume`` runs them first (one
+caught before its configuration was written never ran: tagged too, and the run samples anew in
+its place). Trials that already finished are never touched.
 """
 
 from __future__ import annotations
@@ -32,16 +33,21 @@ def requeue_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
 def fail_and_requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> bool:
     """FAIL a RUNNING trial with ``reason`` and put its configuration back in the queue.
 
-    A trial without parameters never got its configuration (its sampling failed in the driver,
-    e.g. on a broken search space): it is failed as a real error and not re-queued, since running
-    "it" again would only sample again, and a poison configuration would crash every resume.
+    A trial without parameters never got its configuration: its driver stopped (kill -9, a
+    crash) or its sampling raised between creating the trial and writing what it sampled. It
+    never ran, so it is failed as interrupted (tagged, shown as such, using no budget) but
+    nothing is re-queued: running "it" again would only sample again, which the run does anyway
+    in its place (and a sampling that raises would raise again). Returns whether it re-queued.
     """
     storage = study_storage(study)
     trial_id = trial_id_of(trial)
     if not requeue_params(trial):
         try:
-            storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR,
-                                        f"{reason}; it had no parameters yet, so it is not run again")
+            storage.set_trial_user_attr(
+                trial_id, FAIL_REASON_ATTR,
+                f"{reason}; it had no parameters yet (it never ran): a new configuration is sampled "
+                "in its place")
+            storage.set_trial_user_attr(trial_id, REQUEUED_ATTR, True)
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             log.info("trial %d finished meanwhile; left as is", trial.number)
@@ -68,10 +74,13 @@ def reconcile(study: optuna.Study, reason: str = "driver stopped while the trial
 
 
 def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
-    """COMPLETE and PRUNED trials, and FAILs that were not re-queued (real errors) use budget."""
+    """COMPLETE and PRUNED trials, and FAILs of a configuration that ran and was not re-queued
+    (real errors) use budget; a FAIL without parameters never ran (stores written before such
+    trials were tagged as interrupted have them untagged)."""
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return trial.state == TrialState.FAIL and not trial.user_attrs.get(REQUEUED_ATTR, False)
+    return (trial.state == TrialState.FAIL and not trial.user_attrs.get(REQUEUED_ATTR, False)
+            and bool(requeue_params(trial)))
 
 
 def used_budget(study: optuna.Study) -> int:

@@ -12,7 +12,8 @@ every resume must apply it) lives through three drivers, while ``msatune dashboa
    status 130, the run recorded as interrupted, a progress line for every trial it finished.
 3. ``resume`` to the end: the budget is met exactly, nothing is left running or queued, every
    trial finished before the kill is unchanged, every trial a stopped driver left running failed
-   and ran again, and the trials' temporary checkpoint copies are swept.
+   and ran again (a trial it had created but not yet sampled never ran and uses no budget), and
+   the trials' temporary checkpoint copies are swept.
 
 The dashboard's polls all succeed and no trial fails on a locked store. The same kill -9 on a
 PostgreSQL store is ``test_resume_and_cluster.py``'s.
@@ -122,15 +123,18 @@ def test_one_driver_at_a_time_kill_9_ctrl_c_and_resume_under_a_polling_dashboard
 
     study = optuna.load_study(study_name="live", storage=url)
     states = [t.state for t in study.trials]
-    assert sum(s in FINISHED for s in states) == BUDGET
+    trials = [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in study.trials]
+    assert sum(s in FINISHED for s in states) == BUDGET, trials
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
     after = snapshot(study)
     for number, record in before.items():
         assert after[number] == record, f"trial {number} changed across the crash"
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
-    assert failed and all(t.user_attrs[REQUEUED_ATTR] for t in failed)
+    assert failed and all(t.user_attrs[REQUEUED_ATTR] for t in failed), trials
     requeued_from = {t.user_attrs.get("requeued_from") for t in study.trials} - {None}
-    assert requeued_from == {t.number for t in failed}  # every orphan ran again
+    # every orphan ran again; one caught before its configuration was written (the kill lands
+    # while the driver samples the next trial) never ran and has nothing to run again
+    assert requeued_from == {t.number for t in failed if t.params}, trials
     assert not list((ws / "studies" / "live" / "ray" / "tmp").glob("msatune-ckpt-*")), \
         "temporary checkpoint copies were left behind"
     assert not ray_left(ray_info)

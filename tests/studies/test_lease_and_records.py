@@ -21,9 +21,10 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from msatune.errors import UserError
-from msatune.search.reconcile import REQUEUED_ATTR, reconcile
+from msatune.search.reconcile import REQUEUED_ATTR, reconcile, used_budget
 from msatune.studies.store.connect import open_storage
 from msatune.studies.store.lease import LEASE_KEY, StudyLease, check_free, live_holder
+from msatune.studies.store.studies import INTERRUPTED, trial_kind
 from tests.conftest import run_in as run
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -87,18 +88,34 @@ def test_a_stalled_driver_that_was_taken_over_never_takes_the_lease_back(tmp_pat
     assert study._storage.get_study_user_attrs(study._study_id)[LEASE_KEY]["driver"] == "taker"
 
 
-def test_a_trial_without_params_is_failed_not_requeued(tmp_path: Path) -> None:
-    """The poison trial: sampling crashed in the driver, the trial was left RUNNING, empty."""
+def test_a_trial_without_params_never_ran_uses_no_budget_and_is_not_requeued(tmp_path: Path) -> None:
+    """The driver stopped (kill -9 while it sampled the next trial, or its sampling raised)
+    between creating a trial and writing its configuration: left RUNNING, empty. It never ran:
+    shown as interrupted, nothing of it re-queued (it has nothing to run again), and it uses no
+    budget, so a resume samples one in its place and the budget ends with that many finished."""
     study = new_study(tmp_path)
     empty = study.ask()  # RUNNING, no params
     sampled = study.ask({"x": FloatDistribution(0, 1)})
     assert reconcile(study) == [sampled.number]
     trials = {t.number: t for t in study.get_trials()}
     assert trials[empty.number].state == TrialState.FAIL
-    assert not trials[empty.number].user_attrs.get(REQUEUED_ATTR)
-    assert "no parameters" in trials[empty.number].user_attrs["fail_reason"]
+    assert trials[empty.number].user_attrs[REQUEUED_ATTR] is True
+    assert trial_kind(trials[empty.number]) == INTERRUPTED
+    assert "no parameters yet (it never ran)" in trials[empty.number].user_attrs["fail_reason"]
     waiting = [t for t in trials.values() if t.state == TrialState.WAITING]
     assert [t.user_attrs["requeued_from"] for t in waiting] == [sampled.number]
+    assert used_budget(study) == 0
+
+
+def test_an_untagged_fail_without_params_from_an_older_store_uses_no_budget(tmp_path: Path) -> None:
+    study = new_study(tmp_path)
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={
+        "fail_reason": "driver stopped while the trial was running; it had no parameters yet, so it "
+                       "is not run again"}))
+    study.add_trial(create_trial(state=TrialState.FAIL, params={"x": 0.5},
+                                 distributions={"x": FloatDistribution(0, 1)},
+                                 user_attrs={"fail_reason": "ValueError: a real error"}))
+    assert used_budget(study) == 1  # the configuration that ran and raised counts; the empty one not
 
 
 @pytest.fixture
