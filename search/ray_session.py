@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 #: re-use actor ... reset_config()"), which fails the next trial on a slow or loaded machine.
 WORKER_ENV = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "600", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
+#: How long a driver that stopped its own Ray waits for the trial processes to end before it
+#: sweeps their working checkpoints (a process still alive then keeps its directory).
+SWEEP_WAIT_S = 5.0
+
 
 def package_for_workers(staging: Path) -> Path:
     """A copy of the running ``msatune`` package (its ``.py`` files, nested packages too) at
@@ -274,6 +278,13 @@ class RaySession:
         if self.started:
             self.started = False
             stop_ray(self.work_dir)
+            from msatune.search.trainable import sweep_checkpoint_work_dirs
+
+            try:  # what the trials of this instance left, now that its workers are gone
+                sweep_checkpoint_work_dirs(self.work_dir, wait_s=SWEEP_WAIT_S)
+            except OSError as exc:
+                log.warning("could not remove the trials' working checkpoints under %s: %s",
+                            self.work_dir, exc)
 
 
 def stop_ray(work_dir: Path) -> None:

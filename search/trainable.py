@@ -183,18 +183,28 @@ def checkpoint_work_owner(path: Path) -> tuple[str, int] | None:
     return parts[0], int(parts[1])
 
 
-def sweep_checkpoint_work_dirs(ray_dir: Path) -> int:
-    """Remove the working checkpoints killed trials left under ``ray_dir``; only the holder of the
-    study's lease calls this. A directory whose trial process still lives on this host is kept:
-    a driver taken over while it stalled (stopped, not dead) still has trials that write there
-    until it sees it lost the lease, and deleting under them failed those trials with a
-    traceback. So is one made on another host (its process cannot be checked from here; the
-    trial removes its own directory when it ends). Returns how many were removed."""
+def sweep_checkpoint_work_dirs(ray_dir: Path, wait_s: float = 0.0) -> int:
+    """Remove the working checkpoints killed trials left under ``ray_dir``: at the start of a
+    resume or refit (the lease's holder), and when a driver stops the Ray it started (whose
+    worker processes end with it; a trial stopped by the scheduler mid-epoch, its process ended
+    with the run, never reached its own clean-up). A directory whose trial process still lives
+    on this host is kept: a driver taken over while it stalled (stopped, not dead) still has
+    trials that write there until it sees it lost the lease, and deleting under them failed
+    those trials with a traceback. ``wait_s``: how long to wait for such processes to end
+    first (Ray's workers exit a moment after its shutdown). So is one made on another host (its
+    process cannot be checked from here; the trial removes its own directory when it ends).
+    Returns how many were removed."""
+    import time
+
     from msatune.processes import alive
 
     tmp = Path(ray_dir) / TMP_DIR_NAME
     left = list(tmp.glob(f"{CHECKPOINT_WORK_PREFIX}*")) if tmp.is_dir() else []
     host = socket.gethostname()
+    owners = {o[1] for o in map(checkpoint_work_owner, left) if o is not None and o[0] == host}
+    deadline = time.monotonic() + wait_s
+    while any(alive(pid) for pid in owners) and time.monotonic() < deadline:
+        time.sleep(0.1)
     removed = 0
     for path in left:
         owner = checkpoint_work_owner(path)

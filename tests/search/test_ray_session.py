@@ -113,3 +113,37 @@ def test_a_sweep_removes_dead_trials_checkpoint_work_and_keeps_what_a_live_trial
     assert sorted(p.name for p in tmp.iterdir()) == sorted([names["live"], names["other host"]])
     assert checkpoint_work_owner(tmp / names["other host"]) == ("node-7.cluster", dead_pid)
     assert sweep_checkpoint_work_dirs(tmp_path / "nothing-here") == 0
+
+
+def test_a_sweep_waits_for_trial_processes_that_are_ending(tmp_path: Path) -> None:
+    """A driver that stopped its own Ray sweeps what its trials left (a trial the scheduler
+    stopped mid-epoch ends with the run, before its own clean-up): Ray's workers exit a moment
+    after the shutdown, so the sweep waits for them, boundedly, and keeps what still lives."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    from msatune.search.trainable import (
+        CHECKPOINT_WORK_PREFIX,
+        TMP_DIR_NAME,
+        sweep_checkpoint_work_dirs,
+    )
+
+    host = socket.gethostname()
+    ending = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    lasting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        tmp = tmp_path / TMP_DIR_NAME
+        for proc in (ending, lasting):
+            (tmp / f"{CHECKPOINT_WORK_PREFIX}{host}-{proc.pid}-abc" / "checkpoint").mkdir(parents=True)
+        assert sweep_checkpoint_work_dirs(tmp_path) == 0  # both alive, no wait: both kept
+        reaper = threading.Thread(target=ending.wait)  # reap it, as init would
+        reaper.start()
+        assert sweep_checkpoint_work_dirs(tmp_path, wait_s=30) == 1
+        reaper.join()
+        assert [p.name for p in tmp.iterdir()] == [f"{CHECKPOINT_WORK_PREFIX}{host}-{lasting.pid}-abc"]
+    finally:
+        for proc in (ending, lasting):
+            proc.kill()
+            proc.wait()
