@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from msatune.augment.dataset import LABEL_RANGE, MSADataset, SplitData
+from msatune.augment.dataset import LABEL_RANGE, MSADataset, Split, SplitData
 from msatune.augment.yardsticks import reference_maes
 from msatune.errors import UserError
 
@@ -153,20 +153,43 @@ def fold_split(assignment: np.ndarray, repeat: int, fold: int) -> FoldSplit:
     return FoldSplit(int(repeat), int(fold), np.flatnonzero(row != fold), np.flatnonzero(row == fold))
 
 
+def _pooled_array(splits: Mapping[str, Split], attr: str) -> np.ndarray | None:
+    """``attr`` of train and valid concatenated (train first); None when a split has none."""
+    arrays = [getattr(splits[name], attr) for name in POOL_SPLITS]
+    if any(a is None for a in arrays):
+        return None
+    return np.concatenate(arrays, axis=0)
+
+
 def pool_splits(splits: Mapping[str, SplitData]) -> SplitData:
     """train and valid concatenated (train first) as one split; ids and oracle kept when present."""
-    parts = [splits[name] for name in POOL_SPLITS]
-
-    def cat(attr: str) -> np.ndarray | None:
-        arrays = [getattr(p, attr) for p in parts]
-        if any(a is None for a in arrays):
-            return None
-        return np.concatenate(arrays, axis=0)
-
     return SplitData(
-        text=cat("text"), audio=cat("audio"), video=cat("video"), labels=cat("labels"),
-        ids=cat("ids"), oracle=cat("oracle"), nan_count=sum(p.nan_count for p in parts),
+        **{attr: _pooled_array(splits, attr) for attr in ("text", "audio", "video", "labels", "ids", "oracle")},
+        nan_count=sum(splits[name].nan_count for name in POOL_SPLITS),
     )
+
+
+@dataclass(frozen=True, eq=False)
+class PoolLabels:
+    """The pool's labels, ids and oracle in :func:`pool_splits`' order, without its features:
+    what out-of-fold predictions are scored against (on MOSEI the features are 1.6 GB)."""
+
+    labels: np.ndarray
+    ids: np.ndarray | None = None
+    oracle: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.labels.shape[0])
+
+    def reference_maes(self) -> dict[str, float | None]:
+        return reference_maes(self.labels, self.oracle)
+
+
+def pool_labels(splits: Mapping[str, Split]) -> PoolLabels:
+    """:func:`pool_splits`' labels, ids and oracle, copying no features."""
+    return PoolLabels(labels=np.concatenate([splits[name].labels for name in POOL_SPLITS], axis=0),
+                      ids=_pooled_array(splits, "ids"), oracle=_pooled_array(splits, "oracle"))
 
 
 def pooled(data: MSADataset) -> tuple[SplitData, MSADataset]:

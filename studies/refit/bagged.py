@@ -32,7 +32,7 @@ import numpy as np
 import optuna
 
 from msatune.augment.dataset import MSADataset
-from msatune.augment.folds import pool_splits
+from msatune.augment.folds import PoolLabels, pool_labels
 from msatune.ensemble.bagging import (
     TRIAL_SHARE,
     bag_predictions,
@@ -177,6 +177,15 @@ def _comparison(study: optuna.Study, attrs: dict[str, Any], data: MSADataset, op
     return out
 
 
+@dataclass(frozen=True)
+class PoolView:
+    """What the ensemble's fit and export read of a dataset (``splits``): the pool's labels and
+    oracle as ``valid``, the split its out-of-fold predictions are of, and the test split whole
+    (the export checks the fused model on its inputs)."""
+
+    splits: dict[str, PoolLabels | Any]
+
+
 class RefitSource:
     """The study's refit configurations, bagged: fitted on their out-of-fold predictions; each
     member averages its fold models and, with ``bag_trial``, the study trial's own model (the
@@ -200,9 +209,8 @@ class RefitSource:
         if spec.get("data_fingerprint") != data.fingerprint:
             raise UserError(f"the refit of study {name!r} was trained on other data than the study's; "
                             f"rerun it: msatune refit {name} --replace ...")
-        self.pool = pool = pool_splits(data.splits)
-        self.view = MSADataset(path=data.path, splits={"valid": pool, "test": data.test},
-                               fingerprint=data.fingerprint)
+        self.pool = pool = pool_labels(data.splits)  # the OOF predictions' labels; no features copied
+        self.view = PoolView(splits={"valid": pool, "test": data.test})
         # The fit reads OOF predictions only; the test predictions ride along unread until the
         # combination is fixed (ensemble.fitting.fit_pool), as for a study's ensemble.
         self.test_preds: dict[int, np.ndarray] = {}

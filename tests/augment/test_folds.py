@@ -11,6 +11,7 @@ from msatune.augment.folds import (
     bin_counts,
     fold_split,
     label_bins,
+    pool_labels,
     pool_splits,
     pooled,
     stratified_folds,
@@ -89,6 +90,18 @@ def test_the_pool_is_train_then_valid_and_never_test(tiny_data) -> None:
     assert np.array_equal(pool.labels[: data.train.n], data.train.labels)
     assert np.array_equal(pool.text[data.train.n:], data.valid.text)
     assert np.array_equal(pool.oracle[data.train.n:], data.valid.oracle)
+
+
+def test_a_bagged_ensemble_scores_against_the_pools_labels_without_its_features(tiny_data) -> None:
+    from msatune.augment.dataset import load_dataset
+
+    data = load_dataset(tiny_data)
+    pool, labels = pool_splits(data.splits), pool_labels(data.splits)
+    assert labels.n == pool.n
+    for attr in ("labels", "ids", "oracle"):
+        assert np.array_equal(getattr(labels, attr), getattr(pool, attr)), attr
+    assert labels.reference_maes() == pool.reference_maes()
+    assert not hasattr(labels, "text")
 
 
 def test_a_refits_driver_keeps_train_and_valid_as_rows_of_the_pool(tiny_data) -> None:
