@@ -199,15 +199,15 @@ def sweep_checkpoint_work_dirs(ray_dir: Path, wait_s: float = 0.0) -> int:
     from msatune.processes import alive
 
     tmp = Path(ray_dir) / TMP_DIR_NAME
-    left = list(tmp.glob(f"{CHECKPOINT_WORK_PREFIX}*")) if tmp.is_dir() else []
+    left = {path: checkpoint_work_owner(path)
+            for path in (tmp.glob(f"{CHECKPOINT_WORK_PREFIX}*") if tmp.is_dir() else [])}
     host = socket.gethostname()
-    owners = {o[1] for o in map(checkpoint_work_owner, left) if o is not None and o[0] == host}
+    here = {owner[1] for owner in left.values() if owner is not None and owner[0] == host}
     deadline = time.monotonic() + wait_s
-    while any(alive(pid) for pid in owners) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in here) and time.monotonic() < deadline:
         time.sleep(0.1)
     removed = 0
-    for path in left:
-        owner = checkpoint_work_owner(path)
+    for path, owner in left.items():
         if owner is not None and (owner[0] != host or alive(owner[1])):
             continue
         shutil.rmtree(path, ignore_errors=True)

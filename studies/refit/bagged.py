@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import optuna
 
-from msatune.augment.dataset import MSADataset
+from msatune.augment.dataset import MSADataset, Split
 from msatune.augment.folds import PoolLabels, pool_labels
 from msatune.ensemble.bagging import (
     TRIAL_SHARE,
@@ -183,7 +183,7 @@ class PoolView:
     oracle as ``valid``, the split its out-of-fold predictions are of, and the test split whole
     (the export checks the fused model on its inputs)."""
 
-    splits: dict[str, PoolLabels | Any]
+    splits: dict[str, PoolLabels | Split]
 
 
 class RefitSource:
