@@ -35,7 +35,7 @@ import optuna
 from optuna.trial import TrialState
 
 from msatune.search.ray_orphans import RAY_PIDS_FILE
-from msatune.search.reconcile import REQUEUED_ATTR
+from msatune.search.reconcile import REQUEUED_ATTR, requeue_params
 from msatune.studies.store.connect import open_storage
 from tests.conftest import cli_env, ctrl_c_reaches_children, kill_9, msatune_argv, ray_left, run_in
 from tests.studies.test_dashboard import Dashboard, http
@@ -132,9 +132,10 @@ def test_one_driver_at_a_time_kill_9_ctrl_c_and_resume_under_a_polling_dashboard
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     assert failed and all(t.user_attrs[REQUEUED_ATTR] for t in failed), trials
     requeued_from = {t.user_attrs.get("requeued_from") for t in study.trials} - {None}
-    # every orphan ran again; one caught before its configuration was written (the kill lands
-    # while the driver samples the next trial) never ran and has nothing to run again
-    assert requeued_from == {t.number for t in failed if t.params}, trials
+    # every orphan ran again (a preset's configuration is its fixed params, not t.params); one
+    # caught before its configuration was written (the kill lands while the driver samples the
+    # next trial) never ran and has nothing to run again
+    assert requeued_from == {t.number for t in failed if requeue_params(t)}, trials
     assert not list((ws / "studies" / "live" / "ray" / "tmp").glob("msatune-ckpt-*")), \
         "temporary checkpoint copies were left behind"
     assert not ray_left(ray_info)

@@ -26,6 +26,7 @@ import pytest
 from optuna.trial import TrialState
 
 from msatune.search.ray_orphans import RAY_PIDS_FILE, session_processes
+from msatune.search.reconcile import requeue_params
 from msatune.studies.store.connect import open_storage
 from tests.conftest import cli_env, free_port, kill_9, msatune_argv, ray_left
 
@@ -109,7 +110,7 @@ def test_kill_9_then_resume_on_postgresql_meets_the_budget_and_keeps_finished_tr
     assert failed and all(t.user_attrs["msatune_requeued"] for t in failed), trials
     requeued_from = {t.user_attrs.get("requeued_from") for t in study.trials} - {None}
     # every orphan ran again; one the kill caught before its configuration was written never ran
-    assert requeued_from == {t.number for t in failed if t.params}, trials
+    assert requeued_from == {t.number for t in failed if requeue_params(t)}, trials
     _read_back_from_postgres(ws, url, study)
 
 
