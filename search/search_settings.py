@@ -35,6 +35,9 @@ class SearchSettings:
     address: str | None = None  # an existing Ray cluster; None: a local instance of our own
     max_failures: int = 1
     verbose: bool = False
+    # This run's wall-clock budget in seconds: no trial starts after it, running ones finish
+    # (Optuna's ``timeout``); the rest of the trial budget waits for ``resume``. None: no limit.
+    time_budget_s: float | None = None
 
     @property
     def grace(self) -> int:
@@ -80,6 +83,8 @@ class SearchSettings:
             raise UserError(f"--concurrency must be > 0 (got {self.concurrency})")
         if self.max_failures < 0:
             raise UserError(f"--max-failures must be >= 0 (got {self.max_failures})")
+        if self.time_budget_s is not None and (not number(self.time_budget_s) or self.time_budget_s <= 0):
+            raise UserError(f"--time-budget must be > 0 seconds (got {self.time_budget_s})")
         return self
 
     def for_run(self, trials: int, run_index: int) -> SearchSettings:
@@ -101,7 +106,7 @@ class SearchSettings:
     @classmethod
     def from_study(cls, attrs: dict[str, Any], **where: Any) -> SearchSettings:
         """A study's recorded search, run where ``where`` says (cpus/gpus per trial,
-        concurrency, address, verbose; ``None`` keeps the recorded value or the default)."""
+        concurrency, address, verbose, time_budget_s; ``None`` keeps the recorded value or the default)."""
         resources = attrs.get("resources", {})
         runs_on = {k: v for k, v in where.items() if v is not None}
         return cls(

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,13 +72,19 @@ class SearchCounters:
 
 class StudySearcher(Searcher):
     def __init__(self, space: SearchSpace, study: optuna.Study, sampler: optuna.samplers.BaseSampler,
-                 fence: Callable[[], bool] | None = None) -> None:
+                 fence: Callable[[], bool] | None = None, deadline: float | None = None) -> None:
         """``fence()`` is asked before every write to the store (a new trial, a result, a trial's
         end): once it says False (the study was taken over), nothing more is written, no trial is
-        started and :meth:`fenced` is true (the run's stopper ends the run)."""
+        started and :meth:`fenced` is true (the run's stopper ends the run).
+
+        ``deadline`` (a ``time.monotonic()`` value, the run's ``--time-budget``): no trial is
+        proposed after it but the run's first (a run always starts one) and :attr:`out_of_time`
+        becomes true; running trials finish."""
         super().__init__(metric=METRIC, mode="min")
         self.fence = fence
         self.fenced = False
+        self.deadline = deadline
+        self.out_of_time = False
         self.space = space
         self.study = optuna.load_study(study_name=study.study_name, storage=study_storage(study),
                                        sampler=sampler, pruner=optuna.pruners.NopPruner())
@@ -101,6 +108,10 @@ class StudySearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict | None:
         if not self.may_write():
+            return Searcher.FINISHED
+        if (trial_id not in self._trials and self._trials and self.deadline is not None
+                and time.monotonic() >= self.deadline):  # a run's first trial always starts
+            self.out_of_time = True
             return Searcher.FINISHED
         if trial_id not in self._trials:
             self._trials[trial_id] = self.study.ask()

@@ -65,6 +65,7 @@ class RunSummary:
     concurrency: int
     interrupted: bool = False
     fenced: bool = False
+    out_of_time: bool = False  # the run's time budget ended it: no trial started after it
 
 
 ProgressFn = Callable[[ProgressState], None]
@@ -159,7 +160,8 @@ def run_search(
     (:func:`msatune.search.tune_run.in_object_store`; the trainable gets the dataset either way).
     ``sampler`` replaces the TPE sampler (benchmarks compare with random search). ``fence()``
     (the study lease's ``held``) is asked before every write; once it says no, the run writes
-    nothing more, stops, and its summary says ``fenced``.
+    nothing more, stops, and its summary says ``fenced``. ``settings.time_budget_s``: no trial
+    starts once that many seconds have passed since this call; the summary says ``out_of_time``.
     """
     from ray.tune import CheckpointConfig
     from ray.tune.schedulers import ASHAScheduler
@@ -168,7 +170,8 @@ def run_search(
 
     if settings.trials <= 0:
         raise ValueError("settings.trials must be > 0")
-    searcher = StudySearcher(space, study, sampler or make_sampler(settings), fence=fence)
+    deadline = None if settings.time_budget_s is None else time.monotonic() + float(settings.time_budget_s)
+    searcher = StudySearcher(space, study, sampler or make_sampler(settings), fence=fence, deadline=deadline)
     scheduler = make_scheduler(ASHAScheduler)(
         time_attr="training_iteration",
         metric=RUNG_METRIC,  # train MAE early, then best val MAE so far too (search/trainable.rung_score)
@@ -211,4 +214,5 @@ def run_search(
         concurrency=run.concurrency,
         interrupted=run.interrupted,
         fenced=searcher.fenced,
+        out_of_time=searcher.out_of_time,
     )

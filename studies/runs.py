@@ -182,8 +182,10 @@ def resume(
     force: bool = False,
     where: dict[str, Any] | None = None,
     progress: Any = None,
+    time_budget_s: float | None = None,
 ) -> dict[str, Any]:
-    """Reconcile study ``name`` and run what is left of its budget (or ``more_trials`` more).
+    """Reconcile study ``name`` and run what is left of its budget (or ``more_trials`` more),
+    starting no trial after ``time_budget_s`` seconds (``resume --time-budget``).
 
     ``where`` may change where it runs (cpus_per_trial, gpus_per_trial, concurrency, address,
     verbose); what the study *is* (space, epochs, ASHA, seed) stays as recorded. A study whose
@@ -203,7 +205,7 @@ def resume(
         raise UserError(f"study {name!r} was not created by msatune launch; it cannot be resumed here")
     if more_trials is not None and more_trials <= 0:
         raise UserError(f"--trials must be > 0 (got {more_trials})")
-    settings = SearchSettings.from_study(attrs, **(where or {})).validate()
+    settings = SearchSettings.from_study(attrs, **(where or {}), time_budget_s=time_budget_s).validate()
     if settings.address is not None:
         parse_address(settings.address)
     check_free(study, "resume")
@@ -243,7 +245,9 @@ def _run(ws: Workspace, study: optuna.Study, space: Any, data: Any, settings: Se
     stalled writes nothing more and raises :class:`~msatune.studies.store.lease.LeaseLost`.
 
     ``interrupted`` is true when the run ended before its trials finished (Ctrl-C: Ray Tune ends
-    the run itself and returns, so fewer trials than asked have finished).
+    the run itself and returns, so fewer trials than asked have finished). A run its time budget
+    ended (``settings.time_budget_s``) is not interrupted: its record says ``out_of_time`` and
+    ``trials_left`` (the trials of the run it did not start; ``resume`` runs them).
     """
     from msatune.search.study_run import run_search
 
@@ -267,8 +271,12 @@ def _run(ws: Workspace, study: optuna.Study, space: Any, data: Any, settings: Se
         "wall_seconds": round(summary.wall_seconds, 1),
         "concurrency": summary.concurrency,
         "interrupted": bool(summary.interrupted or summary.requeued
-                            or summary.trials_run < run_settings.trials),
+                            or (summary.trials_run < run_settings.trials and not summary.out_of_time)),
         "seed": run_settings.seed,
     }
+    if summary.out_of_time and not record["interrupted"] and summary.trials_run < run_settings.trials:
+        # The run's --time-budget ended it: a normal end, with the rest of the budget left to resume.
+        record.update(time_budget_s=float(run_settings.time_budget_s or 0),
+                      out_of_time=True, trials_left=run_settings.trials - summary.trials_run)
     set_study_attr(study, "runs", [*runs, record])
     return {"study": study.study_name, **record, "requeued": summary.requeued}

@@ -147,3 +147,50 @@ def print_messages(summary: dict[str, Any]) -> None:
         click.echo(f"msatune: warning: {w}", err=True)
     for n in summary.get("notes", []):
         click.echo(f"msatune: note: {n}", err=True)
+
+
+class Duration(click.ParamType):
+    """A wall-clock duration: seconds (``900``) or a number with units, summed (``90s``, ``30m``,
+    ``1.5h``, ``1h30m``); converted to seconds (a float)."""
+
+    name = "DURATION"
+    _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            seconds = float(value)
+        else:
+            seconds = self.parse(str(value))
+            if seconds is None:
+                self.fail(f"{value!r} is not a duration: give seconds (900) or a number with a unit "
+                          "s, m, h or d (90s, 30m, 1.5h, 1h30m)", param, ctx)
+        if not seconds > 0 or seconds == float("inf"):
+            self.fail(f"{value!r} must be more than 0 seconds", param, ctx)
+        return seconds
+
+    @classmethod
+    def parse(cls, text: str) -> float | None:
+        """Seconds in ``text``, or None when it is not a duration."""
+        import re
+
+        text = text.strip().lower()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", text)
+        if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([smhd])", "", text).strip():
+            return None
+        return sum(float(n) * cls._UNITS[unit] for n, unit in parts)
+
+
+def time_budget_option(f: Any) -> Any:
+    """``--time-budget`` of a search run (``launch``, ``resume``, ``demo``)."""
+    return click.option(
+        "--time-budget", "time_budget", type=Duration(), default=None,
+        help="Start no trial after this long (seconds, or 90s, 30m, 2h, 1h30m), counted from the "
+             "search's start (a run always starts its first); running trials finish, so the run "
+             "ends about one trial later. What is "
+             "left of the trial budget waits for `msatune resume NAME` (a --refit-top refit too). "
+             "For a job with a wall limit (Slurm, a cloud VM), leave a trial's time spare. "
+             "[default: none]")(f)

@@ -8,7 +8,7 @@ import time
 import click
 
 from msatune.errors import UserError
-from msatune.studies.cli.context import AppContext, console, pass_app
+from msatune.studies.cli.context import AppContext, console, pass_app, time_budget_option
 from msatune.studies.cli.launch import SEED_RANGE
 
 DEMO_HELP = """Run the whole product once on the embedded synthetic MOSI-like dataset.
@@ -35,8 +35,10 @@ Example:
 @click.option("--max-epochs", type=click.IntRange(min=1), default=12, show_default=True, help="Epochs per trial at most.")
 @click.option("--cpus-per-trial", type=float, default=1.0, show_default=True, help="CPUs per trial.")
 @click.option("--seed", type=SEED_RANGE, default=0, show_default=True, help="Seed of the study.")
+@time_budget_option
 @pass_app
-def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_trial: float, seed: int) -> None:
+def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_trial: float, seed: int,
+         time_budget: float | None) -> None:
     from msatune.augment.dataset import load_dataset
     from msatune.search.search_settings import SearchSettings
     from msatune.stop_signals import continue_with
@@ -51,7 +53,7 @@ def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_tria
     # Every check before the first write (the dataset): a refused demo leaves the workspace as it was.
     check_study_name(name)
     settings = SearchSettings(trials=trials, max_epochs=max_epochs, cpus_per_trial=cpus_per_trial, seed=seed,
-                              verbose=app.verbose).validate()
+                              verbose=app.verbose, time_budget_s=time_budget).validate()
     machine_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if cpus_per_trial > machine_cpus:
         raise UserError(f"--cpus-per-trial {cpus_per_trial:g} asks for more CPUs than this machine has "
@@ -75,6 +77,9 @@ def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_tria
         summary = launch(ws, store, study_name, settings, data_dir=data_path, progress=progress)
     con.print(f"   {summary['trials']} trials in {summary['wall_seconds']:.0f} s: {summary['complete']} complete, "
               f"{summary['pruned']} pruned, {summary['failed']} failed")
+    if summary.get("out_of_time"):
+        con.print(f"   time budget of {summary['time_budget_s']:.0f} s reached: {summary['trials_left']} trial(s) "
+                  f"not started; run them later with: msatune --workspace {ws.root} resume {study_name}")
     if summary.get("interrupted"):
         con.print(f"   interrupted: finished trials are stored; continue with: "
                   f"msatune --workspace {ws.root} resume {study_name}")

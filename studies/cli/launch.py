@@ -15,6 +15,7 @@ from msatune.studies.cli.context import (
     pass_app,
     resource_options,
     storage_option,
+    time_budget_option,
     where_it_runs,
 )
 from msatune.studies.cli.render import (
@@ -58,6 +59,7 @@ Examples:
   msatune launch demo1 --trials 20 --max-epochs 27
   msatune launch mosi-a --data data/mosi --trials 100 --gpus-per-trial 0.5
   msatune launch narrow --space space.toml --trials 40
+  msatune launch night --data data/mosi --trials 200 --time-budget 8h
   msatune launch xattn --data data/mosei --family seqlevel --trials 30
   msatune launch mixed --family all --trials 40      (ensembles across architectures)
   msatune launch raw --data data/mmsa --clip-labels      (labels outside [-3, 3] clipped)
@@ -97,13 +99,15 @@ Examples:
 @click.option("--refit-folds", type=int, default=DEFAULT_FOLDS, show_default=True,
               help=f"Folds of the refit (--refit-top). {FOLDS_EVIDENCE}")
 @storage_option
+@time_budget_option
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @pass_app
 def launch(app: AppContext, name: str, data_dir: Path | None, trials: int, max_epochs: int,
            grace_period: int | None, reduction_factor: int, cpus_per_trial: float | None,
            gpus_per_trial: float | None, concurrency: int | None, address: str | None,
            space_file: Path | None, family: str, seed: int, clip_labels: bool, max_failures: int,
-           refit_top: int, refit_folds: int, storage: str | None, as_json: bool) -> None:
+           refit_top: int, refit_folds: int, storage: str | None, time_budget: float | None,
+           as_json: bool) -> None:
     from msatune.search.space import check_search_family
     from msatune.studies.runs import launch as do_launch
 
@@ -116,6 +120,7 @@ def launch(app: AppContext, name: str, data_dir: Path | None, trials: int, max_e
         cpus_per_trial=cpus_per_trial if cpus_per_trial is not None else DEFAULTS.cpus_per_trial,
         gpus_per_trial=gpus_per_trial if gpus_per_trial is not None else DEFAULTS.gpus_per_trial,
         concurrency=concurrency, seed=seed, address=address, max_failures=max_failures, verbose=app.verbose,
+        time_budget_s=time_budget,
     ).validate()
     with Progress(name, json_mode=as_json) as progress:
         summary = do_launch(app.ws, app.storage_url(storage), name, settings, data_dir=data_dir,
@@ -141,9 +146,14 @@ def _refit_plan(top_k: int, folds: int) -> dict[str, int] | None:
 
 def _refit(app: AppContext, storage: str | None, name: str, plan: dict[str, int] | None, summary: dict,
            where: dict, as_json: bool) -> dict | None:
-    """The refit ``--refit-top`` asked for, after a search that was not interrupted: it continues
-    a refit a killed or stopped run began (its finished folds are not trained again)."""
+    """The refit ``--refit-top`` asked for, after a search that was not interrupted and used its
+    budget (a run its --time-budget ended leaves the refit to the resume that finishes the search):
+    it continues a refit a killed or stopped run began (its finished folds are not trained again)."""
     if plan is None or summary.get("interrupted"):
+        return None
+    if summary.get("out_of_time"):
+        click.echo(f"msatune: note: the refit of the top {plan['top_k']} (--refit-top) runs once the search "
+                   f"has used its budget: msatune resume {name}", err=True)
         return None
     from msatune.studies.cli.refit import RefitProgressLine
     from msatune.studies.refit.run import RefitOptions, run_refit
@@ -166,6 +176,7 @@ search on the same study for the rest of its budget (or --trials N more).
 Examples:
   msatune resume demo1
   msatune resume demo1 --trials 10
+  msatune resume demo1 --time-budget 3h30m      (a 4-hour job: no trial starts after 3.5 h)
 """
 
 
@@ -175,11 +186,12 @@ Examples:
 @click.option("--force", is_flag=True, help="Continue even if the dataset's fingerprint changed.")
 @resource_options
 @storage_option
+@time_budget_option
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @pass_app
 def resume(app: AppContext, name: str, trials: int | None, force: bool, cpus_per_trial: float | None,
            gpus_per_trial: float | None, concurrency: int | None, address: str | None,
-           storage: str | None, as_json: bool) -> None:
+           storage: str | None, time_budget: float | None, as_json: bool) -> None:
     from msatune.studies.runs import refit_after_search
     from msatune.studies.runs import resume as do_resume
 
@@ -187,7 +199,7 @@ def resume(app: AppContext, name: str, trials: int | None, force: bool, cpus_per
     continue_with(f"msatune resume {name}")
     with Progress(name, json_mode=as_json) as progress:
         summary = do_resume(app.ws, app.storage_url(storage), name, more_trials=trials, force=force,
-                            where=where, progress=progress)
+                            where=where, progress=progress, time_budget_s=time_budget)
     plan = refit_after_search(app.storage_url(storage), name)
     refit = _refit(app, storage, name, plan, summary, where, as_json)
     _finish(app, storage, name, summary, as_json, refit)

@@ -227,6 +227,9 @@ def render_run(summary: dict, name: str) -> None:
     if summary.get("interrupted"):
         con.print(f"interrupted: {len(summary.get('requeued', []))} running trial(s) re-queued; "
                   f"continue with: msatune resume {name}")
+    elif summary.get("out_of_time"):
+        con.print(f"time budget of {summary['time_budget_s']:.0f} s reached: no trial started after it; "
+                  f"{summary['trials_left']} trial(s) of this run left; continue with: msatune resume {name}")
 
 
 def _mean_std(mean: Any, std: Any) -> str:

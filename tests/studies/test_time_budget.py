@@ -1,0 +1,96 @@
+"""``--time-budget``: no trial starts after it, running trials finish, the rest waits for resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from msatune.search.search_settings import SearchSettings
+from msatune.studies.cli.context import Duration
+from msatune.studies.runs import launch, resume
+from msatune.studies.store.connect import open_storage
+from msatune.studies.store.studies import study_attrs
+from msatune.studies.store.workspace import Workspace
+from tests.conftest import one_line_error
+from tests.conftest import run_in as run
+
+TRIAL_SECONDS = 6.0
+BUDGET_SECONDS = 2.0
+
+
+def slow_trial(config: dict, data=None) -> None:
+    """A trial that outlasts the time budget by itself, then finishes normally."""
+    import time
+
+    from ray import tune
+
+    time.sleep(TRIAL_SECONDS)
+    value = 1.0 + config["dropout"]
+    tune.report({"val_mae": value, "best_val_mae": value, "rung_mae": value, "final": True})
+
+
+def test_a_run_starts_no_trial_after_its_time_budget_and_resume_runs_the_rest(
+    tmp_path: Path, tiny_data: Path, tiny_space_file: Path, ray_session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import msatune.search.trainable as trainable_module
+
+    ws = Workspace(tmp_path).ensure()
+    storage = open_storage(ws.storage_url)
+    settings = SearchSettings(trials=3, max_epochs=1, grace_period=1, cpus_per_trial=1.0, concurrency=1,
+                              seed=0, time_budget_s=BUDGET_SECONDS)
+    summary = launch(ws, storage, "timed", settings, data_dir=tiny_data, space_file=tiny_space_file,
+                     trainable=slow_trial, presets=False)
+
+    # The first trial outlasted the budget, so the run proposed nothing after it, and ended as a
+    # normal end (not an interruption): nothing re-queued, nothing left RUNNING or FAILed.
+    assert summary["trials"] == 1 and summary["complete"] == 1
+    assert summary["out_of_time"] is True and summary["interrupted"] is False
+    assert summary["trials_left"] == 2 and summary["requeued"] == []
+    study = optuna.load_study(study_name="timed", storage=ws.storage_url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]
+    assert study_attrs(study)["runs"][-1]["out_of_time"] is True
+
+    # resume (no budget this time) runs the rest of the study's budget, losing nothing
+    monkeypatch.setattr(trainable_module, "train_trial", slow_trial)
+    more = resume(ws, storage, "timed")
+    assert more["trials"] == 2 and more["interrupted"] is False and "out_of_time" not in more
+    study = optuna.load_study(study_name="timed", storage=ws.storage_url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("900", 900.0), ("90s", 90.0), ("30m", 1800.0),
+                                               ("1.5h", 5400.0), ("1h30m", 5400.0), ("2 h", 7200.0)])
+def test_durations_read_as_seconds(text: str, seconds: float) -> None:
+    assert Duration().convert(text, None, None) == seconds
+
+
+@pytest.mark.parametrize(("text", "needle"), [("abc", "is not a duration"), ("0", "more than 0 seconds"),
+                                              ("1h abc", "is not a duration")])
+def test_a_bad_time_budget_is_a_one_line_error_before_anything_runs(tmp_path: Path, text: str,
+                                                                   needle: str) -> None:
+    ws = tmp_path / "ws"
+    one_line_error(run(ws, "launch", "x", "--time-budget", text), "--time-budget", needle)
+    assert not ws.exists()  # nothing written
+
+
+def test_settings_refuse_a_time_budget_that_is_not_positive() -> None:
+    from msatune.errors import UserError
+
+    with pytest.raises(UserError, match="--time-budget"):
+        SearchSettings(time_budget_s=0).validate()
+
+
+def test_a_search_its_time_budget_ended_leaves_the_refit_to_the_resume(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    from msatune.studies.cli.context import AppContext
+    from msatune.studies.cli.launch import _refit
+
+    app = AppContext(workspace=tmp_path / "ws")
+    summary = {"out_of_time": True, "interrupted": False, "trials_left": 3}
+    # Nothing runs (no store exists: a refit would fail to open it), one note says what will.
+    assert _refit(app, None, "s", {"top_k": 5, "folds": 3}, summary, {}, as_json=False) is None
+    assert "runs once the search has used its budget: msatune resume s" in capsys.readouterr().err
+    assert not (tmp_path / "ws").exists()
