@@ -210,6 +210,11 @@ class RefitSource:
             raise UserError(f"the refit of study {name!r} was trained on other data than the study's; "
                             f"rerun it: msatune refit {name} --replace ...")
         self.pool = pool = pool_labels(data.splits)  # the OOF predictions' labels; no features copied
+        # What is read of the features from here on: test (the bags' and the export's predictions)
+        # and valid (a trial checkpoint that lacks its predictions). Train's go (on MOSEI ~1.4 GB
+        # of the 1.95 GB loaded), before the models are loaded.
+        self.data = data = MSADataset(path=data.path, fingerprint=data.fingerprint,
+                                      splits={"valid": data.valid, "test": data.test})
         self.view = PoolView(splits={"valid": pool, "test": data.test})
         # The fit reads OOF predictions only; the test predictions ride along unread until the
         # combination is fixed (ensemble.fitting.fit_pool), as for a study's ensemble.

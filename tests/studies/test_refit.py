@@ -342,6 +342,28 @@ def test_the_bagged_ensemble_exports_one_model_that_averages_the_fold_models_and
     assert record["ensemble"]["test"]["mae"] == pytest.approx(s["test"]["mae"])
 
 
+def test_the_bagged_source_holds_no_training_features(refit_a: dict) -> None:
+    """`ensemble --from refit` reads the pool's labels and the test split's features (valid's for
+    a trial checkpoint lacking its predictions): the training split's features are let go before
+    any model is loaded (on MOSEI ~1.4 GB of the 1.95 GB loaded), and the comparison with the
+    trials' own ensemble still runs."""
+    from msatune.augment.dataset import load_dataset
+    from msatune.ensemble.fitting import EnsembleOptions
+    from msatune.studies.refit.bagged import RefitSource
+    from msatune.studies.store.connect import open_storage
+    from msatune.studies.store.studies import study_attrs
+
+    store = open_storage(refit_a["url"])
+    study = optuna.load_study(study_name="tiny", storage=store)
+    src = RefitSource(store, study, study_attrs(study), EnsembleOptions(method="mean", top_k=2))
+    assert set(src.data.splits) == {"valid", "test"}
+    full = load_dataset(study_data_path(refit_a["url"]))
+    assert src.pool.n == full.train.n + full.valid.n and src.data.fingerprint == full.fingerprint
+    result = src.fit({})
+    assert result.comparison["non_bagged"]["test"]["mae"] > 0
+    assert result.comparison["best_single"]["test"]["mae"] > 0
+
+
 def test_show_and_the_report_gain_the_refit_table(refit_a: dict, tmp_path: Path, capsys) -> None:
     from msatune.studies.cli.render import render_show
     from msatune.studies.queries import list_studies, show_study
