@@ -42,7 +42,7 @@ from ray.tune.callback import Callback
 from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 
-from msatune.search.reconcile import FAIL_REASON_ATTR, fail_and_requeue
+from msatune.search.reconcile import FAIL_REASON_ATTR, SAMPLED_ATTR, fail_and_requeue
 from msatune.search.space import SearchSpace
 from msatune.thirdparty.optuna_internals import frozen_trial, study_storage
 
@@ -118,7 +118,7 @@ class StudySearcher(Searcher):
         trial = self._trials[trial_id]
         try:
             config = self.space.sample(trial)
-            trial.set_user_attr("ray_trial_id", trial_id)
+            trial.set_user_attr(SAMPLED_ATTR, trial_id)  # last: the configuration is whole (reconcile)
         except optuna.exceptions.UpdateFinishedTrialError:
             if self.may_write():  # not a takeover (see _report): a real error
                 raise

@@ -21,7 +21,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from msatune.errors import UserError
-from msatune.search.reconcile import REQUEUED_ATTR, reconcile, used_budget
+from msatune.search.reconcile import REQUEUED_ATTR, SAMPLED_ATTR, reconcile, used_budget
 from msatune.studies.store.connect import open_storage
 from msatune.studies.store.lease import LEASE_KEY, StudyLease, check_free, live_holder
 from msatune.studies.store.studies import INTERRUPTED, trial_kind
@@ -88,22 +88,28 @@ def test_a_stalled_driver_that_was_taken_over_never_takes_the_lease_back(tmp_pat
     assert study._storage.get_study_user_attrs(study._study_id)[LEASE_KEY]["driver"] == "taker"
 
 
-def test_a_trial_without_params_never_ran_uses_no_budget_and_is_not_requeued(tmp_path: Path) -> None:
+def test_a_trial_without_its_whole_configuration_never_ran_uses_no_budget_and_is_not_requeued(tmp_path: Path) -> None:
     """The driver stopped (kill -9 while it sampled the next trial, or its sampling raised)
-    between creating a trial and writing its configuration: left RUNNING, empty. It never ran:
+    between creating a trial and writing its whole configuration: left RUNNING, empty or with a
+    part of one. It never ran:
     shown as interrupted, nothing of it re-queued (it has nothing to run again), and it uses no
     budget, so a resume samples one in its place and the budget ends with that many finished."""
     study = new_study(tmp_path)
     empty = study.ask()  # RUNNING, no params
-    sampled = study.ask({"x": FloatDistribution(0, 1)})
+    # stopped between two parameters: a part of a configuration, never handed to Ray
+    partial = study.ask({"x": FloatDistribution(0, 1)})
+    sampled = study.ask({"x": FloatDistribution(0, 1), "y": FloatDistribution(0, 1)})
+    sampled.set_user_attr(SAMPLED_ATTR, "ray-trial-1")  # what the searcher does once it is whole
     assert reconcile(study) == [sampled.number]
     trials = {t.number: t for t in study.get_trials()}
-    assert trials[empty.number].state == TrialState.FAIL
-    assert trials[empty.number].user_attrs[REQUEUED_ATTR] is True
-    assert trial_kind(trials[empty.number]) == INTERRUPTED
-    assert "no parameters yet (it never ran)" in trials[empty.number].user_attrs["fail_reason"]
+    for never in (empty, partial):
+        assert trials[never.number].state == TrialState.FAIL
+        assert trials[never.number].user_attrs[REQUEUED_ATTR] is True
+        assert trial_kind(trials[never.number]) == INTERRUPTED
+        assert "it never ran" in trials[never.number].user_attrs["fail_reason"]
     waiting = [t for t in trials.values() if t.state == TrialState.WAITING]
     assert [t.user_attrs["requeued_from"] for t in waiting] == [sampled.number]
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [trials[sampled.number].params]
     assert used_budget(study) == 0
 
 
