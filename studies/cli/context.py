@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -155,6 +156,7 @@ class Duration(click.ParamType):
 
     name = "DURATION"
     _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    _PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
 
     def convert(self, value: Any, param: Any, ctx: Any) -> float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -171,15 +173,13 @@ class Duration(click.ParamType):
     @classmethod
     def parse(cls, text: str) -> float | None:
         """Seconds in ``text``, or None when it is not a duration."""
-        import re
-
         text = text.strip().lower()
         try:
             return float(text)
         except ValueError:
             pass
-        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", text)
-        if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([smhd])", "", text).strip():
+        parts = cls._PART.findall(text)
+        if not parts or cls._PART.sub("", text).strip():  # nothing but number-unit pairs
             return None
         return sum(float(n) * cls._UNITS[unit] for n, unit in parts)
 
@@ -190,7 +190,7 @@ def time_budget_option(f: Any) -> Any:
         "--time-budget", "time_budget", type=Duration(), default=None,
         help="Start no trial after this long (seconds, or 90s, 30m, 2h, 1h30m), counted from the "
              "search's start (a run always starts its first); running trials finish, so the run "
-             "ends about one trial later. What is "
-             "left of the trial budget waits for `msatune resume NAME` (a --refit-top refit too). "
+             "ends about one trial later. What is left of the trial budget waits for `msatune "
+             "resume NAME` (a --refit-top refit too). "
              "For a job with a wall limit (Slurm, a cloud VM), leave a trial's time spare. "
              "[default: none]")(f)
