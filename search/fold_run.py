@@ -4,9 +4,9 @@ A refit trains each chosen configuration on the folds of train+valid (:mod:`msat
 with the configuration's own recipe, for as many epochs as its trial trained in the search
 (:func:`fold_training_config`: no early stopping; its checkpoint is its best epoch on the held-out
 fold, as a trial's is on validation). :func:`run_folds` runs a
-list of :class:`FoldTask` as one :func:`msatune.search.tune_run.run_tune` over a grid of tasks
-(FIFO, no searcher, no scheduler: every task runs to its end), with the study's resources, actor
-reuse and failure retries. The driver loads the data once and ships only the pooled train+valid samples and the
+list of :class:`FoldTask` as one :func:`msatune.search.tune_run.run_tune`, the tasks handed out in
+order by :class:`FoldQueue` (FIFO, no scheduler: every task that starts runs to its end; none starts
+after a ``--time-budget``'s deadline), with the study's resources, actor reuse and failure retries. The driver loads the data once and ships only the pooled train+valid samples and the
 fold assignment to the workers (``tune.with_parameters``): the test split never reaches a fold.
 
 Each finished fold reports a checkpoint in the :mod:`msatune.models.checkpoint` format whose
@@ -17,6 +17,7 @@ next one ends. Resuming is the caller's business: it passes only the tasks not y
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 from ray.tune.callback import Callback
+from ray.tune.search import Searcher
 
 from msatune.augment.dataset import MSADataset, SplitData
 from msatune.augment.folds import SplitRows, fold_split
@@ -108,6 +110,47 @@ class FoldRunSummary:
     concurrency: int
     interrupted: bool = False
     outcomes: list[FoldOutcome] = field(default_factory=list)
+    out_of_time: bool = False  # the deadline passed with folds not started (a normal end)
+    folds_left: int = 0  # the folds the deadline kept from starting
+
+
+class FoldQueue(Searcher):
+    """Hands Ray Tune the refit's tasks in order, one per trial, and no task once ``deadline``
+    (a ``time.monotonic()`` value) has passed, except the run's first: a run always trains one
+    fold, so a rerun makes progress. Then :attr:`out_of_time` is true; running folds finish."""
+
+    def __init__(self, tasks: list[FoldTask], deadline: float | None = None) -> None:
+        super().__init__()
+        self.queue = [{"task": t.as_config()} for t in tasks]
+        self.handed = 0
+        self.deadline = deadline
+        self.out_of_time = False
+
+    @property
+    def left(self) -> int:
+        return len(self.queue) - self.handed
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self.handed >= len(self.queue):
+            return Searcher.FINISHED
+        if self.handed and self.deadline is not None and time.monotonic() >= self.deadline:
+            self.out_of_time = True
+            return Searcher.FINISHED
+        self.handed += 1
+        return self.queue[self.handed - 1]
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass  # FoldCallback records what a fold ended with
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's snapshot of the queue (the store's fold records are the truth: a refit
+        continues with a fresh run of the folds not recorded, never by restoring this)."""
+        with open(checkpoint_path, "w", encoding="utf-8") as fh:
+            json.dump({"handed": self.handed, "total": len(self.queue)}, fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        raise RuntimeError("a refit continues by running the same command again, never by restoring "
+                           "a Tune experiment")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -260,30 +303,34 @@ def run_folds(
     on_fold: Callable[[FoldOutcome], None],
     progress: Callable[[FoldProgress], None] | None = None,
     trainable: Callable[..., None] | None = None,
+    deadline: float | None = None,
 ) -> FoldRunSummary:
     """Train every task (one Ray Tune trial each) and call ``on_fold`` as each one ends.
 
     ``settings`` gives the resources (cpus/gpus per fold, concurrency, address, retries);
     ``trainable`` replaces :func:`train_fold` (tests). Ray is started here unless the caller
     already did. Ctrl-C stops the run (``interrupted``); folds that ended were handed over.
+    ``deadline`` (``time.monotonic()``): no fold but the first starts after it; the run then
+    ends normally with ``out_of_time`` and ``folds_left``.
     """
-    from ray import tune
-
     if not tasks:
         raise ValueError("run_folds needs at least one task")
     callback = FoldCallback(on_fold, len(tasks), progress)
+    queue = FoldQueue(tasks, deadline)
     run = run_tune(
         trainable or train_fold, {"pool": pool, "assignment": np.asarray(assignment), "fingerprint": fingerprint},
         settings, trials=len(tasks), ray_dir=ray_dir, run_name=run_name, trial_name=_trial_name,
-        callbacks=[callback], num_samples=1,
-        param_space={"task": tune.grid_search([t.as_config() for t in tasks])},
+        callbacks=[callback], num_samples=len(tasks), search_alg=queue,
     )
     outcomes = list(callback.outcomes)
     complete = sum(o.state == "COMPLETE" for o in outcomes)
+    started = len(tasks) - queue.left
     return FoldRunSummary(
         folds_run=len(outcomes), complete=complete, failed=len(outcomes) - complete,
         wall_seconds=run.wall_seconds, concurrency=run.concurrency,
-        interrupted=run.interrupted or len(outcomes) < len(tasks), outcomes=outcomes,
+        interrupted=run.interrupted or len(outcomes) < (started if queue.out_of_time else len(tasks)),
+        outcomes=outcomes,
+        out_of_time=queue.out_of_time, folds_left=queue.left,
     )
 
 

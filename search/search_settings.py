@@ -8,6 +8,7 @@ the where-it-runs fields from the command line, and the runner reads one per run
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,6 +39,17 @@ class SearchSettings:
     # This run's wall-clock budget in seconds: no trial starts after it, running ones finish
     # (Optuna's ``timeout``); the rest of the trial budget waits for ``resume``. None: no limit.
     time_budget_s: float | None = None
+    # The ``time.monotonic()`` the budget counts from: the command's start (the CLI sets it, so
+    # loading data and starting Ray count too); None: the search's own start.
+    budget_from: float | None = None
+
+    def deadline(self) -> float | None:
+        """The ``time.monotonic()`` after which no trial starts (None: no time budget); without
+        :attr:`budget_from` the budget counts from this call."""
+        if self.time_budget_s is None:
+            return None
+        start = self.budget_from if self.budget_from is not None else time.monotonic()
+        return start + float(self.time_budget_s)
 
     @property
     def grace(self) -> int:

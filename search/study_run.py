@@ -161,7 +161,8 @@ def run_search(
     ``sampler`` replaces the TPE sampler (benchmarks compare with random search). ``fence()``
     (the study lease's ``held``) is asked before every write; once it says no, the run writes
     nothing more, stops, and its summary says ``fenced``. ``settings.time_budget_s``: no trial
-    starts once that many seconds have passed since this call; the summary says ``out_of_time``.
+    starts once that many seconds have passed since ``settings.budget_from`` (the command's start;
+    unset: this call); the summary says ``out_of_time``.
     """
     from ray.tune import CheckpointConfig
     from ray.tune.schedulers import ASHAScheduler
@@ -170,7 +171,7 @@ def run_search(
 
     if settings.trials <= 0:
         raise ValueError("settings.trials must be > 0")
-    deadline = None if settings.time_budget_s is None else time.monotonic() + float(settings.time_budget_s)
+    deadline = settings.deadline()
     searcher = StudySearcher(space, study, sampler or make_sampler(settings), fence=fence, deadline=deadline)
     scheduler = make_scheduler(ASHAScheduler)(
         time_attr="training_iteration",

@@ -183,9 +183,11 @@ def resume(
     where: dict[str, Any] | None = None,
     progress: Any = None,
     time_budget_s: float | None = None,
+    budget_from: float | None = None,
 ) -> dict[str, Any]:
     """Reconcile study ``name`` and run what is left of its budget (or ``more_trials`` more),
-    starting no trial after ``time_budget_s`` seconds (``resume --time-budget``).
+    starting no trial after ``time_budget_s`` seconds (``resume --time-budget``) from
+    ``budget_from`` (a ``time.monotonic()``: the command's start; None: the search's).
 
     ``where`` may change where it runs (cpus_per_trial, gpus_per_trial, concurrency, address,
     verbose); what the study *is* (space, epochs, ASHA, seed) stays as recorded. A study whose
@@ -205,7 +207,8 @@ def resume(
         raise UserError(f"study {name!r} was not created by msatune launch; it cannot be resumed here")
     if more_trials is not None and more_trials <= 0:
         raise UserError(f"--trials must be > 0 (got {more_trials})")
-    settings = SearchSettings.from_study(attrs, **(where or {}), time_budget_s=time_budget_s).validate()
+    settings = SearchSettings.from_study(attrs, **(where or {}), time_budget_s=time_budget_s,
+                                         budget_from=budget_from).validate()
     if settings.address is not None:
         parse_address(settings.address)
     check_free(study, "resume")

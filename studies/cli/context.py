@@ -185,12 +185,13 @@ class Duration(click.ParamType):
 
 
 def time_budget_option(f: Any) -> Any:
-    """``--time-budget`` of a search run (``launch``, ``resume``, ``demo``)."""
+    """``--time-budget`` of a command that trains (``launch``, ``resume``, ``demo``, ``refit``)."""
     return click.option(
         "--time-budget", "time_budget", type=Duration(), default=None,
-        help="Start no trial after this long (seconds, or 90s, 30m, 2h, 1h30m), counted from the "
-             "search's start (a run always starts its first); running trials finish, so the run "
-             "ends about one trial later. What is left of the trial budget waits for `msatune "
-             "resume NAME` (a --refit-top refit too). "
+        help="Start no trial or refit fold after this long (seconds, or 90s, 30m, 2h, 1h30m), "
+             "counted from the command's start (loading the data and starting Ray count; a run "
+             "always starts one); running ones finish, so the command ends about one trial or fold "
+             "later. What is left waits for `msatune resume NAME` (`msatune refit NAME` for a refit "
+             "of its own), and finished trials and folds are kept. "
              "For a job with a wall limit (Slurm, a cloud VM), leave a trial's time spare. "
              "[default: none]")(f)

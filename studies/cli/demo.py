@@ -53,7 +53,7 @@ def demo(app: AppContext, name: str, trials: int, max_epochs: int, cpus_per_tria
     # Every check before the first write (the dataset): a refused demo leaves the workspace as it was.
     check_study_name(name)
     settings = SearchSettings(trials=trials, max_epochs=max_epochs, cpus_per_trial=cpus_per_trial, seed=seed,
-                              verbose=app.verbose, time_budget_s=time_budget).validate()
+                              verbose=app.verbose, time_budget_s=time_budget, budget_from=t0).validate()
     machine_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if cpus_per_trial > machine_cpus:
         raise UserError(f"--cpus-per-trial {cpus_per_trial:g} asks for more CPUs than this machine has "

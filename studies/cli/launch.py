@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -111,6 +112,7 @@ def launch(app: AppContext, name: str, data_dir: Path | None, trials: int, max_e
     from msatune.search.space import check_search_family
     from msatune.studies.runs import launch as do_launch
 
+    started = time.monotonic()  # a --time-budget counts from here: data and Ray count too
     check_search_family(family)
     refit_after = _refit_plan(refit_top, refit_folds)
     continue_with(f"msatune resume {name}")
@@ -120,14 +122,14 @@ def launch(app: AppContext, name: str, data_dir: Path | None, trials: int, max_e
         cpus_per_trial=cpus_per_trial if cpus_per_trial is not None else DEFAULTS.cpus_per_trial,
         gpus_per_trial=gpus_per_trial if gpus_per_trial is not None else DEFAULTS.gpus_per_trial,
         concurrency=concurrency, seed=seed, address=address, max_failures=max_failures, verbose=app.verbose,
-        time_budget_s=time_budget,
+        time_budget_s=time_budget, budget_from=started,
     ).validate()
     with Progress(name, json_mode=as_json) as progress:
         summary = do_launch(app.ws, app.storage_url(storage), name, settings, data_dir=data_dir,
                             space_file=space_file, clip_labels=clip_labels, progress=progress,
                             family=family, refit_after=refit_after)
     where = where_it_runs(app, cpus_per_trial, gpus_per_trial, concurrency, address)
-    refit = _refit(app, storage, name, refit_after, summary, where, as_json)
+    refit = _refit(app, storage, name, refit_after, summary, where, as_json, settings.deadline())
     _finish(app, storage, name, summary, as_json, refit)
 
 
@@ -145,15 +147,21 @@ def _refit_plan(top_k: int, folds: int) -> dict[str, int] | None:
 
 
 def _refit(app: AppContext, storage: str | None, name: str, plan: dict[str, int] | None, summary: dict,
-           where: dict, as_json: bool) -> dict | None:
+           where: dict, as_json: bool, deadline: float | None = None) -> dict | None:
     """The refit ``--refit-top`` asked for, after a search that was not interrupted and used its
     budget (a run its --time-budget ended leaves the refit to the resume that finishes the search):
-    it continues a refit a killed or stopped run began (its finished folds are not trained again)."""
+    it continues a refit a killed or stopped run began (its finished folds are not trained again).
+    ``deadline`` (the command's --time-budget, ``time.monotonic()``): no fold starts after it; one
+    already past leaves the whole refit to ``resume``."""
     if plan is None or summary.get("interrupted"):
         return None
     if summary.get("out_of_time"):
         click.echo(f"msatune: note: the refit of the top {plan['top_k']} (--refit-top) runs once the search "
                    f"has used its budget: msatune resume {name}", err=True)
+        return None
+    if deadline is not None and time.monotonic() >= deadline:
+        click.echo(f"msatune: note: the search used the time budget; the refit of the top {plan['top_k']} "
+                   f"(--refit-top) runs with: msatune resume {name}", err=True)
         return None
     from msatune.studies.cli.refit import RefitProgressLine
     from msatune.studies.refit.run import RefitOptions, run_refit
@@ -162,7 +170,7 @@ def _refit(app: AppContext, storage: str | None, name: str, plan: dict[str, int]
     options = RefitOptions(top_k=plan["top_k"], folds=plan["folds"], up_to=True).validate()
     with RefitProgressLine(as_json, name) as progress:
         return run_refit(app.ws, app.storage(storage, create=False), name, options, where=where,
-                         progress=progress)
+                         progress=progress, deadline=deadline)
 
 
 RESUME_HELP = """Continue a study after a crash, kill or Ctrl-C, losing no finished trial.
@@ -195,13 +203,15 @@ def resume(app: AppContext, name: str, trials: int | None, force: bool, cpus_per
     from msatune.studies.runs import refit_after_search
     from msatune.studies.runs import resume as do_resume
 
+    started = time.monotonic()  # a --time-budget counts from here: data and Ray count too
     where = where_it_runs(app, cpus_per_trial, gpus_per_trial, concurrency, address)
     continue_with(f"msatune resume {name}")
     with Progress(name, json_mode=as_json) as progress:
         summary = do_resume(app.ws, app.storage_url(storage), name, more_trials=trials, force=force,
-                            where=where, progress=progress, time_budget_s=time_budget)
+                            where=where, progress=progress, time_budget_s=time_budget, budget_from=started)
     plan = refit_after_search(app.storage_url(storage), name)
-    refit = _refit(app, storage, name, plan, summary, where, as_json)
+    refit = _refit(app, storage, name, plan, summary, where, as_json,
+                   None if time_budget is None else started + time_budget)
     _finish(app, storage, name, summary, as_json, refit)
 
 
@@ -222,7 +232,7 @@ def _finish(app: AppContext, storage: str | None, name: str, summary: dict, as_j
         render_run(summary, name)
         render_show(shown, next_steps(app.ws, name))
         if refit is not None:
-            render_refit(refit)
+            render_refit(refit, again=f"msatune resume {name}")
     if summary.get("interrupted") or (refit is not None and refit["run"].get("interrupted")):
         what = "trials" if summary.get("interrupted") else "refit folds"
         click.echo(f"msatune: interrupted; finished {what} are stored; continue with: msatune resume {name}",

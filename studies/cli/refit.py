@@ -19,13 +19,16 @@ from msatune.studies.cli.context import (
     pass_app,
     resource_options,
     storage_option,
+    time_budget_option,
     where_it_runs,
 )
 from msatune.studies.cli.render import render_refit_table
 from msatune.studies.refit import DEFAULT_FOLDS, DEFAULT_TOP_K, FOLDS_EVIDENCE
 
 
-def render_refit(summary: dict[str, Any]) -> None:
+def render_refit(summary: dict[str, Any], again: str | None = None) -> None:
+    """Print a refit's summary; ``again`` is the command that continues it (default: ``msatune
+    refit NAME``, the same command again)."""
     con = console()
     run = summary["run"]
     others = ", ".join(f"{v} {k.lower()}" for k, v in summary["not_considered"].items())
@@ -51,6 +54,9 @@ def render_refit(summary: dict[str, Any]) -> None:
         click.echo(f"msatune: warning: {w}", err=True)
     if run.get("interrupted"):
         con.print("interrupted: finished folds are recorded; run the same command again to continue")
+    elif run.get("out_of_time"):
+        con.print(f"time budget reached: {run['folds_left']} fold(s) not started (the best configurations' "
+                  f"folds ran first); continue with: {again or 'msatune refit ' + summary['study']}")
     else:
         con.print(f"bagged ensemble: msatune ensemble {summary['study']} --from refit")
     con.print(f"fold models and out-of-fold predictions: {summary['directory']}")
@@ -121,6 +127,7 @@ Examples:
   msatune refit mosi-a --top-k 8
   msatune refit mosi-a --top-k 8 --folds 5 --repeats 2 --gpus-per-trial 0.5
   msatune refit mosi-a --top-k 8                    (again after Ctrl-C or a crash: continues)
+  msatune refit mosi-a --time-budget 2h             (no fold starts after 2 h; again: continues)
   msatune refit mosi-a --trial 0 --trial 1          (the presets, trials 0 and 1 of a default study)
   msatune ensemble mosi-a --from refit              (bagged ensemble fitted on the OOF predictions)
   msatune show mosi-a                               (validation vs OOF MAE, rank change)
@@ -142,13 +149,16 @@ Examples:
 @click.option("--replace", is_flag=True, help="Start over when the study's refit used other --folds/--repeats/--seed (its fold models are discarded); with the same ones, a rerun continues it.")
 @resource_options
 @storage_option
+@time_budget_option
 @click.option("--json", "as_json", is_flag=True, help="Print the refit summary as JSON.")
 @pass_app
 def refit(app: AppContext, name: str, top_k: int | None, trials: tuple[int, ...], folds: int | None,
           repeats: int | None, seed: int | None, replace: bool, cpus_per_trial: float | None,
           gpus_per_trial: float | None, concurrency: int | None, address: str | None, storage: str | None,
-          as_json: bool) -> None:
+          time_budget: float | None, as_json: bool) -> None:
     from msatune.studies.refit.run import RefitOptions, run_refit
+
+    started = time.monotonic()
 
     if trials and top_k is not None:
         raise click.UsageError("give --top-k K (the K best trials) or --trial N (those trials), not both")
@@ -157,7 +167,8 @@ def refit(app: AppContext, name: str, top_k: int | None, trials: tuple[int, ...]
     store = app.storage(storage, create=False)  # a mistyped name or store creates nothing
     where = where_it_runs(app, cpus_per_trial, gpus_per_trial, concurrency, address)
     with RefitProgressLine(as_json, name) as progress:
-        summary = run_refit(app.ws, store, name, options, where=where, progress=progress)
+        summary = run_refit(app.ws, store, name, options, where=where, progress=progress,
+                            deadline=None if time_budget is None else started + time_budget)
     if as_json:
         echo_json(summary)
     else:

@@ -94,3 +94,68 @@ def test_a_search_its_time_budget_ended_leaves_the_refit_to_the_resume(tmp_path:
     assert _refit(app, None, "s", {"top_k": 5, "folds": 3}, summary, {}, as_json=False) is None
     assert "runs once the search has used its budget: msatune resume s" in capsys.readouterr().err
     assert not (tmp_path / "ws").exists()
+
+
+def test_the_budget_counts_from_the_commands_start_when_given() -> None:
+    import time
+
+    started = time.monotonic() - 100.0  # a command that has run 100 s (data, Ray) before its search
+    settings = SearchSettings(time_budget_s=60.0, budget_from=started)
+    assert settings.deadline() == started + 60.0
+    assert settings.for_run(3, 1).deadline() == started + 60.0  # every run of the command: one clock
+    assert SearchSettings().deadline() is None
+    before = time.monotonic()
+    assert before + 60.0 <= SearchSettings(time_budget_s=60.0).deadline() <= time.monotonic() + 60.0
+
+
+def test_a_search_that_used_the_budget_leaves_the_refit_to_the_resume(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    import time
+
+    from msatune.studies.cli.context import AppContext
+    from msatune.studies.cli.launch import _refit
+
+    app = AppContext(workspace=tmp_path / "ws")
+    summary = {"out_of_time": False, "interrupted": False, "trials": 3}  # every trial ran, but late
+    assert _refit(app, None, "s", {"top_k": 5, "folds": 3}, summary, {}, as_json=False,
+                  deadline=time.monotonic() - 1.0) is None
+    assert "the search used the time budget; the refit of the top 5 (--refit-top) runs with: msatune resume s" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "ws").exists()
+
+
+def test_a_refit_starts_no_fold_after_its_deadline_and_the_same_command_trains_the_rest(
+    tiny_study: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A refit whose deadline has passed trains its first fold only (a run always makes progress),
+    ends normally with ``out_of_time``, and running it again trains the other folds, not that one."""
+    import shutil
+    import time
+
+    from msatune.studies.cli.refit import render_refit
+    from msatune.studies.refit.run import RefitOptions, run_refit
+
+    ws = Workspace(tmp_path / "ws").ensure()
+    shutil.copy(Path(tiny_study["workspace"]) / "studies.db", ws.root / "studies.db")
+    storage = open_storage(ws.storage_url)
+    options = RefitOptions(top_k=2, folds=2)
+    where = {"concurrency": 1}
+    cut = run_refit(ws, storage, "tiny", options, where=where, deadline=time.monotonic())
+    run_record = cut["run"]
+    assert run_record["folds_run"] == run_record["complete"] == 1
+    assert run_record["out_of_time"] is True and run_record["folds_left"] == 3
+    assert run_record["interrupted"] is False
+    first = [t for t in optuna.load_study(study_name="tiny:refit", storage=ws.storage_url).trials
+             if t.state == TrialState.COMPLETE]
+    assert len(first) == 1
+    render_refit(cut)
+    assert "time budget reached: 3 fold(s) not started" in capsys.readouterr().out
+
+    rest = run_refit(ws, storage, "tiny", options, where=where)
+    assert rest["run"]["already_done"] == 1 and rest["run"]["folds_run"] == 3
+    assert "out_of_time" not in rest["run"]
+    folds = [t for t in optuna.load_study(study_name="tiny:refit", storage=ws.storage_url).trials
+             if t.state == TrialState.COMPLETE]
+    assert len(folds) == 4 and first[0].number in {t.number for t in folds}
+    keys = {(t.params["trial"], t.params["fold"]) for t in folds}
+    assert len(keys) == 4  # no fold trained twice
