@@ -407,6 +407,7 @@ def timed_trainable(config: dict[str, Any], data: Any = None, events: str | None
         metrics = {**metrics, "bench_t": now, "bench_rss_mb": rss_mb(), "bench_pid": pid}
         log("epoch", epoch=metrics.get("epoch"), epoch_seconds=metrics.get("epoch_seconds"),
             validation_seconds=metrics.get("validation_seconds"), val_mae=metrics.get("val_mae"),
+            train_mae=metrics.get("train_mae"), rung_score=metrics.get("rung_mae"),
             final=bool(metrics.get("final")))
         return original(metrics, *args, **kwargs)
 

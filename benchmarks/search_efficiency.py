@@ -132,6 +132,7 @@ def run_one(method: str, seed: int, size: dict[str, Any], ws: Path, data_path: P
 def collect_run(method: str, seed: int, study: Any, events_path: Path, t0: float, wall: float,
                 counts: dict[str, int]) -> dict[str, Any]:
     """One search's record from its study and its trainable's events (``t0``: when it began)."""
+    from msatune.search.reconcile import SAMPLED_ATTR
     from msatune.studies.store.studies import best_complete
 
     epochs_ev = [e for e in read_events(events_path)
@@ -143,13 +144,25 @@ def collect_run(method: str, seed: int, study: Any, events_path: Path, t0: float
     trials = study.trials
     top = best_complete(trials)
     test_mae = checkpoint_test_mae(top)
+    # every trial's own curve (to tell a search lost at ASHA's cut from one lost in its proposals)
+    by_ray_id: dict[str, list[dict[str, Any]]] = {}
+    for e in read_events(events_path):
+        if e["kind"] == "epoch" and e.get("epoch") is not None:
+            by_ray_id.setdefault(e["trial_id"], []).append(e)
+    per_trial = []
+    for t in trials:
+        evs = sorted(by_ray_id.get(str(t.user_attrs.get(SAMPLED_ATTR)), []), key=lambda e: e["epoch"])
+        per_trial.append({"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+                          "preset": t.user_attrs.get("preset"),
+                          "val_mae": [e.get("val_mae") for e in evs], "train_mae": [e.get("train_mae") for e in evs],
+                          "rung_score": [e.get("rung_score") for e in evs]})
     return {
         "method": method, "seed": seed, "trials": len(trials), **counts, "epochs": len(epochs_ev),
         "wall_s": wall, "best_val_mae": top.value if top is not None else None,
         "best_trial": top.number if top is not None else None,
         "best_trial_params": top.params if top is not None else None,
         "test_mae": test_mae, "curve_best_val_mae": curve[-1][1] if curve else None,
-        "curve": curve,
+        "curve": curve, "per_trial": per_trial,
     }
 
 
