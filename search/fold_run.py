@@ -6,7 +6,8 @@ with the configuration's own recipe, for as many epochs as its trial trained in 
 fold, as a trial's is on validation). :func:`run_folds` runs a
 list of :class:`FoldTask` as one :func:`msatune.search.tune_run.run_tune`, the tasks handed out in
 order by :class:`FoldQueue` (FIFO, no scheduler: every task that starts runs to its end; none starts
-after a ``--time-budget``'s deadline), with the study's resources, actor reuse and failure retries. The driver loads the data once and ships only the pooled train+valid samples and the
+after a ``--time-budget``'s deadline), with the study's resources, actor reuse and failure
+retries. The driver loads the data once and ships only the pooled train+valid samples and the
 fold assignment to the workers (``tune.with_parameters``): the test split never reaches a fold.
 
 Each finished fold reports a checkpoint in the :mod:`msatune.models.checkpoint` format whose

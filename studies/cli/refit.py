@@ -158,8 +158,7 @@ def refit(app: AppContext, name: str, top_k: int | None, trials: tuple[int, ...]
           time_budget: float | None, as_json: bool) -> None:
     from msatune.studies.refit.run import RefitOptions, run_refit
 
-    started = time.monotonic()
-
+    started = time.monotonic()  # a --time-budget counts from here: data and Ray count too
     if trials and top_k is not None:
         raise click.UsageError("give --top-k K (the K best trials) or --trial N (those trials), not both")
     options = RefitOptions(top_k=DEFAULT_TOP_K if top_k is None else top_k, trials=trials or None, folds=folds,
