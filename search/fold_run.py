@@ -117,14 +117,16 @@ class FoldRunSummary:
 
 class FoldQueue(Searcher):
     """Hands Ray Tune the refit's tasks in order, one per trial, and no task once ``deadline``
-    (a ``time.monotonic()`` value) has passed, except the run's first: a run always trains one
-    fold, so a rerun makes progress. Then :attr:`out_of_time` is true; running folds finish."""
+    (a ``time.monotonic()`` value) has passed, except the run's first when ``first_always``: a
+    refit of its own always trains one fold, so a rerun makes progress (a refit after a search in
+    the same command has made its progress). Then :attr:`out_of_time` is true; running folds finish."""
 
-    def __init__(self, tasks: list[FoldTask], deadline: float | None = None) -> None:
+    def __init__(self, tasks: list[FoldTask], deadline: float | None = None, first_always: bool = True) -> None:
         super().__init__()
         self.queue = [{"task": t.as_config()} for t in tasks]
         self.handed = 0
         self.deadline = deadline
+        self.first_always = first_always
         self.out_of_time = False
 
     @property
@@ -134,7 +136,8 @@ class FoldQueue(Searcher):
     def suggest(self, trial_id: str) -> dict | None:
         if self.handed >= len(self.queue):
             return Searcher.FINISHED
-        if self.handed and self.deadline is not None and time.monotonic() >= self.deadline:
+        if ((self.handed or not self.first_always) and self.deadline is not None
+                and time.monotonic() >= self.deadline):
             self.out_of_time = True
             return Searcher.FINISHED
         self.handed += 1
@@ -305,19 +308,20 @@ def run_folds(
     progress: Callable[[FoldProgress], None] | None = None,
     trainable: Callable[..., None] | None = None,
     deadline: float | None = None,
+    first_always: bool = True,
 ) -> FoldRunSummary:
     """Train every task (one Ray Tune trial each) and call ``on_fold`` as each one ends.
 
     ``settings`` gives the resources (cpus/gpus per fold, concurrency, address, retries);
     ``trainable`` replaces :func:`train_fold` (tests). Ray is started here unless the caller
     already did. Ctrl-C stops the run (``interrupted``); folds that ended were handed over.
-    ``deadline`` (``time.monotonic()``): no fold but the first starts after it; the run then
-    ends normally with ``out_of_time`` and ``folds_left``.
+    ``deadline`` (``time.monotonic()``): no fold starts after it but the first (unless not
+    ``first_always``); the run then ends normally with ``out_of_time`` and ``folds_left``.
     """
     if not tasks:
         raise ValueError("run_folds needs at least one task")
     callback = FoldCallback(on_fold, len(tasks), progress)
-    queue = FoldQueue(tasks, deadline)
+    queue = FoldQueue(tasks, deadline, first_always)
     run = run_tune(
         trainable or train_fold, {"pool": pool, "assignment": np.asarray(assignment), "fingerprint": fingerprint},
         settings, trials=len(tasks), ray_dir=ray_dir, run_name=run_name, trial_name=_trial_name,

@@ -160,8 +160,8 @@ def _refit(app: AppContext, storage: str | None, name: str, plan: dict[str, int]
                    f"has used its budget: msatune resume {name}", err=True)
         return None
     if deadline is not None and time.monotonic() >= deadline:
-        click.echo(f"msatune: note: the search used the time budget; the refit of the top {plan['top_k']} "
-                   f"(--refit-top) runs with: msatune resume {name}", err=True)
+        click.echo(f"msatune: note: the time budget was used before the refit could start; the refit of the "
+                   f"top {plan['top_k']} (--refit-top) runs with: msatune resume {name}", err=True)
         return None
     from msatune.studies.cli.refit import RefitProgressLine
     from msatune.studies.refit.run import RefitOptions, run_refit
@@ -170,7 +170,7 @@ def _refit(app: AppContext, storage: str | None, name: str, plan: dict[str, int]
     options = RefitOptions(top_k=plan["top_k"], folds=plan["folds"], up_to=True).validate()
     with RefitProgressLine(as_json, name) as progress:
         return run_refit(app.ws, app.storage(storage, create=False), name, options, where=where,
-                         progress=progress, deadline=deadline)
+                         progress=progress, deadline=deadline, after_search=True)
 
 
 RESUME_HELP = """Continue a study after a crash, kill or Ctrl-C, losing no finished trial.

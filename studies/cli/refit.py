@@ -55,8 +55,9 @@ def render_refit(summary: dict[str, Any], again: str | None = None) -> None:
     if run.get("interrupted"):
         con.print("interrupted: finished folds are recorded; run the same command again to continue")
     elif run.get("out_of_time"):
-        con.print(f"time budget reached: {run['folds_left']} fold(s) not started (the best configurations' "
-                  f"folds ran first); continue with: {again or 'msatune refit ' + summary['study']}")
+        order = "" if summary.get("trials_asked") is not None else " (the best configurations' folds ran first)"
+        con.print(f"time budget reached: {run['folds_left']} fold(s) not started{order}; continue with: "
+                  f"{again or 'msatune refit ' + summary['study']}")
     else:
         con.print(f"bagged ensemble: msatune ensemble {summary['study']} --from refit")
     con.print(f"fold models and out-of-fold predictions: {summary['directory']}")
@@ -119,8 +120,9 @@ stopped refit exits with status 130, or 143 on SIGTERM, so `refit ... && ensembl
 the same command again to continue (a larger --top-k or another --trial adds configurations to the
 refit, which keeps those refit before; unset --folds/--repeats/--seed are the refit's own, so
 `launch --refit-top`'s refit continues too; other ones need --replace, which discards the old
-refit). Fold checkpoints and WORKSPACE/studies/NAME/refit/oof/trial_N.npz (OOF predictions) are
-written under the study.
+refit). A refit its --time-budget ended exits 0, as a search does: `ensemble --from refit` then
+bags the configurations whose folds all finished (the best first). Fold checkpoints and
+WORKSPACE/studies/NAME/refit/oof/trial_N.npz (OOF predictions) are written under the study.
 
 \b
 Examples:

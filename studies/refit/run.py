@@ -232,6 +232,7 @@ def run_refit(
     progress: Callable[[Any], None] | None = None,
     trainable: Callable[..., None] | None = None,
     deadline: float | None = None,
+    after_search: bool = False,
 ) -> dict[str, Any]:
     """Refit study ``name``'s top-K configurations on stratified folds; returns the refit summary.
 
@@ -239,8 +240,9 @@ def run_refit(
     anything is written. ``where`` overrides where it runs (cpus_per_trial, gpus_per_trial,
     concurrency, address, verbose); ``trainable`` replaces the fold trainable (tests).
     ``deadline`` (a ``time.monotonic()`` value, ``--time-budget``): no fold starts after it but
-    the run's first; the run's record then says ``out_of_time`` and ``folds_left``, and the same
-    command continues the refit.
+    the run's first (not even that one ``after_search``: the refit ``launch --refit-top`` runs in
+    the same command as the search); the run's record then says ``out_of_time`` and
+    ``folds_left``, and the same command continues the refit.
     """
     from msatune.search.ray_session import RaySession, parse_address
     from msatune.search.search_settings import SearchSettings
@@ -281,14 +283,15 @@ def run_refit(
                     cpus_per_trial=settings.cpus_per_trial, gpus_per_trial=settings.gpus_per_trial) as ray, \
             StudyLease(study, "refit"):
         return _run_refit_held(ws, storage, study, name, options, chosen, warnings, data, pool, assignment,
-                               settings, directory, scheme, ray, progress, trainable, deadline)
+                               settings, directory, scheme, ray, progress, trainable, deadline, after_search)
 
 
 def _run_refit_held(ws: Workspace, storage: optuna.storages.BaseStorage, study: optuna.Study, name: str,
                     options: RefitOptions, chosen: list[Chosen], warnings: list[str], data: Any, pool: Any,
                     assignment: np.ndarray, settings: Any, directory: Path, scheme: dict[str, Any],
                     ray: Any, progress: Callable[[Any], None] | None,
-                    trainable: Callable[..., None] | None, deadline: float | None) -> dict[str, Any]:
+                    trainable: Callable[..., None] | None, deadline: float | None,
+                    after_search: bool) -> dict[str, Any]:
     """:func:`run_refit` after its checks, inside its Ray session and the study's lease."""
     from msatune.search.fold_run import fold_training_config, run_folds, task_configs
     from msatune.search.ray_orphans import end_orphans
@@ -319,7 +322,8 @@ def _run_refit_held(ws: Workspace, storage: optuna.storages.BaseStorage, study: 
         summary = run_folds(todo, pool, assignment, settings, fingerprint=data.fingerprint,
                             ray_dir=directory, run_name=f"run{run_index}",
                             on_fold=lambda o: record_fold(rstudy, o, run_index),
-                            progress=progress, trainable=trainable, deadline=deadline)
+                            progress=progress, trainable=trainable, deadline=deadline,
+                            first_always=not after_search)
         record.update(folds_run=summary.folds_run, complete=summary.complete, failed=summary.failed,
                       wall_seconds=round(summary.wall_seconds, 1), concurrency=summary.concurrency,
                       interrupted=summary.interrupted)

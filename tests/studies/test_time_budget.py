@@ -119,8 +119,8 @@ def test_a_search_that_used_the_budget_leaves_the_refit_to_the_resume(tmp_path: 
     summary = {"out_of_time": False, "interrupted": False, "trials": 3}  # every trial ran, but late
     assert _refit(app, None, "s", {"top_k": 5, "folds": 3}, summary, {}, as_json=False,
                   deadline=time.monotonic() - 1.0) is None
-    assert "the search used the time budget; the refit of the top 5 (--refit-top) runs with: msatune resume s" \
-        in capsys.readouterr().err
+    assert ("the time budget was used before the refit could start; the refit of the top 5 (--refit-top) "
+            "runs with: msatune resume s") in capsys.readouterr().err
     assert not (tmp_path / "ws").exists()
 
 
@@ -140,6 +140,10 @@ def test_a_refit_starts_no_fold_after_its_deadline_and_the_same_command_trains_t
     storage = open_storage(ws.storage_url)
     options = RefitOptions(top_k=2, folds=2)
     where = {"concurrency": 1}
+    # after a search in the same command (launch --refit-top), a passed deadline starts no fold at all
+    none = run_refit(ws, storage, "tiny", options, where=where, deadline=time.monotonic(), after_search=True)
+    assert none["run"]["folds_run"] == 0 and none["run"]["folds_left"] == 4
+    assert none["run"]["out_of_time"] is True and none["run"]["interrupted"] is False
     cut = run_refit(ws, storage, "tiny", options, where=where, deadline=time.monotonic())
     run_record = cut["run"]
     assert run_record["folds_run"] == run_record["complete"] == 1
@@ -159,3 +163,36 @@ def test_a_refit_starts_no_fold_after_its_deadline_and_the_same_command_trains_t
     assert len(folds) == 4 and first[0].number in {t.number for t in folds}
     keys = {(t.params["trial"], t.params["fold"]) for t in folds}
     assert len(keys) == 4  # no fold trained twice
+
+
+@pytest.mark.parametrize("first_always", [True, False])
+def test_the_fold_queue_hands_folds_in_order_and_none_after_the_deadline(
+    monkeypatch: pytest.MonkeyPatch, first_always: bool
+) -> None:
+    """Before the deadline every fold is handed once, in order; after it none (a refit of its own
+    still starts its first; one after a search in the same command does not)."""
+    from ray.tune.search import Searcher
+
+    import msatune.search.fold_run as fold_run
+    from msatune.search.fold_run import FoldQueue, FoldTask
+
+    now = [100.0]
+    monkeypatch.setattr(fold_run.time, "monotonic", lambda: now[0])
+    tasks = [FoldTask(t, 0, f, {"seed": f}) for t in (3, 1) for f in range(2)]
+    queue = FoldQueue(tasks, deadline=110.0, first_always=first_always)
+    assert [queue.suggest(f"t{i}")["task"]["fold"] for i in range(2)] == [0, 1]
+    now[0] = 110.0
+    assert queue.suggest("t2") is Searcher.FINISHED and queue.out_of_time and queue.left == 2
+
+    late = FoldQueue(tasks, deadline=90.0, first_always=first_always)
+    first = late.suggest("t0")
+    if first_always:
+        assert first == {"task": tasks[0].as_config()} and late.suggest("t1") is Searcher.FINISHED
+    else:
+        assert first is Searcher.FINISHED
+    assert late.out_of_time and late.left == (3 if first_always else 4)
+
+    unbounded = FoldQueue(tasks)
+    handed = [unbounded.suggest(f"t{i}")["task"] for i in range(4)]
+    assert [(h["trial"], h["fold"]) for h in handed] == [(3, 0), (3, 1), (1, 0), (1, 1)]
+    assert unbounded.suggest("t4") is Searcher.FINISHED and not unbounded.out_of_time
