@@ -15,8 +15,8 @@ DEMO_HELP = """Run the whole product once on the embedded synthetic MOSI-like da
 
 \b
 1. writes the synthetic dataset (1284/229/686 samples, T=20, dims 300/74/47) into the workspace
-2. launches a small study (Optuna TPE + ASHA on Ray; 10 trials x up to 12 epochs take about
-   5 minutes on 2 CPU cores, the ensemble included); its first two trials are the users'
+2. launches a small study (Optuna TPE + ASHA on Ray; 10 trials x up to 12 epochs take 4-7
+   minutes on 2 CPU cores, the ensemble included); its first two trials are the users'
    `baseline` and `improved` recipes, and how long each trained is printed at the end
 3. shows the best trials next to the constant predictor and the dataset's noise floor
 4. builds a greedy ensemble of the best trials and compares it with the best single model
