@@ -135,7 +135,8 @@ def collect_run(method: str, seed: int, study: Any, events_path: Path, t0: float
     from msatune.search.reconcile import SAMPLED_ATTR
     from msatune.studies.store.studies import best_complete
 
-    epochs_ev = [e for e in read_events(events_path)
+    events = read_events(events_path)
+    epochs_ev = [e for e in events
                  if e["kind"] == "epoch" and e.get("val_mae") is not None and math.isfinite(e["val_mae"])]
     curve, best = [], math.inf
     for i, e in enumerate(epochs_ev, start=1):
@@ -146,7 +147,7 @@ def collect_run(method: str, seed: int, study: Any, events_path: Path, t0: float
     test_mae = checkpoint_test_mae(top)
     # every trial's own curve (to tell a search lost at ASHA's cut from one lost in its proposals)
     by_ray_id: dict[str, list[dict[str, Any]]] = {}
-    for e in read_events(events_path):
+    for e in events:
         if e["kind"] == "epoch" and e.get("epoch") is not None:
             by_ray_id.setdefault(e["trial_id"], []).append(e)
     per_trial = []

@@ -46,10 +46,8 @@ class SearchSettings:
     def deadline(self) -> float | None:
         """The ``time.monotonic()`` after which no trial starts (None: no time budget); without
         :attr:`budget_from` the budget counts from this call."""
-        if self.time_budget_s is None:
-            return None
-        start = self.budget_from if self.budget_from is not None else time.monotonic()
-        return start + float(self.time_budget_s)
+        return deadline_of(self.time_budget_s, self.budget_from if self.budget_from is not None
+                           else time.monotonic())
 
     @property
     def grace(self) -> int:
@@ -131,3 +129,9 @@ class SearchSettings:
             gpus_per_trial=float(runs_on.pop("gpus_per_trial", resources.get("gpus_per_trial", 0.0))),
             **runs_on,
         )
+
+
+def deadline_of(time_budget_s: float | None, start: float) -> float | None:
+    """The ``time.monotonic()`` a ``--time-budget`` of ``time_budget_s`` seconds counted from
+    ``start`` ends at (None: no budget): the one clock of a command's search and refit."""
+    return None if time_budget_s is None else start + float(time_budget_s)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from msatune.search.search_settings import SearchSettings
+from msatune.search.search_settings import SearchSettings, deadline_of
 from msatune.stop_signals import continue_with
 from msatune.studies.cli.context import (
     DEFAULTS,
@@ -210,8 +210,7 @@ def resume(app: AppContext, name: str, trials: int | None, force: bool, cpus_per
         summary = do_resume(app.ws, app.storage_url(storage), name, more_trials=trials, force=force,
                             where=where, progress=progress, time_budget_s=time_budget, budget_from=started)
     plan = refit_after_search(app.storage_url(storage), name)
-    refit = _refit(app, storage, name, plan, summary, where, as_json,
-                   None if time_budget is None else started + time_budget)
+    refit = _refit(app, storage, name, plan, summary, where, as_json, deadline_of(time_budget, started))
     _finish(app, storage, name, summary, as_json, refit)
 
 

@@ -158,6 +158,7 @@ def refit(app: AppContext, name: str, top_k: int | None, trials: tuple[int, ...]
           repeats: int | None, seed: int | None, replace: bool, cpus_per_trial: float | None,
           gpus_per_trial: float | None, concurrency: int | None, address: str | None, storage: str | None,
           time_budget: float | None, as_json: bool) -> None:
+    from msatune.search.search_settings import deadline_of
     from msatune.studies.refit.run import RefitOptions, run_refit
 
     started = time.monotonic()  # a --time-budget counts from here: data and Ray count too
@@ -169,7 +170,7 @@ def refit(app: AppContext, name: str, top_k: int | None, trials: tuple[int, ...]
     where = where_it_runs(app, cpus_per_trial, gpus_per_trial, concurrency, address)
     with RefitProgressLine(as_json, name) as progress:
         summary = run_refit(app.ws, store, name, options, where=where, progress=progress,
-                            deadline=None if time_budget is None else started + time_budget)
+                            deadline=deadline_of(time_budget, started))
     if as_json:
         echo_json(summary)
     else:
