@@ -304,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slots", type=int, default=None, help="concurrent trials (1 CPU each)")
     p.add_argument("--grace", type=int, default=None, help="ASHA grace period in epochs [full size: msatune's default]")
     p.add_argument("--rf", type=int, default=None, help="ASHA reduction factor (full size: 3)")
+    p.add_argument("--startup", type=int, default=None,
+                   help="TPE's random start-up trials (full size: msatune's default for the trial count)")
     p.add_argument("--methods", nargs="+", choices=ALL_METHODS, default=list(METHODS),
                    help=f"searches to run (default: {' '.join(METHODS)}; tpe_asha_3x: 3x the trials)")
     p.add_argument("--random-from", type=Path, default=None,
@@ -320,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     tag = data_tag(args, size["preset"])
     out_path = result_path("search_efficiency" + (f"_{tag}" if tag else ""), mode, args.out)
     for key, val in (("trials", args.trials), ("epochs", args.epochs), ("seeds", args.seeds),
-                     ("slots", args.slots), ("grace", args.grace), ("rf", args.rf)):
+                     ("slots", args.slots), ("grace", args.grace), ("rf", args.rf),
+                     ("startup", args.startup)):
         if val is not None:
             size[key] = val
     from msatune.search.search_settings import SearchSettings

@@ -29,7 +29,7 @@ class SearchSettings:
     grace_period: int | None = None  # None: DEFAULT_GRACE_PERIOD, at most max_epochs
     reduction_factor: int = 3
     seed: int = 0  # the study's seed; the runner gets a per-run sampler seed (see for_run)
-    n_startup_trials: int | None = None  # TPE's random start-up; None: min(10, max(3, trials // 3))
+    n_startup_trials: int | None = None  # TPE's random start-up; None: default_startup_trials(trials)
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     concurrency: int | None = None  # None: as many as the cluster's resources allow
@@ -63,10 +63,11 @@ class SearchSettings:
 
     @property
     def startup_trials(self) -> int:
-        """TPE's random start-up trials (Optuna's 10 would be a whole small study)."""
+        """TPE's random start-up trials, the presets among them (a study's own, or the default
+        for its budget: :func:`default_startup_trials`)."""
         if self.n_startup_trials is not None:
             return int(self.n_startup_trials)
-        return min(10, max(3, int(self.trials) // 3))
+        return default_startup_trials(int(self.trials))
 
     def validate(self) -> SearchSettings:
         """Self, or a UserError naming the option (as the CLI spells it) and its allowed range."""
@@ -91,6 +92,10 @@ class SearchSettings:
             raise UserError(f"--gpus-per-trial above 1 must be a whole number (got {self.gpus_per_trial})")
         if self.concurrency is not None and self.concurrency <= 0:
             raise UserError(f"--concurrency must be > 0 (got {self.concurrency})")
+        if self.n_startup_trials is not None and (not number(self.n_startup_trials) or self.n_startup_trials < 0
+                                                  or not float(self.n_startup_trials).is_integer()):
+            raise UserError(f"--startup-trials must be a whole number >= 0 (got {self.n_startup_trials}); "
+                            f"0: TPE from the first trial")
         if self.max_failures < 0:
             raise UserError(f"--max-failures must be >= 0 (got {self.max_failures})")
         if self.time_budget_s is not None and (not number(self.time_budget_s) or self.time_budget_s <= 0):
@@ -99,8 +104,10 @@ class SearchSettings:
 
     def for_run(self, trials: int, run_index: int) -> SearchSettings:
         """The settings of one run of a study: its trial count and its own sampler seed (the
-        same seed in every run would repeat the same parameters, optuna#3255)."""
-        return replace(self, trials=int(trials), seed=int(self.seed) + 7919 * int(run_index))
+        same seed in every run would repeat the same parameters, optuna#3255). The random
+        start-up stays the study's: a resume with fewer trials left does not shorten it."""
+        return replace(self, trials=int(trials), seed=int(self.seed) + 7919 * int(run_index),
+                       n_startup_trials=self.startup_trials)
 
     def study_record(self) -> dict[str, Any]:
         """What a study records of its search (``from_study`` reads it back)."""
@@ -109,6 +116,7 @@ class SearchSettings:
             "max_epochs": int(self.max_epochs),
             "asha": {"grace_period": self.grace, "reduction_factor": int(self.reduction_factor)},
             "seed": int(self.seed),
+            "startup_trials": int(self.startup_trials),
             "resources": {"cpus_per_trial": float(self.cpus_per_trial),
                           "gpus_per_trial": float(self.gpus_per_trial)},
         }
@@ -125,10 +133,19 @@ class SearchSettings:
             grace_period=int(attrs["asha"]["grace_period"]),
             reduction_factor=int(attrs["asha"]["reduction_factor"]),
             seed=int(attrs["seed"]),
+            # studies made before it was recorded: the default for their budget
+            n_startup_trials=None if attrs.get("startup_trials") is None else int(attrs["startup_trials"]),
             cpus_per_trial=float(runs_on.pop("cpus_per_trial", resources.get("cpus_per_trial", 1.0))),
             gpus_per_trial=float(runs_on.pop("gpus_per_trial", resources.get("gpus_per_trial", 0.0))),
             **runs_on,
         )
+
+
+def default_startup_trials(trials: int) -> int:
+    """TPE's random start-up trials for a study of ``trials`` trials (the presets among them):
+    a third of the budget, at least 3 and at most 10 (Optuna's own default would make a small
+    study all random)."""
+    return min(10, max(3, int(trials) // 3))
 
 
 def deadline_of(time_budget_s: float | None, start: float) -> float | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from msatune.search.search_settings import SearchSettings, deadline_of
+from msatune.search.search_settings import SearchSettings, deadline_of, default_startup_trials
 from msatune.stop_signals import continue_with
 from msatune.studies.cli.context import (
     DEFAULTS,
@@ -31,6 +31,8 @@ from msatune.studies.refit import DEFAULT_FOLDS, FOLDS_EVIDENCE
 
 #: Seeds are offset per trial and per run and must stay valid numpy seeds.
 SEED_RANGE = click.IntRange(0, 2**31 - 1)
+STARTUP_DEFAULT = (f"a third of --trials, 3 to 10 ({default_startup_trials(DEFAULTS.trials)} of "
+                   f"{DEFAULTS.trials})")
 
 LAUNCH_HELP = f"""Launch a new study: Optuna TPE picks configurations, Ray Tune runs them, ASHA stops poor ones.
 
@@ -88,6 +90,10 @@ Examples:
                    "trial; ensembles then mix architectures). The study starts with those families' "
                    "presets.")
 @click.option("--seed", type=SEED_RANGE, default=DEFAULTS.seed, show_default=True, help="Seed of the sampler and of the trials.")
+@click.option("--startup-trials", type=int, default=None,
+              help="Random trials before TPE models the results, the presets among them (recorded; "
+                   "resume keeps it). 0: TPE from the first trial; --trials or more: random search. "
+                   f"[default: {STARTUP_DEFAULT}]")
 @click.option("--clip-labels", is_flag=True,
               help="Clip labels outside [-3, 3] instead of refusing the data (recorded; resume applies it too).")
 @click.option("--max-failures", type=int, default=DEFAULTS.max_failures, show_default=True,
@@ -106,7 +112,8 @@ Examples:
 def launch(app: AppContext, name: str, data_dir: Path | None, trials: int, max_epochs: int,
            grace_period: int | None, reduction_factor: int, cpus_per_trial: float | None,
            gpus_per_trial: float | None, concurrency: int | None, address: str | None,
-           space_file: Path | None, family: str, seed: int, clip_labels: bool, max_failures: int,
+           space_file: Path | None, family: str, seed: int, startup_trials: int | None, clip_labels: bool,
+           max_failures: int,
            refit_top: int, refit_folds: int, storage: str | None, time_budget: float | None,
            as_json: bool) -> None:
     from msatune.search.space import check_search_family
@@ -121,7 +128,8 @@ def launch(app: AppContext, name: str, data_dir: Path | None, trials: int, max_e
         trials=trials, max_epochs=max_epochs, grace_period=grace_period, reduction_factor=reduction_factor,
         cpus_per_trial=cpus_per_trial if cpus_per_trial is not None else DEFAULTS.cpus_per_trial,
         gpus_per_trial=gpus_per_trial if gpus_per_trial is not None else DEFAULTS.gpus_per_trial,
-        concurrency=concurrency, seed=seed, address=address, max_failures=max_failures, verbose=app.verbose,
+        concurrency=concurrency, seed=seed, n_startup_trials=startup_trials, address=address,
+        max_failures=max_failures, verbose=app.verbose,
         time_budget_s=time_budget, budget_from=started,
     ).validate()
     with Progress(name, json_mode=as_json) as progress:
