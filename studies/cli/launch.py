@@ -31,7 +31,7 @@ from msatune.studies.refit import DEFAULT_FOLDS, FOLDS_EVIDENCE
 
 #: Seeds are offset per trial and per run and must stay valid numpy seeds.
 SEED_RANGE = click.IntRange(0, 2**31 - 1)
-STARTUP_DEFAULT = (f"a third of --trials, 3 to 10 ({default_startup_trials(DEFAULTS.trials)} of "
+STARTUP_DEFAULT = (f"half of --trials, 3 to 12 ({default_startup_trials(DEFAULTS.trials)} of "
                    f"{DEFAULTS.trials})")
 
 LAUNCH_HELP = f"""Launch a new study: Optuna TPE picks configurations, Ray Tune runs them, ASHA stops poor ones.

@@ -55,12 +55,12 @@ def test_the_start_up_is_recorded_and_a_short_resume_keeps_it(
 
 
 def test_the_default_start_up_follows_the_budget_and_is_recorded() -> None:
-    assert [default_startup_trials(n) for n in (4, 10, 20, 24, 30, 200)] == [3, 3, 6, 8, 10, 10]
-    assert SearchSettings(trials=24).study_record()["startup_trials"] == 8
+    assert [default_startup_trials(n) for n in (4, 10, 20, 24, 30, 200)] == [3, 5, 10, 12, 12, 12]
+    assert SearchSettings(trials=24).study_record()["startup_trials"] == 12
     # a study made before the start-up was recorded: the default for its budget, in every run
     record = SearchSettings(trials=24).study_record()
     del record["startup_trials"]
-    assert SearchSettings.from_study(record).for_run(5, 1).startup_trials == 8
+    assert SearchSettings.from_study(record).for_run(5, 1).startup_trials == 12
 
 
 @pytest.mark.parametrize("value", ["-1", "1.5", "many"])
