@@ -113,9 +113,8 @@ def launch(app: AppContext, name: str, data_dir: Path | None, trials: int, max_e
            grace_period: int | None, reduction_factor: int, cpus_per_trial: float | None,
            gpus_per_trial: float | None, concurrency: int | None, address: str | None,
            space_file: Path | None, family: str, seed: int, startup_trials: int | None, clip_labels: bool,
-           max_failures: int,
-           refit_top: int, refit_folds: int, storage: str | None, time_budget: float | None,
-           as_json: bool) -> None:
+           max_failures: int, refit_top: int, refit_folds: int, storage: str | None,
+           time_budget: float | None, as_json: bool) -> None:
     from msatune.search.space import check_search_family
     from msatune.studies.runs import launch as do_launch
 

@@ -25,8 +25,9 @@ def quick_trial(config: dict, data=None) -> None:
 
 
 def sampled_by_tpe(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether TPE's model proposed the trial (Optuna keeps the relative sample of a TPE trial on
-    it; a random start-up trial has none)."""
+    """Whether TPE's model proposed the trial: Optuna 4-5 keeps a TPE trial's relative sample in
+    its system attrs (``optuna.samplers._tpe.sampler._RELATIVE_PARAMS_KEY``, written with
+    ``constant_liar``, which msatune's sampler uses); a random start-up trial has none."""
     return any(key.startswith("tpe:relative_params") for key in trial.system_attrs)
 
 
@@ -46,8 +47,8 @@ def test_the_start_up_is_recorded_and_a_short_resume_keeps_it(
     assert [sampled_by_tpe(t) for t in study.trials] == [False] * 3
 
     # 4 more trials, one at a time (with two, a trial sampled while another runs is counted
-    # before that one ends): the study's start-up of 5 still holds (the default for a run of 4 would be
-    # 3, so every one of them would have been TPE's), then TPE takes over
+    # before that one ends): the study's start-up of 5 still holds (the default for a run of 4
+    # would be 3, so every one of them would have been TPE's), then TPE takes over
     monkeypatch.setattr(trainable_module, "train_trial", quick_trial)
     resume(ws, storage, "warm", more_trials=4, where={"concurrency": 1})
     study = optuna.load_study(study_name="warm", storage=ws.storage_url)
