@@ -16,8 +16,13 @@ test), and what the path cost. Stage ``ensemble`` builds the product stage's ens
 ``--refolds`` folds (``msatune refit --replace``, after the product stage's 3-fold refit was read)
 and builds the ensemble again: the fold count's effect on the bagged model with the search held
 fixed. Stage ``bagshare`` (offline, reads the cached predictions only) scores the default ensemble
-again with the trial's own model given other shares of its bag. Stages (``--stage
-product,refolds,presets``; ``all`` = product,presets) keep their state in the workspace; results merge into ``benchmarks/results/default_model.json`` per entry
+again with the trial's own model given other shares of its bag. Stage ``seedbag`` trains the
+study's top ``--seedbag-top`` COMPLETE configurations ``--seedbag-repeats`` more times each on the
+study's own train split at other seeds (early stopping on its valid split, as their trials; two
+processes of one thread) and scores, offline, seed averages with each trial's own model: the
+val-best configuration's, the top ones' mean and their greedy ensemble on validation (every such
+model trained on all of train, with honest validation predictions; a fold model trains on 2/3 of
+train+valid). Stages (``--stage product,refolds,presets``; ``all`` = product,presets) keep their state in the workspace; results merge into ``benchmarks/results/default_model.json`` per entry
 (structure@seed).
 
     python benchmarks/default_model.py --dataset video                 # ~60 min on 2 CPUs (product ~30, presets ~30)
@@ -26,6 +31,7 @@ product,refolds,presets``; ``all`` = product,presets) keep their state in the wo
     python benchmarks/default_model.py --dataset mosi --stage product,refolds  # then the same study's refit at 5 folds
     python benchmarks/default_model.py --dataset video --stage table   # the result from the stages already run
     python benchmarks/default_model.py --dataset lexicon --seed 1 --stage bagshare   # seconds, offline
+    python benchmarks/default_model.py --dataset mosi --seed 4 --stage product,seedbag  # ~40 min on 2 CPUs
     python benchmarks/default_model.py --smoke --out /tmp/dm.json      # tiny data, every stage (~3 min)
 
 Never asserts anything.
@@ -165,6 +171,126 @@ def stage_bagshare(ws: Path, data: Path) -> dict[str, Any]:
     return {"reported_test_mae": ens["test"]["mae"], "rows": rows}
 
 
+#: the seedbag stage's training seeds: the trial's own seed moved by a prime per repeat
+SEEDBAG_STRIDE = 104729
+
+
+def seedbag_task(task: dict[str, Any]) -> None:
+    """One seed repeat (a worker process, one thread): the configuration's own recipe on the study's
+    own train/valid split, at another seed; its valid and test predictions to ``task['out']``."""
+    import numpy as np
+
+    from msatune.augment.dataset import load_dataset
+    from msatune.search.trainable import configure_tensorflow
+    from msatune.search.trial import run_trial
+
+    configure_tensorflow(1.0)
+    data = load_dataset(task["data"])
+    t0 = time.perf_counter()
+    out = Path(task["out"])
+    outcome = run_trial(task["config"], data, out_dir=out.with_suffix(".work"))
+    pr = outcome.predictions
+    np.savez(out.with_suffix(".tmp.npz"), valid_pred=pr["valid_pred"], valid_index=pr["valid_index"],
+             test_pred=pr["test_pred"], test_index=pr["test_index"],
+             meta=json.dumps({"seconds": time.perf_counter() - t0, "best_epoch": outcome.result.best_epoch + 1,
+                              "epochs": outcome.result.epochs_trained, "val_mae": outcome.result.best_val_mae}))
+    out.with_suffix(".tmp.npz").rename(out)
+
+
+def _in_order(pred: Any, index: Any, n: int) -> Any:
+    import numpy as np
+
+    out = np.full(n, np.nan)
+    out[np.asarray(index, dtype=np.int64)] = np.asarray(pred, dtype=np.float64).reshape(-1)
+    if np.isnan(out).any():
+        raise RuntimeError("predictions do not cover the split")
+    return out
+
+
+def stage_seedbag(ws: Path, data: Path, top_k: int, repeats: int) -> dict[str, Any]:
+    """Seed repeats instead of folds: the study's top ``top_k`` COMPLETE configurations each trained
+    ``repeats`` more times on the study's own train split (early stopping on its valid split, as
+    their trials), two processes of one thread at a time, then combined offline with each trial's
+    own model: every model sees all the training data and has honest validation predictions."""
+    import numpy as np
+    import optuna
+
+    from msatune.augment.dataset import load_dataset
+    from msatune.ensemble.bagging import trial_test_predictions
+    from msatune.ensemble.combiners import fit_greedy
+    from msatune.label_range import clip_predictions
+    from msatune.models.checkpoint import read_predictions
+    from msatune.studies.refit.run import choose_configs
+    from msatune.studies.store.connect import open_storage
+
+    storage = open_storage(f"sqlite:///{ws / 'studies.db'}", read_only=True)
+    study = optuna.load_study(study_name=NAME, storage=storage)
+    chosen, _ = choose_configs(study, top_k, up_to=True)
+    ckpt = {t.number: Path(t.user_attrs["checkpoint"]) for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("checkpoint")}
+    sb = ws / "seedbag"
+    sb.mkdir(exist_ok=True)
+    tasks = []
+    for c in chosen:
+        for r in range(1, repeats + 1):
+            out = sb / f"t{c.trial}_r{r}.npz"
+            if not out.exists():
+                cfg = {**c.config, "seed": int(c.config.get("seed", 0)) + SEEDBAG_STRIDE * r}
+                tasks.append({"config": cfg, "data": str(data), "out": str(out)})
+    t0 = time.perf_counter()
+    running: list[subprocess.Popen] = []
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    for task in tasks:
+        while len(running) >= 2:
+            running = [p for p in running if p.poll() is None]
+            time.sleep(1)
+        running.append(subprocess.Popen([sys.executable, __file__, "--seedbag-task", json.dumps(task)], env=env))
+    for proc in running:
+        proc.wait()
+    wall = time.perf_counter() - t0
+    ds = load_dataset(data)
+    yv = np.asarray(ds.valid.labels, dtype=np.float64).reshape(-1)
+    yt = np.asarray(ds.test.labels, dtype=np.float64).reshape(-1)
+    configs, seconds = [], []
+    for c in chosen:
+        own_v = read_predictions(ckpt[c.trial], ("valid",), clip=False)
+        models = [(_in_order(own_v["valid_pred"], own_v["valid_index"], yv.size),
+                   trial_test_predictions(ckpt[c.trial], ds.test))]
+        reps = []
+        for r in range(1, repeats + 1):
+            with np.load(sb / f"t{c.trial}_r{r}.npz") as f:
+                models.append((_in_order(f["valid_pred"], f["valid_index"], yv.size),
+                               _in_order(f["test_pred"], f["test_index"], yt.size)))
+                meta = json.loads(str(f["meta"]))
+            seconds.append(meta["seconds"])
+            reps.append(meta)
+        v = np.mean([clip_predictions(m[0]) for m in models], axis=0)
+        t = np.mean([clip_predictions(m[1]) for m in models], axis=0)
+        maes = [(float(np.mean(np.abs(clip_predictions(m[0]) - yv))), float(np.mean(np.abs(clip_predictions(m[1]) - yt))))
+                for m in models]
+        configs.append({"trial": c.trial, "valid_mae": c.val_mae, "preset": c.preset, "models": maes, "repeats": reps,
+                        "avg_valid_mae": float(np.mean(np.abs(v - yv))), "avg_test_mae": float(np.mean(np.abs(t - yt))),
+                        "_v": v, "_t": t})
+    best = configs[0]  # choose_configs: by the trial's validation MAE
+    by_avg = min(configs, key=lambda c: c["avg_valid_mae"])
+    V = np.stack([c["_v"] for c in configs], axis=1)
+    T = np.stack([c["_t"] for c in configs], axis=1)
+    greedy = fit_greedy(V, yv)
+    rows = {
+        "val-best single (its trial)": best["models"][0][1],
+        "val-best configuration, seeds averaged": best["avg_test_mae"],
+        "configuration best by its seeds' averaged validation, seeds averaged": by_avg["avg_test_mae"],
+        f"top {len(configs)} seed-averaged, equal mean": float(np.mean(np.abs(T.mean(axis=1) - yt))),
+        f"top {len(configs)} seed-averaged, greedy on validation": float(np.mean(np.abs(
+            clip_predictions(T @ greedy.weights) - yt))),
+    }
+    for c in configs:
+        del c["_v"], c["_t"]
+    return {"top_k": len(configs), "repeats": repeats, "wall_s": wall, "tasks_run": len(tasks),
+            "train_s_sum": float(np.sum(seconds)), "greedy_weights": greedy.weights.tolist(),
+            "best_by_avg_valid": by_avg["trial"], "rows": rows, "configs": configs}
+
+
 def table(state: dict[str, Any]) -> list[dict[str, Any]]:
     pr, pd = state["product"], state.get("presets")
     pr.setdefault("wall_s", pr["launch_s"] + pr["ensemble_s"])
@@ -211,7 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workspace", type=Path, default=None)
     p.add_argument("--smoke", action="store_true", help="tiny data and sizes")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--seedbag-top", type=int, default=3, help="configurations of the seedbag stage [3]")
+    p.add_argument("--seedbag-repeats", type=int, default=3, help="seed repeats per configuration [3]")
+    p.add_argument("--seedbag-task", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.seedbag_task:  # a worker of the seedbag stage
+        seedbag_task(json.loads(args.seedbag_task))
+        return 0
     mode = "smoke" if args.smoke else "full"
     size = SIZES[mode]
     tag = data_tag(args, args.dataset) if args.data is not None else None
@@ -223,10 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     data, data_rec = resolve_data(args, ws / "data", "tiny" if args.smoke else args.dataset, seed=0)
     print(f"{key}: {data_label(data_rec)}", flush=True)
     stages = {"all": ("product", "presets"), "table": ()}.get(args.stage, tuple(args.stage.split(",")))
-    unknown = set(stages) - {"product", "ensemble", "refolds", "presets", "bagshare"}
+    unknown = set(stages) - {"product", "ensemble", "refolds", "presets", "bagshare", "seedbag"}
     if unknown:
         p.error(f"--stage {args.stage}: unknown {', '.join(sorted(unknown))} "
-                "(product, ensemble, refolds, presets, bagshare, all, table)")
+                "(product, ensemble, refolds, presets, bagshare, seedbag, all, table)")
     if "product" not in state and "product" not in stages:
         print(f"{ws}: run the product stage first (--stage product)")
         return 2
@@ -247,6 +379,11 @@ def main(argv: list[str] | None = None) -> int:
             state["bagshare"] = stage_bagshare(ws, data)
             print("trial's own share of its bag -> test MAE: " + ", ".join(
                 f"{r['share']}: {r['test_mae']:.4f}" for r in state["bagshare"]["rows"]), flush=True)
+        elif stage == "seedbag":
+            state["seedbag"] = stage_seedbag(ws, data, 1 if args.smoke else args.seedbag_top,
+                                             1 if args.smoke else args.seedbag_repeats)
+            print("seed repeats -> test MAE: " + ", ".join(
+                f"{k}: {v:.4f}" for k, v in state["seedbag"]["rows"].items()), flush=True)
         else:
             state["presets"] = stage_presets(ws, data, state["product"]["wall_s"], args.smoke)
         state[stage].update(loadavg_start=load, loadavg_end=loadavg(), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
