@@ -238,16 +238,18 @@ def stage_seedbag(ws: Path, data: Path, top_k: int, repeats: int) -> dict[str, A
                 cfg = {**c.config, "seed": int(c.config.get("seed", 0)) + SEEDBAG_STRIDE * r}
                 tasks.append({"config": cfg, "data": str(data), "out": str(out)})
     t0 = time.perf_counter()
-    running: list[subprocess.Popen] = []
+    procs: list[subprocess.Popen] = []
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     for task in tasks:
-        while len(running) >= 2:
-            running = [p for p in running if p.poll() is None]
+        while sum(p.poll() is None for p in procs) >= 2:
             time.sleep(1)
-        running.append(subprocess.Popen([sys.executable, __file__, "--seedbag-task", json.dumps(task)], env=env))
-    for proc in running:
-        proc.wait()
-    wall = time.perf_counter() - t0
+        procs.append(subprocess.Popen([sys.executable, __file__, "--seedbag-task", json.dumps(task)], env=env))
+    failed = [task["out"] for task, proc in zip(tasks, procs, strict=True) if proc.wait() != 0]
+    if failed:
+        raise RuntimeError(f"seed repeats failed (their stderr above): {', '.join(failed)}")
+    walls = sb / "wall.json"  # the seed repeats' wall over every run of this stage (a rerun trains only what is missing)
+    wall = (json.loads(walls.read_text())["wall_s"] if walls.exists() else 0.0) + time.perf_counter() - t0
+    walls.write_text(json.dumps({"wall_s": wall}))
     ds = load_dataset(data)
     yv = np.asarray(ds.valid.labels, dtype=np.float64).reshape(-1)
     yt = np.asarray(ds.test.labels, dtype=np.float64).reshape(-1)
@@ -284,6 +286,10 @@ def stage_seedbag(ws: Path, data: Path, top_k: int, repeats: int) -> dict[str, A
         f"top {len(configs)} seed-averaged, greedy on validation": float(np.mean(np.abs(
             clip_predictions(T @ greedy.weights) - yt))),
     }
+    with np.load(ws / "studies" / NAME / "ensembles" / "refit-greedy" / "predictions.npz") as f:  # the default's
+        default = clip_predictions(_in_order(f["test_pred"], f["test_index"], yt.size))
+    rows["the default and the seed repeats' greedy ensemble, 50/50"] = float(np.mean(np.abs(
+        0.5 * default + 0.5 * clip_predictions(T @ greedy.weights) - yt)))
     for c in configs:
         del c["_v"], c["_t"]
     return {"top_k": len(configs), "repeats": repeats, "wall_s": wall, "tasks_run": len(tasks),
