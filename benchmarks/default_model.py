@@ -45,6 +45,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import (  # noqa: E402
     add_data_args,
+    add_worker_arg,
+    answer_worker,
     base_doc,
     clear_studies,
     data_label,
@@ -60,6 +63,7 @@ from bench_common import (  # noqa: E402
     print_table,
     resolve_data,
     result_path,
+    run_worker,
     write_json,
 )
 
@@ -175,9 +179,10 @@ def stage_bagshare(ws: Path, data: Path) -> dict[str, Any]:
 SEEDBAG_STRIDE = 104729
 
 
-def seedbag_task(task: dict[str, Any]) -> None:
-    """One seed repeat (a worker process, one thread): the configuration's own recipe on the study's
-    own train/valid split, at another seed; its valid and test predictions to ``task['out']``."""
+def seedbag_task(task: dict[str, Any]) -> dict[str, Any]:
+    """One seed repeat (a :func:`bench_common.run_worker` process, one thread): the configuration's
+    own recipe on the study's own train/valid split, at another seed; its valid and test
+    predictions to ``task['out']``."""
     import numpy as np
 
     from msatune.augment.dataset import load_dataset
@@ -190,11 +195,12 @@ def seedbag_task(task: dict[str, Any]) -> None:
     out = Path(task["out"])
     outcome = run_trial(task["config"], data, out_dir=out.with_suffix(".work"))
     pr = outcome.predictions
+    meta = {"seconds": time.perf_counter() - t0, "best_epoch": outcome.result.best_epoch + 1,
+            "epochs": outcome.result.epochs_trained, "val_mae": outcome.result.best_val_mae}
     np.savez(out.with_suffix(".tmp.npz"), valid_pred=pr["valid_pred"], valid_index=pr["valid_index"],
-             test_pred=pr["test_pred"], test_index=pr["test_index"],
-             meta=json.dumps({"seconds": time.perf_counter() - t0, "best_epoch": outcome.result.best_epoch + 1,
-                              "epochs": outcome.result.epochs_trained, "val_mae": outcome.result.best_val_mae}))
+             test_pred=pr["test_pred"], test_index=pr["test_index"], meta=json.dumps(meta))
     out.with_suffix(".tmp.npz").rename(out)
+    return meta
 
 
 def _in_order(pred: Any, index: Any, n: int) -> Any:
@@ -238,15 +244,9 @@ def stage_seedbag(ws: Path, data: Path, top_k: int, repeats: int) -> dict[str, A
                 cfg = {**c.config, "seed": int(c.config.get("seed", 0)) + SEEDBAG_STRIDE * r}
                 tasks.append({"config": cfg, "data": str(data), "out": str(out)})
     t0 = time.perf_counter()
-    procs: list[subprocess.Popen] = []
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    for task in tasks:
-        while sum(p.poll() is None for p in procs) >= 2:
-            time.sleep(1)
-        procs.append(subprocess.Popen([sys.executable, __file__, "--seedbag-task", json.dumps(task)], env=env))
-    failed = [task["out"] for task, proc in zip(tasks, procs, strict=True) if proc.wait() != 0]
-    if failed:
-        raise RuntimeError(f"seed repeats failed (their stderr above): {', '.join(failed)}")
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two worker processes at a time; a failure raises with its output
+        list(pool.map(lambda task: run_worker(Path(__file__), task, timeout=3 * 3600,
+                                              env={"TF_CPP_MIN_LOG_LEVEL": "3"}), tasks))
     walls = sb / "wall.json"  # the seed repeats' wall over every run of this stage (a rerun trains only what is missing)
     wall = (json.loads(walls.read_text())["wall_s"] if walls.exists() else 0.0) + time.perf_counter() - t0
     walls.write_text(json.dumps({"wall_s": wall}))
@@ -345,10 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--seedbag-top", type=int, default=3, help="configurations of the seedbag stage [3]")
     p.add_argument("--seedbag-repeats", type=int, default=3, help="seed repeats per configuration [3]")
-    p.add_argument("--seedbag-task", default=None, help=argparse.SUPPRESS)
+    add_worker_arg(p)  # a seed repeat of the seedbag stage
     args = p.parse_args(argv)
-    if args.seedbag_task:  # a worker of the seedbag stage
-        seedbag_task(json.loads(args.seedbag_task))
+    if answer_worker(args, seedbag_task):
         return 0
     mode = "smoke" if args.smoke else "full"
     size = SIZES[mode]
