@@ -398,8 +398,15 @@ def main(argv: list[str] | None = None) -> int:
                        ("wall_s", "wall s", 0)], title=f"{key}: {data_label(data_rec)}")
     out = result_path("default_model", mode, args.out)
     doc = json.loads(out.read_text()) if out.exists() else base_doc("default_model", mode, {"data": 0})
-    doc.setdefault("entries", {})[key] = {"data": data_rec, "sizes": size, "seed": args.seed, "rows": rows,
-                                          "stages": state, "machine": base_doc("default_model", mode, {})["machine"]}
+    entries = doc.setdefault("entries", {})
+    if "product" in stages and key in entries:  # a new study: the earlier study's entry is kept, renamed
+        n = 1
+        while f"{key}#{n}" in entries:
+            n += 1
+        entries[f"{key}#{n}"] = entries.pop(key)
+        print(f"{out}: the earlier {key} entry kept as {key}#{n}", flush=True)
+    entries[key] = {"data": data_rec, "sizes": size, "seed": args.seed, "rows": rows,
+                    "stages": state, "machine": base_doc("default_model", mode, {})["machine"]}
     write_json(out, doc)
     return 0
 
