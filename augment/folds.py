@@ -84,6 +84,26 @@ def stratified_folds(labels: np.ndarray, folds: int, *, repeats: int = 1, seed: 
     return out
 
 
+#: How a refit splits train+valid (``refit --scheme``): ``folds``, k stratified folds of the pool;
+#: ``seeds``, the study's own split trained again at other seeds (valid is every repeat's one
+#: held-out part, train rows are never held out: :func:`seed_assignment`).
+SCHEMES: tuple[str, ...] = ("folds", "seeds")
+#: The "fold" of a pool row the seeds scheme never holds out (its train rows).
+NEVER_HELD_OUT = -1
+
+
+def seed_assignment(n_train: int, n_valid: int, repeats: int) -> np.ndarray:
+    """``(repeats, n_train + n_valid)`` int array of the seeds scheme: every repeat holds out the
+    valid rows (fold 0) and trains on the train rows (:data:`NEVER_HELD_OUT`), as the study's
+    trials did; repeats differ only in their training seed."""
+    if isinstance(repeats, bool) or int(repeats) < 1:
+        raise UserError(f"--repeats must be at least 1 (got {repeats})")
+    if n_valid < 1:
+        raise UserError("the study's valid split is empty: the seeds scheme scores its repeats on it")
+    row = np.concatenate([np.full(int(n_train), NEVER_HELD_OUT), np.zeros(int(n_valid))]).astype(np.int64)
+    return np.tile(row, (int(repeats), 1))
+
+
 def assignment_digest(assignment: np.ndarray) -> str:
     """A short, stable digest of a fold assignment (recorded, compared on resume)."""
     a = np.ascontiguousarray(assignment, dtype="<i8")

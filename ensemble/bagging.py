@@ -65,19 +65,36 @@ class BaggedConfig:
     config: dict[str, Any]
     dims: dict[str, int]
     seq_len: int | None
+    #: the pool rows ``oof`` predicts (the seeds scheme: valid's); ``None``: every row
+    covered: np.ndarray | None = None
+    #: the study trial's checkpoint whose valid predictions are ``oof``'s last row (the seeds
+    #: scheme: the trial's model is one more seed of its bag); ``None``: no such row
+    own: Path | None = None
 
     @property
     def oof_mean(self) -> np.ndarray:
-        """The OOF prediction of every pool sample, averaged over repeats."""
+        """The OOF prediction of every pool sample, averaged over repeats (NaN outside ``covered``)."""
         return self.oof.mean(axis=0)
 
+    def rows(self, n_pool: int) -> np.ndarray:
+        """The pool rows its OOF predictions cover."""
+        return np.arange(int(n_pool)) if self.covered is None else np.asarray(self.covered, dtype=np.int64)
 
-def assemble_oof(folds: Sequence[FoldModel], n_pool: int, repeats: int) -> tuple[np.ndarray, np.ndarray]:
+    def oof_mae(self, labels: np.ndarray) -> float:
+        """MAE of :attr:`oof_mean` against the pool's ``labels`` over the covered rows."""
+        y = np.asarray(labels, dtype=np.float64).reshape(-1)
+        idx = self.rows(y.size)
+        return float(np.mean(np.abs(self.oof_mean[idx] - y[idx])))
+
+
+def assemble_oof(folds: Sequence[FoldModel], n_pool: int, repeats: int,
+                 covered: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(oof, labels)``: ``(repeats, n_pool)`` OOF predictions and the ``(n_pool,)`` labels, from
-    the fold checkpoints' held-out predictions.
+    the fold checkpoints' held-out predictions. ``covered`` (pool rows; ``None``: all) are the
+    rows every repeat must predict (the seeds scheme holds out valid's only); the others stay NaN.
 
-    Raises UserError when a fold's predictions are unreadable, or a sample of a repeat has no
-    prediction or more than one (folds of different assignments mixed)."""
+    Raises UserError when a fold's predictions are unreadable, or a covered sample of a repeat has
+    no prediction, or any sample more than one (folds of different assignments mixed)."""
     out = np.full((int(repeats), int(n_pool)), np.nan, dtype=np.float64)
     labels = np.full(int(n_pool), np.nan, dtype=np.float64)
     for fm in folds:
@@ -92,10 +109,11 @@ def assemble_oof(folds: Sequence[FoldModel], n_pool: int, repeats: int) -> tuple
                             f"repeat {fm.repeat}")
         row[idx] = arrays["valid_pred"].astype(np.float64)
         labels[idx] = arrays["valid_label"].astype(np.float64)
-    missing = ~np.isfinite(out)
+    cols = np.arange(int(n_pool)) if covered is None else np.asarray(covered, dtype=np.int64)
+    missing = ~np.isfinite(out[:, cols])
     if missing.any():
         r = int(np.flatnonzero(missing.any(axis=1))[0])
-        raise UserError(f"repeat {r} lacks held-out predictions for {int(missing[r].sum())} of {n_pool} "
+        raise UserError(f"repeat {r} lacks held-out predictions for {int(missing[r].sum())} of {cols.size} "
                         "samples: not every fold of it is trained")
     return out, labels
 
@@ -201,20 +219,25 @@ def bagged_pool(
     fingerprint: str | None = None,
     study_name: str = "",
 ) -> CandidatePool:
-    """The candidate pool of a refit: ``valid`` = OOF predictions of train+valid, ``test`` = the
-    bagged test predictions (``test_predictions``: trial -> mean of its fold models).
+    """The candidate pool of a refit: ``valid`` = OOF predictions of train+valid (of the rows the
+    refit covers: valid's for the seeds scheme), ``test`` = the bagged test predictions
+    (``test_predictions``: trial -> mean of its fold models).
 
     Candidates are ranked by OOF MAE; those no better than the constant predictor on the OOF
     labels are left out (UserError when none is left)."""
-    y = np.asarray(pool_labels, dtype=np.float64).reshape(-1)
+    y_all = np.asarray(pool_labels, dtype=np.float64).reshape(-1)
+    idx = configs[0].rows(y_all.size) if configs else np.arange(y_all.size)
+    if any(not np.array_equal(c.rows(y_all.size), idx) for c in configs):
+        raise ValueError("the configurations of one pool must cover the same rows")
+    y = y_all[idx]
     yt = np.asarray(test_labels, dtype=np.float64).reshape(-1)
     const = constant_mae(y)
     cands, skipped = [], []
     for c in configs:
-        preds = {"valid_pred": c.oof_mean, "valid_label": y, "valid_index": np.arange(y.size),
+        preds = {"valid_pred": c.oof_mean[idx], "valid_label": y, "valid_index": idx,
                  "test_pred": np.asarray(test_predictions[c.trial], dtype=np.float64), "test_label": yt,
                  "test_index": np.arange(yt.size)}
-        cand = Candidate(trial=c.trial, value=float(np.mean(np.abs(c.oof_mean - y))),
+        cand = Candidate(trial=c.trial, value=float(np.mean(np.abs(c.oof_mean[idx] - y))),
                          checkpoint=c.folds[0].checkpoint.parent, config=c.config, dims=c.dims,
                          seq_len=c.seq_len, fingerprint=fingerprint, predictions=preds)
         if cand.valid_mae < const:

@@ -359,6 +359,14 @@ def fold_training_config(config: Mapping[str, Any], trial_epochs: int | None) ->
     return out
 
 
+def seed_training_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The training config of a configuration's seed repeats (the seeds scheme): its trial's own
+    recipe, early stopping on valid included, as the benchmark that made the scheme the default
+    trained them (benchmarks/README.md, "Seed repeats where the fold refit lost"); only the
+    seed moves (:func:`task_configs`)."""
+    return dict(config)
+
+
 def task_configs(configs: Mapping[int, Mapping[str, Any]], folds: int, repeats: int) -> list[FoldTask]:
     """Every (trial, repeat, fold) task of ``configs`` (trial number -> its training config), in
     trial order then repeat then fold; each fold's seed is :func:`fold_seed` of the trial's."""

@@ -41,15 +41,18 @@ log = logging.getLogger(__name__)
 
 Storage = optuna.storages.BaseStorage
 
-#: Study attribute of ``launch --refit-top``: the refit (top_k, folds) that follows the search.
+#: Study attribute of ``launch --refit-top``: the refit (top_k, scheme, folds or repeats) that follows
+#: the search (plans recorded before schemes have top_k and folds: the fold scheme).
 REFIT_AFTER_ATTR = "refit_after_search"
 
 
-def refit_after_search(storage: Storage | str, name: str) -> dict[str, int] | None:
+def refit_after_search(storage: Storage | str, name: str) -> dict[str, int | str] | None:
     """The refit ``launch --refit-top`` recorded on study ``name`` (None when there is none)."""
     store = open_storage(storage, create=False) if isinstance(storage, str) else storage
     plan = study_attrs(load_study(store, name)).get(REFIT_AFTER_ATTR)
-    return {str(k): int(v) for k, v in plan.items()} if isinstance(plan, dict) else None
+    if not isinstance(plan, dict):
+        return None
+    return {str(k): (str(v) if k == "scheme" else int(v)) for k, v in plan.items() if v is not None}
 
 
 def enqueue_presets(study: optuna.Study, family: str = "improved") -> None:
@@ -84,7 +87,7 @@ def launch(
     sampler: optuna.samplers.BaseSampler | None = None,
     presets: bool = True,
     family: str = "improved",
-    refit_after: dict[str, int] | None = None,
+    refit_after: dict[str, int | str] | None = None,
 ) -> dict[str, Any]:
     """Create study ``name`` and run its budget; returns the run record (see :func:`_run`).
 
@@ -94,7 +97,7 @@ def launch(
     ``sampler`` the TPE sampler and ``presets=False`` leaves out the enqueued presets
     (benchmarks decide exactly what a study trains). ``family`` (``improved``, ``seqlevel`` or
     ``all``) chooses the model families searched and the presets the study starts with.
-    ``refit_after`` (``{"top_k": K, "folds": F}``, ``launch --refit-top``) is recorded on the study
+    ``refit_after`` (``{"top_k": K, "scheme": S, ...}``, ``launch --refit-top``) is recorded on the study
     as :data:`REFIT_AFTER_ATTR`: the refit that follows the search, here and after a resume.
     """
     from msatune.augment.dataset import load_dataset
@@ -118,7 +121,8 @@ def launch(
         study = create_search_study(store, name, settings, data, space, presets=presets,
                                     clip_labels=clip_labels, family=family)
         if refit_after:
-            set_study_attr(study, REFIT_AFTER_ATTR, {k: int(v) for k, v in refit_after.items()})
+            set_study_attr(study, REFIT_AFTER_ATTR, {k: (str(v) if k == "scheme" else int(v))
+                                                     for k, v in refit_after.items() if v is not None})
         with StudyLease(study, "launch") as lease:
             ray.own()
             data = in_object_store(data)  # the trials read the store's copy; the driver's arrays go

@@ -205,7 +205,9 @@ runs when it is bagged, and the ensemble itself (--json: "cost").
 
 \b
 --from refit builds a bagged ensemble on the study's refit (msatune refit NAME): the candidates are
-the refit configurations, fitted on their out-of-fold predictions of train+valid, each member the
+the refit configurations. A seeds refit (the default): each member is the plain average of its
+configuration's seed repeats and its trial's own model, fitted on those averages' valid
+predictions. A fold refit: fitted on their out-of-fold predictions of train+valid, each member the
 average of its fold models and of the study trial's own model (the one the search trained on
 train; it joins the average only, never the out-of-fold fit), which takes --trial-share of it
 (half by default: it trained on more data than any fold model; --folds-only leaves it out); it is
@@ -219,7 +221,7 @@ Examples:
   msatune ensemble demo1 --method greedy --rounds 50 --json | jq .test.mae
   msatune ensemble demo1 --no-export          (compare combiners quickly)
   msatune ensemble demo1 --from trials       (the trials' ensemble even when a refit exists)
-  msatune ensemble demo1 --from refit         (bagged, after msatune refit demo1 --top-k 5 --folds 5)
+  msatune ensemble demo1 --from refit         (bagged, after msatune refit demo1 --top-k 3)
 """
 
 
@@ -262,10 +264,10 @@ def _parse_share(ctx: click.Context, param: click.Parameter, value: str) -> floa
                    "models only.")
 @click.option("--trial-share", default=_default_share(), show_default=True, metavar="SHARE|equal",
               callback=_parse_share,
-              help="The study trial's own model's share of its bag; its fold models split the rest "
+              help="A fold refit's bags: the study trial's own model's share; its fold models split the rest "
                    "('equal': one share as one more fold model, 1/(folds x repeats + 1)). 0.5 was measured "
                    "at 3 folds (launch --refit-folds' default); at 5 folds it beat the equal share in 2 of 4 "
-                   "runs.")
+                   "runs. In a seeds refit's bags it is one seed, at an equal share.")
 @storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_app

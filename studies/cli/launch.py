@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from msatune.augment.folds import SCHEMES
 from msatune.search.search_settings import SearchSettings, deadline_of, default_startup_trials
 from msatune.stop_signals import continue_with
 from msatune.studies.cli.context import (
@@ -27,7 +28,13 @@ from msatune.studies.cli.render import (
     render_show,
 )
 from msatune.studies.cli.space import SPACE_FORMAT
-from msatune.studies.refit import DEFAULT_FOLDS, FOLDS_EVIDENCE
+from msatune.studies.refit import (
+    DEFAULT_FOLDS,
+    DEFAULT_SCHEME,
+    DEFAULT_SEED_REPEATS,
+    FOLDS_EVIDENCE,
+    SCHEME_EVIDENCE,
+)
 
 #: Seeds are offset per trial and per run and must stay valid numpy seeds.
 SEED_RANGE = click.IntRange(0, 2**31 - 1)
@@ -100,11 +107,16 @@ Examples:
               help="Retries of a trial after a transient error.")
 @click.option("--refit-top", type=int, default=0, show_default=True,
               help="After the search, refit its K best COMPLETE configurations (all of them when "
-                   "ASHA let fewer finish) on --refit-folds folds of train+valid (msatune refit, in "
-                   "the same command; recorded, so resume continues it); then `msatune ensemble "
-                   "NAME` bags them. 0: no refit.")
-@click.option("--refit-folds", type=int, default=DEFAULT_FOLDS, show_default=True,
-              help=f"Folds of the refit (--refit-top). {FOLDS_EVIDENCE}")
+                   "ASHA let fewer finish) by --refit-scheme (msatune refit, in the same command; "
+                   "recorded, so resume continues it); then `msatune ensemble NAME` bags them. 0: no refit.")
+@click.option("--refit-scheme", type=click.Choice(SCHEMES), default=None,
+              help=f"How the refit retrains them [default: folds when --refit-folds is given, else "
+                   f"{DEFAULT_SCHEME}]. {SCHEME_EVIDENCE}")
+@click.option("--refit-repeats", type=int, default=None,
+              help=f"Seed repeats per configuration of a seeds refit, repeats of the fold split of a folds "
+                   f"refit [default: {DEFAULT_SEED_REPEATS} (seeds), 1 (folds)].")
+@click.option("--refit-folds", type=int, default=None,
+              help=f"Folds of the refit (implies --refit-scheme folds) [default: {DEFAULT_FOLDS}]. {FOLDS_EVIDENCE}")
 @storage_option
 @time_budget_option
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
@@ -113,14 +125,15 @@ def launch(app: AppContext, name: str, data_dir: Path | None, trials: int, max_e
            grace_period: int | None, reduction_factor: int, cpus_per_trial: float | None,
            gpus_per_trial: float | None, concurrency: int | None, address: str | None,
            space_file: Path | None, family: str, seed: int, startup_trials: int | None, clip_labels: bool,
-           max_failures: int, refit_top: int, refit_folds: int, storage: str | None,
+           max_failures: int, refit_top: int, refit_scheme: str | None, refit_repeats: int | None,
+           refit_folds: int | None, storage: str | None,
            time_budget: float | None, as_json: bool) -> None:
     from msatune.search.space import check_search_family
     from msatune.studies.runs import launch as do_launch
 
     started = time.monotonic()  # a --time-budget counts from here: data and Ray count too
     check_search_family(family)
-    refit_after = _refit_plan(refit_top, refit_folds)
+    refit_after = _refit_plan(refit_top, refit_folds, refit_scheme, refit_repeats)
     continue_with(f"msatune resume {name}")
 
     settings = SearchSettings(
@@ -140,20 +153,29 @@ def launch(app: AppContext, name: str, data_dir: Path | None, trials: int, max_e
     _finish(app, storage, name, summary, as_json, refit)
 
 
-def _refit_plan(top_k: int, folds: int) -> dict[str, int] | None:
-    """``--refit-top``/``--refit-folds`` checked before anything runs (None: no refit)."""
+def _refit_plan(top_k: int, folds: int | None, scheme: str | None = None,
+                repeats: int | None = None) -> dict[str, int | str] | None:
+    """``--refit-top``/``--refit-scheme``/``--refit-folds``/``--refit-repeats`` checked before
+    anything runs, settled to what the refit will be (None: no refit)."""
     from msatune.errors import UserError
     from msatune.studies.refit.run import RefitOptions
 
     if top_k < 0:
         raise UserError(f"--refit-top must be >= 0 (got {top_k}); 0 runs no refit")
     if top_k == 0:
+        if scheme is not None or folds is not None or repeats is not None:
+            raise UserError("--refit-scheme, --refit-folds and --refit-repeats describe the refit of --refit-top K; "
+                            "give --refit-top K too (e.g. --refit-top 3)")
         return None
-    RefitOptions(top_k=top_k, folds=folds).validate()
-    return {"top_k": top_k, "folds": folds}
+    options = RefitOptions(top_k=top_k, scheme=scheme, folds=folds, repeats=repeats).validate()
+    options = options.settled(None).validate()
+    plan: dict[str, int | str] = {"top_k": top_k, "scheme": str(options.scheme), "repeats": int(options.repeats or 1)}
+    if options.scheme == "folds":
+        plan["folds"] = int(options.folds or DEFAULT_FOLDS)
+    return plan
 
 
-def _refit(app: AppContext, storage: str | None, name: str, plan: dict[str, int] | None, summary: dict,
+def _refit(app: AppContext, storage: str | None, name: str, plan: dict[str, int | str] | None, summary: dict,
            where: dict, as_json: bool, deadline: float | None = None) -> dict | None:
     """The refit ``--refit-top`` asked for, after a search that was not interrupted and used its
     budget (a run its --time-budget ended leaves the refit to the resume that finishes the search):
@@ -174,7 +196,9 @@ def _refit(app: AppContext, storage: str | None, name: str, plan: dict[str, int]
     from msatune.studies.refit.run import RefitOptions, run_refit
 
     # up to K: how many trials ASHA lets finish is known only now
-    options = RefitOptions(top_k=plan["top_k"], folds=plan["folds"], up_to=True).validate()
+    # a plan recorded before schemes names folds only: the fold scheme (RefitOptions.settled)
+    options = RefitOptions(top_k=int(plan["top_k"]), scheme=plan.get("scheme"), folds=plan.get("folds"),
+                           repeats=plan.get("repeats"), up_to=True).validate()
     with RefitProgressLine(as_json, name) as progress:
         return run_refit(app.ws, app.storage(storage, create=False), name, options, where=where,
                          progress=progress, deadline=deadline, after_search=True)

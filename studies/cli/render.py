@@ -248,16 +248,26 @@ def render_refit_table(table: dict[str, Any] | None, title: str | None = None) -
         return
     from rich.table import Table
 
-    t = Table(title=title or (f"refit ({table['folds']} folds x {table['repeats']} repeat(s) of train+valid): "
-                              "validation MAE vs out-of-fold MAE"))
-    for col in ("trial", "preset", "val MAE", "val rank", "OOF MAE", "fold MAE", "OOF rank", "change", "folds"):
+    if table.get("scheme") == "seeds":
+        t = Table(title=title or (f"refit ({table['repeats']} seed repeats on train, scored on valid, with the "
+                                  "trial's own model): one trial's validation MAE vs its seeds' averaged"))
+        cols = ("trial", "preset", "val MAE", "val rank", "seeds' val MAE", "per seed", "seeds rank", "change",
+                "repeats")
+    else:
+        t = Table(title=title or (f"refit ({table['folds']} folds x {table['repeats']} repeat(s) of train+valid): "
+                                  "validation MAE vs out-of-fold MAE"))
+        cols = ("trial", "preset", "val MAE", "val rank", "OOF MAE", "fold MAE", "OOF rank", "change", "folds")
+    for col in cols:
         t.add_column(col, justify="right")
     for r in table["configs"]:
-        oof = _mean_std(r.get("oof_mae"), r.get("oof_mae_std_repeats"))
         folds = f"{r['folds_done']}/{r['folds_total']}" + (" !" if r.get("problem") else "")
+        if table.get("scheme") == "seeds":
+            oof, spread = fmt(r.get("oof_mae")), _mean_std(r.get("seed_mae_mean"), r.get("oof_mae_std_repeats"))
+        else:
+            oof = _mean_std(r.get("oof_mae"), r.get("oof_mae_std_repeats"))
+            spread = _mean_std(r.get("fold_mae_mean"), r.get("fold_mae_std"))
         t.add_row(str(r["trial"]), r.get("preset") or "", fmt(r.get("val_mae")), fmt(r.get("rank_val"), 1),
-                  oof, _mean_std(r.get("fold_mae_mean"), r.get("fold_mae_std")), fmt(r.get("rank_oof"), 1),
-                  _rank_change(r.get("rank_change")), folds)
+                  oof, spread, fmt(r.get("rank_oof"), 1), _rank_change(r.get("rank_change")), folds)
     con = console()
     con.print(t)
     for r in table["configs"]:

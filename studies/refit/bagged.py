@@ -53,6 +53,7 @@ from msatune.errors import UserError, first_line
 from msatune.json_values import jsonable
 from msatune.label_range import clip_predictions
 from msatune.studies.refit.table import bagged_configs
+from msatune.studies.store.refit_records import spec_scheme
 from msatune.studies.store.studies import trial_refs
 from msatune.studies.study_data import study_data
 
@@ -62,8 +63,10 @@ log = logging.getLogger(__name__)
 NAME_PREFIX = "refit-"
 
 
-def bag_label(bag_trial: bool, trial_share: float | None) -> str:
+def bag_label(bag_trial: bool, trial_share: float | None, seeds: bool = False) -> str:
     """What a member's bag averages, in words (the ``bag`` of a bagged ensemble's record)."""
+    if seeds:
+        return "seed repeats and the trial's own model, equal shares" if bag_trial else "seed repeats"
     if not bag_trial:
         return "fold models"
     if trial_share is None:
@@ -200,10 +203,16 @@ class RefitSource:
                             "in [0, 1] (0.5: half of it; 'equal': one share as one more fold model)")
         if trial_share == 0:  # nothing of the trial's model: the fold models alone (--folds-only)
             bag_trial = False
-        self.trial_share = trial_share
         self.study, self.attrs, self.options = study, attrs, options
         self.name = NAME_PREFIX + options.method
-        spec, self.configs, self.warnings = bagged_configs(storage, name)
+        spec, self.configs, self.warnings = bagged_configs(storage, name, with_trial=bag_trial)
+        seeds = spec_scheme(spec) == "seeds"
+        if seeds and bag_trial:  # the trial's model is one more seed: its valid predictions are in the fit
+            if trial_share is not None and trial_share != TRIAL_SHARE:
+                self.warnings.append(f"--trial-share {trial_share} applies to refits of the folds scheme; in a "
+                                     "seeds refit the trial's own model is one seed of its bag, at an equal share")
+            trial_share = None
+        self.trial_share = trial_share
         self.data = data = study_data(attrs, name, needed_for="the fold models must predict its test split "
                                                                 "to score the bagged ensemble")
         if spec.get("data_fingerprint") != data.fingerprint:
@@ -229,7 +238,9 @@ class RefitSource:
                 self.unpredictable[c.trial] = f"a fold model could not predict the test split ({first_line(exc)})"
                 continue
             own_preds = None
-            if bag_trial:  # the trial's own model: one more of its bag; without it, the folds alone
+            if bag_trial and seeds and c.own is None:
+                pass  # its valid predictions could not be read (bagged_configs warned): its repeats alone
+            elif bag_trial:  # the trial's own model: one more of its bag; without it, the folds alone
                 own = by_number[c.trial].user_attrs.get("checkpoint") if c.trial in by_number else None
                 try:
                     if not own:
@@ -242,13 +253,15 @@ class RefitSource:
             # the bag's average on the sentiment scale, as its exported model clips it
             self.test_preds[c.trial] = clip_predictions(bag_predictions(preds, own_preds, trial_share))
         self.folds_of = {c.trial: c.folds for c in self.configs}
-        self.refit_info = {"folds": spec["folds"], "repeats": spec["repeats"], "seed": spec.get("seed"),
+        self.refit_info = {"scheme": spec_scheme(spec), "folds": spec["folds"], "repeats": spec["repeats"],
+                           "seed": spec.get("seed"),
                            "pool": spec.get("pool"), "configs": len(self.configs),
-                           "bag": bag_label(bag_trial, trial_share),
+                           "bag": bag_label(bag_trial, trial_share, seeds),
                            "trial_share": (0.0 if not bag_trial else trial_share if trial_share is not None
                                            else 1.0 / (spec["folds"] * spec["repeats"] + 1)),
                            "trials_in_bags": sorted(self.trial_checkpoints),
-                           "fitted_on": f"out-of-fold predictions of the {pool.n} train+valid samples"}
+                           "fitted_on": (f"the seeds' averaged predictions of the {spec['pool']['valid']} valid samples"
+                                         if seeds else f"out-of-fold predictions of the {pool.n} train+valid samples")}
         self.cpool: Any = None
 
     def fit(self, dropped: dict[int, str]) -> BaggedResult:
@@ -261,7 +274,7 @@ class RefitSource:
         self.cpool = bagged_pool(kept, pool.labels, self.test_preds, data.test.labels,
                                  fingerprint=data.fingerprint, study_name=name)
         base = fit_pool(self.cpool, self.options, study_name=name, data=self.view)
-        oof_mae = {c.trial: float(np.mean(np.abs(c.oof_mean - pool.labels))) for c in kept}
+        oof_mae = {c.trial: c.oof_mae(pool.labels) for c in kept}
         comparison = _comparison(self.study, self.attrs, data, self.options, kept, self.test_preds, oof_mae)
         result = BaggedResult(**{f.name: getattr(base, f.name) for f in dataclasses.fields(EnsembleResult)},
                               refit=self.refit_info, comparison=comparison)

@@ -1,19 +1,27 @@
-"""A study's refit: its best configurations retrained on k folds of train+valid, recorded in the store.
+"""A study's refit: its best configurations retrained at other seeds or on k folds of train+valid,
+recorded in the store.
 
 :func:`run_refit` is ``msatune refit``: take the study's top-K COMPLETE trials by validation MAE
-(or the COMPLETE trials named with ``--trial``), split train+valid into stratified folds
-(:mod:`msatune.augment.folds`; the test split is not loaded into the run at all), and train
-every (configuration, repeat, fold) on Ray Tune (:mod:`msatune.search.fold_run`). The refit
-lives in the store as a second Optuna study, ``<name>:refit``:
+(or the COMPLETE trials named with ``--trial``) and train each again, by its scheme
+(:data:`msatune.augment.folds.SCHEMES`; the test split is not loaded into the run at all):
+
+* ``seeds`` (the default, :data:`msatune.studies.refit.DEFAULT_SCHEME`): ``repeats`` more trainings
+  of the trial's own recipe on the study's train split, each at a seed of its own, early-stopped on
+  and predicting valid (:func:`msatune.augment.folds.seed_assignment`: one "fold", valid's rows);
+* ``folds``: stratified folds of train+valid, ``repeats`` times, each fold trained for its trial's
+  epochs (:func:`msatune.search.fold_run.fold_training_config`).
+
+Every (configuration, repeat, fold) is one Ray Tune trial (:mod:`msatune.search.fold_run`). The
+refit lives in the store as a second Optuna study, ``<name>:refit``:
 
 what the refit is, one record per run and one trial per finished fold, written by the driver the
 moment each fold ends (the format: :mod:`msatune.studies.store.refit_records`).
 
 Resume: a rerun of the same command (after Ctrl-C or ``kill -9``) ends the dead driver's Ray
 processes, then trains only the tasks without a COMPLETE record whose checkpoint still exists:
-a finished fold is never trained again; folds, repeats and seed left unset are the recorded
-ones. Other folds, repeats or seed than the recorded ones are refused unless ``replace`` (which
-discards the old refit).
+a finished fold is never trained again; scheme, folds, repeats and seed left unset are the
+recorded ones. Others than the recorded ones are refused unless ``replace`` (which discards the
+old refit).
 
 :mod:`msatune.studies.refit.table` reads a refit back (the ``show``/report table, the fold models
 for ``ensemble --from refit``).
@@ -36,20 +44,23 @@ from optuna.trial import TrialState
 
 from msatune.augment.folds import (
     BINNING,
+    SCHEMES,
     assignment_digest,
     bin_counts,
     pooled,
+    seed_assignment,
     stratified_folds,
 )
 from msatune.ensemble.bagging import FoldModel, assemble_oof
 from msatune.errors import UserError
 from msatune.json_values import jsonable
 from msatune.search.ray_orphans import live_driver
-from msatune.studies.refit import DEFAULT_FOLDS, DEFAULT_TOP_K
+from msatune.studies.refit import DEFAULT_FOLDS, DEFAULT_SCHEME, DEFAULT_SEED_REPEATS, DEFAULT_TOP_K
 from msatune.studies.refit.table import refit_table
 from msatune.studies.store.refit_records import (
     FOLD_STOPPING,
-    SCHEME_KEYS,
+    SEED_STOPPING,
+    covered_rows,
     existing_spec,
     fold_models,
     fold_records,
@@ -57,6 +68,8 @@ from msatune.studies.store.refit_records import (
     record_fold,
     record_run,
     refit_runs,
+    same_scheme,
+    spec_scheme,
     write_spec,
 )
 from msatune.studies.store.studies import load_study, state_counts, study_attrs
@@ -72,8 +85,12 @@ MAX_REPEATS = 100
 @dataclass(frozen=True)
 class RefitOptions:
     top_k: int = DEFAULT_TOP_K
-    #: ``None``: as the study's earlier refit (so a rerun continues it), else :data:`DEFAULT_FOLDS`,
-    #: 1 repeat, seed 0 (:meth:`settled`).
+    #: ``folds`` or ``seeds`` (:data:`msatune.augment.folds.SCHEMES`); ``None``: ``folds`` when
+    #: ``folds`` is given, else the study's earlier refit's, else :data:`DEFAULT_SCHEME`.
+    scheme: str | None = None
+    #: ``None``: as the study's earlier refit of the same scheme (so a rerun continues it), else
+    #: :data:`DEFAULT_FOLDS`, 1 repeat, seed 0 for folds and 1 fold (valid),
+    #: :data:`DEFAULT_SEED_REPEATS` repeats, seed 0 for seeds (:meth:`settled`).
     folds: int | None = None
     repeats: int | None = None
     seed: int | None = None
@@ -87,14 +104,20 @@ class RefitOptions:
     trials: tuple[int, ...] | None = None
 
     def settled(self, spec: dict[str, Any] | None) -> RefitOptions:
-        """Folds, repeats and seed left unset taken from ``spec`` (the study's earlier refit; not
-        with ``replace``), else :data:`DEFAULT_FOLDS`, 1 and 0."""
-        old = spec if spec is not None and not self.replace else {}
+        """Scheme, folds, repeats and seed left unset taken from ``spec`` (the study's earlier
+        refit; not with ``replace``; folds, repeats and seed only from a refit of the same scheme),
+        else the scheme's defaults (see the fields)."""
+        old = spec if spec is not None and not self.replace else None
+        scheme = self.scheme or ("folds" if self.folds is not None else
+                                 spec_scheme(old) if old is not None else DEFAULT_SCHEME)
+        same = old if old is not None and spec_scheme(old) == scheme else {}
+        seeds = scheme == "seeds"
         return with_fields(
-            self,
-            folds=self.folds if self.folds is not None else int(old.get("folds", DEFAULT_FOLDS)),
-            repeats=self.repeats if self.repeats is not None else int(old.get("repeats", 1)),
-            seed=self.seed if self.seed is not None else int(old.get("seed", 0)),
+            self, scheme=scheme,
+            folds=self.folds if self.folds is not None else 1 if seeds else int(same.get("folds", DEFAULT_FOLDS)),
+            repeats=self.repeats if self.repeats is not None else int(same.get(
+                "repeats", DEFAULT_SEED_REPEATS if seeds else 1)),
+            seed=self.seed if self.seed is not None else int(same.get("seed", 0)),
         )
 
     def validate(self) -> RefitOptions:
@@ -104,7 +127,15 @@ class RefitOptions:
         if self.trials is not None and (not self.trials or min(self.trials) < 0):
             raise UserError(f"--trial takes a trial number >= 0, e.g. --trial 0 --trial 3 (got "
                             f"{', '.join(map(str, self.trials)) or 'none'})")
-        if self.folds is not None and self.folds < 2:
+        if self.scheme is not None and self.scheme not in SCHEMES:
+            raise UserError(f"--scheme must be one of {', '.join(SCHEMES)} (got {self.scheme!r})")
+        if self.scheme == "seeds" and self.folds not in (None, 1):
+            raise UserError(f"--folds {self.folds} applies to --scheme folds; the seeds scheme trains on the "
+                            "study's train split and scores on its valid split: drop --folds, or use --scheme folds")
+        if self.scheme == "seeds" and self.seed not in (None, 0):
+            raise UserError(f"--seed {self.seed} sets the fold assignment of --scheme folds; the seeds scheme has "
+                            "none (each repeat trains at its own seed): drop --seed, or use --scheme folds")
+        if self.scheme != "seeds" and self.folds is not None and self.folds < 2:
             raise UserError(f"--folds must be at least 2 (got {self.folds}): a refit holds out one fold "
                             "at a time and trains on the others")
         if self.repeats is not None and not 1 <= self.repeats <= MAX_REPEATS:
@@ -208,9 +239,15 @@ def _check_scheme(spec: dict[str, Any] | None, name: str, scheme: dict[str, Any]
     """UserError when study ``name`` has a refit of another scheme and ``replace`` is not given."""
     if spec is None or replace:
         return
-    differs = [k for k in SCHEME_KEYS if spec.get(k) != scheme[k]]
+    differs = same_scheme(spec, scheme)
     if not differs:
         return
+    if "scheme" in differs:
+        why = (f"it was refit with --scheme {spec_scheme(spec)}" + (f" --folds {spec.get('folds')}" if
+                                                                     spec_scheme(spec) == "folds" else "")
+               + f" --repeats {spec.get('repeats')}")
+        raise UserError(f"study {name!r} already has a refit and {why}; rerun with the same scheme to continue "
+                        f"it, or pass --replace to discard it for --scheme {scheme['scheme']}")
     if "data_fingerprint" in differs:
         why = "the study's data changed since it was refit"
     elif differs == ["fold_stopping"]:
@@ -263,15 +300,17 @@ def run_refit(
     # from here on the driver holds the pool, and train and valid as rows of it: the loaded arrays go
     pool, data = pooled(study_data(attrs, name,
                                    needed_for="a refit must train on the data the study was searched on"))
-    assignment = stratified_folds(pool.labels, options.folds, repeats=options.repeats, seed=options.seed)
+    seeds = options.scheme == "seeds"
+    assignment = (seed_assignment(data.train.n, data.valid.n, options.repeats) if seeds else
+                  stratified_folds(pool.labels, options.folds, repeats=options.repeats, seed=options.seed))
     settings = SearchSettings.from_study(attrs, **(where or {})).validate()
     directory = ws.refit_dir(name)
     live = live_driver(directory)
     if live is not None:
         raise UserError(f"a refit of study {name!r} is running (driver pid {live}); wait for it to end")
-    scheme = {"folds": options.folds, "repeats": options.repeats, "seed": options.seed,
+    scheme = {"scheme": options.scheme, "folds": options.folds, "repeats": options.repeats, "seed": options.seed,
               "binning": BINNING, "data_fingerprint": data.fingerprint,
-              "assignment": assignment_digest(assignment), "fold_stopping": FOLD_STOPPING}
+              "assignment": assignment_digest(assignment), "fold_stopping": SEED_STOPPING if seeds else FOLD_STOPPING}
     _check_scheme(spec, name, scheme, options.replace)
     if settings.address is not None:
         parse_address(settings.address)
@@ -293,7 +332,12 @@ def _run_refit_held(ws: Workspace, storage: optuna.storages.BaseStorage, study: 
                     trainable: Callable[..., None] | None, deadline: float | None,
                     after_search: bool) -> dict[str, Any]:
     """:func:`run_refit` after its checks, inside its Ray session and the study's lease."""
-    from msatune.search.fold_run import fold_training_config, run_folds, task_configs
+    from msatune.search.fold_run import (
+        fold_training_config,
+        run_folds,
+        seed_training_config,
+        task_configs,
+    )
     from msatune.search.ray_orphans import end_orphans
     from msatune.search.trainable import sweep_checkpoint_work_dirs
 
@@ -305,12 +349,13 @@ def _run_refit_held(ws: Workspace, storage: optuna.storages.BaseStorage, study: 
                                                 for c in chosen if c.trial not in known)]
     spec["pool"] = {"train": data.train.n, "valid": data.valid.n, "total": pool.n}
     spec["bins"] = {str(k): v for k, v in bin_counts(pool.labels).items()}
-    spec["fold_sizes"] = [np.bincount(row, minlength=options.folds).tolist() for row in assignment]
+    spec["fold_sizes"] = [np.bincount(row[row >= 0], minlength=options.folds).tolist() for row in assignment]
     write_spec(rstudy, spec)
 
     done = fold_records(rstudy)
-    tasks = task_configs({c.trial: fold_training_config(c.config, c.epochs) for c in chosen}, options.folds,
-                         options.repeats)
+    seeds = options.scheme == "seeds"
+    tasks = task_configs({c.trial: seed_training_config(c.config) if seeds else fold_training_config(c.config, c.epochs)
+                          for c in chosen}, options.folds, options.repeats)
     todo = [t for t in tasks if t.key not in done]
     run_index = next_run_index(directory, len(refit_runs(rstudy)))
     record: dict[str, Any] = {"run": run_index, "folds_total": len(tasks), "already_done": len(tasks) - len(todo),
@@ -335,7 +380,8 @@ def _run_refit_held(ws: Workspace, storage: optuna.storages.BaseStorage, study: 
     finished = {c.trial: fold_models(records, c.trial, options.folds, options.repeats) for c in chosen}
     finished = {t: m for t, m in finished.items() if len(m) == options.folds * options.repeats}
     try:
-        oof_files = write_oof_files(directory / "oof", finished, options.repeats, assignment, data)
+        oof_files = write_oof_files(directory / "oof", finished, options.repeats, assignment, data,
+                                    covered_rows(spec))
     except UserError as exc:
         oof_files = {}
         warnings.append(f"out-of-fold files not written: {exc}")
@@ -345,7 +391,8 @@ def _run_refit_held(ws: Workspace, storage: optuna.storages.BaseStorage, study: 
         "study": name, "refit_study": rstudy.study_name, "top_k": len(chosen),
         "top_k_asked": None if options.trials is not None else options.top_k,
         "trials_asked": None if options.trials is None else list(options.trials),
-        "folds": options.folds, "repeats": options.repeats, "seed": options.seed, "binning": BINNING,
+        "scheme": options.scheme, "folds": options.folds, "repeats": options.repeats, "seed": options.seed,
+        "binning": BINNING,
         "pool": spec["pool"], "bins": spec["bins"], "fold_sizes": spec["fold_sizes"],
         "chosen": [{"trial": c.trial, "state": "COMPLETE", "val_mae": c.val_mae, "preset": c.preset}
                    for c in chosen],
@@ -357,17 +404,18 @@ def _run_refit_held(ws: Workspace, storage: optuna.storages.BaseStorage, study: 
 
 
 def write_oof_files(out: Path, models: dict[int, list[FoldModel]], repeats: int, assignment: np.ndarray,
-                    data: Any) -> dict[str, str]:
+                    data: Any, covered: np.ndarray | None = None) -> dict[str, str]:
     """One ``trial_<n>.npz`` per configuration in ``models`` (all folds trained): ``oof``
     (repeats, n), ``oof_mean``, ``label``, ``fold`` (repeats, n: the fold that held each sample
-    out), ``pool_split`` and ``pool_position`` (where each train+valid sample comes from), and
-    ``id`` when the data has ids."""
+    out; -1: never held out), ``pool_split`` and ``pool_position`` (where each train+valid sample
+    comes from), and ``id`` when the data has ids. ``covered`` (the seeds scheme: valid's rows):
+    only those rows have predictions, the others are NaN."""
     split = np.array(["train"] * data.train.n + ["valid"] * data.valid.n)
     position = np.concatenate([np.arange(data.train.n), np.arange(data.valid.n)])
     ids = [s.ids for s in (data.train, data.valid)]
     files = {}
     for trial, trained in models.items():
-        oof, labels = assemble_oof(trained, split.size, repeats)
+        oof, labels = assemble_oof(trained, split.size, repeats, covered)
         arrays = {"oof": oof, "oof_mean": oof.mean(axis=0), "label": labels, "fold": assignment,
                   "pool_split": split, "pool_position": position}
         if all(i is not None for i in ids):

@@ -9,14 +9,52 @@ combines. The records themselves are :mod:`msatune.studies.store.refit_records`'
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 
-from msatune.ensemble.bagging import BaggedConfig, assemble_oof, oof_scores, rankdata
-from msatune.errors import UserError
+from msatune.ensemble.bagging import BaggedConfig, FoldModel, assemble_oof, oof_scores, rankdata
+from msatune.errors import UserError, first_line
 from msatune.json_values import jsonable
-from msatune.studies.store.refit_records import failed_folds, fold_models, fold_records, load_refit
+from msatune.studies.store.refit_records import (
+    covered_rows,
+    failed_folds,
+    fold_models,
+    fold_records,
+    load_refit,
+    spec_scheme,
+)
+
+
+def trial_checkpoints(storage: optuna.storages.BaseStorage, name: str) -> dict[int, Path]:
+    """Trial number -> the checkpoint study ``name`` records for it (trials with one only)."""
+    from msatune.studies.store.studies import load_study
+
+    return {t.number: Path(t.user_attrs["checkpoint"]) for t in load_study(storage, name).get_trials(deepcopy=False)
+            if t.user_attrs.get("checkpoint")}
+
+
+def own_valid_row(checkpoint: Path, spec: dict[str, Any]) -> np.ndarray:
+    """The study trial's own model's validation predictions as one more repeat of the seeds
+    scheme: ``(n_pool,)``, valid's rows filled, train's NaN. UserError when they cannot be read."""
+    from msatune.models.checkpoint import read_predictions
+
+    pool = spec["pool"]
+    arrays = read_predictions(checkpoint, ("valid",), clip=False)  # raw, as the repeats' held-out predictions
+    idx = np.asarray(arrays["valid_index"], dtype=np.int64)
+    if idx.size != int(pool["valid"]) or (idx.size and (idx.min() < 0 or idx.max() >= int(pool["valid"]))):
+        raise UserError(f"checkpoint {checkpoint}: its valid predictions do not cover the {pool['valid']} "
+                        "valid samples of the refit")
+    row = np.full(int(pool["total"]), np.nan)
+    row[int(pool["train"]) + idx] = np.asarray(arrays["valid_pred"], dtype=np.float64)
+    return row
+
+
+def refit_oof(models: list[FoldModel], spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`assemble_oof` of a refit configuration's models over the rows its scheme covers."""
+    return assemble_oof(models, int(spec["pool"]["total"]), int(spec["repeats"]), covered_rows(spec))
 
 
 def refit_table(storage: optuna.storages.BaseStorage, name: str,
@@ -30,8 +68,10 @@ def refit_table(storage: optuna.storages.BaseStorage, name: str,
         return None
     rstudy, spec = loaded
     folds, repeats, n_pool = int(spec["folds"]), int(spec["repeats"]), int(spec.get("pool", {}).get("total", 0))
+    seeds = spec_scheme(spec) == "seeds"
     records = fold_records(rstudy)
     entries = {int(e["trial"]): e for e in spec.get("trials", [])}
+    own = trial_checkpoints(storage, name) if seeds else {}
     wanted = trials if trials is not None else list(entries)
     rows = []
     for trial in wanted:
@@ -42,8 +82,17 @@ def refit_table(storage: optuna.storages.BaseStorage, name: str,
                                "problem": None, "checkpoints": [str(m.checkpoint) for m in models]}
         if len(models) == folds * repeats and n_pool:
             try:
-                oof, labels = assemble_oof(models, n_pool, repeats)
-                row.update(oof_scores(oof, labels, models))
+                oof, labels = refit_oof(models, spec)
+                if seeds and trial in own:
+                    try:
+                        oof = np.vstack([oof, own_valid_row(own[trial], spec)[None, :]])
+                        row["with_trial_model"] = True
+                    except UserError as exc:
+                        row["problem"] = f"its own model is left out ({first_line(exc)})"
+                idx = covered_rows(spec) if seeds else slice(None)
+                row.update(oof_scores(oof[:, idx], labels[idx], models))
+                if seeds:  # ranked by its seeds' average (what its bag deploys), not their mean MAE
+                    row.update(seed_mae_mean=row["oof_mae"], oof_mae=row["oof_mae_of_mean"])
             except UserError as exc:
                 row["problem"] = str(exc)
         rows.append(row)
@@ -55,7 +104,8 @@ def refit_table(storage: optuna.storages.BaseStorage, name: str,
             r.update(rank_val=float(rv), rank_oof=float(ro), rank_change=float(rv - ro))
     rows.sort(key=lambda r: (r["oof_mae"] is None, r["oof_mae"] if r["oof_mae"] is not None else 0.0, r["trial"]))
     failed = failed_folds(rstudy)
-    return jsonable({"study": name, "refit_study": rstudy.study_name, "folds": folds, "repeats": repeats,
+    return jsonable({"study": name, "refit_study": rstudy.study_name, "scheme": spec_scheme(spec),
+                     "folds": folds, "repeats": repeats,
                      "seed": spec.get("seed"), "pool": spec.get("pool"), "failed_folds": failed,
                      "configs": rows})
 
@@ -63,6 +113,14 @@ def refit_table(storage: optuna.storages.BaseStorage, name: str,
 #: What the choice of ranking measure rests on (benchmarks/README.md, "What ranks finalists").
 OOF_BASIS = ("out-of-fold MAE scores every sample of train+valid, and it predicted the refit models' test MAE "
              "better than the small validation split's MAE did (benchmarks/README.md, refit.py)")
+#: The same for a refit of the seeds scheme (``oof_mae`` is then its seeds' averaged valid MAE).
+SEEDS_BASIS = ("a configuration's seeds averaged predict test better than its one trial; the seeds' averaged "
+               "valid MAE ranks the averages a bagged ensemble deploys (benchmarks/README.md, \"Seed repeats\")")
+
+
+def measure_label(table: dict[str, Any] | None) -> str:
+    """What a refit table's ``oof_mae`` column measures, in words."""
+    return "seed-averaged valid MAE" if (table or {}).get("scheme") == "seeds" else "out-of-fold MAE"
 
 
 def finalists_ranking(table: dict[str, Any] | None, best: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
@@ -76,10 +134,11 @@ def finalists_ranking(table: dict[str, Any] | None, best: dict[str, Any] | None,
     if scored:
         lead = min(scored, key=lambda r: (r["oof_mae"], r["trial"]))
         val_lead = (best or {}).get("number")
-        return {"measure": "oof_mae", "label": "out-of-fold MAE", "trial": lead["trial"], "value": lead["oof_mae"],
+        seeds = (table or {}).get("scheme") == "seeds"
+        return {"measure": "oof_mae", "label": measure_label(table), "trial": lead["trial"], "value": lead["oof_mae"],
                 "val_mae": lead.get("val_mae"), "preset": lead.get("preset"), "configs": len(scored),
                 "agrees_with_val": val_lead is None or val_lead == lead["trial"], "val_best_trial": val_lead,
-                "basis": OOF_BASIS}
+                "basis": SEEDS_BASIS if seeds else OOF_BASIS}
     if best:
         return {"measure": "val_mae", "label": "validation MAE", "trial": best["number"], "value": best["val_mae"],
                 "val_mae": best["val_mae"], "preset": best.get("preset"), "configs": None,
@@ -107,19 +166,22 @@ def _fmt4(v: Any) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-def bagged_configs(storage: optuna.storages.BaseStorage, name: str) -> tuple[dict[str, Any], list[BaggedConfig], list[str]]:
+def bagged_configs(storage: optuna.storages.BaseStorage, name: str, *, with_trial: bool = True
+                   ) -> tuple[dict[str, Any], list[BaggedConfig], list[str]]:
     """``(spec, configs, warnings)``: every refit configuration of study ``name`` whose folds are all
-    trained, with its fold models and OOF predictions. UserError when there is no refit or no
-    configuration is finished."""
+    trained, with its fold models and OOF predictions (the seeds scheme: its repeats' valid
+    predictions and, ``with_trial``, its trial's own as one more row). UserError when there is no
+    refit or no configuration is finished."""
     from msatune.models.checkpoint import read_checkpoint_meta
 
     loaded = load_refit(storage, name)
     if loaded is None:
         raise UserError(f"study {name!r} has no refit yet; run: msatune refit {name} --top-k K --folds F")
     rstudy, spec = loaded
-    folds, repeats, n_pool = int(spec["folds"]), int(spec["repeats"]), int(spec["pool"]["total"])
+    folds, repeats = int(spec["folds"]), int(spec["repeats"])
     records = fold_records(rstudy)
     configs, warnings = [], []
+    own = trial_checkpoints(storage, name) if with_trial and spec_scheme(spec) == "seeds" else {}
     for entry in spec.get("trials", []):
         trial = int(entry["trial"])
         models = fold_models(records, trial, folds, repeats)
@@ -128,15 +190,23 @@ def bagged_configs(storage: optuna.storages.BaseStorage, name: str) -> tuple[dic
                             f"(finish it with msatune refit {name})")
             continue
         try:
-            oof, _ = assemble_oof(models, n_pool, repeats)
+            oof, _ = refit_oof(models, spec)
             config, meta = read_checkpoint_meta(models[0].checkpoint)
         except UserError as exc:
             warnings.append(f"trial {trial}: {exc}; left out")
             continue
+        own_model = None
+        if trial in own:
+            try:
+                oof = np.vstack([oof, own_valid_row(own[trial], spec)[None, :]])
+                own_model = own[trial]
+            except UserError as exc:
+                warnings.append(f"trial {trial}: its own model is left out of its bag ({first_line(exc)})")
         seq_len = meta.get("seq_len")
         configs.append(BaggedConfig(trial=trial, val_mae=entry.get("val_mae"), folds=models, oof=oof,
                                     config=config, dims={k: int(v) for k, v in meta["dims"].items()},
-                                    seq_len=None if seq_len is None else int(seq_len)))
+                                    seq_len=None if seq_len is None else int(seq_len),
+                                    covered=covered_rows(spec), own=own_model))
     if not configs:
         raise UserError(f"no configuration of the refit of study {name!r} has all its folds trained "
                         f"({'; '.join(warnings[:2]) or 'no fold finished'}); continue it with: msatune refit {name}")

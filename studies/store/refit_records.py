@@ -2,7 +2,8 @@
 
 The refit of study ``NAME`` is a second Optuna study, ``NAME:refit``:
 
-* study user attr ``msatune:refit`` (the spec): what the refit is (folds, repeats, seed, binning,
+* study user attr ``msatune:refit`` (the spec): what the refit is (its scheme: ``folds`` of
+  train+valid or ``seeds``, the study's split trained at other seeds; folds, repeats, seed, binning,
   the data fingerprint, a digest of the fold assignment, the configurations refit so far with
   their validation MAE and preset, the pool sizes, bins and fold sizes), and
   ``msatune:refit_runs``: one record per run;
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
@@ -39,11 +41,33 @@ RUNS_KEY = "refit_runs"
 FOLD_PARAMS = {"trial": IntDistribution(0, 2**31 - 1), "repeat": IntDistribution(0, 10_000),
                "fold": IntDistribution(0, 10_000)}
 #: What must match between a refit and a rerun of it (else the folds would differ).
-SCHEME_KEYS = ("folds", "repeats", "seed", "binning", "data_fingerprint", "assignment", "fold_stopping")
+SCHEME_KEYS = ("scheme", "folds", "repeats", "seed", "binning", "data_fingerprint", "assignment", "fold_stopping")
 
 #: How a refit's folds stop (``search.fold_run.fold_training_config``): a refit recorded under another
 #: rule (earlier msatune: early stopping on the held-out fold, no such key) is replaced, not continued.
 FOLD_STOPPING = "the trial's epochs"
+#: How the seeds scheme's repeats stop: the trial's own recipe, early stopping on valid included.
+SEED_STOPPING = "the trial's recipe"
+
+
+def spec_scheme(spec: dict[str, Any]) -> str:
+    """The refit's scheme (``folds`` or ``seeds``); refits recorded before schemes were folds."""
+    return str(spec.get("scheme", "folds"))
+
+
+def same_scheme(spec: dict[str, Any], scheme: dict[str, Any]) -> list[str]:
+    """The :data:`SCHEME_KEYS` in which the recorded ``spec`` and a rerun's ``scheme`` differ."""
+    recorded = {**spec, "scheme": spec_scheme(spec)}
+    return [k for k in SCHEME_KEYS if recorded.get(k) != scheme[k]]
+
+
+def covered_rows(spec: dict[str, Any]) -> np.ndarray | None:
+    """The pool rows (train+valid positions) a refit's repeats hold out and predict: the valid
+    rows for the seeds scheme, ``None`` (every row) for folds."""
+    if spec_scheme(spec) != "seeds":
+        return None
+    pool = spec.get("pool") or {}
+    return np.arange(int(pool["train"]), int(pool["total"]), dtype=np.int64)
 
 
 def refit_study_name(name: str) -> str:
@@ -68,7 +92,7 @@ def open_refit_study(storage: optuna.storages.BaseStorage, name: str, scheme: di
     its files and created anew."""
     rname = refit_study_name(name)
     spec = existing_spec(storage, name)
-    if spec is not None and all(spec.get(k) == scheme[k] for k in SCHEME_KEYS):
+    if spec is not None and not same_scheme(spec, scheme):
         return optuna.load_study(study_name=rname, storage=storage), spec
     if spec is not None:
         optuna.delete_study(study_name=rname, storage=storage)

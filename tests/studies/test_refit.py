@@ -467,13 +467,15 @@ def test_a_trial_without_its_checkpoint_is_passed_over_by_top_k_and_refused_by_n
 def test_unset_folds_repeats_and_seed_are_the_earlier_refits_else_the_defaults() -> None:
     from msatune.studies.refit.run import RefitOptions
 
-    earlier = {"folds": 5, "repeats": 2, "seed": 7}
-    assert RefitOptions().settled(None) == RefitOptions(folds=DEFAULT_FOLDS, repeats=1, seed=0)
-    assert RefitOptions(top_k=3).settled(earlier) == RefitOptions(top_k=3, folds=5, repeats=2, seed=7)
-    assert RefitOptions(folds=4).settled(earlier) == RefitOptions(folds=4, repeats=2, seed=7)
-    # --replace starts over: nothing is taken from the refit it discards
-    assert RefitOptions(replace=True).settled(earlier) == RefitOptions(folds=DEFAULT_FOLDS, repeats=1, seed=0,
-                                                                         replace=True)
+    earlier = {"folds": 5, "repeats": 2, "seed": 7}  # a fold refit (recorded before schemes had a key)
+    folds = {"scheme": "folds"}
+    assert RefitOptions(**folds).settled(None) == RefitOptions(**folds, folds=DEFAULT_FOLDS, repeats=1, seed=0)
+    assert RefitOptions(top_k=3).settled(earlier) == RefitOptions(top_k=3, **folds, folds=5, repeats=2, seed=7)
+    assert RefitOptions(folds=4).settled(earlier) == RefitOptions(**folds, folds=4, repeats=2, seed=7)
+    # --replace starts over: nothing is taken from the refit it discards (the scheme neither)
+    assert RefitOptions(folds=3, replace=True).settled(earlier) == RefitOptions(**folds, folds=3, repeats=1, seed=0,
+                                                                                  replace=True)
+    assert RefitOptions(replace=True).settled(earlier).scheme == "seeds"
 
 
 def test_a_rerun_with_other_folds_is_refused_unless_replace(refit_a: dict) -> None:

@@ -1,5 +1,6 @@
 """``launch --refit-top K``: the search, then the refit, in one command; ``kill -9`` in its refit,
 then ``resume``: the refit continues and no finished fold is trained again (real Ray, SQLite, TF).
+The refit is the default one (``--refit-scheme seeds``, the study's split at other seeds).
 It asks for one configuration more than its 2 trials: ``--refit-top`` refits up to K (how many
 trials finish is known only after the search), where ``msatune refit --top-k`` refuses (test_refit).
 """
@@ -26,7 +27,7 @@ from tests.conftest import (
     run_in,
 )
 
-K, F = 2, 2
+K, R = 2, 2  # configurations, seed repeats of each
 
 
 def _folds(storage: str | optuna.storages.BaseStorage, name: str) -> list[optuna.trial.FrozenTrial]:
@@ -42,7 +43,7 @@ def test_refit_top_killed_in_its_refit_then_resume_trains_no_finished_fold(
     url = f"sqlite:///{(ws / 'studies.db').resolve()}"
     args = ["launch", "r", "--data", tiny_data, "--space", tiny_space_file, "--trials", "2",
             "--max-epochs", "2", "--grace-period", "1", "--concurrency", "1",
-            "--refit-top", str(K + 1), "--refit-folds", str(F), "--json"]
+            "--refit-top", str(K + 1), "--refit-repeats", str(R), "--json"]
     with open(tmp_path / "driver.err", "w") as err:
         driver = subprocess.Popen(msatune_argv(*args, workspace=ws), stdout=subprocess.DEVNULL, stderr=err,
                                   env=cli_env())
@@ -58,7 +59,7 @@ def test_refit_top_killed_in_its_refit_then_resume_trains_no_finished_fold(
                 done = sum(t.state == TrialState.COMPLETE for t in _folds(open_storage(url, read_only=True), "r"))
             except (KeyError, UserError):  # no refit study yet, or the store's tables not all made yet
                 continue
-        assert 0 < done < K * F, f"saw {done} finished folds"
+        assert 0 < done < K * R, f"saw {done} finished folds"
         ray_info = kill_9(driver, ws / "studies" / "r" / "refit" / RAY_PIDS_FILE)
     finally:
         if driver.poll() is None:
@@ -66,7 +67,7 @@ def test_refit_top_killed_in_its_refit_then_resume_trains_no_finished_fold(
     assert ray_left(ray_info) == []
     search = optuna.load_study(study_name="r", storage=url)
     assert len(search.trials) == 2 and all(t.state.is_finished() for t in search.trials)
-    before = {(t.params["trial"], t.params["fold"]): (t.number, t.user_attrs["checkpoint"])
+    before = {(t.params["trial"], t.params["repeat"], t.params["fold"]): (t.number, t.user_attrs["checkpoint"])
               for t in _folds(url, "r") if t.state == TrialState.COMPLETE}
     weights = {k: file_digest(Path(v[1]) / "model.weights.h5") for k, v in before.items()}
 
@@ -77,12 +78,13 @@ def test_refit_top_killed_in_its_refit_then_resume_trains_no_finished_fold(
     assert (out["refit"]["top_k_asked"], out["refit"]["top_k"]) == (K + 1, K)  # all it had, not an error
     assert any(f"asked for the top {K + 1}" in w and f"refitting those {K}" in w for w in out["refit"]["warnings"])
     run = out["refit"]["run"]
-    assert run["already_done"] == len(before) and run["folds_run"] == K * F - len(before)
+    assert out["refit"]["scheme"] == "seeds" and (out["refit"]["folds"], out["refit"]["repeats"]) == (1, R)
+    assert run["already_done"] == len(before) and run["folds_run"] == K * R - len(before)
     after = [t for t in _folds(url, "r") if t.state == TrialState.COMPLETE]
-    keys = [(t.params["trial"], t.params["fold"]) for t in after]
-    assert len(keys) == len(set(keys)) == K * F
+    keys = [(t.params["trial"], t.params["repeat"], t.params["fold"]) for t in after]
+    assert len(keys) == len(set(keys)) == K * R
     for t in after:
-        key = (t.params["trial"], t.params["fold"])
+        key = (t.params["trial"], t.params["repeat"], t.params["fold"])
         if key in before:  # the killed run's folds, untouched
             assert (t.number, t.user_attrs["checkpoint"]) == before[key]
             assert file_digest(Path(before[key][1]) / "model.weights.h5") == weights[key]
@@ -91,7 +93,10 @@ def test_refit_top_killed_in_its_refit_then_resume_trains_no_finished_fold(
 
 def test_bad_refit_top_is_one_line_exit_2_and_writes_nothing(tmp_path: Path) -> None:
     for args, needle in ((["--refit-top", "-1"], "--refit-top must be >= 0"),
-                         (["--refit-top", "2", "--refit-folds", "1"], "--folds must be at least 2")):
+                         (["--refit-top", "2", "--refit-folds", "1"], "--folds must be at least 2"),
+                         (["--refit-top", "2", "--refit-scheme", "seeds", "--refit-folds", "3"],
+                          "--folds 3 applies to --scheme folds"),
+                         (["--refit-repeats", "2"], "give --refit-top K too")):
         ws = tmp_path / "ws"
         one_line_error(run_in(ws, "launch", "x", *args), needle)
         assert not ws.exists()
