@@ -4,8 +4,12 @@ same wall time (issue 22, goal 1, as a user runs it).
 ``refit.py`` answers the question for a study of small models without presets; this benchmark runs
 the product's own path, the README's one command and the ensemble after it, as a user would::
 
-    msatune launch bench --data D --trials 24 --max-epochs 27 --refit-top 5 --seed S   # search + refit
+    msatune launch bench --data D --trials 24 --max-epochs 27 --refit-top 5 --refit-folds 3 --seed S
     msatune ensemble bench --json                                                    # --from auto: bagged
+
+(the fold refit, the default path until stop 56 and what every product row here measured; the
+default is now ``--refit-scheme seeds``, which stage ``seedbag`` measured offline and which
+``refit --scheme seeds`` builds: benchmarks/README.md, "The seeds scheme built")
 
 then trains ``msatune train --preset improved`` at seeds 0, 1, 2, ... one after another until their
 wall time reaches the path's (launch + ensemble), and averages their test predictions

@@ -35,7 +35,7 @@ Start here:
   msatune analyze LOG.csv               the overfitting story of a Keras CSV log
   msatune launch NAME --data DIR        run a search (Ray Tune + Optuna TPE + ASHA)
   msatune resume NAME                   continue after a crash or Ctrl-C
-  msatune refit NAME --top-k K          retrain the best trials on k folds of train+valid
+  msatune refit NAME --top-k K          retrain the best trials at other seeds (--folds F: on folds)
   msatune show NAME                     a study's trials (--state fail: failures and why)
   msatune ensemble NAME                 combine the best trials into one model (--from refit: bagged)
   msatune report NAME                   report.html: criteria, history, curves, importance

@@ -176,7 +176,7 @@ def bagged_configs(storage: optuna.storages.BaseStorage, name: str, *, with_tria
 
     loaded = load_refit(storage, name)
     if loaded is None:
-        raise UserError(f"study {name!r} has no refit yet; run: msatune refit {name} --top-k K --folds F")
+        raise UserError(f"study {name!r} has no refit yet; run: msatune refit {name} --top-k K")
     rstudy, spec = loaded
     folds, repeats = int(spec["folds"]), int(spec["repeats"])
     records = fold_records(rstudy)
