@@ -161,37 +161,34 @@ def render_html(payload: dict[str, Any], figures: dict[str, Path]) -> str:
 
 
 def refit_html(table: dict[str, Any] | None) -> list[str]:
-    """The refit table (``msatune refit``): validation MAE vs out-of-fold MAE and the rank change."""
+    """The refit table (``msatune refit``): validation MAE vs the refit's measure (out-of-fold MAE,
+    or a seeds refit's averaged valid MAE) and the rank change."""
     if not table or not table.get("configs"):
         return []
     e = html.escape
     if table.get("scheme") == "seeds":
-        parts = [f"<h2>Refit: one trial's validation MAE vs its seeds' averaged</h2><p>The top configurations "
-                 f"trained {table['repeats']} more time(s) at other seeds on the study's train split with their "
-                 "own recipe; each is scored by the valid MAE of its seeds' average (its trial's model among "
-                 "them), which is what its bag deploys. Rank change: positive means the refit ranks the "
-                 "configuration higher.</p><table><tr><th>trial</th><th>preset</th><th>val MAE</th><th>val rank</th>"
-                 "<th>seeds' valid MAE</th><th>per-seed MAE std</th><th>per-seed MAE mean</th><th>seeds rank</th>"
-                 "<th>rank change</th><th>repeats</th></tr>"]
-        for r in table["configs"]:
-            parts.append("<tr>" + "".join(f"<td>{e(_fmt(v))}</td>" for v in (
-                f"#{r['trial']}", r.get("preset") or "", r.get("val_mae"), r.get("rank_val"), r.get("oof_mae"),
-                r.get("oof_mae_std_repeats"), r.get("seed_mae_mean"), r.get("rank_oof"), r.get("rank_change"),
-                f"{r['folds_done']}/{r['folds_total']}")) + "</tr>")
-        parts.append("</table>")
-        return parts
-    parts = [f"<h2>Refit: validation MAE vs out-of-fold MAE</h2><p>The top configurations retrained on "
-             f"{table['folds']} stratified folds of train+valid ({table['repeats']} repeat(s)); the out-of-fold "
-             "MAE scores every train+valid sample with the fold model that did not train on it, a steadier "
-             "ranking than the small validation split. Rank change: positive means the refit ranks the "
-             "configuration higher.</p><table><tr><th>trial</th><th>preset</th><th>val MAE</th><th>val rank</th>"
-             "<th>OOF MAE</th><th>OOF MAE std (repeats)</th><th>fold MAE mean</th><th>fold MAE std</th>"
-             "<th>OOF rank</th><th>rank change</th><th>folds</th></tr>"]
+        head = (f"<h2>Refit: one trial's validation MAE vs its seeds' averaged</h2><p>The top configurations "
+                f"trained {table['repeats']} more time(s) at other seeds on the study's train split with their "
+                "own recipe; each is scored by the valid MAE of its seeds' average (its trial's model among "
+                "them), which is what its bag deploys.")
+        columns = {"seeds' valid MAE": "oof_mae", "per-seed MAE std": "oof_mae_std_repeats",
+                   "per-seed MAE mean": "seed_mae_mean", "seeds rank": "rank_oof", "rank change": "rank_change",
+                   "repeats": None}
+    else:
+        head = (f"<h2>Refit: validation MAE vs out-of-fold MAE</h2><p>The top configurations retrained on "
+                f"{table['folds']} stratified folds of train+valid ({table['repeats']} repeat(s)); the out-of-fold "
+                "MAE scores every train+valid sample with the fold model that did not train on it, a steadier "
+                "ranking than the small validation split.")
+        columns = {"OOF MAE": "oof_mae", "OOF MAE std (repeats)": "oof_mae_std_repeats",
+                   "fold MAE mean": "fold_mae_mean", "fold MAE std": "fold_mae_std", "OOF rank": "rank_oof",
+                   "rank change": "rank_change", "folds": None}
+    header = "".join(f"<th>{e(c)}</th>" for c in ("trial", "preset", "val MAE", "val rank", *columns))
+    parts = [head + " Rank change: positive means the refit ranks the configuration higher.</p><table><tr>"
+             + header + "</tr>"]
     for r in table["configs"]:
-        parts.append("<tr>" + "".join(f"<td>{e(_fmt(v))}</td>" for v in (
-            f"#{r['trial']}", r.get("preset") or "", r.get("val_mae"), r.get("rank_val"), r.get("oof_mae"),
-            r.get("oof_mae_std_repeats"), r.get("fold_mae_mean"), r.get("fold_mae_std"), r.get("rank_oof"),
-            r.get("rank_change"), f"{r['folds_done']}/{r['folds_total']}")) + "</tr>")
+        values = [f"#{r['trial']}", r.get("preset") or "", r.get("val_mae"), r.get("rank_val"),
+                  *(r.get(k) if k else f"{r['folds_done']}/{r['folds_total']}" for k in columns.values())]
+        parts.append("<tr>" + "".join(f"<td>{e(_fmt(v))}</td>" for v in values) + "</tr>")
     parts.append("</table>")
     return parts
 
