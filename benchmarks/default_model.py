@@ -230,7 +230,7 @@ def stage_seedbag(ws: Path, data: Path, top_k: int, repeats: int) -> dict[str, A
     from msatune.ensemble.combiners import fit_greedy
     from msatune.label_range import clip_predictions
     from msatune.models.checkpoint import read_predictions
-    from msatune.studies.refit.run import choose_configs
+    from msatune.studies.refit.choice import choose_configs
     from msatune.studies.store.connect import open_storage
 
     storage = open_storage(f"sqlite:///{ws / 'studies.db'}", read_only=True)

@@ -30,7 +30,6 @@ for ``ensemble --from refit``).
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
 
 from msatune.augment.folds import (
     BINNING,
@@ -56,6 +54,7 @@ from msatune.errors import UserError
 from msatune.json_values import jsonable
 from msatune.search.ray_orphans import live_driver
 from msatune.studies.refit import DEFAULT_FOLDS, DEFAULT_SCHEME, DEFAULT_SEED_REPEATS, DEFAULT_TOP_K
+from msatune.studies.refit.choice import Chosen, choose_configs, choose_trials
 from msatune.studies.refit.table import refit_table
 from msatune.studies.store.refit_records import (
     FOLD_STOPPING,
@@ -144,95 +143,6 @@ class RefitOptions:
         if self.seed is not None and self.seed < 0:
             raise UserError(f"--seed must be >= 0 (got {self.seed})")
         return self
-
-
-@dataclass(frozen=True)
-class Chosen:
-    """A configuration picked for the refit: a COMPLETE trial and its checkpoint's config."""
-
-    trial: int
-    val_mae: float
-    config: dict[str, Any]
-    preset: str | None
-    epochs: int | None = None  # the epochs the trial trained in the search
-
-
-def _refittable(t: optuna.trial.FrozenTrial) -> bool:
-    """COMPLETE with a finite value: pruned and failed trials are never refit."""
-    return t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
-
-
-def _chosen(t: optuna.trial.FrozenTrial) -> Chosen:
-    """Trial ``t`` as a refit configuration, its config read from its checkpoint (UserError when
-    it has none or cannot be read)."""
-    from msatune.models.checkpoint import read_checkpoint_meta
-
-    ckpt = t.user_attrs.get("checkpoint")
-    if not ckpt:
-        raise UserError("no checkpoint recorded")
-    config, _ = read_checkpoint_meta(ckpt)
-    epochs = t.user_attrs.get("epochs")
-    return Chosen(t.number, float(t.value), config, t.user_attrs.get("preset"),
-                  int(epochs) if isinstance(epochs, int | float) and epochs > 0 else None)
-
-
-def choose_trials(study: optuna.Study, numbers: tuple[int, ...]) -> list[Chosen]:
-    """Trials ``numbers`` of ``study`` (in that order, duplicates once), each COMPLETE with a finite
-    value and a readable checkpoint: UserError naming the first that is not."""
-    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    chosen: list[Chosen] = []
-    for n in dict.fromkeys(numbers):
-        t = by_number.get(n)
-        if t is None:
-            raise UserError(f"--trial: study {study.study_name!r} has no trial {n} (its trials are "
-                            f"0-{len(by_number) - 1}; `msatune show {study.study_name}` lists them)"
-                            if by_number else f"--trial: study {study.study_name!r} has no trials")
-        if not _refittable(t):
-            raise UserError(f"--trial: trial {n} of study {study.study_name!r} is {t.state.name}"
-                            f"{'' if t.state != TrialState.COMPLETE else ' without a finite value'}; only "
-                            "COMPLETE trials are refit (pruned ones stopped before their recipe ended)")
-        try:
-            chosen.append(_chosen(t))
-        except UserError as exc:
-            raise UserError(f"--trial: trial {n} of study {study.study_name!r} cannot be refit: {exc}") from None
-    return chosen
-
-
-def choose_configs(study: optuna.Study, top_k: int, *, up_to: bool = False) -> tuple[list[Chosen], list[str]]:
-    """The ``top_k`` best COMPLETE trials by validation MAE (ties: lower number) whose checkpoint
-    names their config; trials without a readable checkpoint are passed over with a warning.
-    ``up_to``: fewer than ``top_k`` such trials are refit (with a warning) instead of refused."""
-    trials = study.get_trials(deepcopy=False)
-    complete = sorted(filter(_refittable, trials), key=lambda t: (t.value, t.number))
-    counts = {k: v for k, v in state_counts(trials).items() if v}
-    what = ", ".join(f"{v} {k.lower()}" for k, v in counts.items()) or "no trials"
-    warnings: list[str] = []
-    if up_to and 0 < len(complete) < top_k:
-        warnings.append(f"the refit asked for the top {top_k} but study {study.study_name!r} has "
-                        f"{len(complete)} COMPLETE trials ({what}; ASHA stopped the others): refitting "
-                        f"those {len(complete)}. For more, `msatune resume {study.study_name} --trials N`, "
-                        f"then `msatune refit {study.study_name} --top-k K`")
-        top_k = len(complete)
-    if top_k > len(complete):
-        raise UserError(f"--top-k {top_k} is more than the {len(complete)} COMPLETE trials of study "
-                        f"{study.study_name!r} ({what}); pruned and failed trials are never refit: use "
-                        f"--top-k {len(complete)} or fewer" if complete else
-                        f"study {study.study_name!r} has no COMPLETE trial to refit ({what})")
-    chosen: list[Chosen] = []
-    for t in complete:
-        if len(chosen) == top_k:
-            break
-        try:
-            chosen.append(_chosen(t))
-        except UserError as exc:
-            warnings.append(f"trial {t.number}: {exc}; passed over")
-    if len(chosen) < top_k and not (up_to and chosen):
-        raise UserError(f"only {len(chosen)} of the {len(complete)} COMPLETE trials of study "
-                        f"{study.study_name!r} have a readable checkpoint ({'; '.join(warnings[:2])}); "
-                        f"use --top-k {len(chosen)} or fewer" if chosen else
-                        f"no COMPLETE trial of study {study.study_name!r} has a readable checkpoint "
-                        f"({'; '.join(warnings[:2])})")
-    return chosen, warnings
 
 
 def _check_scheme(spec: dict[str, Any] | None, name: str, scheme: dict[str, Any], replace: bool) -> None:

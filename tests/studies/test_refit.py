@@ -449,7 +449,7 @@ def test_refit_refuses_a_pruned_trial_by_number_and_changes_nothing(tiny_study: 
 def test_a_trial_without_its_checkpoint_is_passed_over_by_top_k_and_refused_by_number(tiny_study: dict) -> None:
     from optuna.trial import create_trial
 
-    from msatune.studies.refit.run import choose_configs, choose_trials
+    from msatune.studies.refit.choice import choose_configs, choose_trials
 
     source = optuna.load_study(study_name="tiny", storage=f"sqlite:///{Path(tiny_study['workspace']) / 'studies.db'}")
     ckpt = next(t.user_attrs["checkpoint"] for t in source.trials if t.state == TrialState.COMPLETE)
