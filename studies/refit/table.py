@@ -52,9 +52,19 @@ def own_valid_row(checkpoint: Path, spec: dict[str, Any]) -> np.ndarray:
     return row
 
 
-def refit_oof(models: list[FoldModel], spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`assemble_oof` of a refit configuration's models over the rows its scheme covers."""
-    return assemble_oof(models, int(spec["pool"]["total"]), int(spec["repeats"]), covered_rows(spec))
+def refit_oof(models: list[FoldModel], spec: dict[str, Any],
+              own: Path | None = None) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """``(oof, labels, left_out)``: :func:`assemble_oof` of a refit configuration's models over the
+    rows its scheme covers, and with ``own`` (a seeds refit's trial checkpoint) its valid
+    predictions as one more row; ``left_out`` says why they could not join (None: they did, or
+    there was no ``own``)."""
+    oof, labels = assemble_oof(models, int(spec["pool"]["total"]), int(spec["repeats"]), covered_rows(spec))
+    if own is None:
+        return oof, labels, None
+    try:
+        return np.vstack([oof, own_valid_row(own, spec)[None, :]]), labels, None
+    except UserError as exc:
+        return oof, labels, first_line(exc)
 
 
 def refit_table(storage: optuna.storages.BaseStorage, name: str,
@@ -82,13 +92,11 @@ def refit_table(storage: optuna.storages.BaseStorage, name: str,
                                "problem": None, "checkpoints": [str(m.checkpoint) for m in models]}
         if len(models) == folds * repeats and n_pool:
             try:
-                oof, labels = refit_oof(models, spec)
-                if seeds and trial in own:
-                    try:
-                        oof = np.vstack([oof, own_valid_row(own[trial], spec)[None, :]])
-                        row["with_trial_model"] = True
-                    except UserError as exc:
-                        row["problem"] = f"its own model is left out ({first_line(exc)})"
+                oof, labels, left_out = refit_oof(models, spec, own.get(trial))
+                if left_out:
+                    row["problem"] = f"its own model is left out ({left_out})"
+                elif trial in own:
+                    row["with_trial_model"] = True
                 idx = covered_rows(spec) if seeds else slice(None)
                 row.update(oof_scores(oof[:, idx], labels[idx], models))
                 if seeds:  # ranked by its seeds' average (what its bag deploys), not their mean MAE
@@ -190,23 +198,18 @@ def bagged_configs(storage: optuna.storages.BaseStorage, name: str, *, with_tria
                             f"(finish it with msatune refit {name})")
             continue
         try:
-            oof, _ = refit_oof(models, spec)
+            oof, _, left_out = refit_oof(models, spec, own.get(trial))
             config, meta = read_checkpoint_meta(models[0].checkpoint)
         except UserError as exc:
             warnings.append(f"trial {trial}: {exc}; left out")
             continue
-        own_model = None
-        if trial in own:
-            try:
-                oof = np.vstack([oof, own_valid_row(own[trial], spec)[None, :]])
-                own_model = own[trial]
-            except UserError as exc:
-                warnings.append(f"trial {trial}: its own model is left out of its bag ({first_line(exc)})")
+        if left_out:
+            warnings.append(f"trial {trial}: its own model is left out of its bag ({left_out})")
         seq_len = meta.get("seq_len")
         configs.append(BaggedConfig(trial=trial, val_mae=entry.get("val_mae"), folds=models, oof=oof,
                                     config=config, dims={k: int(v) for k, v in meta["dims"].items()},
                                     seq_len=None if seq_len is None else int(seq_len),
-                                    covered=covered_rows(spec), own=own_model))
+                                    covered=covered_rows(spec), own=None if left_out else own.get(trial)))
     if not configs:
         raise UserError(f"no configuration of the refit of study {name!r} has all its folds trained "
                         f"({'; '.join(warnings[:2]) or 'no fold finished'}); continue it with: msatune refit {name}")
