@@ -4,12 +4,13 @@ same wall time (issue 22, goal 1, as a user runs it).
 ``refit.py`` answers the question for a study of small models without presets; this benchmark runs
 the product's own path, the README's one command and the ensemble after it, as a user would::
 
-    msatune launch bench --data D --trials 24 --max-epochs 27 --refit-top 5 --refit-folds 3 --seed S
+    msatune launch bench --data D --trials 24 --max-epochs 27 --refit-top K --refit-scheme seeds --seed S
     msatune ensemble bench --json                                                    # --from auto: bagged
 
-(the fold refit, the default path until stop 56 and what every product row here measured; the
-default is now ``--refit-scheme seeds``, which stage ``seedbag`` measured offline and which
-``refit --scheme seeds`` builds: benchmarks/README.md, "The seeds scheme built")
+(``--refit-scheme seeds`` with 3 repeats, top 3, is the product's default since stop 56: stage
+``seedbag`` measured it offline and ``refit --scheme seeds`` builds it, benchmarks/README.md "The
+seeds scheme built"; ``--refit-scheme folds`` runs the 3-fold refit of the top 5 that every product
+row recorded before stop 57 measured)
 
 then trains ``msatune train --preset improved`` at seeds 0, 1, 2, ... one after another until their
 wall time reaches the path's (launch + ensemble), and averages their test predictions
@@ -73,9 +74,10 @@ from bench_common import (  # noqa: E402
 
 NAME = "bench"
 SIZES: dict[str, dict[str, int]] = {
-    "smoke": {"trials": 4, "max_epochs": 3, "refit_top": 2, "refit_folds": 2},
-    "full": {"trials": 24, "max_epochs": 27, "refit_top": 5, "refit_folds": 3},
+    "smoke": {"trials": 4, "max_epochs": 3, "refit_top": 2, "refit_folds": 2, "refit_repeats": 1},
+    "full": {"trials": 24, "max_epochs": 27, "refit_top": 5, "refit_folds": 3, "refit_repeats": 3},
 }
+SEEDS_TOP = {"smoke": 2, "full": 3}  # the seeds scheme's top K (stop 56's product rows; README's --refit-top 3)
 
 
 def msatune(ws: Path, *args: str) -> tuple[float, str]:
@@ -90,18 +92,25 @@ def msatune(ws: Path, *args: str) -> tuple[float, str]:
     return wall, proc.stdout
 
 
-def stage_product(ws: Path, data: Path, size: dict[str, int], seed: int, smoke: bool) -> dict[str, Any]:
-    """The default path: launch with --refit-top, then ``ensemble`` (--from auto)."""
+def stage_product(ws: Path, data: Path, size: dict[str, int], seed: int, smoke: bool,
+                  scheme: str = "seeds", top_k: int | None = None) -> dict[str, Any]:
+    """The default path: launch with --refit-top (``scheme``'s refit), then ``ensemble`` (--from auto)."""
     clear_studies(ws)
+    if top_k is None:
+        top_k = size["refit_top"] if scheme == "folds" else SEEDS_TOP["smoke" if smoke else "full"]
+    refit = (["--refit-scheme", "folds", "--refit-folds", str(size["refit_folds"])] if scheme == "folds"
+             else ["--refit-scheme", "seeds", "--refit-repeats", str(size["refit_repeats"])])
     launch = ["launch", NAME, "--data", str(data), "--trials", str(size["trials"]),
-              "--max-epochs", str(size["max_epochs"]), "--refit-top", str(size["refit_top"]),
-              "--refit-folds", str(size["refit_folds"]), "--seed", str(seed), "--json"]
+              "--max-epochs", str(size["max_epochs"]), "--refit-top", str(top_k), *refit,
+              "--seed", str(seed), "--json"]
     if smoke:
         launch += ["--grace-period", "1"]
     launch_s, launch_out = msatune(ws, *launch)
     run = json.loads(launch_out)
     ens = ensemble_summary(ws)
-    return {"launch_s": launch_s, "wall_s": launch_s + ens["ensemble_s"], **ens, "folds": size["refit_folds"],
+    return {"launch_s": launch_s, "wall_s": launch_s + ens["ensemble_s"], **ens, "scheme": scheme,
+            "top_k": top_k, **({"folds": size["refit_folds"]} if scheme == "folds" else
+                               {"repeats": size["refit_repeats"]}),
             "launch": {k: run.get(k) for k in ("states", "best", "wall_seconds", "refit") if k in run}}
 
 
@@ -342,6 +351,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated stages of product, ensemble (the product's ensembles again), refolds, "
                         "presets, bagshare (offline: the trial's own model's share of its bag); all = product,presets; "
                         "table: only write the result from the stages already run")
+    p.add_argument("--refit-scheme", choices=("seeds", "folds"), default="seeds",
+                   help="the product stage's refit: seeds (the product's default, top 3 x 3 repeats) or folds "
+                        "(3 folds of the top 5, what product rows before stop 57 measured) [seeds]")
+    p.add_argument("--refit-top", type=int, default=None,
+                   help="the product stage's --refit-top [3 for seeds, 5 for folds]")
     p.add_argument("--refolds", type=int, default=5, help="folds of the refolds stage's refit [5]")
     p.add_argument("--seed", type=int, default=0, help="the study's seed (the data stays the structure's seed-0 set)")
     p.add_argument("--workspace", type=Path, default=None)
@@ -375,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] stage {stage} ...", flush=True)
         load = loadavg()
         if stage == "product":
-            state = {"product": stage_product(ws, data, size, args.seed, args.smoke)}
+            state = {"product": stage_product(ws, data, size, args.seed, args.smoke, args.refit_scheme,
+                                              args.refit_top)}
         elif stage == "ensemble":  # the product stage's study, its ensembles built again (e.g. after a code change)
             state["product"].update(ensemble_summary(ws))
             state["product"]["wall_s"] = state["product"]["launch_s"] + state["product"]["ensemble_s"]

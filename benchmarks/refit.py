@@ -10,7 +10,10 @@ stages that can run as separate processes (each stage reads what the previous on
    or improved searched too, so ensembles mix both architectures) with msatune's TPE, no ASHA
    stop (``grace_period = max_epochs``: every trial COMPLETE, so the top-K are K real configs),
    2 trials at once of 1 CPU, no presets.
-2. ``refit``: ``msatune refit`` of the top-K trials by validation MAE on F stratified folds.
+2. ``refit``: ``msatune refit`` of the top-K trials by validation MAE on F stratified folds
+   (``--scheme seeds``: instead each trained 3 more times at other seeds on the study's own train
+   split, early-stopped on valid, the product's default refit since stop 56; its entry is
+   ``NAME+seeds``, and its "OOF MAE" is the seeds' averaged valid MAE that ranks its configurations).
 3. ``score``: what each approach gives on test (never used before this stage):
    * best single (val-selected): the study's best trial by validation MAE;
    * greedy ensemble (val-selected): ``msatune ensemble`` (greedy, fitted on validation);
@@ -38,6 +41,7 @@ dataset, merged), prints the table; never asserts.
     python benchmarks/refit.py --dataset lexicon --seed 1      # another seed of one structure
     python benchmarks/refit.py --across-seeds                  # medians over seeds per structure
     python benchmarks/refit.py --dataset mosi --stage presets  # the preset averaged at the same wall (~25 min)
+    python benchmarks/refit.py --dataset mosi --scheme seeds   # the seeds refit: entry mosi+seeds
     python benchmarks/refit.py --smoke --out /tmp/refit.json   # tiny data, every stage (~2 min)
 """
 
@@ -73,8 +77,8 @@ EXTRA_STAGES = ("presets",)
 MAX_PRESET_RUNS = 40
 GOAL_RATIO = 0.95
 SIZES: dict[str, dict[str, Any]] = {
-    "smoke": {"trials": 4, "epochs": 8, "top_k": 2, "folds": 2},
-    "full": {"trials": 20, "epochs": 15, "top_k": 10, "folds": 5},
+    "smoke": {"trials": 4, "epochs": 8, "top_k": 2, "folds": 2, "repeats": 1},
+    "full": {"trials": 20, "epochs": 15, "top_k": 10, "folds": 5, "repeats": 3},
 }
 SPACE = """
 replace = true
@@ -135,6 +139,7 @@ def dataset_key(args: argparse.Namespace) -> str:
 
     tag = data_tag(args, args.dataset) if args.data is not None else None
     key = args.dataset if tag is None else f"{tag}-data" if tag in PRESETS else tag
+    key += "+seeds" if args.scheme == "seeds" else ""
     return key if args.seed == 0 else f"{key}@seed{args.seed}"
 
 
@@ -159,16 +164,18 @@ def stage_study(ws_root: Path, data: Path, size: dict[str, Any], seed: int) -> d
     return {"wall_s": time.perf_counter() - t0, "run": run}
 
 
-def stage_refit(ws_root: Path, size: dict[str, Any], seed: int) -> dict[str, Any]:
+def stage_refit(ws_root: Path, size: dict[str, Any], seed: int, scheme: str = "folds") -> dict[str, Any]:
     from msatune.studies.refit.run import RefitOptions, run_refit
     from msatune.studies.store.connect import open_storage
     from msatune.studies.store.workspace import Workspace
 
     ws = Workspace(ws_root)
+    shape = ({"folds": size["folds"]} if scheme == "folds" else {"repeats": size["repeats"]})
     t0 = time.perf_counter()
     summary = run_refit(ws, open_storage(ws.storage_url), NAME,
-                        RefitOptions(top_k=size["top_k"], folds=size["folds"], seed=seed))
-    return {"wall_s": time.perf_counter() - t0, "run": summary["run"], "configs": summary["configs"]}
+                        RefitOptions(top_k=size["top_k"], scheme=scheme, seed=seed, **shape))
+    return {"wall_s": time.perf_counter() - t0, "run": summary["run"], "configs": summary["configs"],
+            "scheme": scheme, **shape}
 
 
 def stage_score(ws_root: Path) -> dict[str, Any]:
@@ -325,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the study (sampler, trials) and of the refit's folds; the data stays the "
                         "structure's seed-0 set, so seeds replicate one dataset [0]; its entry is NAME@seedN")
+    p.add_argument("--scheme", choices=("folds", "seeds"), default="folds",
+                   help="the refit stage's scheme: folds (top 10 x 5 folds of train+valid, what every entry "
+                        "before stop 57 measured) or seeds (top 10 x 3 seed repeats on train, valid held out; "
+                        "the entry is NAME+seeds) [folds]")
     p.add_argument("--smoke", action="store_true", help="Tiny data and sizes (tests).")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--across-seeds", action="store_true",
@@ -351,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             state = {"study": stage_study(ws_root, data, size, args.seed)}
             state["study"]["data"] = data_rec
         elif stage == "refit":
-            state["refit"] = stage_refit(ws_root, size, args.seed)
+            state["refit"] = stage_refit(ws_root, size, args.seed, args.scheme)
         elif stage == "presets":
             if not all(s in state for s in STAGES):
                 print("run the study, refit and score stages first: the presets get their wall time")
@@ -371,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     data_rec = state["study"].get("data")
     if data_rec is None:  # a workspace whose study stage ran before the data was recorded there
         data_rec = resolve_data(args, ws_root / "data", "tiny" if args.smoke else args.dataset, seed=0)[1]
-    stage_keys = ("wall_s", "ensemble_wall_s", "bagged_wall_s", "loadavg_start", "finished", "run", "budget_s",
+    stage_keys = ("wall_s", "ensemble_wall_s", "bagged_wall_s", "loadavg_start", "finished", "run", "budget_s", "scheme",
                   "runs")
     entry = {"preset": data_rec["synthetic_preset"], "data": data_rec, "sizes": size, "seed": args.seed,
              "stages": {s: {k: v for k, v in state[s].items() if k in stage_keys}
