@@ -46,10 +46,10 @@ SOURCES = ("auto", "trials", "refit")
 #: val-selected best single's in 20 of 23 runs: 9 of 9 in refit.py (0.894-0.960 x), 11 of 14 on the
 #: default path with --refit-top 5 (0.858-1.065 x; over 3 structures x 4 seeds a median 0.957 x at
 #: the equal share of the trial's own model, 0.951 x at today's half: "Seeds 3" there), and the seeds
-#: scheme, the default since stop 56: a median 0.933 x over 6 runs ("Seed repeats where the fold refit lost").
+#: scheme, the default since stop 56: a median 0.931 x over 6 studies ("The seeds scheme through the product").
 NO_REFIT_NOTE = ("built from the study's trials (it has no finished refit); bagged refit ensembles predicted test "
                  "better than the best single in 20 of our 23 benchmark runs (a median 5% better on default "
-                 "studies, but not on every data structure), and the default seeds refit a median 6.7% better "
+                 "studies, but not on every data structure), and the default seeds refit a median 6.9% better "
                  "over 6 more: msatune refit {name}, then msatune ensemble {name}")
 
 

@@ -199,7 +199,7 @@ the bagged ensemble below: in 20 of our 23 benchmark runs (benchmarks/README.md)
 test better than the validation-selected best single model; on default studies (--refit-top 5,
 3 folds; 3 data structures x 4 seeds) by a median 5%, from 15% better to 6% worse (on one
 structure, mosi, it won only 2 of 4); the default seeds refit (msatune refit NAME) by a median
-6.7% over 6 runs. A study without one gets the trials' ensemble, and a note
+6.9% over 6 studies (not on mosi). A study without one gets the trials' ensemble, and a note
 with the command for the refit. --from trials / --from refit choose.
 Either way it ends with what the model cost in wall time: the study's search runs, the refit's
 runs when it is bagged, and the ensemble itself (--json: "cost").

@@ -121,8 +121,8 @@ and failed trials are never refit). The default --scheme seeds trains each --rep
 (default 3) at other seeds on the study's own train split, with the trial's own recipe (early
 stopping on valid included); each configuration is then ranked by the valid MAE of its seeds'
 average (its trial's model among them), and its bag averages them all at equal shares. This beat
-the fold scheme in our benchmarks (median 0.933 vs 0.941 x the best single's test MAE over 6 runs)
-at 0.87x its time (benchmarks/README.md, "Seed repeats where the fold refit lost").
+the fold scheme in our benchmarks (median 0.931 vs 0.941 x the best single's test MAE over 6
+studies, better on 4) at 0.93x its time (benchmarks/README.md, "The seeds scheme through the product").
 
 \b
 --scheme folds (or giving --folds) trains each on --folds stratified folds of train+valid,

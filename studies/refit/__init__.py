@@ -20,16 +20,16 @@ FOLDS_EVIDENCE = ("5 folds predicted test better than 3 on mosi-like data (4 of 
                   "the refit's time (benchmarks/README.md).")
 #: The refit scheme when neither the command (--scheme, or --folds, which means folds) nor the
 #: study's earlier refit names one: the study's own split trained again at other seeds. Over six
-#: default-path runs (3 structures) its greedy ensemble was a median 0.933 x the val-selected single
-#: on test against 0.941 x for 3 folds (won on 2 of the 3 runs where the fold refit lost or barely
-#: won, lost by 0.2% on the third), at 0.87 x the fold refit's wall time (benchmarks/README.md,
-#: "Seed repeats where the fold refit lost").
+#: default-path studies (3 structures), run through ``refit --scheme seeds``, its greedy ensemble was
+#: a median 0.931 x the val-selected single on test against 0.941 x for the 3-fold refit (better on
+#: 4 of 6), at 0.93 x the fold refit's wall time (benchmarks/README.md, "The seeds scheme through the
+#: product on all six runs"; offline first: "Seed repeats where the fold refit lost").
 DEFAULT_SCHEME = "seeds"
 #: Seed repeats per configuration of the seeds scheme (with the trial's own model: 4 seeds, as measured).
 DEFAULT_SEED_REPEATS = 3
 #: What the scheme's default rests on, as the --scheme helps say it.
 SCHEME_EVIDENCE = ("seeds (the default): each configuration trained again at --repeats other seeds on the "
-                   "study's own train split, early-stopped on valid as its trial was; over 6 benchmark runs its "
-                   "ensemble predicted test better than 3 folds' (median 0.933 vs 0.941 x the best single) for "
-                   "0.87 x the time. folds: k stratified folds of train+valid (out-of-fold predictions of every "
+                   "study's own train split, early-stopped on valid as its trial was; over 6 benchmark studies its "
+                   "ensemble predicted test better than 3 folds' (median 0.931 vs 0.941 x the best single; "
+                   "better on 4 of 6) for 0.93 x the time. folds: k stratified folds of train+valid (out-of-fold predictions of every "
                    "sample; --folds implies it).")
