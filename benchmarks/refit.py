@@ -170,10 +170,11 @@ def stage_refit(ws_root: Path, size: dict[str, Any], seed: int, scheme: str = "f
     from msatune.studies.store.workspace import Workspace
 
     ws = Workspace(ws_root)
-    shape = ({"folds": size["folds"]} if scheme == "folds" else {"repeats": size["repeats"]})
+    # a seeds refit has no fold assignment to seed: each repeat trains at its own seed
+    shape = ({"folds": size["folds"], "seed": seed} if scheme == "folds" else {"repeats": size["repeats"]})
     t0 = time.perf_counter()
     summary = run_refit(ws, open_storage(ws.storage_url), NAME,
-                        RefitOptions(top_k=size["top_k"], scheme=scheme, seed=seed, **shape))
+                        RefitOptions(top_k=size["top_k"], scheme=scheme, **shape))
     return {"wall_s": time.perf_counter() - t0, "run": summary["run"], "configs": summary["configs"],
             "scheme": scheme, **shape}
 
