@@ -74,10 +74,11 @@ from bench_common import (  # noqa: E402
 
 NAME = "bench"
 SIZES: dict[str, dict[str, int]] = {
-    "smoke": {"trials": 4, "max_epochs": 3, "refit_top": 2, "refit_folds": 2, "refit_repeats": 1},
-    "full": {"trials": 24, "max_epochs": 27, "refit_top": 5, "refit_folds": 3, "refit_repeats": 3},
+    # refit_top: the fold refit's top K (every product row before stop 57); seeds_top: the seeds
+    # scheme's (stop 56's product rows, the README's --refit-top 3)
+    "smoke": {"trials": 4, "max_epochs": 3, "refit_top": 2, "seeds_top": 2, "refit_folds": 2, "refit_repeats": 1},
+    "full": {"trials": 24, "max_epochs": 27, "refit_top": 5, "seeds_top": 3, "refit_folds": 3, "refit_repeats": 3},
 }
-SEEDS_TOP = {"smoke": 2, "full": 3}  # the seeds scheme's top K (stop 56's product rows; README's --refit-top 3)
 
 
 def msatune(ws: Path, *args: str) -> tuple[float, str]:
@@ -97,7 +98,7 @@ def stage_product(ws: Path, data: Path, size: dict[str, int], seed: int, smoke: 
     """The default path: launch with --refit-top (``scheme``'s refit), then ``ensemble`` (--from auto)."""
     clear_studies(ws)
     if top_k is None:
-        top_k = size["refit_top"] if scheme == "folds" else SEEDS_TOP["smoke" if smoke else "full"]
+        top_k = size["refit_top"] if scheme == "folds" else size["seeds_top"]
     refit = (["--refit-scheme", "folds", "--refit-folds", str(size["refit_folds"])] if scheme == "folds"
              else ["--refit-scheme", "seeds", "--refit-repeats", str(size["refit_repeats"])])
     launch = ["launch", NAME, "--data", str(data), "--trials", str(size["trials"]),
