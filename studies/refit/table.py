@@ -135,8 +135,8 @@ def measure_label(table: dict[str, Any] | None) -> str:
 def finalists_ranking(table: dict[str, Any] | None, best: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
     """Which measure ranks study ``name``'s finalists, and which configuration leads by it.
 
-    Out-of-fold MAE when the refit ``table`` (:func:`refit_table`) has a configuration with every
-    fold trained (ranked over those), else validation MAE over the trials (``best``: the best
+    Out-of-fold MAE (a seeds refit's: its seeds' averaged valid MAE) when the refit ``table``
+    (:func:`refit_table`) has a configuration with every fold trained (ranked over those), else validation MAE over the trials (``best``: the best
     COMPLETE trial's record, with ``number`` and ``val_mae``). None when neither exists.
     """
     scored = [r for r in (table or {}).get("configs", []) if r.get("oof_mae") is not None]
@@ -152,8 +152,8 @@ def finalists_ranking(table: dict[str, Any] | None, best: dict[str, Any] | None,
         return {"measure": "val_mae", "label": "validation MAE", "trial": best["number"], "value": best["val_mae"],
                 "val_mae": best["val_mae"], "preset": best.get("preset"), "configs": None,
                 "agrees_with_val": True, "val_best_trial": best["number"],
-                "basis": (f"no refit yet: msatune refit {name} ranks the top configurations by out-of-fold "
-                          "MAE, which predicted test better")}
+                "basis": (f"no refit yet: msatune refit {name} retrains the top configurations at more seeds "
+                          "and ranks them by the seeds' averaged valid MAE, which predicted test better")}
     return None
 
 

@@ -157,6 +157,7 @@ def test_show_lists_pruned_and_failed_trials_and_counts_interrupted_apart(mixed_
 
     text = run(mixed_ws, "show", "mix").stdout
     assert "finalists ranked by validation MAE (no refit yet: msatune refit mix" in text
+    assert "by the seeds' averaged valid MAE" in text  # the measure the default (seeds) refit ranks by
     assert "1 failed, 1 interrupted (re-run)" in text
     assert "PRUNED" in text and "injected for the test" in text
     assert "constant predictor valid MAE 1.2500, noise floor 0.5000" in text
