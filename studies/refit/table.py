@@ -136,8 +136,9 @@ def finalists_ranking(table: dict[str, Any] | None, best: dict[str, Any] | None,
     """Which measure ranks study ``name``'s finalists, and which configuration leads by it.
 
     Out-of-fold MAE (a seeds refit's: its seeds' averaged valid MAE) when the refit ``table``
-    (:func:`refit_table`) has a configuration with every fold trained (ranked over those), else validation MAE over the trials (``best``: the best
-    COMPLETE trial's record, with ``number`` and ``val_mae``). None when neither exists.
+    (:func:`refit_table`) has a configuration with every fold trained (ranked over those), else
+    validation MAE over the trials (``best``: the best COMPLETE trial's record, with ``number``
+    and ``val_mae``). None when neither exists.
     """
     scored = [r for r in (table or {}).get("configs", []) if r.get("oof_mae") is not None]
     if scored:
