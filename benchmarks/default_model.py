@@ -97,10 +97,12 @@ def stage_product(ws: Path, data: Path, size: dict[str, int], seed: int, smoke: 
                   scheme: str = "seeds", top_k: int | None = None) -> dict[str, Any]:
     """The default path: launch with --refit-top (``scheme``'s refit), then ``ensemble`` (--from auto)."""
     clear_studies(ws)
-    if top_k is None:
-        top_k = size["refit_top"] if scheme == "folds" else size["seeds_top"]
-    refit = (["--refit-scheme", "folds", "--refit-folds", str(size["refit_folds"])] if scheme == "folds"
-             else ["--refit-scheme", "seeds", "--refit-repeats", str(size["refit_repeats"])])
+    if scheme == "folds":
+        shape, default_top = {"folds": size["refit_folds"]}, size["refit_top"]
+    else:
+        shape, default_top = {"repeats": size["refit_repeats"]}, size["seeds_top"]
+    top_k = default_top if top_k is None else top_k
+    refit = ["--refit-scheme", scheme, *(a for k, v in shape.items() for a in (f"--refit-{k}", str(v)))]
     launch = ["launch", NAME, "--data", str(data), "--trials", str(size["trials"]),
               "--max-epochs", str(size["max_epochs"]), "--refit-top", str(top_k), *refit,
               "--seed", str(seed), "--json"]
@@ -110,8 +112,7 @@ def stage_product(ws: Path, data: Path, size: dict[str, int], seed: int, smoke: 
     run = json.loads(launch_out)
     ens = ensemble_summary(ws)
     return {"launch_s": launch_s, "wall_s": launch_s + ens["ensemble_s"], **ens, "scheme": scheme,
-            "top_k": top_k, **({"folds": size["refit_folds"]} if scheme == "folds" else
-                               {"repeats": size["refit_repeats"]}),
+            "top_k": top_k, **shape,
             "launch": {k: run.get(k) for k in ("states", "best", "wall_seconds", "refit") if k in run}}
 
 
